@@ -1,0 +1,98 @@
+# Python Hello Printer: every command of the project. `make` (or `make help`) lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP := $(VENV)/.dev-installed
+
+# make run PORT=8123 HOST=0.0.0.0 WORKERS=2 overrides system.server in config.yaml
+SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
+
+.PHONY: help run test start stop status reload backup backup-schedule restore update validate \
+        monitor monitor-stop up down cron bench bench-backup bench-update lint check-config clean
+
+help: ## list the targets (the default goal)
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
+
+# The venv is rebuilt only when a requirements file is newer than its stamp.
+$(RUNTIME_STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+run: $(RUNTIME_STAMP) ## serve in the foreground on http://127.0.0.1:8000 (PORT=, HOST=, WORKERS= override)
+	$(PY) hello_world.py $(SERVER_ARGS)
+
+test: $(DEV_STAMP) ## run the whole test suite (exit 0 only if all pass)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+start: $(RUNTIME_STAMP) ## start the server in the background (pidfile and log in run/)
+	@$(PY) hello_world.py start $(SERVER_ARGS)
+
+stop: $(RUNTIME_STAMP) ## stop the background server gracefully
+	@$(PY) hello_world.py stop
+
+status: $(RUNTIME_STAMP) ## is the background server running, and which commit does it serve
+	@$(PY) hello_world.py status
+
+reload: $(RUNTIME_STAMP) ## swap in the code now on disk with zero failed requests
+	@$(PY) hello_world.py reload
+
+backup: $(RUNTIME_STAMP) ## one backup now (what cron calls)
+	@$(PY) backup_script.py create
+
+backup-schedule: $(RUNTIME_STAMP) ## run the backup loop: one backup a day at system.backup.time
+	@$(PY) backup_script.py schedule
+
+restore: $(RUNTIME_STAMP) ## restore a backup: make restore ARCHIVE=path TARGET=dir [FORCE=1]
+	@[ -n "$(ARCHIVE)" ] && [ -n "$(TARGET)" ] || { echo "usage: make restore ARCHIVE=path TARGET=dir [FORCE=1]" >&2; exit 2; }
+	@$(PY) backup_script.py restore "$(ARCHIVE)" --target "$(TARGET)" $(if $(FORCE),--force)
+
+update: $(RUNTIME_STAMP) ## run the update protocol (DRY_RUN=1 prints the plan and changes nothing)
+	@$(PY) update_protocol.py $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
+
+validate: $(RUNTIME_STAMP) ## check the live system (exit 0 only if no check failed)
+	@$(PY) validation_test.py $(if $(ONLY),--only $(ONLY))
+
+monitor: $(RUNTIME_STAMP) ## run Prometheus and Pushgateway from the host's binaries; prints their URLs
+	@$(PY) scripts/monitor.py start
+
+monitor-stop: $(RUNTIME_STAMP) ## stop what `make monitor` started
+	@$(PY) scripts/monitor.py stop
+
+up: ## start the docker compose stack (needs a Docker engine and .env)
+	docker compose up -d --build
+
+down: ## stop the docker compose stack
+	docker compose down
+
+cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml
+	@$(PY) scripts/cron.py
+
+bench: $(DEV_STAMP) ## benchmark the server side by side with nginx (wrk); prints ratios
+	$(PY) scripts/bench_server.py $(BENCH_ARGS)
+
+bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
+	$(PY) scripts/bench_backup.py $(BENCH_ARGS)
+
+bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deployment
+	$(PY) scripts/bench_update.py $(BENCH_ARGS)
+
+lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/lint_monitoring.py
+
+check-config: $(RUNTIME_STAMP) ## check config.yaml (or HELLO_CONFIG) and print it normalised
+	@$(PY) hello_config.py
+
+clean: ## remove the venv, caches and run/ (never backups/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache run

@@ -1,0 +1,309 @@
+"""Load and check config.yaml, the one configuration file of Python Hello Printer.
+
+Every script reads its settings through `load_config()`, which returns the
+`system` mapping with every key present: the file's values, checked and
+normalised, and the defaults below for what the file leaves out.
+
+    from hello_config import load_config, ConfigError
+    config = load_config()            # HELLO_CONFIG=path selects another file
+    config["server"]["port"]          # 8000
+
+A file that cannot be used raises ConfigError with one line naming the file,
+the key path and what was expected, e.g.
+
+    config.yaml: system.backup.time: expected HH:MM, got '25:00'
+
+Scripts print that line and exit with EXIT_CONFIG (2) before doing anything.
+Relative paths (backup source and destination, run_dir) are resolved against
+the directory that holds the config file.
+
+Run `python hello_config.py [PATH]` to check a file and print it normalised.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+import zoneinfo
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PATH = Path(__file__).resolve().with_name("config.yaml")
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; str() is the one-line message."""
+
+
+class _Invalid(ValueError):
+    """A value that does not fit its key; the message says what was expected."""
+
+
+# --- checkers: each takes the raw YAML value and returns the normalised one ---
+
+_DURATION_RE = re.compile(r"^(?:\d+(?:ms|s|m|h|d|w))+$")
+_DURATION_PART_RE = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _got(value: Any) -> str:
+    return f"got {value!r}" if not isinstance(value, bool) else f"got {str(value).lower()}"
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a Prometheus-style duration ('15s', '1h30m', '500ms') or a plain number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str) and _DURATION_RE.match(value):
+        return float(sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART_RE.findall(value)))
+    raise _Invalid(f"expected a duration such as 15s, 5m or 1h30m, {_got(value)}")
+
+
+def parse_time_of_day(value: Any) -> str:
+    """'HH:MM' from a string, or from the integer YAML 1.1 makes of an unquoted 23:30 (1410)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        hours, minutes = divmod(value, 60)  # YAML 1.1 sexagesimal: 23:30 -> 23 * 60 + 30
+        shown = f"{hours:02d}:{minutes:02d}"
+    elif isinstance(value, str) and re.fullmatch(r"\d{1,2}:\d{2}", value):
+        hours, minutes = (int(part) for part in value.split(":"))
+        shown = value
+    else:
+        raise _Invalid(f"expected HH:MM, {_got(value)}")
+    if hours > 23 or minutes > 59:
+        raise _Invalid(f"expected HH:MM, got {shown!r}")
+    return f"{hours:02d}:{minutes:02d}"
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"expected a non-empty string, {_got(value)}")
+    return value
+
+
+def _optional_string(value: Any) -> str | None:
+    return None if value is None else _string(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, {_got(value)}")
+    return value
+
+
+def _int_at_least(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise _Invalid(f"expected a whole number {span}, {_got(value)}")
+        return value
+
+    return check
+
+
+_port = _int_at_least(1, 65535)
+
+
+def _url_or_null(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise _Invalid(f"expected an http:// or https:// URL or null, {_got(value)}")
+    return value.rstrip("/")
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise _Invalid(f"expected one of {', '.join(choices)}, {_got(value)}")
+        return value
+
+    return check
+
+
+def _timezone(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise _Invalid(f"expected an IANA time zone such as Europe/Berlin, or null, {_got(value)}") from None
+    return value
+
+
+def _string_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise _Invalid(f"expected a list of names, {_got(value)}")
+    return list(value)
+
+
+def _interval_or_null(value: Any) -> float | None:
+    """A period cron can express: whole minutes dividing an hour, or whole hours dividing a day."""
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    minutes = seconds / 60
+    if not (minutes.is_integer() and minutes > 0 and (60 % minutes == 0 or (minutes % 60 == 0 and 24 % (minutes // 60) == 0))):
+        raise _Invalid(f"expected an interval cron can run (1m to 60m dividing an hour, or 1h to 24h dividing a day) or null, {_got(value)}")
+    return seconds
+
+
+def _path(value: Any) -> str:
+    """A path; load_config resolves it against the config file's folder."""
+    return _string(value)
+
+
+# --- the schema: key -> (checker, default), or key -> nested schema ---
+
+Schema = dict[str, Any]
+
+SCHEMA: Schema = {
+    "system": {
+        "run_dir": (_path, "run"),  # pidfile, logs, locks, metric textfiles (git-ignored)
+        "server": {
+            "host": (_string, "127.0.0.1"),
+            "port": (_port, 8000),
+            "workers": (_int_at_least(1, 64), 1),
+            "access_log": (_bool, False),
+            "keep_alive_timeout": (parse_duration, "5s"),
+            "header_timeout": (parse_duration, "10s"),
+            "drain_timeout": (parse_duration, "10s"),
+            "reload_timeout": (parse_duration, "30s"),
+        },
+        "monitoring": {
+            "prometheus": {
+                "scrape_interval": (parse_duration, "15s"),
+                "url": (_url_or_null, "http://127.0.0.1:9090"),
+            },
+            "grafana": {
+                "dashboard": (_string, "hello-world-dashboard"),
+                "url": (_url_or_null, None),
+            },
+            "pushgateway": {
+                "url": (_url_or_null, "http://127.0.0.1:9091"),
+            },
+        },
+        "backup": {
+            "schedule": (_one_of("daily"), "daily"),
+            "time": (parse_time_of_day, "02:00"),
+            "timezone": (_timezone, None),
+            "source": (_path, "."),
+            "destination": (_path, "backups"),
+            "exclude": (_string_list, [".git", ".venv", "__pycache__", "backups", "run", ".pytest_cache", ".ruff_cache"]),
+            "keep": {
+                "daily": (_int_at_least(0), 7),
+                "weekly": (_int_at_least(0), 4),
+                "monthly": (_int_at_least(0), 6),
+            },
+        },
+        "update": {
+            "protocol": (_string, "update_protocol.py"),
+            "remote": (_string, "origin"),
+            "branch": (_string, "main"),
+            "test_command": (_string, "make test"),
+            "deploy": (_one_of("local", "compose"), "local"),
+            "interval": (_interval_or_null, None),  # null: no periodic update in `make cron`
+        },
+        "validation": {
+            "timeout": (parse_duration, "5s"),  # every network wait of validation_test.py
+            "interval": (_interval_or_null, "15m"),  # how often `make cron` runs it; null: never
+        },
+    }
+}
+
+
+def _check(raw: Any, schema: Schema, key_path: str, base_dir: Path) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _KeyError(key_path, f"expected a mapping of keys, {_got(raw)}")
+    for key in raw:
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            known = ", ".join(schema)
+            raise _KeyError(_join(key_path, str(key)), f"unknown key{hint}; known keys here: {known}")
+    result: dict[str, Any] = {}
+    for key, spec in schema.items():
+        where = _join(key_path, key)
+        if isinstance(spec, dict):
+            result[key] = _check(raw.get(key), spec, where, base_dir)
+            continue
+        checker, default = spec
+        try:
+            value = checker(raw.get(key, default))
+        except _Invalid as exc:
+            raise _KeyError(where, str(exc)) from None
+        if checker is _path:
+            value = str((base_dir / value).resolve())
+        result[key] = value
+    return result
+
+
+class _KeyError(Exception):
+    def __init__(self, key_path: str, message: str) -> None:
+        super().__init__(f"{key_path}: {message}")
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _shown(path: Path) -> str:
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else str(path)
+
+
+def config_path() -> Path:
+    """The file to read: HELLO_CONFIG when set, else config.yaml beside this module."""
+    chosen = os.environ.get("HELLO_CONFIG")
+    return Path(chosen) if chosen else DEFAULT_PATH
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The checked `system` mapping of the file at path (default: config_path())."""
+    path = Path(path) if path is not None else config_path()
+    shown = _shown(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        via = " (named by HELLO_CONFIG)" if os.environ.get("HELLO_CONFIG") else ""
+        raise ConfigError(f"{shown}: no such config file{via}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{shown}: cannot read: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark else shown
+        raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{shown}: invalid YAML: {exc}") from None
+    try:
+        checked = _check(raw, SCHEMA, "", path.resolve().parent)
+    except _KeyError as exc:
+        raise ConfigError(f"{shown}: {exc}") from None
+    system = checked["system"]
+    system["config_file"] = str(path.resolve())
+    return system
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        config = load_config(args[0] if args else None)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(config, indent=2))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
