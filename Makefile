@@ -35,16 +35,16 @@ test: $(DEV_STAMP) ## run the whole test suite (exit 0 only if all pass)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 start: $(RUNTIME_STAMP) ## start the server in the background (pidfile and log in run/)
-	@$(PY) hello_world.py start $(SERVER_ARGS)
+	@$(PY) scripts/service.py start $(SERVER_ARGS)
 
 stop: $(RUNTIME_STAMP) ## stop the background server gracefully
-	@$(PY) hello_world.py stop
+	@$(PY) scripts/service.py stop
 
 status: $(RUNTIME_STAMP) ## is the background server running, and which commit does it serve
-	@$(PY) hello_world.py status
+	@$(PY) scripts/service.py status
 
 reload: $(RUNTIME_STAMP) ## swap in the code now on disk with zero failed requests
-	@$(PY) hello_world.py reload
+	@$(PY) scripts/service.py reload
 
 backup: $(RUNTIME_STAMP) ## one backup now (what cron calls)
 	@$(PY) backup_script.py create

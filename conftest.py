@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO / "scripts"))  # tests import the scripts' functions too (e.g. `import service`)
 PYTHON = sys.executable
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 T = TypeVar("T")
@@ -38,7 +39,10 @@ def free_port() -> int:
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll predicate until it returns something truthy; fail naming `what` at the deadline."""
+    """Poll predicate until it returns something truthy; fail naming `what` at the deadline.
+
+    Exceptions from predicate count as "not yet", except AssertionError, which fails at once.
+    """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while True:
@@ -46,6 +50,8 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
             result = predicate()
             if result:
                 return result
+        except AssertionError:
+            raise  # the predicate saw something that will not get better (e.g. the process died)
         except Exception as exc:  # noqa: BLE001 - remembered for the failure message
             last_error = exc
         if time.monotonic() > deadline:
@@ -78,7 +84,9 @@ def http_get(url: str, timeout: float = 5.0, method: str = "GET", headers: dict[
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
-        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 

@@ -29,6 +29,7 @@ import re
 import sys
 import zoneinfo
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +150,13 @@ def _interval_or_null(value: Any) -> float | None:
         return None
     seconds = parse_duration(value)
     minutes = seconds / 60
-    if not (minutes.is_integer() and minutes > 0 and (60 % minutes == 0 or (minutes % 60 == 0 and 24 % (minutes // 60) == 0))):
-        raise _Invalid(f"expected an interval cron can run (1m to 60m dividing an hour, or 1h to 24h dividing a day) or null, {_got(value)}")
+    if not (
+        minutes.is_integer()
+        and minutes > 0
+        and (60 % minutes == 0 or (minutes % 60 == 0 and 24 % (minutes // 60) == 0))
+    ):
+        cron_can_run = "1m to 60m dividing an hour, or 1h to 24h dividing a day"
+        raise _Invalid(f"expected an interval cron can run ({cron_can_run}) or null, {_got(value)}")
     return seconds
 
 
@@ -195,7 +201,10 @@ SCHEMA: Schema = {
             "timezone": (_timezone, None),
             "source": (_path, "."),
             "destination": (_path, "backups"),
-            "exclude": (_string_list, [".git", ".venv", "__pycache__", "backups", "run", ".pytest_cache", ".ruff_cache"]),
+            "exclude": (
+                _string_list,
+                [".git", ".venv", "__pycache__", "backups", "run", ".pytest_cache", ".ruff_cache"],
+            ),
             "keep": {
                 "daily": (_int_at_least(0), 7),
                 "weekly": (_int_at_least(0), 4),
@@ -292,6 +301,47 @@ def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     system = checked["system"]
     system["config_file"] = str(path.resolve())
     return system
+
+
+def server_url(config: dict[str, Any]) -> str:
+    """The base URL of the server config.yaml describes; 0.0.0.0 and :: are reached on loopback."""
+    host, port = config["server"]["host"], config["server"]["port"]
+    shown = (
+        "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+    )
+    return f"http://{shown}:{port}"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The server's files in system.run_dir, shared by the server and the commands that control it."""
+
+    run_dir: Path
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "hello_world.pid"  # the supervisor's PID
+
+    @property
+    def logfile(self) -> Path:
+        return self.run_dir / "hello_world.log"  # background mode
+
+    @property
+    def statefile(self) -> Path:
+        return self.run_dir / "hello_world.state.json"  # url, version, commit, last reload
+
+    @property
+    def multiproc(self) -> Path:
+        return self.run_dir / "multiproc"  # prometheus_client's files of the workers
+
+    def running_pid(self) -> int | None:
+        """The server's PID from the pidfile, if that process is alive and is the server."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if b"hello_world.py" in cmdline else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,640 @@
+"""Python Hello Printer: the "Hello, World!" HTTP service and its process control.
+
+Run it:
+
+    python hello_world.py [--host H] [--port N] [--workers N]     # foreground (make run)
+    python hello_world.py start|stop|status|reload [--host ...]   # background (make start, ...)
+
+Endpoints: / (Hello, World!), /healthz, /readyz, /version, /metrics (see README).
+
+How it is built: a small supervisor process binds the listening socket and
+runs N worker processes that share it. Each worker is uvicorn (uvloop and
+httptools) serving the plain ASGI app below, with prometheus_client in
+multiprocess mode so that /metrics sums every worker, past and present.
+
+Reload (SIGHUP, `make reload`): the supervisor starts a new generation of
+workers from the code now on disk and waits until each says it is ready.
+Only then does it tell the old workers to drain: stop accepting, answer the
+next request on every open connection with `Connection: close`, wait up to
+drain_timeout for the connections to leave, exit. New code that fails to
+import or to get ready within reload_timeout is stopped, and the old
+generation keeps serving. SIGTERM and SIGINT drain every worker the same way.
+
+Files in system.run_dir: hello_world.pid (the supervisor), hello_world.log
+(background mode), hello_world.state.json (URL, commit, last reload result),
+multiproc/ (the metric files of the workers, emptied at start).
+
+Exit codes: 0 success; 1 failed (port taken, new code refused, not running
+for `status`); 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFiles, load_config, server_url
+
+VERSION = "1.0.0"
+REPO_DIR = Path(__file__).resolve().parent
+SCRIPT = REPO_DIR / "hello_world.py"
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"
+MAX_HEADER_BYTES = 32 * 1024  # as nginx's default large_client_header_buffers
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+
+log = logging.getLogger("hello_world")
+
+
+# --- what is being served -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    version: str
+    commit: str
+
+
+def read_build_info() -> BuildInfo:
+    """The version and the git commit of the code on disk; HELLO_COMMIT (baked in at image build) without .git."""
+    commit = os.environ.get("HELLO_COMMIT") or "unknown"
+    if (REPO_DIR / ".git").exists():
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            result = subprocess.run(
+                ["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            )
+            if result.returncode == 0:
+                commit = result.stdout.strip()
+    return BuildInfo(VERSION, commit)
+
+
+# --- the ASGI app ---------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerState:
+    draining: bool = False
+
+
+def _text(status: int, body: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -> tuple[int, list, bytes]:
+    data = body.encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(data)).encode()), *extra]
+    return status, headers, data
+
+
+class RequestMetrics:
+    """The request counter and latency histogram, kept in plain dicts on the request path.
+
+    In multiprocess mode every prometheus_client update writes a shared memory-mapped file
+    (about 9 us a request for a counter and a histogram here). Requests add to dicts instead
+    (well under 1 us) and flush() writes the sums: on the server's 0.1 s tick, before this
+    worker answers /metrics, and when it stops. Every request is counted exactly once; another
+    worker's last 0.1 s may show up one tick later.
+    """
+
+    def __init__(self, routes: tuple[str, ...]) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.requests_total = Counter(
+            "hello_world_requests", "Requests answered, by method, route and status code.", ["method", "path", "code"]
+        )
+        duration = Histogram(
+            "hello_world_request_duration_seconds", "Time to answer a request.", ["path"], buckets=LATENCY_BUCKETS
+        )
+        self.bounds = (*LATENCY_BUCKETS, float("inf"))
+        self.histograms = {route: duration.labels(route) for route in routes}
+        self.counts: dict[tuple[str, str, int], int] = {}
+        self.latency = {route: [0.0] + [0] * len(self.bounds) for route in routes}  # [sum, bucket counts...]
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        pending = self.latency[route]
+        pending[0] += seconds
+        pending[1 + bisect.bisect_left(self.bounds, seconds)] += 1
+
+    def flush(self) -> None:
+        counts, self.counts = self.counts, {}
+        for (method, route, status), count in counts.items():
+            self.requests_total.labels(method, route, str(status)).inc(count)
+        for route, pending in self.latency.items():
+            if not any(pending[1:]):
+                continue
+            # The histogram child's own parts: observe() would cost a file write per sample again.
+            # In multiprocess mode each bucket holds its own count; the collector accumulates them.
+            child = self.histograms[route]
+            child._sum.inc(pending[0])
+            for index, count in enumerate(pending[1:]):
+                if count:
+                    child._buckets[index].inc(count)
+            self.latency[route] = [0.0] + [0] * len(self.bounds)
+
+
+def make_app(build: BuildInfo, state: WorkerState):
+    """The ASGI app: a dict of routes, each answer built once, counted in `app.metrics`."""
+    from prometheus_client import CollectorRegistry, Gauge, multiprocess
+    from prometheus_client.exposition import choose_encoder
+
+    routes = ("/", "/healthz", "/readyz", "/version", "/metrics")
+    metrics = RequestMetrics((*routes, "other"))
+    build_info = Gauge(
+        "hello_world_build_info", "The running version and commit.", ["version", "commit"], multiprocess_mode="livemax"
+    )
+    build_info.labels(build.version, build.commit).set(1)
+    exposition = CollectorRegistry()
+    multiprocess.MultiProcessCollector(exposition)
+
+    version_body = json.dumps({"version": build.version, "commit": build.commit}).encode() + b"\n"
+    static = {
+        "/": _text(200, "Hello, World!\n"),
+        "/healthz": _text(200, "ok\n"),
+        "/version": (
+            200,
+            [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(version_body))],
+            version_body,
+        ),
+    }
+    ready, draining = _text(200, "ready\n"), _text(503, "draining\n")
+    not_found = _text(404, "not found\n")
+    not_allowed = _text(405, "method not allowed\n", ((b"allow", b"GET, HEAD"),))
+    connection_close = (b"connection", b"close")
+
+    def metrics_answer(scope: dict) -> tuple[int, list, bytes]:
+        metrics.flush()
+        accept = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"accept"), None)
+        encoder, content_type = choose_encoder(accept)
+        body = encoder(exposition)
+        return 200, [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))], body
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        route = path if path in static or path == "/readyz" or path == "/metrics" else "other"
+        if route == "other":
+            status, headers, body = not_found
+        elif method != "GET" and method != "HEAD":
+            status, headers, body = not_allowed
+        elif path == "/readyz":
+            status, headers, body = draining if state.draining else ready
+        elif path == "/metrics":
+            status, headers, body = metrics_answer(scope)
+        else:
+            status, headers, body = static[path]
+        if state.draining:
+            # uvicorn closes the connection after a response that says so: the client knows to reconnect.
+            headers = [*headers, connection_close]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if method not in KNOWN_METHODS:
+            method = "other"  # a client must not be able to grow the label set
+        metrics.observe(method, route, status, time.perf_counter() - started)
+
+    app.metrics = metrics
+    return app
+
+
+# --- the worker: uvicorn with a drain step and the limits httptools lacks -------------------------
+
+
+def _has_http1_request_line(data: bytes) -> bool:
+    """False when the first line of a request is complete and lacks an HTTP/1.x version."""
+    line_end = data.find(b"\n")
+    return line_end == -1 or data[:line_end].rstrip(b"\r").endswith((b" HTTP/1.1", b" HTTP/1.0"))
+
+
+def _guarded_protocol(header_timeout: float, count_rejected):
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol plus a header size cap (431) and a deadline for request headers (408)."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            self.in_headers, self.header_bytes, self.header_timer = True, 0, None
+            # uvicorn arms its idle timer only after a first response: a client that never sends is closed too.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+        def data_received(self, data: bytes) -> None:
+            if self.in_headers:
+                self.header_bytes += len(data)
+                if self.header_bytes > MAX_HEADER_BYTES:
+                    self.reject(431, "Request Header Fields Too Large")
+                    return
+                if self.header_bytes == len(data) and not _has_http1_request_line(data):
+                    self.reject(400, "Bad Request")  # llhttp would answer an HTTP/0.9 line without a version
+                    return
+            super().data_received(data)
+            # Most requests arrive whole; only a partial one starts the clock (a timer per request costs).
+            if self.in_headers and self.header_bytes and self.header_timer is None and not self.transport.is_closing():
+                self.header_timer = self.loop.call_later(header_timeout, self.reject, 408, "Request Timeout")
+
+        def on_headers_complete(self) -> None:
+            self.in_headers, self.header_bytes = False, 0
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self.in_headers = True
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            count_rejected(400)
+            super().send_400_response(msg)
+
+        def reject(self, status: int, reason: str) -> None:
+            if self.transport.is_closing():
+                return
+            count_rejected(status)
+            body = reason.encode() + b"\n"
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
+            )
+            self.transport.close()
+
+    return GuardedHttpToolsProtocol
+
+
+def worker_main(listen_fd: int, ready_fd: int) -> int:
+    """Serve on the inherited listening socket until told to stop; say 'ready' on ready_fd once serving."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        server_config = load_config()["server"]
+    except ConfigError as exc:
+        os.write(ready_fd, f"failed: {exc}".encode())
+        return EXIT_CONFIG
+    build, state = read_build_info(), WorkerState()
+    app = make_app(build, state)
+    protocol = _guarded_protocol(
+        server_config["header_timeout"], lambda status: app.metrics.observe("other", "other", status, 0.0)
+    )
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http=protocol,
+        lifespan="off",
+        interface="asgi3",
+        proxy_headers=False,
+        server_header=False,
+        access_log=server_config["access_log"],
+        log_config=None,
+        log_level="info" if server_config["access_log"] else "warning",
+        timeout_keep_alive=max(1, round(server_config["keep_alive_timeout"])),
+        timeout_graceful_shutdown=max(1, round(server_config["drain_timeout"])),
+    )
+    parent = os.getppid()
+
+    class DrainingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                os.write(ready_fd, f"ready {build.version} {build.commit}".encode())
+                os.close(ready_fd)
+
+        async def on_tick(self, counter: int) -> bool:
+            app.metrics.flush()
+            if os.getppid() != parent:  # the supervisor is gone: do not serve on as an orphan
+                self.should_exit = True
+            return await super().on_tick(counter)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # Drain before uvicorn's own shutdown, which closes idle keep-alive connections
+            # without a word and so loses a request that is on its way.
+            state.draining = True
+            for server in self.servers:
+                server.close()
+            for sock in sockets or []:
+                sock.close()
+            deadline = time.monotonic() + server_config["drain_timeout"]
+            while self.server_state.connections and time.monotonic() < deadline and not self.force_exit:
+                await asyncio.sleep(0.02)
+            await super().shutdown()
+            app.metrics.flush()
+
+    listener = socket.socket(fileno=listen_fd)
+    DrainingServer(config).run(sockets=[listener])
+    return EXIT_OK
+
+
+# The worker command: imports hello_world.py fresh from disk, so a reload serves the new code, and
+# reports an import error (a syntax error in new code) on the ready pipe instead of dying silently.
+WORKER_BOOTSTRAP = """
+import os, sys
+repo, listen_fd, ready_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sys.path.insert(0, repo)
+try:
+    import hello_world
+except BaseException as exc:
+    os.write(ready_fd, f"failed: cannot import hello_world.py: {type(exc).__name__}: {exc}".encode())
+    sys.exit(1)
+sys.exit(hello_world.worker_main(listen_fd, ready_fd))
+"""
+
+
+# --- the supervisor -------------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen
+    ready_pipe: int
+    message: str = ""
+    stop_deadline: float = 0.0
+
+
+class Supervisor:
+    """Holds the listening socket; starts, reloads and stops generations of workers."""
+
+    def __init__(self, config: dict, flags: dict, listener: socket.socket, files: RunFiles) -> None:
+        self.listener, self.files, self.url = listener, files, server_url(config)
+        self.server = config["server"]
+        self.flags = flags  # command-line overrides of system.server, kept over a reload
+        self.workers: list[Worker] = []
+        self.retiring: list[Worker] = []
+        self.signals: list[int] = []
+        self.state: dict[str, Any] = {
+            "pid": os.getpid(),
+            "url": self.url,
+            "workers": self.server["workers"],
+            "reloads": 0,
+        }
+
+    # workers
+
+    def spawn(self) -> Worker:
+        read_end, write_end = os.pipe()
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.files.multiproc)}
+        args = [sys.executable, "-c", WORKER_BOOTSTRAP, str(REPO_DIR), str(self.listener.fileno()), str(write_end)]
+        try:
+            proc = subprocess.Popen(args, pass_fds=(self.listener.fileno(), write_end), env=env, cwd=REPO_DIR)
+        finally:
+            os.close(write_end)
+        return Worker(proc, read_end)
+
+    def wait_ready(self, workers: list[Worker], timeout: float) -> str | None:
+        """None once every worker said 'ready', else why not (failure, early exit, timeout, a stop signal)."""
+        deadline = time.monotonic() + timeout
+        pending = {worker.ready_pipe: worker for worker in workers}
+        while pending:
+            if any(sig in (signal.SIGTERM, signal.SIGINT) for sig in self.signals):
+                return "interrupted by a stop signal"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return f"not ready within {timeout:g}s (system.server.reload_timeout)"
+            readable, _, _ = select.select(list(pending), [], [], min(left, 0.5))
+            for fd in readable:
+                worker = pending.pop(fd)
+                worker.message = os.read(fd, 4096).decode(errors="replace")
+                os.close(fd)
+                if not worker.message.startswith("ready"):
+                    code = worker.proc.wait()
+                    return worker.message or f"worker exited with code {code} before it was ready"
+        return None
+
+    def stop_workers(self, workers: list[Worker], timeout: float) -> None:
+        """Drain (SIGTERM) and wait; SIGKILL what is left at the deadline."""
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.terminate()
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %d did not drain in time: killed", worker.proc.pid)
+                worker.proc.kill()
+                worker.proc.wait()
+            self.forget(worker)
+
+    def forget(self, worker: Worker) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.proc.pid, str(self.files.multiproc))
+        with contextlib.suppress(OSError):
+            os.close(worker.ready_pipe)
+
+    def start_generation(self) -> tuple[list[Worker], str | None]:
+        workers = [self.spawn() for _ in range(self.server["workers"])]
+        error = self.wait_ready(workers, self.server["reload_timeout"])
+        if error:
+            self.stop_workers(workers, timeout=5)
+        return workers, error
+
+    # state
+
+    def serving(self) -> str:
+        parts = self.workers[0].message.split() if self.workers else []
+        return f"version {parts[1]} commit {parts[2]}" if len(parts) == 3 else "nothing"
+
+    def save_state(self, **changes: Any) -> None:
+        if self.workers:
+            _, version, commit = self.workers[0].message.split()
+            self.state.update(version=version, commit=commit)
+        self.state.update(changes)
+        write_json_atomically(self.files.statefile, self.state)
+
+    # the life cycle
+
+    def start(self) -> str | None:
+        self.workers, error = self.start_generation()
+        if error:
+            self.workers = []
+            return error
+        self.save_state(started=time.time())
+        log.info("started %s on %s with %d worker(s)", self.serving(), self.url, len(self.workers))
+        return None
+
+    def reread_config(self) -> str | None:
+        """Take the config file's server settings as they are now; why not, if the file is bad."""
+        try:
+            config = load_config()
+        except ConfigError as exc:
+            return str(exc)
+        server = {**config["server"], **self.flags}
+        if (server["host"], server["port"]) != (self.server["host"], self.server["port"]):
+            log.warning(
+                "reload keeps listening on %s:%d: a new host or port needs a restart",
+                self.server["host"],
+                self.server["port"],
+            )
+            server["host"], server["port"] = self.server["host"], self.server["port"]
+        self.server = server
+        return None
+
+    def reload(self) -> None:
+        before = self.serving()
+        log.info("reload: starting new workers from the code on disk (serving %s)", before)
+        error = self.reread_config()
+        new: list[Worker] = []
+        if not error:
+            new, error = self.start_generation()
+        count = self.state["reloads"] + 1
+        if error:
+            log.error("reload failed, still serving %s: %s", before, error)
+            self.save_state(reloads=count, last_reload={"ok": False, "reason": error, "at": time.time()})
+            return
+        old, self.workers = self.workers, new
+        for worker in old:
+            worker.proc.terminate()  # drain: the new workers already accept on the same socket
+            worker.stop_deadline = time.monotonic() + self.server["drain_timeout"] + 5
+        self.retiring.extend(old)
+        log.info("reloaded: now serving %s (was %s)", self.serving(), before)
+        self.save_state(reloads=count, last_reload={"ok": True, "reason": "", "at": time.time()})
+
+    def reap(self) -> None:
+        for worker in list(self.retiring):
+            if worker.proc.poll() is None and time.monotonic() > worker.stop_deadline:
+                log.warning("old worker %d did not drain in time: killed", worker.proc.pid)
+                worker.proc.kill()
+            if worker.proc.poll() is not None:
+                self.retiring.remove(worker)
+                self.forget(worker)
+        for index, worker in enumerate(self.workers):
+            if worker.proc.poll() is not None:
+                log.error("worker %d exited with code %s: starting another", worker.proc.pid, worker.proc.returncode)
+                self.forget(worker)
+                replacement = self.spawn()
+                error = self.wait_ready([replacement], self.server["reload_timeout"])
+                if error:
+                    log.error("replacement worker failed: %s", error)
+                    time.sleep(1)  # no hot loop while the code on disk cannot start
+                self.workers[index] = replacement
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; SIGHUP reloads."""
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, lambda signum, frame: self.signals.append(signum))
+        error = self.start()
+        if error:
+            log.error("cannot start: %s", error)
+            return EXIT_FAILED
+        while True:
+            select.select([wake_read], [], [], 1.0)
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 512)
+            while self.signals:
+                sig = self.signals.pop(0)
+                if sig in (signal.SIGTERM, signal.SIGINT):
+                    return self.stop(signal.Signals(sig).name)
+                if sig == signal.SIGHUP:
+                    self.reload()
+            self.reap()
+
+    def stop(self, reason: str) -> int:
+        log.info("stopping (%s): draining %d worker(s), serving %s", reason, len(self.workers), self.serving())
+        self.listener.close()
+        self.stop_workers(self.workers + self.retiring, timeout=self.server["drain_timeout"] + 5)
+        log.info("stopped")
+        return EXIT_OK
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: dict, flags: dict) -> int:
+    server, files = config["server"], RunFiles(Path(config["run_dir"]))
+    files.run_dir.mkdir(parents=True, exist_ok=True)
+    pid = files.running_pid()
+    if pid and pid != os.getpid():
+        log.error("already running as pid %d (see `make status`)", pid)
+        return EXIT_FAILED
+    try:
+        listener = bind(server["host"], server["port"])
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", server["host"], server["port"], exc.strerror or exc)
+        return EXIT_FAILED
+    shutil.rmtree(files.multiproc, ignore_errors=True)
+    files.multiproc.mkdir()
+    files.pidfile.write_text(f"{os.getpid()}\n")
+    supervisor = Supervisor(config, flags, listener, files)
+    try:
+        return supervisor.run()
+    finally:
+        if files.running_pid() == os.getpid():
+            files.pidfile.unlink(missing_ok=True)
+        shutil.rmtree(files.multiproc, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("start", "stop", "status", "reload"):
+        # Process control lives in scripts/service.py, apart from the served code, so that it
+        # still works when the code on disk is broken; this keeps `hello_world.py reload` working.
+        import runpy
+
+        sys.argv = [str(REPO_DIR / "scripts" / "service.py"), *args]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    parser = argparse.ArgumentParser(description="Serve Hello, World! in the foreground (see module docstring).")
+    parser.add_argument("--host", help="address to listen on (system.server.host)")
+    parser.add_argument("--port", type=int, help="port to listen on (system.server.port)")
+    parser.add_argument("--workers", type=int, help="worker processes (system.server.workers)")
+    options = parser.parse_args(args)
+    try:
+        config = load_config()
+        flags = server_flags(options)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    config["server"].update(flags)
+    return serve(config, flags)
+
+
+def server_flags(options: argparse.Namespace) -> dict:
+    """--host, --port and --workers, which override system.server, checked like the file's values."""
+    for key, high in (("port", 65535), ("workers", 64)):
+        value = getattr(options, key)
+        if value is not None and not 1 <= value <= high:
+            raise ConfigError(f"--{key}: expected a whole number from 1 to {high}, got {value}")
+    return {key: getattr(options, key) for key in ("host", "port", "workers") if getattr(options, key) is not None}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Run the hello server in the background: start, stop, status, reload.
+
+    python scripts/service.py start [--host H] [--port N] [--workers N]   # make start
+    python scripts/service.py stop                                        # make stop
+    python scripts/service.py status [--json]                             # make status
+    python scripts/service.py reload                                      # make reload
+
+The server's files are in system.run_dir (see hello_config.RunFiles). This
+module never imports hello_world.py, so that `reload` still works, and says
+why the new code was refused, when the code on disk is broken.
+
+start: exit 0 once /readyz answers (also when already running), 1 if the server
+did not come up. stop: SIGTERM, then wait until it has drained and exited.
+status: 0 running and ready, 1 not. reload: SIGHUP, then wait for the server's
+verdict: 0 the new code serves, 1 refused (the old code keeps serving).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_DIR))
+
+from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFiles, load_config, server_url  # noqa: E402
+
+
+def fetch(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """(status, body) of a GET; HTTP error statuses are returned, network errors raised as OSError."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def read_state(files: RunFiles) -> dict:
+    try:
+        return json.loads(files.statefile.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def process_gone(pid: int) -> bool:
+    """True when pid has exited (a zombie nobody has reaped yet counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z")
+    return False
+
+
+def start(config: dict, files: RunFiles, server_args: list[str]) -> int:
+    pid = files.running_pid()
+    if pid:
+        print(f"already running: pid {pid}, {read_state(files).get('url', '')}")
+        return EXIT_OK
+    files.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(files.logfile, "ab") as logfile:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO_DIR / "hello_world.py"), *server_args],
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_DIR,
+            start_new_session=True,
+        )
+    url = server_url(config)
+    deadline = time.monotonic() + config["server"]["reload_timeout"] + 5
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            lines = files.logfile.read_text(errors="replace").strip().splitlines()
+            reason = lines[-1] if lines else f"see {files.logfile}"
+            print(f"start failed (exit {proc.returncode}): {reason}", file=sys.stderr)
+            return EXIT_FAILED
+        with contextlib.suppress(OSError):
+            if files.running_pid() == proc.pid and fetch(url + "/readyz", timeout=1)[0] == 200:
+                print(f"started: pid {proc.pid}, {url}, log {files.logfile}")
+                return EXIT_OK
+        time.sleep(0.1)
+    print(
+        f"start failed: not ready in time; the server (pid {proc.pid}) is left running, see {files.logfile}",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
+def stop(config: dict, files: RunFiles) -> int:
+    pid = files.running_pid()
+    if not pid:
+        print("not running")
+        return EXIT_OK
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + config["server"]["drain_timeout"] + 15
+    while time.monotonic() < deadline:
+        if process_gone(pid):
+            print(f"stopped: pid {pid}")
+            return EXIT_OK
+        time.sleep(0.05)
+    print(f"stop failed: pid {pid} still running after the drain timeout", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def status(files: RunFiles, as_json: bool) -> int:
+    pid = files.running_pid()
+    url = read_state(files).get("url", "")
+    report: dict = {"running": bool(pid), "pid": pid, "url": url}
+    if pid:
+        try:
+            report["readyz"] = fetch(url + "/readyz")[0]
+            report.update(json.loads(fetch(url + "/version")[1]))
+        except (OSError, ValueError) as exc:
+            report["error"] = f"{url} does not answer: {exc}"
+    if as_json:
+        print(json.dumps(report))
+    elif not pid:
+        print("not running")
+    elif "error" in report:
+        print(f"pid {pid} is running but {report['error']}")
+    else:
+        print(
+            f"running: pid {pid}, {url}, readyz {report['readyz']}, version {report['version']}, "
+            f"commit {report['commit']}"
+        )
+    return EXIT_OK if report.get("readyz") == 200 else EXIT_FAILED
+
+
+def reload(config: dict, files: RunFiles) -> int:
+    pid = files.running_pid()
+    if not pid:
+        print("reload failed: the server is not running", file=sys.stderr)
+        return EXIT_FAILED
+    before = read_state(files).get("reloads", 0)
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + config["server"]["reload_timeout"] + 15
+    while time.monotonic() < deadline and not process_gone(pid):
+        state = read_state(files)
+        if state.get("reloads", 0) > before:
+            outcome = state.get("last_reload", {})
+            if outcome.get("ok"):
+                print(f"reloaded: now serving version {state.get('version')} commit {state.get('commit')}")
+                return EXIT_OK
+            print(f"reload failed, old code still serving: {outcome.get('reason')}", file=sys.stderr)
+            return EXIT_FAILED
+        time.sleep(0.05)
+    print(f"reload failed: no answer from the server (pid {pid}); see {files.logfile}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Control the background hello server.")
+    parser.add_argument("command", choices=["start", "stop", "status", "reload"])
+    parser.add_argument("--host", help="start: address to listen on (system.server.host)")
+    parser.add_argument("--port", type=int, help="start: port (system.server.port)")
+    parser.add_argument("--workers", type=int, help="start: worker processes (system.server.workers)")
+    parser.add_argument("--json", action="store_true", help="status: one JSON object")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    server_args = []
+    for key in ("host", "port", "workers"):
+        value = getattr(args, key)
+        if value is not None:
+            config["server"][key] = value
+            server_args += [f"--{key}", str(value)]
+    files = RunFiles(Path(config["run_dir"]))
+    if args.command == "start":
+        return start(config, files, server_args)
+    if args.command == "stop":
+        return stop(config, files)
+    if args.command == "status":
+        return status(files, args.json)
+    return reload(config, files)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""Tests of hello_world.py against real server processes over real sockets.
+
+Each test starts its own server on a free port (conftest's hello_server, or
+`make start` in a scratch checkout) and the `processes` fixture kills it by PID.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, free_port, http_get, wait_until, write_config
+from service import process_gone
+
+PROJECT_FILES = (
+    "hello_world.py",
+    "hello_config.py",
+    "config.yaml",
+    "Makefile",
+    "requirements.txt",
+    "requirements-dev.txt",
+    "scripts/service.py",
+)
+
+
+def metric_value(url: str, name: str, labels: dict[str, str]) -> float:
+    """The value of one sample in the server's /metrics, 0 when absent."""
+    body = http_get(url + "/metrics")[2].decode()
+    for line in body.splitlines():
+        match = re.match(r"^(\w+)\{(.*)\} (\S+)$", line)
+        if match and match.group(1) == name:
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
+            if all(found.get(key) == value for key, value in labels.items()):
+                return float(match.group(3))
+    return 0.0
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+# --- load clients ---------------------------------------------------------------------------------
+
+
+class LoadClient(threading.Thread):
+    """Sends GET / in a loop until stopped or bounded out; counts answers and failures.
+
+    keep_alive=True reuses one connection and reconnects only when the server said `Connection: close`;
+    a connection the server drops without saying so fails the next request. keep_alive=False opens a
+    connection per request. `refused` counts new connections the server would not take (it stopped).
+    """
+
+    def __init__(self, port: int, keep_alive: bool, max_requests: int = 20000, max_seconds: float = 30) -> None:
+        super().__init__(daemon=True)
+        self.port, self.keep_alive = port, keep_alive
+        self.max_requests, self.deadline = max_requests, time.monotonic() + max_seconds
+        self.stopping = threading.Event()
+        self.ok = self.refused = 0
+        self.failures: list[str] = []
+        self.stopping_allowed = False  # set when the test stops the server: a refused new connection is no failure
+
+    def run(self) -> None:
+        connection: http.client.HTTPConnection | None = None
+        while not self.stopping.is_set() and self.ok < self.max_requests and time.monotonic() < self.deadline:
+            fresh = connection is None
+            if fresh:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                try:
+                    connection.connect()
+                except ConnectionRefusedError:
+                    self.refused += 1
+                    connection = None
+                    time.sleep(0.01)
+                    continue
+            headers = {} if self.keep_alive else {"Connection": "close"}
+            try:
+                connection.request("GET", "/", headers=headers)
+                response = connection.getresponse()
+                body = response.read()
+            except (ConnectionResetError, http.client.RemoteDisconnected) as exc:
+                # A fresh connection reset before any answer: the server stopped listening (stop, not reload).
+                if fresh and not self.keep_alive and self.stopping_allowed:
+                    self.refused += 1
+                else:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                connection.close()
+                connection = None
+                continue
+            except OSError as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+                connection.close()
+                connection = None
+                continue
+            if response.status == 200 and body == b"Hello, World!\n":
+                self.ok += 1
+            else:
+                self.failures.append(f"status {response.status} body {body[:40]!r}")
+            if not self.keep_alive or response.getheader("connection", "").lower() == "close":
+                connection.close()
+                connection = None
+        if connection is not None:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=30)
+
+
+def count_progress(clients: list[LoadClient], more: int, timeout: float = 20) -> None:
+    """Wait until the clients have answered `more` requests beyond now: proof the load is flowing."""
+    target = sum(client.ok for client in clients) + more
+    wait_until(lambda: sum(client.ok for client in clients) >= target, timeout, f"{more} more answered requests")
+
+
+# --- the interface of SPEC ------------------------------------------------------------------------
+
+
+def test_endpoints_answer_as_spec_says(hello_server):
+    server = hello_server()
+    status, headers, body = http_get(server.url + "/")
+    assert (status, body) == (200, b"Hello, World!\n")
+    assert headers["content-type"].startswith("text/plain")
+
+    status, headers, body = http_get(server.url + "/", method="HEAD")
+    assert (status, body, headers["content-length"]) == (200, b"", "14")
+
+    assert http_get(server.url + "/healthz")[0] == 200
+    assert http_get(server.url + "/readyz")[0] == 200
+
+    status, headers, body = http_get(server.url + "/version")
+    version = json.loads(body)
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert version["commit"] == git(REPO, "rev-parse", "HEAD") and version["version"]
+
+    status, headers, body = http_get(server.url + "/nope?x=1")
+    assert status == 404
+    status, headers, body = http_get(server.url + "/", method="POST")
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    assert http_get(server.url + "/metrics", method="DELETE")[0] == 405
+
+    status, headers, body = http_get(server.url + "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = body.decode()
+    assert f'hello_world_build_info{{commit="{version["commit"]}",version="{version["version"]}"}} 1.0' in text
+    assert "_created" not in text
+    assert 'path="/nope' not in text and 'path="other"' in text  # the route, never the raw URL
+
+    status, headers, body = http_get(server.url + "/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert headers["content-type"].startswith("application/openmetrics-text") and body.endswith(b"# EOF\n")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_request_is_counted_exactly_once(hello_server, workers):
+    server = hello_server(workers=workers)
+    labels = {"method": "GET", "path": "/", "code": "200"}
+    before = metric_value(server.url, "hello_world_requests_total", labels)
+    requests = 300
+    # Several connections, so that with 2 workers both answer some.
+    for _ in range(6):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        for _ in range(requests // 6):
+            connection.request("GET", "/")
+            assert connection.getresponse().read() == b"Hello, World!\n"
+        connection.close()
+    wait_until(
+        lambda: metric_value(server.url, "hello_world_requests_total", labels) >= before + requests,
+        5,
+        f"the counter to grow by {requests}",
+    )
+    # Past two flush ticks of every worker (0.1 s each): nothing was counted twice.
+    time.sleep(0.3)
+    assert metric_value(server.url, "hello_world_requests_total", labels) == before + requests
+    histogram_count = metric_value(server.url, "hello_world_request_duration_seconds_count", {"path": "/"})
+    assert histogram_count == before + requests
+    assert (
+        metric_value(server.url, "hello_world_request_duration_seconds_bucket", {"path": "/", "le": "+Inf"})
+        == histogram_count
+    )
+    if workers == 2:
+        pids = json.loads(Path(server.config_path.parent / "run" / "hello_world.state.json").read_text())
+        assert pids["workers"] == 2
+
+
+def test_bad_flags_and_config_exit_2_with_one_line(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("system:\n  server:\n    port: 99999\n")
+    result = subprocess.run(
+        [PYTHON, str(REPO / "hello_world.py")],
+        env={**os.environ, "HELLO_CONFIG": str(bad)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("system.server.port: expected a whole number from 1 to 65535, got 99999")
+    result = subprocess.run(
+        [PYTHON, str(REPO / "hello_world.py"), "--port", "0"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2 and "--port" in result.stderr
+
+
+def test_port_in_use_fails_with_the_reason(hello_server, tmp_path):
+    server = hello_server()
+    config = write_config(tmp_path / "second", {"server": {"port": server.port}})
+    result = subprocess.run(
+        [PYTHON, str(REPO / "hello_world.py")],
+        env={**os.environ, "HELLO_CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and "Address already in use" in result.stderr
+
+
+# --- bad clients ----------------------------------------------------------------------------------
+
+
+def raw_exchange(port: int, payload: bytes, timeout: float = 5) -> bytes:
+    """Send payload on a new connection; return what comes back until the server closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with_reset = b""
+        try:
+            sock.sendall(payload)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            with_reset = b"".join(chunks)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        return with_reset
+
+
+def test_malformed_and_slow_clients_never_hurt_others(hello_server):
+    server = hello_server(overrides={"server": {"header_timeout": "1s", "keep_alive_timeout": "2s"}})
+    rng = random.Random(7)
+    for _ in range(20):
+        answer = raw_exchange(server.port, bytes(rng.randrange(256) for _ in range(200)) + b"\r\n\r\n")
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:60]
+
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+    assert raw_exchange(server.port, big).startswith(b"HTTP/1.1 431")
+
+    answer = raw_exchange(server.port, b"GET /\r\n\r\n")
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:60]
+
+    # A slow client sends half a request and stalls: the others are served meanwhile, it gets 408.
+    slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    for _ in range(20):
+        status, _, body = http_get(server.url + "/", timeout=1)
+        assert (status, body) == (200, b"Hello, World!\n")
+    assert time.monotonic() - started < 1, "other clients stalled behind the slow one"
+    assert slow.recv(4096).startswith(b"HTTP/1.1 408")
+    slow.close()
+
+    # An idle connection that never sends is closed after keep_alive_timeout, without an answer.
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    assert idle.recv(4096) == b""
+    idle.close()
+
+    assert http_get(server.url + "/")[0] == 200
+    assert metric_value(server.url, "hello_world_requests_total", {"code": "431"}) == 1
+    assert metric_value(server.url, "hello_world_requests_total", {"code": "408"}) == 1
+    assert server.proc.poll() is None
+
+
+# --- stop -----------------------------------------------------------------------------------------
+
+
+def test_sigterm_under_load_answers_every_request_then_exits(hello_server):
+    server = hello_server(workers=2)
+    clients = [
+        LoadClient(server.port, keep_alive=True),
+        LoadClient(server.port, keep_alive=True),
+        LoadClient(server.port, keep_alive=False),
+    ]
+    for client in clients:
+        client.stopping_allowed = True
+        client.start()
+    count_progress(clients, 300)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=30) == 0, server.log()
+    for client in clients:
+        client.stop()
+    failures = [failure for client in clients for failure in client.failures]
+    assert failures == [], failures[:5]
+    assert sum(client.ok for client in clients) >= 300
+    log = server.log()
+    assert "stopping (SIGTERM)" in log and "stopped" in log
+
+
+def test_readyz_turns_503_while_draining(hello_server):
+    server = hello_server(overrides={"server": {"drain_timeout": "5s"}})
+    # An open keep-alive connection keeps the worker draining until it leaves.
+    held = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    held.request("GET", "/")
+    held.getresponse().read()
+    server.proc.send_signal(signal.SIGTERM)
+
+    def drain_answer() -> http.client.HTTPResponse | None:
+        held.request("GET", "/readyz")
+        response = held.getresponse()
+        response.read()
+        return response if response.status == 503 else None
+
+    response = wait_until(drain_answer, 5, "/readyz to answer 503 on the open connection")
+    assert response.getheader("connection") == "close"
+    held.close()
+    assert server.proc.wait(timeout=15) == 0
+
+
+# --- make targets and reload ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkout(tmp_path: Path, processes) -> dict:
+    """A scratch git checkout of the server, sharing the repo's venv, with its own config and run dir."""
+    work = tmp_path / "checkout"
+    work.mkdir()
+    (work / "scripts").mkdir()
+    for name in PROJECT_FILES:
+        shutil.copy2(REPO / name, work / name)  # copy2 keeps mtimes: make sees the venv as up to date
+    (work / ".venv").symlink_to(REPO / ".venv")
+    git(work, "init", "-q", "-b", "main")
+    git(work, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    git(work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    port = free_port()
+    config = write_config(tmp_path / "conf", {"server": {"port": port, "workers": 2, "reload_timeout": "20s"}})
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    state = {
+        "dir": work,
+        "port": port,
+        "url": f"http://127.0.0.1:{port}",
+        "env": env,
+        "pidfile": tmp_path / "conf" / "run" / "hello_world.pid",
+    }
+    yield state
+    if state["pidfile"].exists():
+        processes.adopt(int(state["pidfile"].read_text()))
+
+
+def make(checkout: dict, *targets: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "-s", "-C", str(checkout["dir"]), *targets],
+        env=checkout["env"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def commit_change(checkout: dict, old: str, new: str, message: str) -> str:
+    path = checkout["dir"] / "hello_world.py"
+    path.write_text(path.read_text().replace(old, new, 1))
+    git(checkout["dir"], "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", message)
+    return git(checkout["dir"], "rev-parse", "HEAD")
+
+
+def served_commit(checkout: dict) -> str:
+    return json.loads(http_get(checkout["url"] + "/version")[2])["commit"]
+
+
+def test_make_start_status_stop(checkout):
+    result = make(checkout, "start")
+    assert result.returncode == 0, result.stderr
+    assert "started" in result.stdout and checkout["url"] in result.stdout
+    assert make(checkout, "start").stdout.startswith("already running")
+    status = make(checkout, "status")
+    assert status.returncode == 0 and git(checkout["dir"], "rev-parse", "HEAD") in status.stdout
+    pid = int(checkout["pidfile"].read_text())
+    assert make(checkout, "stop").returncode == 0
+    assert not checkout["pidfile"].exists()
+    assert process_gone(pid)
+    result = make(checkout, "status")
+    assert result.returncode != 0 and result.stdout == "not running\n"
+
+
+def test_reload_under_load_loses_nothing_and_serves_the_new_code(checkout):
+    assert make(checkout, "start").returncode == 0
+    first = served_commit(checkout)
+    clients = [LoadClient(checkout["port"], keep_alive=True), LoadClient(checkout["port"], keep_alive=False)]
+    for client in clients:
+        client.start()
+    try:
+        count_progress(clients, 200)
+        commits = [first]
+        for round_number in range(3):
+            commits.append(commit_change(checkout, 'VERSION = "', f'VERSION = "{round_number}', f"r{round_number}"))
+            result = make(checkout, "reload")
+            assert result.returncode == 0, result.stderr
+            assert served_commit(checkout) == commits[-1]
+            count_progress(clients, 200)
+    finally:
+        for client in clients:
+            client.stop()
+    failures = [failure for client in clients for failure in client.failures]
+    print(f"reload under load: {sum(c.ok for c in clients)} answered, {len(failures)} failed, 3 reloads")
+    assert failures == [], failures[:5]
+    assert all(client.ok > 200 for client in clients)
+    assert served_commit(checkout) == commits[-1] != first
+
+
+def test_reload_to_broken_code_keeps_the_old_code_serving(checkout):
+    assert make(checkout, "start").returncode == 0
+    good = served_commit(checkout)
+    client = LoadClient(checkout["port"], keep_alive=True)
+    client.start()
+    try:
+        count_progress([client], 100)
+        commit_change(checkout, "def worker_main(", "def worker_main(:", "syntax error")
+        result = make(checkout, "reload")
+        assert result.returncode != 0
+        assert "old code still serving" in result.stderr and "SyntaxError" in result.stderr
+        count_progress([client], 100)
+
+        # New code that imports but never gets ready: refused at the timeout, old code serving.
+        git(checkout["dir"], "reset", "-q", "--hard", "HEAD~1")
+        commit_change(checkout, "    import uvicorn\n", "    import uvicorn\n    time.sleep(3600)\n", "hangs")
+        config = checkout["env"]["HELLO_CONFIG"]
+        Path(config).write_text(Path(config).read_text().replace("reload_timeout: 20s", "reload_timeout: 2s"))
+        result = make(checkout, "reload")
+        assert result.returncode != 0 and "not ready within 2s" in result.stderr
+        count_progress([client], 100)
+    finally:
+        client.stop()
+    assert client.failures == []
+    assert served_commit(checkout) == good
+    assert make(checkout, "status").returncode == 0
+
+
+def test_make_run_serves_on_the_port_given(processes, tmp_path):
+    port = free_port()
+    config = write_config(tmp_path)
+    proc = processes.start(
+        ["make", "-s", "-C", str(REPO), "run", f"PORT={port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HELLO_CONFIG": str(config)},
+    )
+    wait_until(
+        lambda: http_get(f"http://127.0.0.1:{port}/", timeout=1)[2] == b"Hello, World!\n",
+        30,
+        f"make run on port {port}",
+    )
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+    proc.wait(timeout=30)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    assert not (tmp_path / "run" / "hello_world.pid").exists()
