@@ -404,7 +404,7 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         pending = {worker.ready_pipe: worker for worker in workers}
         while pending:
-            if any(sig in (signal.SIGTERM, signal.SIGINT) for sig in self.signals):
+            if self.stop_requested():
                 return "interrupted by a stop signal"
             left = deadline - time.monotonic()
             if left <= 0:
@@ -418,6 +418,9 @@ class Supervisor:
                     code = worker.proc.wait()
                     return worker.message or f"worker exited with code {code} before it was ready"
         return None
+
+    def stop_requested(self) -> bool:
+        return any(sig in (signal.SIGTERM, signal.SIGINT) for sig in self.signals)
 
     def stop_workers(self, workers: list[Worker], timeout: float) -> None:
         """Drain (SIGTERM) and wait; SIGKILL what is left at the deadline."""
@@ -445,7 +448,8 @@ class Supervisor:
         workers = [self.spawn() for _ in range(self.server["workers"])]
         error = self.wait_ready(workers, self.server["reload_timeout"])
         if error:
-            self.stop_workers(workers, timeout=5)
+            # Some may be serving already (a stop during start): they drain like any other.
+            self.stop_workers(workers, timeout=self.server["drain_timeout"] + 5)
         return workers, error
 
     # state
@@ -536,6 +540,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, lambda signum, frame: self.signals.append(signum))
         error = self.start()
+        if error and self.stop_requested():
+            log.info("stopped while starting")
+            return EXIT_OK
         if error:
             log.error("cannot start: %s", error)
             return EXIT_FAILED

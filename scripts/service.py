@@ -86,7 +86,8 @@ def start(config: dict, files: RunFiles, server_args: list[str]) -> int:
             print(f"start failed (exit {proc.returncode}): {reason}", file=sys.stderr)
             return EXIT_FAILED
         with contextlib.suppress(OSError):
-            if files.running_pid() == proc.pid and fetch(url + "/readyz", timeout=1)[0] == 200:
+            # The state file names the new PID once every worker is ready.
+            if read_state(files).get("pid") == proc.pid and fetch(url + "/readyz", timeout=1)[0] == 200:
                 print(f"started: pid {proc.pid}, {url}, log {files.logfile}")
                 return EXIT_OK
         time.sleep(0.1)

@@ -1,0 +1,922 @@
+"""Backups that restore: daily gzip tar archives of the system, checked, pruned and restorable.
+
+    python backup_script.py [create]                   one backup now (make backup, what cron calls)
+    python backup_script.py verify [ARCHIVE]           checksum, then a full read (default: every archive)
+    python backup_script.py list [--json]              name, time, size, checksum verified
+    python backup_script.py restore ARCHIVE --target DIR [--force]
+    python backup_script.py prune [--dry-run]          apply system.backup.keep
+    python backup_script.py schedule [--at HH:MM[:SS] | --every SECONDS]   the daily loop (make backup-schedule)
+
+Settings come from config.yaml (system.backup, run_dir, monitoring.pushgateway) via hello_config.py.
+Exit codes: 0 done; 1 the job failed (nothing partial left); 2 bad usage or config; 75 another run holds
+<run_dir>/backup.lock.
+
+Archives are <destination>/hello-world-<UTC YYYYmmddTHHMMSSZ>.tar.gz (mode 0600, destination 0700), each
+with a sidecar <archive>.sha256 that `sha256sum -c` accepts. An archive is streamed to a dot-named
+`.hello-world-....partial` file, fsynced, then its sidecar is written (temporary name, fsync, rename), and
+only then the archive is renamed to its final name and the directory fsynced: a final name always means a
+complete archive whose sidecar already exists. Leftovers of a killed run are removed by the next create.
+Two creates within one second: the second waits for the next second, so names never collide.
+
+Excluded: the destination itself (compared by device and inode, so also when it lies inside the source
+under another spelling), and every file or directory whose name matches a system.backup.exclude pattern
+(fnmatch: `.git`, `*.pyc`) at any depth; an excluded directory is skipped with all it contains.
+Symbolic links are stored as links. Compression is gzip-compatible, by ISA-L (python-isal) in a
+background thread, so `tar xzf` and `gzip -t` read the archives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fnmatch
+import functools
+import grp
+import hashlib
+import json
+import logging
+import os
+import pwd
+import re
+import signal
+import stat
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import Any, BinaryIO
+from zoneinfo import ZoneInfo
+
+from isal import igzip_threaded
+
+from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
+from hello_jobs import LockHeld, job_lock, record_job
+
+log = logging.getLogger("backup")
+
+JOB = "hello_world_backup"
+PREFIX, SUFFIX, SIDECAR, PARTIAL = "hello-world-", ".tar.gz", ".sha256", ".partial"
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+ARCHIVE_RE = re.compile(r"^hello-world-(\d{8}T\d{6}Z)\.tar\.gz$")
+SIDECAR_RE = re.compile(r"^hello-world-\d{8}T\d{6}Z\.tar\.gz\.sha256$")
+PARTIAL_RE = re.compile(r"^\.hello-world-\d{8}T\d{6}Z\.tar\.gz(\.sha256)?\.partial$")
+CHECKSUM_LINE_RE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+
+COMPRESS_LEVEL = 2  # ISA-L level 0-3; 2 compresses about as well as gzip -6 at many times its speed (bench_backup)
+COMPRESS_THREADS = 1  # one compressor thread beside the reading thread; more gains little on small machines
+CHUNK = 1 << 20
+PROGRESS_AFTER = 1.0  # seconds before progress appears on a terminal, so quick runs stay quiet
+
+
+class BackupError(Exception):
+    """The job failed (exit 1); str() says what and where."""
+
+
+class UsageError(Exception):
+    """Bad arguments or settings (exit 2)."""
+
+
+class UnsafeArchive(BackupError):
+    """An archive member that would land outside the restore target, or that must not be restored."""
+
+
+class Terminated(Exception):
+    """SIGTERM during a one-shot command: clean up and exit 1."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    path: Path
+    created: datetime  # UTC, from the name
+
+    @property
+    def sidecar(self) -> Path:
+        return self.path.with_name(self.path.name + SIDECAR)
+
+
+# --- archives on disk ---
+
+
+def archive_name(when: datetime) -> str:
+    return f"{PREFIX}{when.astimezone(UTC).strftime(STAMP_FORMAT)}{SUFFIX}"
+
+
+def parse_archive(path: Path) -> Archive | None:
+    """The Archive for a path following the naming, else None (other files are never touched)."""
+    match = ARCHIVE_RE.match(path.name)
+    if not match:
+        return None
+    try:
+        created = datetime.strptime(match.group(1), STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return Archive(path, created)
+
+
+def find_archives(destination: Path) -> list[Archive]:
+    """Archives in destination, oldest first."""
+    if not destination.is_dir():
+        return []
+    found = [parse_archive(destination / name) for name in os.listdir(destination)]
+    return sorted((a for a in found if a is not None and a.path.is_file()), key=lambda a: a.created)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def remove_leftovers(destination: Path) -> None:
+    """Delete what a killed create left: dot-named partial files and sidecars without their archive."""
+    for name in os.listdir(destination):
+        path = destination / name
+        orphan = SIDECAR_RE.match(name) and not path.with_name(name.removesuffix(SIDECAR)).exists()
+        if PARTIAL_RE.match(name) or orphan:
+            log.warning("removing %s, left by an interrupted backup", path)
+            _unlink_quietly(path)
+
+
+# --- checksums and reading ---
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_checksum(path: Path) -> str:
+    """Raise BackupError unless path's sidecar exists, names it, and matches its bytes; return the digest."""
+    sidecar = path.with_name(path.name + SIDECAR)
+    try:
+        line = sidecar.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise BackupError(f"{path}: no checksum file {sidecar.name}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BackupError(f"{sidecar}: cannot read: {exc}") from None
+    match = CHECKSUM_LINE_RE.match(line)
+    if not match or match.group(2) != path.name:
+        raise BackupError(f"{sidecar}: expected '<sha256>  {path.name}', got {line[:100]!r}")
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise BackupError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if actual != match.group(1).lower():
+        raise BackupError(f"{path}: checksum mismatch (sidecar {match.group(1)[:12]}..., file {actual[:12]}...)")
+    return actual
+
+
+class _ForwardReader:
+    """A forward-only seekable view of a stream, so tarfile's plain (non-"|") mode can read it.
+
+    tarfile's own stream mode re-slices its buffer on every read and write, which is quadratic in the
+    chunk size; its plain mode only ever seeks forward when members are read in order.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        target = offset if whence == os.SEEK_SET else self.pos + offset
+        if target < self.pos or whence == os.SEEK_END:
+            raise OSError(f"cannot seek back in a compressed stream (to {target} from {self.pos})")
+        while self.pos < target:
+            if not self.read(min(CHUNK, target - self.pos)):
+                break
+        return self.pos
+
+
+class _TellWriter:
+    """A write-only stream that knows its position, as tarfile's plain "w" mode needs."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.pos = 0
+
+    def write(self, data: bytes) -> int:
+        self.stream.write(data)
+        self.pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.pos
+
+
+@contextlib.contextmanager
+def open_tar_stream(path: Path) -> Iterator[tarfile.TarFile]:
+    """A tar reader over the gzip file at path, decompressed in a background thread, read front to back."""
+    with open(path, "rb") as raw, igzip_threaded.open(raw, "rb") as gz:
+        with tarfile.open(fileobj=_ForwardReader(gz), mode="r:", copybufsize=CHUNK) as tar:
+            yield tar
+        while gz.read(CHUNK):  # read to the end, so the gzip trailer (CRC, length) is checked too
+            pass
+
+
+def iter_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """Members one by one, forgetting each, so memory stays flat however many there are."""
+    while (member := tar.next()) is not None:
+        yield member
+        tar.members.clear()
+
+
+def read_fully(path: Path) -> int:
+    """Read every member's data (checks the gzip CRC and the tar structure); return the member count."""
+    count = 0
+    try:
+        with open_tar_stream(path) as tar:
+            for member in iter_members(tar):
+                count += 1
+                if member.isreg():
+                    data = tar.extractfile(member)
+                    while data and data.read(CHUNK):
+                        pass
+    except BackupError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - gzip, tar and I/O errors all mean: unreadable
+        raise BackupError(f"{path}: unreadable archive: {exc}") from None
+    return count
+
+
+def verify_archive(path: Path) -> int:
+    """Checksum, then a full read; raise BackupError on the first problem; return the member count."""
+    check_checksum(path)
+    return read_fully(path)
+
+
+# --- create ---
+
+
+class _HashingWriter:
+    """The archive file: every byte written is hashed and counted on the way to disk."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.digest.update(data)
+        self.handle.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+class Progress:
+    """A one-line progress report on stderr, only on a terminal and only once a run takes a while."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.shown_at = 0.0
+        self.files = 0
+        self.bytes = 0
+
+    def add(self, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        now = time.monotonic()
+        if self.enabled and now - self.started > PROGRESS_AFTER and now - self.shown_at > 0.5:
+            self.shown_at = now
+            rate = self.bytes / (now - self.started) / 1e6
+            sys.stderr.write(f"\r  {self.files} files, {self.bytes / 1e6:.1f} MB read, {rate:.1f} MB/s ")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.shown_at:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.flush()
+
+
+def _excluded(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def walk_source(source: Path, patterns: list[str], skip: set[tuple[int, int]]) -> Iterator[tuple[Path, str]]:
+    """(path, archive name) of everything to archive, depth first in name order, never following links."""
+
+    def walk(directory: Path, prefix: str) -> Iterator[tuple[Path, str]]:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as exc:
+            raise BackupError(f"cannot read directory {directory}: {exc.strerror or exc}") from None
+        for entry in entries:
+            if _excluded(entry.name, patterns):
+                continue
+            path = Path(entry.path)
+            arcname = prefix + entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                info = entry.stat(follow_symlinks=False) if is_dir else None
+            except FileNotFoundError:
+                continue
+            if info is not None and (info.st_dev, info.st_ino) in skip:
+                log.debug("skipping %s: it is the backup destination", path)
+                continue
+            yield path, arcname
+            if is_dir:
+                yield from walk(path, arcname + "/")
+
+    yield from walk(source, "")
+
+
+@functools.lru_cache(maxsize=256)
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@functools.lru_cache(maxsize=256)
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+_TYPES = {stat.S_IFDIR: tarfile.DIRTYPE, stat.S_IFIFO: tarfile.FIFOTYPE, stat.S_IFLNK: tarfile.SYMTYPE}
+
+
+def tar_info(path: Path, arcname: str, info: os.stat_result, seen: dict[tuple[int, int], str]):
+    """The TarInfo for an lstat result, as tarfile.gettarinfo makes it, with owner names cached and whole-second
+    mtimes (as GNU tar stores them: no pax header per file); None for sockets and devices (never archived)."""
+    member = tarfile.TarInfo(arcname)
+    kind = stat.S_IFMT(info.st_mode)
+    if kind == stat.S_IFREG:
+        inode = (info.st_dev, info.st_ino)
+        if info.st_nlink > 1 and inode in seen:
+            member.type, member.linkname = tarfile.LNKTYPE, seen[inode]
+        else:
+            member.type, member.size = tarfile.REGTYPE, info.st_size
+            if info.st_nlink > 1:
+                seen[inode] = arcname  # only multiply linked files are remembered: memory stays flat
+    elif kind in _TYPES:
+        member.type = _TYPES[kind]
+        if kind == stat.S_IFLNK:
+            member.linkname = os.readlink(path)
+    else:
+        return None
+    member.mode = stat.S_IMODE(info.st_mode)
+    member.uid, member.gid = info.st_uid, info.st_gid
+    member.uname, member.gname = _user_name(info.st_uid), _group_name(info.st_gid)
+    member.mtime = int(info.st_mtime)
+    return member
+
+
+def _add(tar: tarfile.TarFile, path: Path, arcname: str, seen: dict[tuple[int, int], str]) -> int:
+    """Add one entry; return the bytes of file data read."""
+    try:
+        info = tar_info(path, arcname, os.lstat(path), seen)
+    except FileNotFoundError:
+        log.warning("%s vanished while the backup ran; not archived", path)
+        return 0
+    except OSError as exc:
+        raise BackupError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if info is None:
+        log.warning("skipping %s: sockets and device files are not archived", path)
+        return 0
+    if not info.isreg():
+        tar.addfile(info)
+        return 0
+    try:
+        # O_NOFOLLOW: a file swapped for a symlink since the lstat above is refused, never followed.
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as handle:
+            tar.addfile(info, handle)
+    except FileNotFoundError:
+        log.warning("%s vanished while the backup ran; not archived", path)
+        return 0
+    except OSError as exc:
+        raise BackupError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return info.size
+
+
+def write_archive(source: Path, temp: Path, patterns: list[str], skip: set[tuple[int, int]], progress: Progress):
+    """Stream the tree into temp (created 0600, fsynced); return (sha256 hex, size in bytes)."""
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb", buffering=CHUNK) as handle:
+        os.fchmod(fd, 0o600)
+        writer = _HashingWriter(handle)
+        gz = igzip_threaded.open(writer, "wb", compresslevel=COMPRESS_LEVEL, threads=COMPRESS_THREADS)
+        try:
+            stream = _TellWriter(gz)
+            with tarfile.open(fileobj=stream, mode="w:", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
+                seen: dict[tuple[int, int], str] = {}
+                for path, arcname in walk_source(source, patterns, skip):
+                    progress.add(_add(tar, path, arcname, seen))
+                    tar.members.clear()  # tarfile keeps every TarInfo otherwise: memory would grow per file
+        finally:
+            gz.close()
+        handle.flush()
+        os.fsync(fd)
+    return writer.digest.hexdigest(), writer.size
+
+
+def prepare_destination(destination: Path) -> None:
+    try:
+        destination.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(destination, 0o700)
+    except OSError as exc:
+        raise BackupError(f"cannot use the destination {destination}: {exc.strerror or exc}") from None
+
+
+def _free_name(destination: Path) -> Path:
+    """The final path for a new archive; waits for the next second if this second's name is taken."""
+    while True:
+        now = datetime.now(UTC)
+        final = destination / archive_name(now)
+        if not final.exists() and not final.with_name(final.name + SIDECAR).exists():
+            return final
+        time.sleep(1.02 - now.microsecond / 1e6)
+
+
+def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]:
+    """Write one archive (the caller holds the lock); return it and its size."""
+    backup = config["backup"]
+    source, destination = Path(backup["source"]), Path(backup["destination"])
+    if not source.is_dir():
+        raise UsageError(f"system.backup.source: {source} is not a directory")
+    if source.resolve() == destination.resolve():
+        raise UsageError("system.backup.destination: must not be the source directory itself")
+    prepare_destination(destination)
+    remove_leftovers(destination)
+    dest_stat = destination.stat()
+    final = _free_name(destination)
+    sidecar = final.with_name(final.name + SIDECAR)
+    temp = final.with_name(f".{final.name}{PARTIAL}")
+    temp_sidecar = final.with_name(f".{sidecar.name}{PARTIAL}")
+    renamed = False
+    try:
+        digest, size = write_archive(source, temp, backup["exclude"], {(dest_stat.st_dev, dest_stat.st_ino)}, progress)
+        # The sidecar gets its final name first: then every final-named archive has one.
+        fd = os.open(temp_sidecar, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{digest}  {final.name}\n")
+            handle.flush()
+            os.fsync(fd)
+        os.rename(temp_sidecar, sidecar)
+        fsync_dir(destination)
+        os.rename(temp, final)
+        renamed = True
+        fsync_dir(destination)
+    except OSError as exc:
+        raise BackupError(f"writing {temp}: {exc.strerror or exc}") from None
+    finally:
+        if not renamed:
+            _unlink_quietly(temp, temp_sidecar, sidecar)
+        progress.done()
+    archive = parse_archive(final)
+    assert archive is not None  # final was built by archive_name()
+    return archive, size
+
+
+def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
+    """One backup under the lock, then prune, then the metrics; return the exit code."""
+    try:
+        with job_lock(Path(config["run_dir"]) / "backup.lock"):
+            started = time.time()
+            extra: dict[str, float] = {}  # a failed run reports its duration, and no size
+            try:
+                archive, size = create(config, progress=Progress(show_progress))
+                duration = time.time() - started
+                extra = {f"{JOB}_size_bytes": float(size), f"{JOB}_duration_seconds": duration}
+                print(f"created {archive.path}")
+                print(f"  size {size} bytes ({size / 1e6:.1f} MB), took {duration:.2f} s")
+                prune(config, dry_run=False, known_good=archive.path)
+            except BaseException:
+                finished = time.time()
+                extra = {f"{JOB}_duration_seconds": finished - started}
+                record_job(config, JOB, success=False, started=started, finished=finished, extra=extra)
+                raise
+            record_job(config, JOB, success=True, started=started, finished=time.time(), extra=extra)
+    except LockHeld as exc:
+        log.error("another backup run holds %s (PID %s); not starting", exc.path, exc.pid)
+        return EXIT_LOCKED
+    return EXIT_OK
+
+
+# --- verify and list ---
+
+
+def _archive_arg(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise UsageError(f"{value}: no such archive")
+    return path
+
+
+def run_verify(config: dict[str, Any], archive: str | None) -> int:
+    paths = (
+        [_archive_arg(archive)] if archive else [a.path for a in find_archives(Path(config["backup"]["destination"]))]
+    )
+    if not paths:
+        log.error("no archives in %s to verify", config["backup"]["destination"])
+        return EXIT_FAILED
+    failed = 0
+    for path in paths:
+        started = time.monotonic()
+        try:
+            members = verify_archive(path)
+        except BackupError as exc:
+            failed += 1
+            print(f"FAIL {exc}")
+        else:
+            print(f"OK   {path} ({members} members, {time.monotonic() - started:.2f} s)")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def run_list(config: dict[str, Any], as_json: bool) -> int:
+    rows = []
+    for archive in find_archives(Path(config["backup"]["destination"])):
+        try:
+            check_checksum(archive.path)
+            verified, problem = True, None
+        except BackupError as exc:
+            verified, problem = False, str(exc)
+        rows.append(
+            {
+                "name": archive.path.name,
+                "path": str(archive.path),
+                "time": archive.created.isoformat(),
+                "size": archive.path.stat().st_size,
+                "checksum_ok": verified,
+                "problem": problem,
+            }
+        )
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for row in rows:
+        ok = "ok" if row["checksum_ok"] else "BAD"
+        print(f"{row['name']}  {row['time']}  {row['size']:>12}  checksum {ok}")
+    if not rows:
+        print(f"no archives in {config['backup']['destination']}")
+    return EXIT_OK
+
+
+# --- restore ---
+
+
+def _parts(name: str) -> list[str]:
+    return [part for part in name.split("/") if part not in ("", ".")]
+
+
+def _resolve(parts: list[str], links: dict[str, str], depth: int = 0) -> list[str] | None:
+    """Where a path inside the target really leads, following the archive's symlinks; None if it escapes."""
+    result: list[str] = []
+    for part in parts:
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not result:
+                return None
+            result.pop()
+            continue
+        result.append(part)
+        target = links.get("/".join(result))
+        if target is not None:
+            if depth > 40 or target.startswith("/"):
+                return None
+            resolved = _resolve(result[:-1] + target.split("/"), links, depth + 1)
+            if resolved is None:
+                return None
+            result = resolved
+    return result
+
+
+def unsafe_reason(member: tarfile.TarInfo, links: dict[str, str]) -> str | None:
+    """Why member must not be restored (given the symlinks seen so far), or None."""
+    name = member.name
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in name.split("/"):
+        return "'..' in its path"
+    if member.ischr() or member.isblk():
+        return "device file"
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk() or member.isfifo()):
+        return "unsupported member type"
+    parts = _parts(name)
+    if parts and _resolve(parts[:-1], links) is None:
+        return "its folder leads outside the target through a symbolic link"
+    if member.issym():
+        if member.linkname.startswith("/"):
+            return f"symbolic link to an absolute path {member.linkname!r}"
+        if _resolve(parts[:-1] + member.linkname.split("/"), links) is None:
+            return f"symbolic link pointing outside the target ({member.linkname!r})"
+    if member.islnk() and (member.linkname.startswith("/") or _resolve(_parts(member.linkname), links) is None):
+        return f"hard link pointing outside the target ({member.linkname!r})"
+    return None
+
+
+def scan_archive(path: Path) -> int:
+    """Raise UnsafeArchive naming the first member that must not be restored; return the member count."""
+    links: dict[str, str] = {}
+    count = 0
+    try:
+        with open_tar_stream(path) as tar:
+            for member in iter_members(tar):
+                count += 1
+                reason = unsafe_reason(member, links)
+                if reason:
+                    raise UnsafeArchive(f"{path}: refusing to restore: member {member.name!r}: {reason}")
+                if member.issym():
+                    links["/".join(_parts(member.name))] = member.linkname
+    except BackupError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - gzip, tar and I/O errors all mean: unreadable
+        raise BackupError(f"{path}: unreadable archive: {exc}") from None
+    # Links seen later can redirect earlier links: check every link against all of them.
+    for name, target in links.items():
+        parts = _parts(name)
+        if _resolve(parts[:-1] + target.split("/"), links) is None:
+            raise UnsafeArchive(f"{path}: refusing to restore: symbolic link {name!r} leads outside the target")
+    return count
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def extract(path: Path, target: Path) -> int:
+    """Extract a scanned archive into target, keeping modes, times, owners (as root) and links."""
+    root = os.path.realpath(target)
+    directories: list[tarfile.TarInfo] = []
+    count = 0
+    with open_tar_stream(path) as tar:
+        for member in iter_members(tar):
+            destination = os.path.join(root, *_parts(member.name))
+            # Pre-existing content (restore --force) must not redirect us either.
+            if not _inside(os.path.realpath(os.path.dirname(destination)), root):
+                raise UnsafeArchive(f"{member.name}: its folder in {target} leads outside the target")
+            if not member.isdir() and os.path.lexists(destination) and not os.path.isdir(destination):
+                os.unlink(destination)  # replace links and files, never write through them
+            tar.extract(member, root, set_attrs=not member.isdir(), filter="fully_trusted")
+            if member.isdir():
+                directories.append(member)  # attributes last, so read-only folders can be filled first
+            count += 1
+        directories.sort(key=lambda m: m.name, reverse=True)
+        for member in directories:
+            directory = os.path.join(root, *_parts(member.name))
+            with contextlib.suppress(tarfile.ExtractError):
+                tar.chown(member, directory, numeric_owner=False)
+            tar.utime(member, directory)
+            tar.chmod(member, directory)
+    return count
+
+
+def run_restore(archive: str, target: str, force: bool) -> int:
+    path = _archive_arg(archive)
+    target_path = Path(target)
+    if target_path.exists() and not target_path.is_dir():
+        raise UsageError(f"--target {target}: not a directory")
+    if target_path.is_dir() and any(os.scandir(target_path)) and not force:
+        raise UsageError(f"--target {target}: not empty (add --force to restore into it)")
+    started = time.monotonic()
+    check_checksum(path)
+    scan_archive(path)
+    target_path.mkdir(parents=True, exist_ok=True)
+    try:
+        count = extract(path, target_path)
+    except (OSError, tarfile.TarError) as exc:
+        raise BackupError(f"restoring {path} into {target} failed part way: {exc}") from None
+    print(f"restored {count} members of {path} into {target_path} in {time.monotonic() - started:.2f} s")
+    return EXIT_OK
+
+
+# --- prune ---
+
+
+def _zone(config: dict[str, Any]) -> tzinfo | None:
+    name = config["backup"]["timezone"]
+    return ZoneInfo(name) if name else None  # None: the host's local time
+
+
+def plan_retention(archives: list[Archive], keep: dict[str, int], zone: tzinfo | None) -> dict[Path, list[str]]:
+    """Archives to keep -> why: the newest archive of each of the last N days, ISO weeks and months.
+
+    Like restic's --keep-daily/weekly/monthly: each rule walks from the newest archive back and keeps the
+    newest archive of each calendar bucket (in the configured time zone) until it has N buckets.
+    """
+    buckets = {
+        "daily": lambda t: t.date(),
+        "weekly": lambda t: t.isocalendar()[:2],
+        "monthly": lambda t: (t.year, t.month),
+    }
+    kept: dict[Path, list[str]] = {}
+    newest_first = sorted(archives, key=lambda a: a.created, reverse=True)
+    for rule, bucket_of in buckets.items():
+        seen: set[Any] = set()
+        for archive in newest_first:
+            if len(seen) >= keep[rule]:
+                break
+            bucket = bucket_of(archive.created.astimezone(zone))
+            if bucket not in seen:
+                seen.add(bucket)
+                kept.setdefault(archive.path, []).append(rule)
+    return kept
+
+
+def newest_good(archives: list[Archive], known_good: Path | None) -> Path | None:
+    """The newest archive that verifies (checksum and full read), newest first; known_good is trusted."""
+    for archive in sorted(archives, key=lambda a: a.created, reverse=True):
+        if known_good is not None and archive.path == known_good:
+            return archive.path
+        try:
+            verify_archive(archive.path)
+        except BackupError as exc:
+            log.warning("not a good archive: %s", exc)
+            continue
+        return archive.path
+    return None
+
+
+def prune(config: dict[str, Any], *, dry_run: bool, known_good: Path | None = None) -> list[Path]:
+    """Delete the archives system.backup.keep does not keep; return what was (or would be) deleted."""
+    archives = find_archives(Path(config["backup"]["destination"]))
+    kept = plan_retention(archives, config["backup"]["keep"], _zone(config))
+    good = newest_good(archives, known_good)
+    if good is not None:
+        kept.setdefault(good, []).append("newest good")
+    doomed = [a.path for a in archives if a.path not in kept]
+    for archive in archives:
+        if archive.path in kept:
+            log.debug("keeping %s (%s)", archive.path.name, ", ".join(kept[archive.path]))
+    for path in doomed:
+        if dry_run:
+            print(f"would delete {path}")
+            continue
+        # The archive goes first, its sidecar after: a final-named archive never lacks its sidecar.
+        _unlink_quietly(path)
+        _unlink_quietly(path.with_name(path.name + SIDECAR))
+        log.info("pruned %s", path)
+    if doomed and not dry_run:
+        fsync_dir(Path(config["backup"]["destination"]))
+    return doomed
+
+
+def run_prune(config: dict[str, Any], dry_run: bool) -> int:
+    try:
+        with job_lock(Path(config["run_dir"]) / "backup.lock"):
+            doomed = prune(config, dry_run=dry_run)
+    except LockHeld as exc:
+        log.error("another backup run holds %s (PID %s); not pruning", exc.path, exc.pid)
+        return EXIT_LOCKED
+    verb = "would delete" if dry_run else "deleted"
+    print(f"prune: {verb} {len(doomed)} archive(s)")
+    return EXIT_OK
+
+
+# --- schedule ---
+
+
+def _scheduled_run(config: dict[str, Any]) -> None:
+    """One scheduled backup: failures are logged (and recorded as metrics), never raised into the loop."""
+    log.info("scheduled backup starting")
+    try:
+        code = run_create(config)
+    except (BackupError, UsageError) as exc:
+        log.error("scheduled backup failed: %s", exc)
+    except Exception:
+        log.exception("scheduled backup failed unexpectedly")
+    else:
+        if code == EXIT_LOCKED:
+            log.warning("scheduled backup skipped: another run holds the lock")
+        else:
+            log.info("scheduled backup done")
+
+
+def run_schedule(config: dict[str, Any], at: str | None, every: float | None) -> int:
+    import schedule  # only the loop needs it
+
+    zone_name = config["backup"]["timezone"]
+    scheduler = schedule.Scheduler()
+    if every:
+        job = scheduler.every(every).seconds.do(_scheduled_run, config)
+        what = f"every {every:g} s"
+    else:
+        when = at or config["backup"]["time"]
+        try:
+            job = scheduler.every().day.at(when, zone_name).do(_scheduled_run, config)
+        except ImportError:
+            raise UsageError("system.backup.timezone needs the pytz package: pip install -r requirements.txt") from None
+        except schedule.ScheduleValueError as exc:
+            raise UsageError(f"--at {when}: {exc}") from None
+        what = f"daily at {when} {zone_name or 'local time'}"
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s received: stopping after the current run", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("backup schedule: %s; next run at %s (host local time)", what, job.next_run)
+    last_run = job.last_run
+    while not stop.is_set():
+        scheduler.run_pending()
+        if job.last_run != last_run:
+            last_run = job.last_run
+            log.info("next run at %s (host local time)", job.next_run)
+        idle = scheduler.idle_seconds or 1.0
+        stop.wait(min(max(idle, 0.05), 1.0))
+    log.info("backup schedule stopped")
+    return EXIT_OK
+
+
+# --- command line ---
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="backup_script.py", description="Backups that restore (see the module docstring and README)."
+    )
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("create", help="one backup now, then prune (the default)")
+    verify = commands.add_parser("verify", help="check the checksum, then read the whole archive")
+    verify.add_argument("archive", nargs="?", help="one archive (default: every archive in the destination)")
+    listing = commands.add_parser("list", help="archives with time, size and checksum status")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    restore = commands.add_parser("restore", help="restore an archive into a directory")
+    restore.add_argument("archive")
+    restore.add_argument("--target", required=True, help="the directory to restore into")
+    restore.add_argument("--force", action="store_true", help="restore into a non-empty directory")
+    prune_cmd = commands.add_parser("prune", help="delete archives beyond system.backup.keep")
+    prune_cmd.add_argument("--dry-run", action="store_true", help="print what would be deleted")
+    sched = commands.add_parser("schedule", help="the loop: one backup a day at system.backup.time")
+    when = sched.add_mutually_exclusive_group()
+    when.add_argument("--at", metavar="HH:MM[:SS]", help="another time of day than system.backup.time")
+    when.add_argument("--every", type=float, metavar="SECONDS", help="run every SECONDS instead (for tests)")
+    args = parser.parse_args(argv or ["create"])
+    args.command = args.command or "create"
+    return args
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise Terminated("terminated by SIGTERM")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    config = load_config()
+    if args.command == "create":
+        return run_create(config, show_progress=sys.stderr.isatty())
+    if args.command == "verify":
+        return run_verify(config, args.archive)
+    if args.command == "list":
+        return run_list(config, args.json)
+    if args.command == "restore":
+        return run_restore(args.archive, args.target, args.force)
+    if args.command == "prune":
+        return run_prune(config, args.dry_run)
+    return run_schedule(config, args.at, args.every)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s backup %(levelname)s %(message)s", stream=sys.stderr)
+    if args.command != "schedule":
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return dispatch(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except UsageError as exc:
+        print(f"backup_script.py: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BackupError as exc:
+        print(f"backup_script.py: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (Terminated, KeyboardInterrupt):
+        print("backup_script.py: interrupted; nothing partial was left", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""What the backup and update jobs share: one run at a time, and their outcome as metrics.
+
+    from hello_jobs import LockHeld, job_lock, record_job
+
+    try:
+        with job_lock(Path(config["run_dir"]) / "backup.lock"):
+            started = time.time()
+            ...                                   # the job
+            record_job(config, "hello_world_backup", success=True, started=started, finished=time.time(),
+                       extra={"hello_world_backup_size_bytes": 1234})
+    except LockHeld as exc:
+        print(f"another run holds the lock (PID {exc.pid})")   # exit 75
+
+job_lock holds an flock(2) on the lock file, which also carries the holder's PID.
+The kernel drops an flock when its holder dies, so a lock left by a killed run
+is taken over (with a warning naming the dead PID). A file naming a live PID
+that holds no flock (another tool, or an old run) still counts as held, unless
+that PID started after the file was written (the PID was reused).
+
+record_job writes <run_dir>/metrics/<job>.prom atomically (for node_exporter's
+textfile collector or a human) and pushes the same gauges to the Pushgateway
+when system.monitoring.pushgateway.url is set; a failed push is a warning only.
+This module is a library; it has no command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
+from prometheus_client.parser import text_string_to_metric_families
+
+log = logging.getLogger("hello_jobs")
+
+PUSH_TIMEOUT = 5.0  # seconds: a slow Pushgateway must not hold up a backup
+EXTRA_HELP = {
+    "hello_world_backup_size_bytes": "Size of the archive written by the last backup run, in bytes.",
+    "hello_world_backup_duration_seconds": "Duration of the last backup run, in seconds.",
+}
+
+
+class LockHeld(Exception):
+    """Another live process holds the job lock; .pid is its PID (0 when unknown)."""
+
+    def __init__(self, path: Path, pid: int) -> None:
+        super().__init__(f"{path} is held by PID {pid}" if pid else f"{path} is held by another process")
+        self.path = path
+        self.pid = pid
+
+
+# --- the lock ---
+
+
+def _read_pid(fd: int) -> int:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 64).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else 0
+
+
+def _process_start_time(pid: int) -> float | None:
+    """Epoch seconds at which pid started (Linux /proc), or None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after "pid (comm)"
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _live_holder(fd: int) -> int:
+    """The PID recorded in the lock file if that process still runs and wrote it, else 0."""
+    pid = _read_pid(fd)
+    if not pid or pid == os.getpid() or not _pid_alive(pid):
+        return 0
+    started = _process_start_time(pid)
+    written = os.fstat(fd).st_mtime
+    if started is not None and started > written + 1:  # + 1: /proc start times are coarse
+        return 0  # a newer process reused the PID of the dead writer
+    return pid
+
+
+def _open_locked(path: Path) -> int:
+    """An fd of path with our exclusive flock, retrying if the file was replaced meanwhile."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                os.close(fd)
+                raise
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise LockHeld(path, pid) from None
+        # The holder we waited behind may have unlinked the file before we locked it:
+        # then our lock is on an orphan inode and we must lock the current file instead.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def job_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive job lock at path for the block; raise LockHeld if a live process holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _open_locked(path)
+    try:
+        holder = _live_holder(fd)
+        if holder:
+            raise LockHeld(path, holder)
+        stale = _read_pid(fd)
+        if stale and stale != os.getpid():
+            log.warning("taking over the stale lock %s of PID %d, which is no longer running", path, stale)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        yield
+    finally:
+        # Unlink while still holding the flock, so a waiter never locks a file we are about to remove.
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                path.unlink()
+        os.close(fd)
+
+
+# --- the metrics ---
+
+
+def _previous_value(path: Path, name: str) -> float | None:
+    """The value of gauge `name` in an earlier textfile, or None."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name:
+                    return float(sample.value)
+    except ValueError:
+        log.warning("ignoring unreadable metrics textfile %s", path)
+    return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+
+
+def _registry(job: str, success: bool, finished: float, last_success: float | None, extra: dict[str, float]):
+    registry = CollectorRegistry()
+    what = job.removeprefix("hello_world_")
+    values: dict[str, tuple[str, float | None]] = {
+        f"{job}_last_run_timestamp_seconds": (f"End of the last {what} run (Unix time).", finished),
+        f"{job}_success": (f"1 if the last {what} run succeeded, else 0.", 1.0 if success else 0.0),
+        f"{job}_last_success_timestamp_seconds": (f"End of the last successful {what} run (Unix time).", last_success),
+    }
+    for name, value in extra.items():
+        values[name] = (
+            EXTRA_HELP.get(name, f"{name.removeprefix(job + '_').replace('_', ' ')} of the last {what} run."),
+            value,
+        )
+    for name, (help_text, value) in values.items():
+        if value is not None:
+            Gauge(name, help_text, registry=registry).set(value)
+    return registry
+
+
+def record_job(
+    config: dict[str, Any],
+    job: str,
+    *,
+    success: bool,
+    started: float,
+    finished: float,
+    extra: dict[str, float] | None = None,
+) -> Path:
+    """Write the job's outcome to <run_dir>/metrics/<job>.prom and push it; return the textfile path."""
+    directory = Path(config["run_dir"]) / "metrics"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{job}.prom"
+    last_success = finished if success else _previous_value(path, f"{job}_last_success_timestamp_seconds")
+    registry = _registry(job, success, finished, last_success, dict(extra or {}))
+    _write_atomically(path, generate_latest(registry))
+    log.debug("%s finished in %.3fs; metrics in %s", job, finished - started, path)
+    url = config.get("monitoring", {}).get("pushgateway", {}).get("url")
+    if url:
+        push_started = time.monotonic()
+        try:
+            push_to_gateway(url, job=job, registry=registry, timeout=PUSH_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - any push failure is only a warning
+            log.warning("could not push %s metrics to the Pushgateway at %s (%s); they are in %s", job, url, exc, path)
+        else:
+            log.debug("pushed %s metrics to %s in %.3fs", job, url, time.monotonic() - push_started)
+    return path

@@ -1,0 +1,230 @@
+"""Benchmark `backup_script.py create` side by side with GNU `tar czf` on generated trees.
+
+    python scripts/bench_backup.py [--sizes 50,500] [--cache DIR] [--json]      (make bench-backup)
+
+For each size (MB) it generates, once, a tree of mixed files under the cache folder (default
+/tmp/hello-bench-backup; it is reused by later runs): source-like text, already-compressed
+(random) data and many small files. Then, with the tree in the page cache, it runs GNU tar and our
+create on the same tree in the same run and prints for each: wall time, throughput (tree MB / s),
+archive size, peak RSS (of the child, from wait4), and the ratios against tar. It checks that
+`tar xzf` reads our archive back to the same number of files and bytes.
+
+Goals (issue 4): at least 1.5x tar's throughput, an archive at most 1.15x tar's size, and peak RSS
+flat from the smallest to the largest tree. Exit 0 when all goals are met, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MB = 1_000_000
+GOAL_SPEED, GOAL_SIZE, GOAL_RSS_GROWTH = 1.5, 1.15, 1.5
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def text_corpus() -> list[str]:
+    """Lines of Python's own standard library sources: realistic text for the text files."""
+    lines: list[str] = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        lines.extend(path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True))
+    return lines
+
+
+def text_blob(rng: random.Random, corpus: list[str], size: int) -> bytes:
+    """About size bytes of runs of 20 to 200 consecutive corpus lines, from random places."""
+    parts: list[str] = []
+    total = 0
+    while total < size:
+        start = rng.randrange(len(corpus))
+        chunk = "".join(corpus[start : start + rng.randint(20, 200)])
+        parts.append(chunk)
+        total += len(chunk)
+    return "".join(parts).encode()[:size]
+
+
+def generate_tree(root: Path, megabytes: int) -> None:
+    """40% text files, 40% random (incompressible) files, 20% many small text files; deterministic."""
+    marker = root / ".complete"
+    if marker.exists():
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    rng = random.Random(megabytes)
+    corpus = text_corpus()
+    budget = {"text": megabytes * MB * 40 // 100, "random": megabytes * MB * 40 // 100}
+    small_budget = megabytes * MB - sum(budget.values())
+    written = 0
+    started = time.monotonic()
+    for kind, low, high in (("text", 10_000, 1_000_000), ("random", 1 * MB, 16 * MB)):
+        left, index = budget[kind], 0
+        while left > 0:
+            size = min(left, rng.randint(low, high))
+            folder = root / kind / f"d{index // 50:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            data = text_blob(rng, corpus, size) if kind == "text" else rng.randbytes(size)
+            (folder / f"f{index:05d}.{'txt' if kind == 'text' else 'bin'}").write_bytes(data)
+            left -= size
+            written += size
+            index += 1
+    index = 0
+    while small_budget > 0:
+        size = min(small_budget, rng.randint(200, 8_000))
+        folder = root / "small" / f"d{index // 500:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"s{index:06d}.py").write_bytes(text_blob(rng, corpus, size))
+        small_budget -= size
+        written += size
+        index += 1
+        if index % 5000 == 0:
+            say(f"  ... {written / MB:.0f} of {megabytes} MB generated ({time.monotonic() - started:.0f} s)")
+    marker.write_text("ok\n")
+
+
+def tree_stats(root: Path) -> tuple[int, int]:
+    """(regular files, bytes) under root, without the cache marker."""
+    files = size = 0
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            if name != ".complete":
+                files += 1
+                size += os.lstat(os.path.join(folder, name)).st_size
+    return files, size
+
+
+def warm(root: Path) -> None:
+    """Read the tree once so that both contenders read from the page cache."""
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as handle:
+                while handle.read(1 << 20):
+                    pass
+
+
+def measure(args: list[str], work: Path, env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run args; return wall seconds and peak RSS in MB.
+
+    GNU time reports the RSS: a child forked straight from this (large) Python process would report
+    the parent's pages it shared before exec, not its own.
+    """
+    rss_file = work / "rss.txt"
+    wrapper = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if Path("/usr/bin/time").exists() else []
+    started = time.monotonic()
+    proc = subprocess.run(wrapper + args, env=env, capture_output=True)
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+    rss_kb = float(rss_file.read_text().split()[-1]) if wrapper else float("nan")
+    return {"seconds": wall, "rss_mb": rss_kb / 1024}
+
+
+def bench_size(cache: Path, megabytes: int) -> dict[str, float]:
+    tree = cache / f"tree-{megabytes}mb"
+    say(f"[{megabytes} MB] generating the tree in {tree} (cached between runs)")
+    generate_tree(tree, megabytes)
+    files, size = tree_stats(tree)
+    say(f"[{megabytes} MB] {files} files, {size / MB:.0f} MB; warming the page cache")
+    warm(tree)
+    with tempfile.TemporaryDirectory(prefix="bench-backup-", dir=cache) as scratch:
+        work = Path(scratch)
+        tar_out = work / "tar.tar.gz"
+        say(f"[{megabytes} MB] GNU tar czf")
+        tar = measure(["tar", "czf", str(tar_out), "-C", str(tree), "."], work)
+        tar["size"] = tar_out.stat().st_size
+        tar_out.unlink()
+        config = work / "config.yaml"
+        config.write_text(
+            "system:\n"
+            f"  run_dir: {work / 'run'}\n"
+            "  monitoring: {pushgateway: {url: null}}\n"
+            f"  backup: {{source: {tree}, destination: {work / 'backups'}, exclude: []}}\n"
+        )
+        say(f"[{megabytes} MB] backup_script.py create")
+        env = {**os.environ, "HELLO_CONFIG": str(config)}
+        ours = measure([sys.executable, str(REPO / "backup_script.py"), "create"], work, env=env)
+        archive = next((work / "backups").glob("hello-world-*.tar.gz"))
+        ours["size"] = archive.stat().st_size
+        say(f"[{megabytes} MB] tar xzf of our archive")
+        out = work / "extracted"
+        out.mkdir()
+        subprocess.run(["tar", "xzf", str(archive), "-C", str(out)], check=True)
+        readable = tree_stats(out) == (files, size)
+    row = {
+        "megabytes": size / MB,
+        "files": files,
+        "tar_seconds": tar["seconds"],
+        "ours_seconds": ours["seconds"],
+        "tar_mb_per_s": size / MB / tar["seconds"],
+        "ours_mb_per_s": size / MB / ours["seconds"],
+        "tar_size": tar["size"],
+        "ours_size": ours["size"],
+        "tar_rss_mb": tar["rss_mb"],
+        "ours_rss_mb": ours["rss_mb"],
+        "tar_xzf_reads_ours": readable,
+    }
+    row["speed_ratio"] = row["ours_mb_per_s"] / row["tar_mb_per_s"]
+    row["size_ratio"] = ours["size"] / tar["size"]
+    say(
+        f"[{megabytes} MB] tar {row['tar_mb_per_s']:.1f} MB/s, ours {row['ours_mb_per_s']:.1f} MB/s "
+        f"({row['speed_ratio']:.2f}x); size ratio {row['size_ratio']:.3f}; RSS ours {row['ours_rss_mb']:.0f} MB"
+    )
+    return row
+
+
+def report(rows: list[dict], as_json: bool) -> int:
+    growth = rows[-1]["ours_rss_mb"] / rows[0]["ours_rss_mb"]
+    goals = {
+        f"throughput >= {GOAL_SPEED}x tar": all(r["speed_ratio"] >= GOAL_SPEED for r in rows),
+        f"size <= {GOAL_SIZE}x tar": all(r["size_ratio"] <= GOAL_SIZE for r in rows),
+        "tar xzf reads our archive": all(r["tar_xzf_reads_ours"] for r in rows),
+        f"peak RSS flat (growth {growth:.2f}x <= {GOAL_RSS_GROWTH}x)": growth <= GOAL_RSS_GROWTH,
+    }
+    if as_json:
+        print(json.dumps({"rows": rows, "rss_growth": growth, "goals": goals}, indent=2))
+    else:
+        print(
+            f"{'tree':>8} {'files':>7} {'tar MB/s':>9} {'ours MB/s':>10} {'speed':>6} {'size':>6} "
+            f"{'tar RSS':>8} {'our RSS':>8}"
+        )
+        for r in rows:
+            speeds = f"{r['tar_mb_per_s']:>9.1f} {r['ours_mb_per_s']:>10.1f} {r['speed_ratio']:>5.2f}x"
+            rss = f"{r['tar_rss_mb']:>6.1f}MB {r['ours_rss_mb']:>6.1f}MB"
+            print(f"{r['megabytes']:>6.0f}MB {r['files']:>7} {speeds} {r['size_ratio']:>5.3f} {rss}")
+        for goal, met in goals.items():
+            print(f"{'PASS' if met else 'MISS'} {goal}")
+    return 0 if all(goals.values()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="50,500", help="tree sizes in MB, comma-separated (default 50,500)")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "hello-bench-backup")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if not shutil.which("tar"):
+        print("bench_backup.py: GNU tar is needed", file=sys.stderr)
+        return 2
+    try:
+        sizes = sorted(int(part) for part in args.sizes.split(","))
+    except ValueError:
+        print(f"bench_backup.py: --sizes: expected sizes in MB such as 50,500, got {args.sizes!r}", file=sys.stderr)
+        return 2
+    args.cache.mkdir(parents=True, exist_ok=True)
+    rows = [bench_size(args.cache, size) for size in sizes]
+    return report(rows, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Print the crontab lines that run this project's jobs, derived from config.yaml.
+
+    python scripts/cron.py [--json]        (make cron)
+    make cron | crontab -                  install them (replaces the user's crontab)
+
+Lines printed:
+  - the daily backup at system.backup.time (`02:00` -> `0 2 * * *`), with CRON_TZ=<system.backup.timezone>
+    when one is set (cronie and systemd-cron honour CRON_TZ; Debian's classic cron ignores it, and then
+    the time is the host's local time);
+  - the validation every system.validation.interval (`15m` -> `*/15 * * * *`), none when it is null;
+  - the update every system.update.interval, none when it is null.
+Each runs `cd <repo> && mkdir -p <run_dir> && make <target> >> <run_dir>/cron.log 2>&1`, after a
+PATH= line (cron's own PATH is minimal) and, when HELLO_CONFIG selects another file, a HELLO_CONFIG= line.
+Exit codes: 0 printed; 2 bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hello_config import EXIT_CONFIG, EXIT_OK, ConfigError, load_config  # noqa: E402
+
+BASE_PATH = ["/usr/local/bin", "/usr/bin", "/bin"]
+
+
+def daily_at(time_of_day: str) -> str:
+    """'02:00' -> '0 2 * * *'."""
+    hours, minutes = (int(part) for part in time_of_day.split(":"))
+    return f"{minutes} {hours} * * *"
+
+
+def every(seconds: float) -> str:
+    """A cron schedule for a period hello_config accepted: minutes dividing an hour or hours dividing a day."""
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return "* * * * *" if minutes == 1 else f"*/{minutes} * * * *"
+    hours = minutes // 60
+    if hours == 1:
+        return "0 * * * *"
+    return "0 0 * * *" if hours == 24 else f"0 */{hours} * * *"
+
+
+def _cron_escape(text: str) -> str:
+    return text.replace("%", r"\%")  # cron turns an unescaped % into a newline
+
+
+def command(target: str, log: Path) -> str:
+    # run_dir must exist before the shell opens the log, or the redirection fails and make never runs.
+    folder, repo, log_file = (shlex.quote(str(p)) for p in (log.parent, REPO, log))
+    return _cron_escape(f"cd {repo} && mkdir -p {folder} && make {target} >> {log_file} 2>&1")
+
+
+def search_path() -> str:
+    """Where make and python3 are found now, then the usual places."""
+    found = [str(Path(tool).parent) for tool in (shutil.which("make"), shutil.which("python3")) if tool]
+    return ":".join(dict.fromkeys(found + BASE_PATH))
+
+
+def entries(config: dict[str, Any]) -> list[dict[str, str]]:
+    log = Path(config["run_dir"]) / "cron.log"
+    found = [{"target": "backup", "schedule": daily_at(config["backup"]["time"]), "command": command("backup", log)}]
+    for target, interval in (("validate", config["validation"]["interval"]), ("update", config["update"]["interval"])):
+        if interval is not None:
+            found.append({"target": target, "schedule": every(interval), "command": command(target, log)})
+    return found
+
+
+def crontab_lines(config: dict[str, Any]) -> list[str]:
+    lines = [f"# Python Hello Printer jobs, from {config['config_file']} (make cron)", f"PATH={search_path()}"]
+    if os.environ.get("HELLO_CONFIG"):
+        lines.append(f"HELLO_CONFIG={_cron_escape(config['config_file'])}")
+    if config["backup"]["timezone"]:
+        lines.append(f"CRON_TZ={config['backup']['timezone']}")
+    lines += [f"{entry['schedule']} {entry['command']}" for entry in entries(config)]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the crontab lines derived from config.yaml.")
+    parser.add_argument("--json", action="store_true", help="the entries as JSON")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    if args.json:
+        data = {"timezone": config["backup"]["timezone"], "lines": crontab_lines(config), "entries": entries(config)}
+        print(json.dumps(data, indent=2))
+    else:
+        print("\n".join(crontab_lines(config)))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

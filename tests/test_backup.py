@@ -1,0 +1,570 @@
+"""backup_script.py with real trees, real gzip tar archives, real locks, signals and a real Pushgateway."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tarfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, free_port, http_get, require_tool, wait_until, write_config
+from hello_jobs import job_lock
+
+SCRIPT = str(REPO / "backup_script.py")
+ARCHIVE_RE = re.compile(r"^hello-world-\d{8}T\d{6}Z\.tar\.gz$")
+
+
+# --- helpers ---
+
+
+def make_tree(root: Path) -> None:
+    """A small tree with the cases that matter: modes, links, hard links, odd names, excluded things."""
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "private").mkdir(mode=0o750)
+    (root / "hello.py").write_text("print('Hello, World!')\n")
+    (root / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "run.sh").chmod(0o755)
+    (root / "secret.txt").write_text("s3cret\n")
+    (root / "secret.txt").chmod(0o600)
+    (root / "group.txt").write_text("group writable\n")
+    (root / "group.txt").chmod(0o664)
+    (root / "empty").write_bytes(b"")
+    (root / "sub" / "data.bin").write_bytes(random.Random(1).randbytes(300_000))
+    (root / "sub" / "deeper" / ("long-name-" + "x" * 120 + ".txt")).write_text("long\n")
+    (root / "sub" / "deeper" / "ünïcødé.txt").write_text("utf-8 name\n")
+    (root / "private" / "key").write_text("k\n")
+    (root / "link-to-hello").symlink_to("hello.py")
+    (root / "sub" / "link-to-parent-file").symlink_to("../secret.txt")
+    (root / "dangling").symlink_to("does-not-exist")
+    (root / "link-to-dir").symlink_to("sub")
+    os.link(root / "hello.py", root / "sub" / "hardlink-to-hello")
+    for excluded in (".git/objects", "__pycache__", "sub/__pycache__"):
+        (root / excluded).mkdir(parents=True)
+        (root / excluded / "junk.pyc").write_bytes(b"junk")
+    (root / "sub" / "notes.log").write_text("excluded by pattern\n")
+
+
+def snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple]:
+    """relative path -> (kind, mode, content sha256 | link target, whole-second mtime) for everything under root."""
+    result: dict[str, tuple] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if rel.split("/")[0] in skip:
+                continue
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                result[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                result[rel] = ("dir", stat.S_IMODE(info.st_mode), int(info.st_mtime))
+            else:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                result[rel] = ("file", stat.S_IMODE(info.st_mode), digest, int(info.st_mtime))
+    return result
+
+
+def config_for(tmp_path: Path, source: Path, destination: Path, **backup) -> Path:
+    overrides = {
+        "monitoring": {"pushgateway": {"url": backup.pop("pushgateway", None)}},
+        "backup": {
+            "source": str(source),
+            "destination": str(destination),
+            "timezone": "UTC",
+            "exclude": [".git", "__pycache__", "*.log"],
+            **backup,
+        },
+    }
+    return write_config(tmp_path / "cfg", overrides)
+
+
+def backup(config: Path, *args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    return subprocess.run(
+        [PYTHON, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs
+    )
+
+
+def archives(destination: Path) -> list[Path]:
+    return sorted(p for p in destination.iterdir() if ARCHIVE_RE.match(p.name)) if destination.exists() else []
+
+
+def write_sidecar(archive: Path) -> None:
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    archive.with_name(archive.name + ".sha256").write_text(f"{digest}  {archive.name}\n")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(source, destination inside the source, config)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    make_tree(source)
+    destination = source / "backups"
+    return source, destination, config_for(tmp_path, source, destination)
+
+
+# --- create, verify, list, restore ---
+
+
+def test_round_trip_restores_byte_for_byte_with_modes_and_links(tree, tmp_path: Path) -> None:
+    source, destination, config = tree
+    before = snapshot(source, skip=("backups",))
+    result = backup(config)  # no argument: create
+    assert result.returncode == 0, result.stderr
+    (archive,) = archives(destination)
+    assert str(archive) in result.stdout and "bytes" in result.stdout and " s" in result.stdout
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+    assert stat.S_IMODE(archive.with_name(archive.name + ".sha256").stat().st_mode) == 0o600
+    assert stat.S_IMODE(destination.stat().st_mode) == 0o700
+    assert sorted(p.name for p in destination.iterdir()) == [archive.name, archive.name + ".sha256"]
+
+    check = subprocess.run([require_tool("sha256sum", "coreutils"), "-c", archive.name + ".sha256"], cwd=destination)
+    assert check.returncode == 0
+    names = subprocess.run([require_tool("tar"), "tzf", str(archive)], capture_output=True, text=True, check=True)
+    members = set(names.stdout.split())
+    assert "hello.py" in members and "sub/data.bin" in members
+    assert not any(m.startswith(("backups", ".git", "__pycache__")) or m.endswith((".log", ".pyc")) for m in members)
+
+    target = tmp_path / "restored"
+    result = backup(config, "restore", str(archive), "--target", str(target))
+    assert result.returncode == 0, result.stderr
+    expected = {k: v for k, v in before.items() if not re.search(r"(^|/)(\.git|__pycache__)(/|$)|\.log$", k)}
+    assert snapshot(target) == expected
+    restored = target / "sub" / "hardlink-to-hello"
+    assert restored.stat().st_ino == (target / "hello.py").stat().st_ino, "hard link restored as a hard link"
+
+    assert backup(config, "verify").returncode == 0
+    listing = backup(config, "list", "--json")
+    assert '"checksum_ok": true' in listing.stdout
+
+
+def test_second_create_in_the_same_second_gets_its_own_name(tree) -> None:
+    _source, destination, config = tree
+    config_two = config.parent / "config.yaml"
+    text = config_two.read_text().replace("daily: 7", "daily: 0").replace("weekly: 4", "weekly: 0")
+    config_two.write_text(text.replace("monthly: 6", "monthly: 0"))
+    assert backup(config).returncode == 0
+    first = archives(destination)
+    assert backup(config, "prune", "--dry-run").returncode == 0
+    assert archives(destination) == first, "a dry run deletes nothing"
+    assert backup(config).returncode == 0
+    (second,) = archives(destination)  # keep 0/0/0: only the newest good archive stays
+    assert second != first[0]
+
+
+def test_one_byte_corruption_fails_verify_and_restore(tree, tmp_path: Path) -> None:
+    _source, destination, config = tree
+    assert backup(config).returncode == 0
+    (archive,) = archives(destination)
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    archive.write_bytes(bytes(data))
+
+    result = backup(config, "verify", str(archive))
+    assert result.returncode == 1 and "checksum mismatch" in result.stdout
+    assert '"checksum_ok": false' in backup(config, "list", "--json").stdout
+    target = tmp_path / "target"
+    result = backup(config, "restore", str(archive), "--target", str(target))
+    assert result.returncode == 1 and "checksum mismatch" in result.stderr
+    assert not target.exists() or not any(target.iterdir())
+
+    # A matching checksum over a damaged stream: the full read catches it.
+    write_sidecar(archive)
+    result = backup(config, "verify")
+    assert result.returncode == 1 and "unreadable archive" in result.stdout
+
+    archive.with_name(archive.name + ".sha256").unlink()
+    result = backup(config, "verify")
+    assert result.returncode == 1 and "no checksum file" in result.stdout
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, *, kind: bytes = tarfile.REGTYPE, link: str = "", data=b"x"):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, 0o644
+    if kind == tarfile.REGTYPE:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    else:
+        tar.addfile(info)
+
+
+MALICIOUS = {
+    "dot-dot": [("../evil.txt", tarfile.REGTYPE, "")],
+    "nested-dot-dot": [("ok/../../evil.txt", tarfile.REGTYPE, "")],
+    "absolute": [("{outside}/evil.txt", tarfile.REGTYPE, "")],
+    "symlink-escape-then-file": [("esc", tarfile.SYMTYPE, ".."), ("esc/outside/evil.txt", tarfile.REGTYPE, "")],
+    "symlink-absolute-then-file": [("esc", tarfile.SYMTYPE, "{outside}"), ("esc/evil.txt", tarfile.REGTYPE, "")],
+    "symlink-chain": [("here", tarfile.SYMTYPE, "."), ("up", tarfile.SYMTYPE, "here/../..")],
+    "symlink-via-later-link": [("a/b", tarfile.SYMTYPE, "../x"), ("a", tarfile.SYMTYPE, ".")],
+    "hardlink-escape": [("hard", tarfile.LNKTYPE, "../outside/victim.txt")],
+    "hardlink-absolute": [("hard", tarfile.LNKTYPE, "{outside}/victim.txt")],
+    "device": [("dev", tarfile.CHRTYPE, "")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS))
+def test_malicious_archives_are_refused_before_anything_is_written(tmp_path: Path, case: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("original\n")
+    config = config_for(tmp_path, tmp_path, tmp_path / "backups")
+    archive = tmp_path / "evil" / "hello-world-20250101T000000Z.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        _tar_member(tar, "harmless.txt")  # comes first: must not be written either
+        for name, kind, link in MALICIOUS[case]:
+            _tar_member(tar, name.format(outside=outside), kind=kind, link=link.format(outside=outside))
+    write_sidecar(archive)
+    target = tmp_path / "target"
+    result = backup(config, "restore", str(archive), "--target", str(target))
+    assert result.returncode == 1, result.stderr
+    assert "refusing to restore" in result.stderr
+    assert not target.exists() or not any(target.iterdir()), "nothing written into the target"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+    assert (outside / "victim.txt").read_text() == "original\n"
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_restore_refuses_non_empty_target_and_existing_links_out(tree, tmp_path: Path) -> None:
+    source, destination, config = tree
+    assert backup(config).returncode == 0
+    (archive,) = archives(destination)
+    target = tmp_path / "target"
+    target.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (target / "sub").symlink_to(outside)  # planted: the archive's sub/ would be written through it
+    result = backup(config, "restore", str(archive), "--target", str(target))
+    assert result.returncode == 2 and "not empty" in result.stderr
+    result = backup(config, "restore", str(archive), "--target", str(target), "--force")
+    assert result.returncode == 1 and "outside the target" in result.stderr
+    assert list(outside.iterdir()) == []
+
+    (target / "sub").unlink()
+    (target / "hello.py").write_text("old content\n")
+    result = backup(config, "restore", str(archive), "--target", str(target), "--force")
+    assert result.returncode == 0, result.stderr
+    assert (target / "hello.py").read_text() == (source / "hello.py").read_text()
+
+
+# --- failures leave nothing partial ---
+
+
+def _unprivileged(args: list[str]) -> list[str]:
+    """args run without the power to read what file modes forbid (root: drop the DAC capabilities)."""
+    if os.geteuid() != 0:
+        return args
+    setpriv = require_tool("setpriv", "util-linux")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-all", "--", *args]
+
+
+def test_unreadable_file_fails_naming_it_and_leaves_nothing(tree) -> None:
+    source, destination, config = tree
+    unreadable = source / "sub" / "no-access.txt"
+    unreadable.write_text("hidden\n")
+    unreadable.chmod(0)
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    result = subprocess.run(_unprivileged([PYTHON, SCRIPT, "create"]), env=env, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert str(unreadable) in result.stderr and "Permission denied" in result.stderr
+    assert list(destination.iterdir()) == []
+    assert "hello_world_backup_success 0.0" in (config.parent / "run/metrics/hello_world_backup.prom").read_text()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A 1 MiB tmpfs mount, or a skip saying why there can be none."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_filesystem_fails_and_leaves_nothing_partial(tmp_path: Path, small_fs: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "big.bin").write_bytes(random.Random(2).randbytes(3_000_000))
+    destination = small_fs / "backups"
+    config = config_for(tmp_path, source, destination)
+    result = backup(config)
+    assert result.returncode == 1
+    assert "No space left on device" in result.stderr
+    assert list(destination.iterdir()) == []
+
+
+def test_kill_9_at_random_moments_never_leaves_an_incomplete_final_archive(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    rng = random.Random(4)
+    for index in range(300):  # many small files and a few large ones: a run lasts a few hundred ms
+        folder = source / f"d{index // 50}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{index}.txt").write_text(f"line {index}\n" * rng.randint(10, 2000))
+    (source / "big1.bin").write_bytes(rng.randbytes(12_000_000))
+    (source / "big2.bin").write_bytes(rng.randbytes(12_000_000))
+    destination = tmp_path / "backups"
+    config = config_for(tmp_path, source, destination, keep={"daily": 30, "weekly": 0, "monthly": 0})
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+
+    started = time.monotonic()
+    assert backup(config).returncode == 0
+    duration = time.monotonic() - started
+    interrupted = 0
+    lock = config.parent / "run" / "backup.lock"
+    for _ in range(8):
+        proc = subprocess.Popen(
+            [PYTHON, SCRIPT, "create"], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0.05, duration * 1.1))
+        proc.kill()
+        proc.wait(timeout=10)
+        interrupted += lock.exists()  # killed while holding the lock: mid-run
+        result = backup(config, "verify")  # every final-named archive is complete, with its sidecar
+        assert result.returncode == 0, result.stdout
+    assert archives(destination)
+    assert interrupted >= 2, f"only {interrupted} of 8 kills hit a run in progress"
+    assert backup(config).returncode == 0  # the next run takes over the lock and removes the leftovers
+    leftovers = [p.name for p in destination.iterdir() if not p.name.startswith("hello-world-")]
+    assert leftovers == []
+    assert all(p.with_name(p.name + ".sha256").exists() for p in archives(destination))
+    assert backup(config, "verify").returncode == 0
+
+
+# --- one run at a time ---
+
+
+def test_second_run_exits_75_while_the_lock_is_held(tree, tmp_path: Path) -> None:
+    _source, destination, config = tree
+    run_dir = config.parent / "run"
+    with job_lock(run_dir / "backup.lock"):
+        result = backup(config)
+    assert result.returncode == 75, result.stderr
+    assert archives(destination) == []
+
+    # Two real runs. The first reads a large sparse file (a window of a second or more) and is frozen
+    # with SIGSTOP once its lock is seen: the second must give way while it holds the lock.
+    with open(_source / "sparse.bin", "wb") as handle:
+        handle.truncate(8 << 30)
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    first = subprocess.Popen([PYTHON, SCRIPT, "create"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lock = run_dir / "backup.lock"
+    try:
+        wait_until(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), 20, "the first run's lock")
+        os.kill(first.pid, signal.SIGSTOP)
+        second = backup(config)
+        assert second.returncode == 75, second.stderr
+        assert f"PID {first.pid}" in second.stderr
+        os.kill(first.pid, signal.SIGTERM)  # delivered on SIGCONT: the run stops and cleans up
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _out, err = first.communicate(timeout=30)
+    assert first.returncode == 1 and "nothing partial" in err.decode()
+    assert list(destination.iterdir()) == [], "no partial archive left by the terminated run"
+    assert not lock.exists()
+    (_source / "sparse.bin").unlink()
+    assert backup(config).returncode == 0
+    assert backup(config, "verify").returncode == 0
+
+
+def test_a_dead_runs_lock_is_taken_over(tree) -> None:
+    _source, destination, config = tree
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = config.parent / "run" / "backup.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(f"{dead.pid}\n")
+    result = backup(config)
+    assert result.returncode == 0, result.stderr
+    assert f"stale lock {lock} of PID {dead.pid}" in result.stderr
+    assert not lock.exists()
+
+
+# --- retention ---
+
+
+def test_retention_over_100_days_keeps_exactly_the_expected_set(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a\n")
+    destination = tmp_path / "backups"
+    config = config_for(tmp_path, source, destination)  # keep daily 7, weekly 4, monthly 6; UTC
+    assert backup(config).returncode == 0
+    (real,) = archives(destination)
+    payload = real.read_bytes()
+    for path in destination.iterdir():
+        path.unlink()
+
+    last = datetime(2025, 3, 31, 2, 0, tzinfo=UTC)  # a Monday
+    stamps = [last - timedelta(days=day) for day in range(100)]
+    stamps += [last - timedelta(days=3, hours=-5), last - timedelta(days=20, hours=-3)]  # a 2nd one on 2 days
+    for when in stamps:
+        archive = destination / f"hello-world-{when:%Y%m%dT%H%M%SZ}.tar.gz"
+        archive.write_bytes(payload)
+        write_sidecar(archive)
+    strangers = ["notes.txt", "hello-world-latest.tar.gz", "hello-world-20250101T000000Z.tar.gz.bak"]
+    for name in strangers:
+        (destination / name).write_text("not an archive of ours\n")
+
+    expected = {
+        *(f"202503{day:02d}T020000Z" for day in range(25, 32) if day != 28),  # daily: the last 7 days
+        "20250328T070000Z",  # daily: the newer of two on March 28
+        "20250323T020000Z",  # weekly: ISO weeks 12 and 11 (weeks 14 and 13 are daily already)
+        "20250316T020000Z",
+        "20250228T020000Z",  # monthly: the newest of February, January, December 2024
+        "20250131T020000Z",
+        "20241231T020000Z",
+    }
+    result = backup(config, "prune")
+    assert result.returncode == 0, result.stderr
+    kept = {p.name[len("hello-world-") : -len(".tar.gz")] for p in archives(destination)}
+    assert kept == expected
+    sidecars = {p.name for p in destination.glob("*.sha256")}
+    assert sidecars == {f"hello-world-{stamp}.tar.gz.sha256" for stamp in expected}
+    assert all((destination / name).exists() for name in strangers)
+
+
+def test_prune_never_deletes_the_newest_good_archive(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a\n")
+    destination = tmp_path / "backups"
+    config = config_for(tmp_path, source, destination, keep={"daily": 1, "weekly": 0, "monthly": 0})
+    assert backup(config).returncode == 0
+    (good,) = archives(destination)
+    newer = destination / "hello-world-29991231T000000Z.tar.gz"
+    newer.write_bytes(b"not gzip at all")
+    write_sidecar(newer)
+    result = backup(config, "prune")
+    assert result.returncode == 0, result.stderr
+    assert archives(destination) == [good, newer]  # newer is kept by daily: 1, good as the newest good one
+
+
+# --- schedule ---
+
+
+def _start_schedule(processes, config: Path, *args: str, log: Path):
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    with open(log, "wb") as out:
+        return processes.start([PYTHON, SCRIPT, "schedule", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_schedule_loop_survives_a_failing_run_and_stops_on_sigterm(tmp_path: Path, processes) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a\n")
+    destination = tmp_path / "backups"
+    destination.write_text("a file where the destination folder should be: the first run fails\n")
+    config = config_for(tmp_path, source, destination)
+    log = tmp_path / "schedule.log"
+    proc = _start_schedule(processes, config, "--every", "1", log=log)
+    wait_until(lambda: "scheduled backup failed" in log.read_text(), 20, "a failed scheduled run")
+    assert proc.poll() is None, "the loop lives on after a failing run"
+    destination.unlink()
+    wait_until(lambda: archives(destination), 20, "an archive from a later scheduled run")
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    text = log.read_text()
+    assert "backup schedule stopped" in text
+    starts = [datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S") for line in text.splitlines() if "starting" in line]
+    assert all(b - a >= timedelta(seconds=1) for a, b in zip(starts, starts[1:], strict=False)), "no immediate re-fire"
+
+
+def test_schedule_at_a_near_time_runs_then_waits_a_day(tmp_path: Path, processes) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a\n")
+    destination = tmp_path / "backups"
+    config = config_for(tmp_path, source, destination, timezone=None)
+    at = datetime.now() + timedelta(seconds=3)
+    log = tmp_path / "schedule.log"
+    proc = _start_schedule(processes, config, "--at", f"{at:%H:%M:%S}", log=log)
+    wait_until(lambda: "next run at" in log.read_text(), 15, "the next run logged at start")
+    assert f"next run at {at:%Y-%m-%d %H:%M:%S}" in log.read_text()
+    wait_until(lambda: archives(destination), 20, "the scheduled backup")
+    tomorrow = at + timedelta(days=1)
+    wait_until(lambda: f"next run at {tomorrow:%Y-%m-%d %H:%M:%S}" in log.read_text(), 10, "tomorrow's run")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize(("written", "shown"), [("02:00", "02:00:00"), ("23:30", "23:30:00")])
+def test_seed_config_unquoted_time_schedules_at_that_time(tmp_path: Path, processes, written: str, shown: str) -> None:
+    config = tmp_path / "config.yaml"  # the seed's config.yaml, with the time unquoted as it wrote it
+    config.write_text(
+        "system:\n  monitoring:\n    prometheus:\n      scrape_interval: 15s\n    grafana:\n"
+        f"      dashboard: hello-world-dashboard\n  backup:\n    schedule: daily\n    time: {written}\n"
+        "  update:\n    protocol: update_protocol.py\n"
+    )
+    log = tmp_path / "schedule.log"
+    proc = _start_schedule(processes, config, log=log)
+    wait_until(lambda: "next run at" in log.read_text(), 15, "the next run logged at start")
+    assert f"daily at {written} local time" in log.read_text()
+    assert re.search(rf"next run at \d{{4}}-\d\d-\d\d {shown}", log.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+
+
+# --- metrics and config ---
+
+
+def test_metrics_pushed_to_a_real_pushgateway(tmp_path: Path, processes) -> None:
+    binary = require_tool("prometheus-pushgateway")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    processes.start(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_until(lambda: http_get(url + "/-/ready", timeout=1)[0] == 200, 20, "the Pushgateway")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a\n")
+    config = config_for(tmp_path, source, tmp_path / "backups", pushgateway=url)
+    result = backup(config)
+    assert result.returncode == 0, result.stderr
+    body = http_get(url + "/metrics")[2].decode()
+    assert re.search(r'^hello_world_backup_success\{[^}]*job="hello_world_backup"[^}]*\} 1$', body, re.M)
+    size = re.search(r'^hello_world_backup_size_bytes\{[^}]*job="hello_world_backup"[^}]*\} (\S+)$', body, re.M)
+    assert size and float(size.group(1)) == archives(tmp_path / "backups")[0].stat().st_size
+    for name in ("last_success_timestamp_seconds", "last_run_timestamp_seconds", "duration_seconds"):
+        assert f"hello_world_backup_{name}{{" in body
+
+
+def test_a_dead_pushgateway_is_only_a_warning(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a\n")
+    config = config_for(tmp_path, source, tmp_path / "backups", pushgateway=f"http://127.0.0.1:{free_port()}")
+    result = backup(config)
+    assert result.returncode == 0, result.stderr
+    assert "could not push hello_world_backup metrics" in result.stderr
+    textfile = (config.parent / "run" / "metrics" / "hello_world_backup.prom").read_text()
+    assert "hello_world_backup_success 1.0" in textfile
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"backup": {"time": "25:00"}})
+    result = backup(config)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "system.backup.time: expected HH:MM, got '25:00'" in result.stderr
+    result = backup(config, "restore", "/nonexistent.tar.gz")  # --target missing: argparse usage error
+    assert result.returncode == 2

@@ -1,0 +1,91 @@
+"""scripts/cron.py: the crontab lines derived from real config files (`make cron`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, write_config
+
+SCRIPT = str(REPO / "scripts" / "cron.py")
+
+
+def cron(config: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    return subprocess.run([PYTHON, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+def job_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line and line[0] in "0123456789*"]
+
+
+def test_repo_config_gives_backup_at_two_and_validation_every_15_minutes(tmp_path: Path) -> None:
+    result = cron(write_config(tmp_path))
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "run"
+    expected_tail = f"&& mkdir -p {run_dir} && make {{}} >> {run_dir}/cron.log 2>&1"
+    assert job_lines(result.stdout) == [
+        f"0 2 * * * cd {REPO} " + expected_tail.format("backup"),
+        f"*/15 * * * * cd {REPO} " + expected_tail.format("validate"),
+    ]
+    path_line = next(line for line in result.stdout.splitlines() if line.startswith("PATH="))
+    assert "/usr/bin" in path_line.split("=", 1)[1].split(":")
+    assert f"HELLO_CONFIG={tmp_path / 'config.yaml'}" in result.stdout
+    assert "CRON_TZ" not in result.stdout
+
+
+@pytest.mark.parametrize(("written", "schedule"), [("02:00", "0 2 * * *"), ("23:30", "30 23 * * *")])
+def test_seed_config_with_unquoted_time(tmp_path: Path, written: str, schedule: str) -> None:
+    config = tmp_path / "config.yaml"  # the seed's config.yaml, time unquoted (YAML 1.1 reads 23:30 as 1410)
+    config.write_text(
+        "system:\n  monitoring:\n    prometheus:\n      scrape_interval: 15s\n    grafana:\n"
+        f"      dashboard: hello-world-dashboard\n  backup:\n    schedule: daily\n    time: {written}\n"
+        "  update:\n    protocol: update_protocol.py\n"
+    )
+    result = cron(config)
+    assert result.returncode == 0, result.stderr
+    assert job_lines(result.stdout)[0].startswith(f"{schedule} cd {REPO} && ")
+    assert job_lines(result.stdout)[0].endswith(f"make backup >> {tmp_path / 'run' / 'cron.log'} 2>&1")
+
+
+def test_timezone_intervals_and_json(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        {
+            "backup": {"time": "03:45", "timezone": "Europe/Berlin"},
+            "validation": {"interval": None},
+            "update": {"interval": "6h"},
+        },
+    )
+    result = cron(config)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "CRON_TZ=Europe/Berlin" in lines
+    assert lines.index("CRON_TZ=Europe/Berlin") < lines.index(job_lines(result.stdout)[0])
+    schedules = [line.split(" cd ")[0] for line in job_lines(result.stdout)]
+    assert schedules == ["45 3 * * *", "0 */6 * * *"]
+    assert "make validate" not in result.stdout and "make update" in result.stdout
+
+    data = json.loads(cron(config, "--json").stdout)
+    assert data["timezone"] == "Europe/Berlin"
+    assert [(e["target"], e["schedule"]) for e in data["entries"]] == [
+        ("backup", "45 3 * * *"),
+        ("update", "0 */6 * * *"),
+    ]
+
+
+@pytest.mark.parametrize(("interval", "schedule"), [("1m", "* * * * *"), ("1h", "0 * * * *"), ("24h", "0 0 * * *")])
+def test_interval_edges(tmp_path: Path, interval: str, schedule: str) -> None:
+    result = cron(write_config(tmp_path, {"validation": {"interval": interval}}))
+    assert job_lines(result.stdout)[1].startswith(f"{schedule} cd ")
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = cron(write_config(tmp_path, {"backup": {"time": "25:00"}}))
+    assert result.returncode == 2
+    assert result.stdout == "" and result.stderr.strip().count("\n") == 0
+    assert "system.backup.time" in result.stderr

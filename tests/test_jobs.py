@@ -1,0 +1,110 @@
+"""hello_jobs.py: the job lock across real processes, and job metrics as a textfile and on a real Pushgateway."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import REPO, free_port, http_get, require_tool, wait_until
+from hello_jobs import LockHeld, job_lock, record_job
+
+HOLDER = f"""
+import sys, time
+sys.path.insert(0, {str(REPO)!r})
+from hello_jobs import job_lock
+with job_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def _values(path: Path) -> dict[str, float]:
+    return {s.name: s.value for f in text_string_to_metric_families(path.read_text()) for s in f.samples}
+
+
+def test_lock_is_exclusive_across_processes_and_released(tmp_path: Path, processes) -> None:
+    lock = tmp_path / "run" / "job.lock"
+    holder = processes.start([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(LockHeld) as caught, job_lock(lock):
+        pass
+    assert caught.value.pid == holder.pid
+    holder.kill()
+    holder.wait(timeout=10)
+    with job_lock(lock):  # the kernel dropped the dead holder's flock: taken over
+        assert lock.read_text().strip() == str(os.getpid())
+    assert not lock.exists(), "released and removed on exit"
+
+
+def test_dead_pid_lock_is_taken_over_with_a_warning(tmp_path: Path, caplog) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = tmp_path / "job.lock"
+    lock.write_text(f"{dead.pid}\n")
+    with caplog.at_level(logging.WARNING, logger="hello_jobs"), job_lock(lock):
+        pass
+    assert f"stale lock {lock} of PID {dead.pid}" in caplog.text
+
+
+def test_live_pid_without_flock_still_holds_unless_the_pid_was_reused(tmp_path: Path, processes) -> None:
+    lock = tmp_path / "job.lock"
+    sleeper = processes.start(["sleep", "60"])
+    lock.write_text(f"{sleeper.pid}\n")
+    with pytest.raises(LockHeld) as caught, job_lock(lock):
+        pass
+    assert caught.value.pid == sleeper.pid
+    old = time.time() - 3600
+    os.utime(lock, (old, old))  # written before the sleeper existed: its PID is a reused one
+    with job_lock(lock):
+        pass
+
+
+def test_record_job_textfile_keeps_last_success_across_a_failure(tmp_path: Path) -> None:
+    config = {"run_dir": str(tmp_path / "run"), "monitoring": {"pushgateway": {"url": None}}}
+    path = record_job(config, "hello_world_update", success=False, started=90.0, finished=100.0)
+    assert path == tmp_path / "run" / "metrics" / "hello_world_update.prom"
+    values = _values(path)
+    assert values == {"hello_world_update_last_run_timestamp_seconds": 100.0, "hello_world_update_success": 0.0}
+
+    record_job(
+        config,
+        "hello_world_backup",
+        success=True,
+        started=1.0,
+        finished=200.0,
+        extra={"hello_world_backup_size_bytes": 1234, "hello_world_backup_duration_seconds": 2.5},
+    )
+    record_job(config, "hello_world_backup", success=False, started=290.0, finished=300.0)
+    values = _values(tmp_path / "run" / "metrics" / "hello_world_backup.prom")
+    assert values["hello_world_backup_success"] == 0.0
+    assert values["hello_world_backup_last_run_timestamp_seconds"] == 300.0
+    assert values["hello_world_backup_last_success_timestamp_seconds"] == 200.0
+    assert sorted(p.name for p in path.parent.iterdir()) == ["hello_world_backup.prom", "hello_world_update.prom"]
+
+
+def test_record_job_pushes_to_a_real_pushgateway_and_a_dead_one_only_warns(tmp_path: Path, processes, caplog) -> None:
+    binary = require_tool("prometheus-pushgateway")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    processes.start(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_until(lambda: http_get(url + "/-/ready", timeout=1)[0] == 200, 20, "the Pushgateway")
+    config = {"run_dir": str(tmp_path / "run"), "monitoring": {"pushgateway": {"url": url}}}
+    record_job(config, "hello_world_update", success=True, started=1.0, finished=2.0)
+    body = http_get(url + "/metrics")[2].decode()
+    assert 'hello_world_update_success{instance="",job="hello_world_update"} 1' in body
+    assert 'hello_world_update_last_success_timestamp_seconds{instance="",job="hello_world_update"} 2' in body
+
+    config["monitoring"]["pushgateway"]["url"] = f"http://127.0.0.1:{free_port()}"
+    with caplog.at_level(logging.WARNING, logger="hello_jobs"):
+        path = record_job(config, "hello_world_update", success=True, started=1.0, finished=3.0)
+    assert "could not push hello_world_update metrics" in caplog.text
+    assert _values(path)["hello_world_update_last_run_timestamp_seconds"] == 3.0

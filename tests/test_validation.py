@@ -1,0 +1,514 @@
+"""validation_test.py end to end: a real deployment passes, and each real fault fails exactly its checks.
+
+One module-scoped deployment is shared by the fault cases (each restores what it broke):
+a git remote and a checkout cloned from it, the server started from that checkout (so /version's commit
+comes from git), one real update through update_protocol.py, Prometheus (scrape interval 1s, the repo's
+alert rules) and a Pushgateway on free ports, a fresh backup and a running `backup_script.py schedule` loop.
+The operator path runs the Makefile targets from this repo with HELLO_CONFIG pointing at a tmp config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool, wait_until, write_config
+
+sys.path.insert(0, str(REPO))
+import validation_test  # noqa: E402 - the module under test; its check registry names the checks
+
+CHECK = {func.__name__: (group, name) for group, name, func in validation_test.CHECKS}
+GROUP = {group: {key for key, (g, _) in CHECK.items() if g == group} for group in validation_test.GROUPS}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def checked(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 60) -> str:
+    done = run(args, cwd, env, timeout)
+    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def prometheus_query(url: str, expr: str) -> list[dict[str, Any]]:
+    status, _, body = http_get(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=2)
+    assert status == 200, body
+    return json.loads(body)["data"]["result"]
+
+
+def hello_targets(url: str) -> list[dict[str, Any]]:
+    body = http_get(f"{url}/api/v1/targets?state=active", timeout=2)[2]
+    return [t for t in json.loads(body)["data"]["activeTargets"] if t["labels"]["job"] == "hello-world"]
+
+
+def prometheus_yml(scrape_target: str, pushgateway_port: int, rules: Path) -> str:
+    return yaml.safe_dump(
+        {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(rules / "*.rules.yml")],
+            "scrape_configs": [
+                {"job_name": "hello-world", "static_configs": [{"targets": [scrape_target]}]},
+                {
+                    "job_name": "pushgateway",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [f"127.0.0.1:{pushgateway_port}"]}],
+                },
+            ],
+        }
+    )
+
+
+def monitoring_settles(prometheus: str) -> bool:
+    """Prometheus has scraped the service a few times and holds both jobs' metrics: queries have data."""
+    return all(
+        prometheus_query(prometheus, expr)
+        for expr in (
+            'count_over_time(up{job="hello-world"}[1m]) >= 3',
+            'up{job="hello-world"} == 1',
+            "sum(rate(hello_world_requests_total[4s]))",
+            "hello_world_backup_last_success_timestamp_seconds",
+            "hello_world_update_success",
+        )
+    )
+
+
+@dataclass
+class Deployment:
+    root: Path
+    checkout: Path
+    config: Path
+    env: dict[str, str]
+    server_url: str
+    prometheus: str
+    prometheus_yml: Path
+    pushgateway_port: int
+    backups: Path
+    registry: ProcessRegistry
+
+    def validate(self, *args: str) -> tuple[int, dict[str, tuple[str, str]]]:
+        """Run the checkout's validation_test.py --json; (exit code, {check function name: (status, detail)})."""
+        done = run([PYTHON, str(self.checkout / "validation_test.py"), "--json", *args], self.checkout, self.env)
+        assert "Traceback" not in done.stderr, done.stderr
+        by_name = {(r["group"], r["check"]): (r["status"], r["detail"]) for r in json.loads(done.stdout)}
+        return done.returncode, {key: by_name[where] for key, where in CHECK.items() if where in by_name}
+
+    def hello(self, command: str) -> str:
+        out = checked([PYTHON, str(self.checkout / "hello_world.py"), command], self.checkout, self.env)
+        if command == "start":
+            self.registry.adopt(int((self.root / "run" / "hello_world.pid").read_text()))
+        return out
+
+    def reload_prometheus(self, target: str) -> None:
+        self.prometheus_yml.write_text(
+            prometheus_yml(target, self.pushgateway_port, self.checkout / "monitoring/rules")
+        )
+        status = http_get(f"{self.prometheus}/-/reload", method="POST")[0]
+        assert status == 200
+
+    def git(self, *args: str) -> str:
+        return checked(["git", *args], self.checkout, self.env).strip()
+
+
+def copy_project(target: Path) -> None:
+    """The repo's files as a deployment has them: tracked and new files, not what .gitignore names."""
+    listed = checked(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO, dict(os.environ))
+    for name in listed.split("\0"):
+        path = REPO / name
+        if name and path.is_file() and not name.startswith("tests/"):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / name)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    prometheus_bin = require_tool("prometheus")
+    pushgateway_bin = require_tool("prometheus-pushgateway")
+    require_tool("git")
+    root = tmp_path_factory.mktemp("validation")
+    registry = ProcessRegistry()
+    server_port, prometheus_port, pushgateway_port = free_port(), free_port(), free_port()
+    prometheus = f"http://127.0.0.1:{prometheus_port}"
+    source = root / "source"
+    (source / "docs").mkdir(parents=True)
+    (source / "docs" / "notes.txt").write_text("what the backup keeps\n")
+    (source / "data.bin").write_bytes(os.urandom(64 * 1024))
+
+    # The developers' repository, its bare remote, and the deployed checkout cloned from it.
+    work, remote, checkout = root / "work", root / "remote.git", root / "checkout"
+    work.mkdir()
+    copy_project(work)
+    overrides = {
+        "run_dir": str(root / "run"),
+        "server": {"host": "127.0.0.1", "port": server_port, "workers": 1},
+        "monitoring": {
+            "prometheus": {"scrape_interval": "1s", "url": prometheus},
+            "pushgateway": {"url": f"http://127.0.0.1:{pushgateway_port}"},
+            "grafana": {"url": None},
+        },
+        "backup": {"source": str(source), "destination": str(root / "backups")},
+        "update": {"test_command": "true", "remote": "origin", "branch": "main"},
+        "validation": {"timeout": "3s"},
+    }
+    write_config(work, overrides)
+    env = {**os.environ, **GIT_ENV, "HELLO_CONFIG": str(checkout / "config.yaml")}
+    for args in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "deployed"]):
+        checked(args, work, env)
+    checked(["git", "clone", "-q", "--bare", str(work), str(remote)], root, env)
+    checked(["git", "remote", "add", "origin", str(remote)], work, env)
+    checked(["git", "clone", "-q", str(remote), str(checkout)], root, env)
+
+    deployment = Deployment(
+        root,
+        checkout,
+        checkout / "config.yaml",
+        env,
+        f"http://127.0.0.1:{server_port}",
+        prometheus,
+        root / "prometheus.yml",
+        pushgateway_port,
+        root / "backups",
+        registry,
+    )
+    try:
+        deployment.hello("start")
+        logs = root / "logs"
+        logs.mkdir()
+        with open(logs / "pushgateway.log", "wb") as log:
+            registry.start(
+                [pushgateway_bin, f"--web.listen-address=127.0.0.1:{pushgateway_port}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deployment.prometheus_yml.write_text(
+            prometheus_yml(f"127.0.0.1:{server_port}", pushgateway_port, checkout / "monitoring/rules")
+        )
+        with open(logs / "prometheus.log", "wb") as log:
+            registry.start(
+                [
+                    prometheus_bin,
+                    f"--config.file={deployment.prometheus_yml}",
+                    f"--storage.tsdb.path={root / 'prometheus-data'}",
+                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                    "--web.enable-lifecycle",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        pushgateway_ready = f"http://127.0.0.1:{pushgateway_port}/-/ready"
+        wait_until(lambda: http_get(pushgateway_ready, timeout=1)[0] == 200, 30, "the Pushgateway")
+        checked([PYTHON, str(checkout / "backup_script.py"), "create"], checkout, env)
+        registry.start(
+            [PYTHON, str(checkout / "backup_script.py"), "schedule"],
+            cwd=checkout,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        # One real update: a new commit on the remote, deployed by the protocol (it reloads the server).
+        (work / "CHANGES.txt").write_text("a change to deploy\n")
+        checked(["git", "add", "CHANGES.txt"], work, env)
+        checked(["git", "commit", "-qm", "a change"], work, env)
+        checked(["git", "push", "-q", "origin", "main"], work, env)
+        checked([PYTHON, str(checkout / "update_protocol.py")], checkout, env, timeout=120)
+        version = json.loads(http_get(deployment.server_url + "/version")[2])
+        assert version["commit"] == deployment.git("rev-parse", "HEAD")
+
+        wait_until(lambda: http_get(prometheus + "/-/ready", timeout=1)[0] == 200, 30, "Prometheus")
+        wait_until(lambda: monitoring_settles(prometheus), 30, "Prometheus to hold the service's and jobs' metrics")
+        yield deployment
+    finally:
+        with contextlib.suppress(Exception):
+            run([PYTHON, str(checkout / "hello_world.py"), "stop"], checkout, env, timeout=30)
+        registry.cleanup()
+
+
+def assert_only_failing(results: dict[str, tuple[str, str]], must: set[str], may: frozenset[str] = frozenset()):
+    """The checks in must FAIL, those in may may FAIL, every other one PASSes (Grafana SKIPs)."""
+    assert set(results) == set(CHECK), f"checks missing from the output: {set(CHECK) - set(results)}"
+    for key, (status, detail) in results.items():
+        if key == "check_grafana":
+            assert status == "SKIP" and "grafana.url is null" in detail
+        elif key in must:
+            assert status == "FAIL", f"{key} should fail: {status} {detail}"
+        elif key not in may:
+            assert status == "PASS", f"{key} should pass: {status} {detail}"
+
+
+def test_a_healthy_deployment_passes_every_check(deployment: Deployment) -> None:
+    code, results = deployment.validate()
+    assert_only_failing(results, set())
+    assert code == 0
+    assert "schedule loop: PID" in results["check_scheduler"][1]
+    assert deployment.git("rev-parse", "HEAD")[:12] in results["check_served_commit"][1]
+    assert results["check_last_update"][1].startswith("updated")
+
+
+def test_a_corrupted_archive_fails_its_checksum_and_read(deployment: Deployment) -> None:
+    archive = max(deployment.backups.glob("hello-world-*.tar.gz"))
+    original = archive.read_bytes()
+    middle = len(original) // 2
+    try:
+        archive.write_bytes(
+            original[:middle] + bytes(b ^ 0xFF for b in original[middle : middle + 64]) + original[middle + 64 :]
+        )
+        code, results = deployment.validate()
+        assert_only_failing(results, {"check_archive_checksum", "check_archive_verify"})
+        assert code == 1
+        assert "checksum mismatch" in results["check_archive_checksum"][1]
+        assert archive.name in results["check_archive_verify"][1]
+    finally:
+        archive.write_bytes(original)
+
+
+def test_a_30_hour_old_newest_backup_is_stale_and_disagrees_with_the_metric(deployment: Deployment) -> None:
+    aside = deployment.root / "aside"
+    aside.mkdir()
+    moved = sorted(deployment.backups.glob("hello-world-*"))
+    for path in moved:
+        path.rename(aside / path.name)
+    stamp = datetime.fromtimestamp(time.time() - 30 * 3600, UTC).strftime("%Y%m%dT%H%M%SZ")
+    old = deployment.backups / f"hello-world-{stamp}.tar.gz"
+    newest = aside / max(p.name for p in moved if p.name.endswith(".tar.gz"))
+    shutil.copyfile(newest, old)
+    digest = (aside / f"{newest.name}.sha256").read_text().split()[0]
+    old.with_name(old.name + ".sha256").write_text(f"{digest}  {old.name}\n")
+    try:
+        code, results = deployment.validate()
+        assert_only_failing(results, {"check_archive_age", "check_backup_metric"})
+        assert code == 1
+        assert f"{old.name} is 30.0 h old, more than 26.0 h" in results["check_archive_age"][1]
+        assert "hello_world_backup_last_success_timestamp_seconds says" in results["check_backup_metric"][1]
+    finally:
+        old.unlink()
+        old.with_name(old.name + ".sha256").unlink()
+        for path in moved:
+            (aside / path.name).rename(path)
+        aside.rmdir()
+
+
+def test_a_checkout_one_commit_ahead_of_the_served_code_fails_the_commit_check(deployment: Deployment) -> None:
+    served = deployment.git("rev-parse", "HEAD")
+    deployment.git("commit", "-q", "--allow-empty", "-m", "checked out, not deployed")
+    try:
+        code, results = deployment.validate()
+        assert_only_failing(results, {"check_served_commit"})
+        assert code == 1
+        assert f"is 1 commit(s) ahead of the served {served[:12]}" in results["check_served_commit"][1]
+    finally:
+        deployment.git("reset", "-q", "--hard", served)
+
+
+def test_prometheus_scraping_a_wrong_port_fails_the_target_check(deployment: Deployment) -> None:
+    wrong = free_port()
+    right = urllib.parse.urlsplit(deployment.server_url).netloc
+    deployment.reload_prometheus(f"127.0.0.1:{wrong}")
+    try:
+        wait_until(
+            lambda: [
+                t
+                for t in hello_targets(deployment.prometheus)
+                if t["health"] == "down" and f":{wrong}/" in t["scrapeUrl"]
+            ],
+            15,
+            "Prometheus to scrape the wrong port",
+        )
+        code, results = deployment.validate()
+        # The dashboard loses its request series with the target; HelloWorldDown may begin to fire.
+        assert_only_failing(results, {"check_target"}, frozenset({"check_dashboard", "check_alerts"}))
+        assert code == 1
+        detail = results["check_target"][1]
+        assert f"127.0.0.1:{wrong}" in detail and "connection refused" in detail, detail
+        assert f"listens on port {right.split(':')[1]}" in detail
+    finally:
+        deployment.reload_prometheus(right)
+        wait_until(
+            lambda: (
+                all(t["health"] == "up" and right in t["scrapeUrl"] for t in hello_targets(deployment.prometheus))
+                and prometheus_query(
+                    deployment.prometheus, 'sum(rate(hello_world_requests_total{job="hello-world"}[4s]))'
+                )
+            ),
+            15,
+            "Prometheus to scrape the service again",
+        )
+
+
+def test_a_stopped_server_fails_the_service_checks_and_the_served_commit(deployment: Deployment) -> None:
+    deployment.hello("stop")
+    try:
+        code, results = deployment.validate()
+        must = GROUP["service"] | {"check_served_commit"}
+        # Prometheus notices within a scrape interval or two: its checks may or may not fail yet.
+        assert_only_failing(results, must, frozenset({"check_target", "check_dashboard", "check_alerts"}))
+        assert code == 1
+        for key in must:
+            assert results[key][1] == f"hello-world server at {deployment.server_url} unreachable: connection refused"
+    finally:
+        deployment.hello("start")
+
+
+def test_the_service_group_alone_needs_only_the_server(deployment: Deployment) -> None:
+    code, results = deployment.validate("--only", "service")
+    assert code == 0
+    assert set(results) == GROUP["service"]
+    assert {status for status, _ in results.values()} == {"PASS"}
+
+
+# --- without a deployment -------------------------------------------------------------------------
+
+
+def test_down_components_fail_fast_with_their_names_and_no_traceback(tmp_path: Path) -> None:
+    # A server that accepts connections but never answers: the wait is bounded by validation.timeout.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        dead, silent_port = free_port(), silent.getsockname()[1]
+        config = write_config(
+            tmp_path,
+            {
+                "server": {"port": silent_port},
+                "monitoring": {
+                    "prometheus": {"url": f"http://127.0.0.1:{dead}"},
+                    "pushgateway": {"url": None},
+                    "grafana": {"url": None},
+                },
+                "backup": {"destination": str(tmp_path / "none")},
+                "validation": {"timeout": "1s"},
+            },
+        )
+        env = {**os.environ, "HELLO_CONFIG": str(config)}
+        started = time.monotonic()
+        done = run([PYTHON, str(REPO / "validation_test.py"), "--json"], REPO, env)
+        took = time.monotonic() - started
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    results = {r["check"]: r for r in json.loads(done.stdout)}
+    root = results[CHECK["check_root"][1]]
+    assert root["detail"] == f"hello-world server at http://127.0.0.1:{silent_port} unreachable: no answer within 1s"
+    ready = results[CHECK["check_prometheus_ready"][1]]
+    assert ready["detail"] == f"Prometheus at http://127.0.0.1:{dead} unreachable: connection refused"
+    assert "no backup destination" in results[CHECK["check_archive_age"][1]]["detail"]
+    # Once silent, the server is not waited for again: one timeout for the whole service group.
+    assert took < 20, f"validation took {took:.1f}s with one silent component"
+
+
+def test_bad_usage_and_bad_config_exit_2_with_one_line(tmp_path: Path) -> None:
+    done = run([PYTHON, str(REPO / "validation_test.py"), "--only", "service,nonsense"], REPO, dict(os.environ))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "validation_test.py: --only: unknown group 'nonsense' (choose from service, monitoring, backup, update)"
+    ]
+    bad = tmp_path / "config.yaml"
+    bad.write_text("system:\n  validation:\n    timeout: soon\n")
+    done = run([PYTHON, str(REPO / "validation_test.py")], REPO, {**os.environ, "HELLO_CONFIG": str(bad)})
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "system.validation.timeout" in done.stderr
+
+
+def test_the_backup_line_of_make_cron_counts_as_a_scheduler() -> None:
+    done = run([PYTHON, str(REPO / "scripts" / "cron.py")], REPO, dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    found = validation_test.backup_cron_lines(done.stdout)
+    assert len(found) == 1 and "backup" in found[0], done.stdout
+    assert validation_test.backup_cron_lines("# 0 2 * * * make backup\n*/15 * * * * make validate\n") == []
+
+
+def test_pytest_collects_nothing_from_validation_test_py() -> None:
+    done = run(
+        [PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "validation_test.py"],
+        REPO,
+        dict(os.environ),
+    )
+    assert done.returncode == 5, done.stdout  # 5: no tests collected
+
+
+# --- the operator's path --------------------------------------------------------------------------
+
+
+def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: ProcessRegistry) -> None:
+    require_tool("prometheus")
+    require_tool("prometheus-pushgateway")
+    require_tool("make")
+    prometheus = f"http://127.0.0.1:{free_port()}"
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "file.txt").write_text("keep me\n")
+    config = write_config(
+        tmp_path,
+        {
+            "server": {"host": "127.0.0.1", "port": free_port(), "workers": 1},
+            "monitoring": {
+                "prometheus": {"scrape_interval": "1s", "url": prometheus},
+                "pushgateway": {"url": f"http://127.0.0.1:{free_port()}"},
+                "grafana": {"url": None},
+            },
+            "backup": {"source": str(source), "destination": str(tmp_path / "backups")},
+        },
+    )
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    run_dir = tmp_path / "run"
+
+    def make(target: str) -> subprocess.CompletedProcess[str]:
+        return run(["make", "-s", "-C", str(REPO), target], REPO, env, timeout=120)
+
+    try:
+        done = make("monitor")
+        with contextlib.suppress(OSError, ValueError):
+            for entry in json.loads((run_dir / "monitor" / "monitor.json").read_text()).values():
+                processes.adopt(entry["pid"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        done = make("start")
+        with contextlib.suppress(OSError, ValueError):
+            processes.adopt(int((run_dir / "hello_world.pid").read_text()))
+        assert done.returncode == 0, done.stdout + done.stderr
+        done = make("backup")
+        assert done.returncode == 0, done.stdout + done.stderr
+        processes.start(
+            ["make", "-s", "-C", str(REPO), "backup-schedule"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: validation_test.schedule_loops({REPO}), 30, "the `make backup-schedule` loop")
+        wait_until(
+            lambda: (
+                prometheus_query(prometheus, 'count_over_time(up{job="hello-world"}[1m]) >= 3')
+                and prometheus_query(prometheus, "sum(rate(hello_world_requests_total[4s]))")
+                and prometheus_query(prometheus, "hello_world_backup_success")
+            ),
+            30,
+            "Prometheus to scrape the service and the backup metrics",
+        )
+        done = make("validate")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "0 failed" in done.stdout
+    finally:
+        make("stop")
+        make("monitor-stop")
+        for proc in processes.popens:  # the backup-schedule loop: its own session, stopped by its PID group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)

@@ -1,0 +1,740 @@
+"""Safe updates of the deployed checkout: never deploy untested code, never stop the service, drop no request.
+
+Run it:
+
+    python update_protocol.py [--dry-run] [--force] [--json] [--repo DIR]     # make update [DRY_RUN=1] [FORCE=1]
+
+Steps, each printed with its outcome and duration; the first failure stops the run:
+
+  lock       one update at a time: <run_dir>/update.lock (hello_jobs.job_lock); held by a live run -> exit 75
+  preflight  clean working tree, on system.update.branch, the remote answers `git ls-remote`, and the server
+             answers /version: the commit it serves is the rollback point. A server that is not running is
+             refused (exit 1): without a serving commit there is nothing to roll back to (`make start` first).
+  fetch      `git fetch` then `git merge --ff-only`; a remote that is not a fast-forward of the checkout (or of
+             the serving commit) is refused with nothing changed. Nothing new: exit 0, nothing else done.
+  test       system.update.test_command in the checkout; failure -> `git reset --hard <serving>`, nothing deployed
+  build      local: `pip install -r` of the requirements files that changed (none changed: skipped);
+             compose: `docker compose build --build-arg COMMIT=<sha> hello-world` with HELLO_COMMIT=<sha>
+             (docker-compose.yml tags the image hello-world:<sha>; a fixed image name is also tagged <sha>)
+  deploy     local: `python hello_world.py reload` (zero-downtime; new code that cannot start leaves the old
+             serving); compose: `docker compose up -d --no-deps hello-world` with HELLO_COMMIT=<sha>, then
+             wait until `docker compose ps` says healthy (rollback: the old commit's image, rebuilt if gone)
+  verify     /version serves the new commit, /readyz is 200, `validation_test.py --only service` passes
+  rollback   (after a failed deploy or verify) reset to the serving commit, redeploy it unless it still
+             serves, verify it; exit 1
+  record     SPEC update metrics (hello_jobs.record_job: textfile + Pushgateway) and one JSON line in
+             <run_dir>/update.log: time, from, to, outcome, exit code, step durations
+
+A run killed half-way (kill -9) leaves <run_dir>/update.pending.json naming its rollback point. The next
+run takes over the stale lock, keeps that rollback point, and runs every step again even if the checkout
+already matches the remote, so that what serves has been tested and verified.
+
+--dry-run fetches (objects, FETCH_HEAD and the remote-tracking branch only, as `git fetch` does), prints
+the commits it would deploy and the steps, and changes nothing else: no merge, no reset, no reload.
+--force runs every step even when already up to date (redeploys the current commit).
+
+Exit codes: 0 updated or already up to date; 1 refused or failed (nothing changed, or rolled back);
+2 bad usage or config; 75 another update holds the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
+from hello_jobs import LockHeld, job_lock, record_job
+
+REPO_DIR = Path(__file__).resolve().parent
+JOB = "hello_world_update"
+SERVICE = "hello-world"  # the compose service
+GIT_TIMEOUT = 120.0  # a local git command (fetch of a big history included)
+REMOTE_TIMEOUT = 20.0  # `git ls-remote`: an unreachable remote must fail fast, not hang
+TEST_TIMEOUT = 3600.0
+VALIDATION_TIMEOUT = 120.0
+VERSION_WAIT = 10.0  # after a deploy, how long /version may take to show the new commit
+REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
+MAKE_STAMPS = {"requirements.txt": ".runtime-installed", "requirements-dev.txt": ".dev-installed"}  # see Makefile
+
+log = logging.getLogger("update_protocol")
+
+
+class UpdateError(Exception):
+    """A step failed; str() is the reason, one line."""
+
+
+class Refused(UpdateError):
+    """The update was refused before anything changed."""
+
+
+class Locked(UpdateError):
+    """Another live update holds the lock."""
+
+
+class RollbackFailed(UpdateError):
+    """The rollback itself failed: the deployment needs a human."""
+
+
+@dataclass
+class Note:
+    """What a step reports besides its duration."""
+
+    detail: str = ""
+    outcome: str = "ok"
+
+
+@dataclass
+class Report:
+    """The run as it goes: printed step lines, durations, and the final outcome."""
+
+    out: TextIO
+    steps: dict[str, float] = field(default_factory=dict)
+    outcome: str = ""
+    reason: str = ""
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[Note]:
+        note = Note()
+        started = time.monotonic()
+        try:
+            yield note
+        except UpdateError as exc:
+            self.line(name, "FAILED", time.monotonic() - started, str(exc))
+            raise
+        finally:
+            self.steps[name] = round(self.steps.get(name, 0.0) + time.monotonic() - started, 3)
+        self.line(name, note.outcome, time.monotonic() - started, note.detail)
+
+    def line(self, name: str, outcome: str, seconds: float, detail: str) -> None:
+        print(f"{name:<10} {outcome:<8} {seconds:6.2f}s  {detail}".rstrip(), file=self.out, flush=True)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+def short(commit: str | None) -> str:
+    return commit[:10] if commit else "-"
+
+
+# --- git ------------------------------------------------------------------------------------------
+
+
+def git_env() -> dict[str, str]:
+    """Never wait for a password prompt: an update runs from cron."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=10")
+    return env
+
+
+def git(repo: Path, *args: str, timeout: float = GIT_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=timeout, env=git_env()
+        )
+    except subprocess.TimeoutExpired:
+        raise UpdateError(f"`git {' '.join(args)}` did not finish within {timeout:g}s") from None
+    except FileNotFoundError:
+        raise UpdateError("git is not installed") from None
+    if check and result.returncode != 0:
+        message = (result.stderr.strip() or result.stdout.strip() or f"exit {result.returncode}").splitlines()[-1]
+        raise UpdateError(f"`git {' '.join(args)}` failed: {message}")
+    return result
+
+
+def git_out(repo: Path, *args: str, timeout: float = GIT_TIMEOUT) -> str:
+    return git(repo, *args, timeout=timeout).stdout.strip()
+
+
+def is_ancestor(repo: Path, older: str, newer: str) -> bool:
+    return git(repo, "merge-base", "--is-ancestor", older, newer, check=False).returncode == 0
+
+
+def has_commit(repo: Path, commit: str) -> bool:
+    return git(repo, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode == 0
+
+
+def changed_requirements(repo: Path, old: str, new: str) -> list[str]:
+    """The requirements files that differ between two commits (and exist in the newer one)."""
+    if old == new:
+        return []
+    names = git_out(repo, "diff", "--name-only", old, new, "--", *REQUIREMENTS).splitlines()
+    return [name for name in REQUIREMENTS if name in names and (repo / name).exists()]
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+
+def server_url(config: dict[str, Any]) -> str:
+    """The running server's URL from its state file, else the one config.yaml names."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        url = json.loads((Path(config["run_dir"]) / "hello_world.state.json").read_text()).get("url")
+        if url:
+            return str(url).rstrip("/")
+    host, port = config["server"]["host"], config["server"]["port"]
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+def http_get(url: str, timeout: float) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Connection": "close"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def serving_commit(url: str, timeout: float) -> str:
+    """The commit /version reports; UpdateError when the server does not answer or cannot tell."""
+    try:
+        status, body = http_get(f"{url}/version", timeout)
+        commit = json.loads(body).get("commit", "") if status == 200 else ""
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UpdateError(f"the server at {url} does not answer /version ({exc})") from None
+    if status != 200:
+        raise UpdateError(f"{url}/version answered {status}")
+    if not (isinstance(commit, str) and len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)):
+        raise UpdateError(f"{url}/version reports commit {commit!r}, not a git commit: no rollback point")
+    return commit
+
+
+# --- the update -----------------------------------------------------------------------------------
+
+
+class Updater:
+    """One run of the protocol against one checkout and one config."""
+
+    def __init__(self, config: dict[str, Any], repo: Path, args: argparse.Namespace, report: Report) -> None:
+        self.config, self.repo, self.args, self.report = config, repo, args, report
+        update = config["update"]
+        self.remote, self.branch, self.mode = update["remote"], update["branch"], update["deploy"]
+        self.run_dir = Path(config["run_dir"])
+        self.timeout = config["validation"]["timeout"]
+        self.url = server_url(config)
+        self.serving = ""  # the rollback point
+        self.head = ""
+        self.target = ""
+        self.pending = self.run_dir / "update.pending.json"
+        self.recovering: dict[str, Any] = {}
+
+    # the whole run
+
+    def run(self) -> int:
+        with contextlib.ExitStack() as stack:
+            with self.report.step("lock") as note:
+                lock = self.run_dir / "update.lock"
+                try:
+                    stack.enter_context(job_lock(lock))
+                except LockHeld as exc:
+                    raise Locked(f"another update holds {lock} (PID {exc.pid})") from None
+                except OSError as exc:
+                    raise UpdateError(f"cannot take the lock {lock}: {exc}") from None
+                note.detail = str(lock)
+            return self.run_locked()
+
+    def run_locked(self) -> int:
+        with self.report.step("preflight") as note:
+            remote_tip = self.preflight(note)
+        force = self.args.force or bool(self.recovering)
+        if not force and remote_tip == self.head == self.serving:
+            self.report.outcome = "up-to-date"
+            self.target = self.serving
+            self.report.say(f"nothing new: {self.remote}/{self.branch} is {short(remote_tip)}, which is serving")
+            return EXIT_OK
+        with self.report.step("fetch") as note:
+            self.fetch(note, merge=True)
+        self.write_pending()
+        try:
+            with self.report.step("test") as note:
+                self.test(note)
+        except UpdateError as exc:
+            return self.roll_back("tests-failed", exc, self.reset_checkout)
+        try:
+            with self.report.step("build") as note:
+                self.build(note, self.serving, self.target)
+            with self.report.step("deploy") as note:
+                self.deploy(note, self.target)
+            with self.report.step("verify") as note:
+                self.verify(note, self.target)
+        except UpdateError as exc:
+            return self.roll_back("rolled-back", exc, self.rollback)
+        self.report.outcome = "updated" if self.target != self.serving else "redeployed"
+        self.pending.unlink(missing_ok=True)
+        return EXIT_OK
+
+    def roll_back(self, outcome: str, cause: UpdateError, how: Callable[[Note], None]) -> int:
+        """Run the rollback step after cause; the pending marker stays if the rollback itself fails."""
+        self.report.outcome, self.report.reason = outcome, str(cause)
+        try:
+            with self.report.step("rollback") as note:
+                how(note)
+        except UpdateError as failure:
+            self.report.outcome = "rollback-failed"
+            self.report.reason = f"{cause}; then the rollback failed: {failure}"
+            raise RollbackFailed(self.report.reason) from None
+        self.pending.unlink(missing_ok=True)
+        return EXIT_FAILED
+
+    def dry_run(self) -> int:
+        with self.report.step("preflight") as note:
+            remote_tip = self.preflight(note)
+        if not (self.args.force or self.recovering) and remote_tip == self.head == self.serving:
+            self.report.say(f"nothing new: {self.remote}/{self.branch} is {short(remote_tip)}, which is serving")
+            self.report.outcome = "up-to-date"
+            return EXIT_OK
+        with self.report.step("fetch") as note:
+            self.fetch(note, merge=False)
+        commits = git_out(self.repo, "log", "--oneline", f"{self.serving}..{self.target}")
+        self.report.say(f"would deploy {short(self.serving)} -> {short(self.target)} (git log --oneline):")
+        self.report.say("\n".join(f"  {line}" for line in commits.splitlines()) or "  (no new commits: redeploy)")
+        self.report.say("would run:")
+        for name, what in self.plan():
+            self.report.say(f"  {name:<9} {what}")
+        self.report.outcome = "dry-run"
+        return EXIT_OK
+
+    def plan(self) -> list[tuple[str, str]]:
+        changed = changed_requirements(self.repo, self.serving, self.target) if self.mode == "local" else []
+        if self.mode == "local":
+            build = f"pip install -r {', '.join(changed)}" if changed else "nothing: requirements unchanged"
+            deploy = "python hello_world.py reload"
+        else:
+            build = f"HELLO_COMMIT={short(self.target)} docker compose build --build-arg COMMIT=... {SERVICE}"
+            deploy = f"HELLO_COMMIT={short(self.target)} docker compose up -d --no-deps {SERVICE}; wait until healthy"
+        return [
+            ("fetch", f"git merge --ff-only {short(self.target)}"),
+            ("test", self.config["update"]["test_command"]),
+            ("build", build),
+            ("deploy", deploy),
+            ("verify", f"{self.url}/version = {short(self.target)}, /readyz 200, validation_test.py --only service"),
+            ("record", f"{self.run_dir / 'update.log'} and the {JOB} metrics"),
+        ]
+
+    # the steps
+
+    def preflight(self, note: Note) -> str:
+        """Check the checkout, the remote and the server; return the remote's tip. Raises Refused."""
+        try:
+            top = git_out(self.repo, "rev-parse", "--show-toplevel")
+        except UpdateError:
+            raise Refused(f"{self.repo} is not a git checkout") from None
+        if Path(top).resolve() != self.repo.resolve():
+            raise Refused(f"{self.repo} is inside the checkout {top}, not its top")
+        dirty = git_out(self.repo, "status", "--porcelain", "--untracked-files=normal").splitlines()
+        if dirty:
+            shown = ", ".join(line[3:] for line in dirty[:5]) + (", ..." if len(dirty) > 5 else "")
+            raise Refused(f"the working tree is not clean ({len(dirty)} changed or untracked: {shown})")
+        branch = git(self.repo, "symbolic-ref", "--short", "-q", "HEAD", check=False).stdout.strip()
+        if branch != self.branch:
+            raise Refused(f"the checkout is on {branch or 'a detached HEAD'}, not {self.branch} (system.update.branch)")
+        self.head = git_out(self.repo, "rev-parse", "HEAD")
+        remote_tip = self.ls_remote()
+        try:
+            self.serving = serving_commit(self.url, self.timeout)
+        except UpdateError as exc:
+            raise Refused(f"{exc}: nothing to roll back to; start the server first (make start)") from None
+        self.recover_pending()
+        note.detail = (
+            f"on {self.branch}, clean; serving {short(self.serving)}; checkout {short(self.head)}; "
+            f"{self.remote}/{self.branch} {short(remote_tip)}"
+        )
+        return remote_tip
+
+    def ls_remote(self) -> str:
+        if git(self.repo, "remote", "get-url", self.remote, check=False).returncode != 0:
+            raise Refused(f"the checkout has no remote named {self.remote} (system.update.remote)")
+        try:
+            result = git(self.repo, "ls-remote", "--heads", self.remote, self.branch, timeout=REMOTE_TIMEOUT)
+        except UpdateError as exc:
+            raise Refused(f"the remote {self.remote} is unreachable: {exc}") from None
+        for line in result.stdout.splitlines():
+            commit, _, ref = line.partition("\t")
+            if ref == f"refs/heads/{self.branch}":
+                return commit
+        raise Refused(f"the remote {self.remote} has no branch {self.branch}")
+
+    def recover_pending(self) -> None:
+        """An earlier run died half-way: keep its rollback point, which was verified, and run every step."""
+        try:
+            pending = json.loads(self.pending.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", self.pending, exc)
+            return
+        rollback_point = str(pending.get("from", ""))
+        self.recovering = pending
+        if rollback_point and rollback_point != self.serving and has_commit(self.repo, rollback_point):
+            log.warning(
+                "an update by PID %s (%s -> %s) was interrupted: its rollback point %s is kept (serving now: %s)",
+                pending.get("pid"),
+                short(rollback_point),
+                short(pending.get("to")),
+                short(rollback_point),
+                short(self.serving),
+            )
+            self.serving = rollback_point
+        else:
+            log.warning("an update by PID %s was interrupted: running every step again", pending.get("pid"))
+
+    def fetch(self, note: Note, merge: bool) -> None:
+        git(self.repo, "fetch", "--quiet", self.remote, self.branch, timeout=GIT_TIMEOUT)
+        self.target = git_out(self.repo, "rev-parse", "FETCH_HEAD^{commit}")
+        if not has_commit(self.repo, self.serving):
+            raise Refused(f"the serving commit {short(self.serving)} is not in this repository: no rollback point")
+        for name, commit in (("checkout", self.head), ("serving commit", self.serving)):
+            if not is_ancestor(self.repo, commit, self.target):
+                raise Refused(
+                    f"{self.remote}/{self.branch} ({short(self.target)}) is not a fast-forward of the {name} "
+                    f"({short(commit)}): diverged history, refusing"
+                )
+        count = git_out(self.repo, "rev-list", "--count", f"{self.serving}..{self.target}")
+        if merge and self.target != self.head:
+            git(self.repo, "merge", "--ff-only", "--quiet", self.target)
+            self.head = self.target
+        verb = "fast-forwarded" if merge else "would fast-forward"
+        note.detail = f"{verb} {short(self.serving)}..{short(self.target)} ({count} new commit(s))"
+
+    def test(self, note: Note) -> None:
+        command = self.config["update"]["test_command"]
+        argv = shlex.split(command)
+        env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+        self.report.say(f"test: {command}  (in {self.repo})")
+        try:
+            result = subprocess.run(
+                argv,
+                cwd=self.repo,
+                env=env,
+                stdout=self.report.out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=TEST_TIMEOUT,
+            )
+        except FileNotFoundError:
+            raise UpdateError(f"test command not found: {argv[0]} (system.update.test_command)") from None
+        except subprocess.TimeoutExpired:
+            raise UpdateError(f"`{command}` did not finish within {TEST_TIMEOUT:g}s") from None
+        if result.returncode != 0:
+            raise UpdateError(f"`{command}` exited {result.returncode} on {short(self.target)}")
+        note.detail = f"`{command}` passed on {short(self.target)}"
+
+    def reset_checkout(self, note: Note) -> None:
+        git(self.repo, "reset", "--hard", "--quiet", self.serving)
+        self.head = self.serving
+        note.detail = f"checkout reset to the serving commit {short(self.serving)}; nothing deployed"
+        if self.mode == "local":
+            changed = changed_requirements(self.repo, self.target, self.serving)
+            if changed:  # the test command (e.g. make test) may have installed the new pins
+                self.pip_install(changed)
+                note.detail += f"; reinstalled {', '.join(changed)}"
+
+    def build(self, note: Note, old: str, new: str) -> None:
+        if self.mode == "compose":
+            note.detail = f"{self.compose_build(new)} built from {short(new)}"
+            return
+        changed = changed_requirements(self.repo, old, new)
+        if not changed:
+            note.outcome, note.detail = "skipped", "requirements unchanged"
+            return
+        self.pip_install(changed)
+        note.detail = f"installed {', '.join(changed)}"
+
+    def pip_install(self, names: list[str]) -> None:
+        venv = Path(sys.prefix)
+        if sys.prefix == sys.base_prefix:
+            raise UpdateError(
+                f"{sys.executable} is not a virtualenv: refusing to pip install into it (use make update)"
+            )
+        for name in names:
+            command = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", name]
+            try:
+                result = subprocess.run(command, cwd=self.repo, capture_output=True, text=True, timeout=TEST_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise UpdateError(f"pip install -r {name} did not finish within {TEST_TIMEOUT:g}s") from None
+            if result.returncode != 0:
+                tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:]
+                raise UpdateError(f"pip install -r {name} failed: {tail[0] if tail else result.returncode}")
+            stamp = venv / MAKE_STAMPS[name]
+            if stamp.exists():
+                stamp.touch()  # so make does not reinstall what is installed
+
+    def deploy(self, note: Note, commit: str) -> None:
+        if self.mode == "compose":
+            self.compose_up(commit)
+            note.detail = f"HELLO_COMMIT={short(commit)} docker compose up -d --no-deps {SERVICE}: healthy"
+            return
+        env = {**os.environ, "HELLO_CONFIG": self.config["config_file"]}
+        command = [sys.executable, str(self.repo / "hello_world.py"), "reload"]
+        timeout = self.config["server"]["reload_timeout"] + 60
+        try:
+            result = subprocess.run(command, cwd=self.repo, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise UpdateError(f"hello_world.py reload did not finish within {timeout:g}s") from None
+        said = (result.stdout.strip() + "\n" + result.stderr.strip()).strip().splitlines()
+        if result.returncode != 0:
+            raise UpdateError(f"hello_world.py reload exited {result.returncode}: {said[-1] if said else ''}")
+        note.detail = said[-1] if said else "reloaded"
+
+    def verify(self, note: Note, commit: str) -> None:
+        deadline = time.monotonic() + VERSION_WAIT
+        while True:
+            try:
+                now = serving_commit(self.url, self.timeout)
+            except UpdateError as exc:
+                now, why = "", str(exc)
+            else:
+                why = f"{self.url}/version reports {short(now)}, expected {short(commit)}"
+            if now == commit:
+                break
+            if time.monotonic() > deadline:
+                raise UpdateError(why)
+            time.sleep(0.1)
+        try:
+            status, _ = http_get(f"{self.url}/readyz", self.timeout)
+        except OSError as exc:
+            raise UpdateError(f"{self.url}/readyz does not answer: {exc}") from None
+        if status != 200:
+            raise UpdateError(f"{self.url}/readyz answered {status}")
+        self.validate_service()
+        note.detail = f"serving {short(commit)}, /readyz 200, validation_test.py --only service passed"
+
+    def validate_service(self) -> None:
+        script = self.repo / "validation_test.py"
+        if not script.exists():
+            raise UpdateError(f"{script} not found: cannot validate the service")
+        env = {**os.environ, "HELLO_CONFIG": self.config["config_file"]}
+        command = [sys.executable, str(script), "--only", "service"]
+        try:
+            result = subprocess.run(
+                command, cwd=self.repo, env=env, capture_output=True, text=True, timeout=VALIDATION_TIMEOUT
+            )
+        except subprocess.TimeoutExpired:
+            raise UpdateError(f"validation_test.py did not finish within {VALIDATION_TIMEOUT:g}s") from None
+        if result.returncode != 0:
+            lines = (result.stdout + result.stderr).splitlines()
+            failed = [line.strip() for line in lines if "FAIL" in line] or lines[-3:]
+            for line in lines[-20:]:
+                self.report.say(f"  | {line}")
+            raise UpdateError(
+                f"validation_test.py --only service exited {result.returncode}: {'; '.join(failed)[:300]}"
+            )
+
+    def rollback(self, note: Note) -> None:
+        """Back to the serving commit: checkout, dependencies, then what serves (if it changed), verified."""
+        git(self.repo, "reset", "--hard", "--quiet", self.serving)
+        self.head = self.serving
+        done = [f"checkout reset to {short(self.serving)}"]
+        if self.mode == "local":
+            changed = changed_requirements(self.repo, self.target, self.serving)
+            if changed:
+                self.pip_install(changed)
+                done.append(f"reinstalled {', '.join(changed)}")
+        else:
+            done.append(self.compose_restore_image(self.serving))
+        try:
+            still = serving_commit(self.url, self.timeout) == self.serving
+        except UpdateError:
+            still = False
+        if still and self.mode == "local":
+            done.append("the old code never stopped serving")
+        else:
+            self.deploy(Note(), self.serving)
+            done.append("redeployed")
+        self.verify(Note(), self.serving)
+        done.append("verified")
+        note.detail = "; ".join(done)
+
+    # compose mode: every compose command runs with HELLO_COMMIT=<commit> in its environment, which
+    # docker-compose.yml interpolates into the image tag (hello-world:${HELLO_COMMIT:-latest}) and the
+    # COMMIT build argument; --build-arg COMMIT=<commit> says it again for a file that does not.
+
+    def docker(self, *args: str, commit: str = "", timeout: float = 600.0) -> str:
+        env = {**os.environ, "HELLO_COMMIT": commit} if commit else None
+        try:
+            result = subprocess.run(
+                ["docker", *args], cwd=self.repo, env=env, capture_output=True, text=True, timeout=timeout
+            )
+        except FileNotFoundError:
+            raise UpdateError("docker is not installed (system.update.deploy is compose)") from None
+        except subprocess.TimeoutExpired:
+            raise UpdateError(f"`docker {' '.join(args)}` did not finish within {timeout:g}s") from None
+        if result.returncode != 0:
+            tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:]
+            raise UpdateError(f"`docker {' '.join(args)}` failed: {tail[0] if tail else result.returncode}")
+        return result.stdout
+
+    def compose_image(self, commit: str) -> tuple[str, str]:
+        """The image compose runs for commit, and the commit's own tag of it (the same when the file tags so)."""
+        lines = self.docker("compose", "config", "--images", SERVICE, commit=commit, timeout=60).split()
+        if not lines:
+            raise UpdateError(f"docker compose config names no image for {SERVICE}")
+        image = lines[0]
+        name, _, tag = image.rpartition(":")
+        repository = name if name and "/" not in tag else image
+        return image, f"{repository}:{commit}"
+
+    def compose_build(self, commit: str) -> str:
+        image, tagged = self.compose_image(commit)
+        self.docker("compose", "build", "--build-arg", f"COMMIT={commit}", SERVICE, commit=commit)
+        if tagged != image:
+            self.docker("tag", image, tagged)  # kept for a fast rollback
+        return image
+
+    def compose_restore_image(self, commit: str) -> str:
+        """Make the image compose runs for commit that commit's build again: retag it, or rebuild it."""
+        image, tagged = self.compose_image(commit)
+        try:
+            self.docker("image", "inspect", tagged, timeout=60)
+        except UpdateError:
+            self.compose_build(commit)
+            return f"{image} rebuilt from {short(commit)}"
+        if tagged != image:
+            self.docker("tag", tagged, image)
+            return f"{image} retagged from {tagged}"
+        return f"{image} still there"
+
+    def compose_up(self, commit: str) -> None:
+        self.docker("compose", "up", "-d", "--no-deps", SERVICE, commit=commit)
+        # The image's HEALTHCHECK runs its first check one interval (30 s) after the start.
+        limit = self.config["server"]["reload_timeout"] + 60
+        deadline = time.monotonic() + limit
+        state = "unknown"
+        while time.monotonic() < deadline:
+            state = self.compose_health(commit)
+            if state in ("healthy", "running"):
+                return
+            if state in ("unhealthy", "exited", "dead"):
+                break
+            time.sleep(0.5)
+        raise UpdateError(f"{SERVICE} is {state} after docker compose up (waited up to {limit:g}s)")
+
+    def compose_health(self, commit: str) -> str:
+        """healthy/unhealthy/starting from the container's health check; its state when it has none."""
+        text = self.docker("compose", "ps", "--all", "--format", "json", SERVICE, commit=commit, timeout=60).strip()
+        try:
+            data = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines()]
+        except ValueError:
+            raise UpdateError(f"docker compose ps printed no JSON: {text[:100]!r}") from None
+        if not data:
+            return "missing"
+        entry = data[0]
+        return str(entry.get("Health") or entry.get("State") or "unknown").lower()
+
+    # record
+
+    def write_pending(self) -> None:
+        data = {"pid": os.getpid(), "from": self.serving, "to": self.target, "started": time.time()}
+        temporary = self.pending.with_name(f".{self.pending.name}.{os.getpid()}")
+        try:
+            temporary.write_text(json.dumps(data) + "\n")
+            os.replace(temporary, self.pending)
+        except OSError as exc:
+            raise UpdateError(f"cannot write {self.pending}: {exc}") from None
+
+
+def record(config: dict[str, Any], updater: Updater, code: int, started: float) -> None:
+    """The metrics and the update.log line; a failure to record is reported, not raised."""
+    report = updater.report
+    with report.step("record") as note:
+        finished = time.time()
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
+            "from": updater.serving or None,
+            "to": updater.target or None,
+            "outcome": report.outcome or "failed",
+            "exit": code,
+            "reason": report.reason,
+            "steps": report.steps,
+            "seconds": round(finished - started, 3),
+        }
+        try:
+            path = record_job(
+                config,
+                JOB,
+                success=code == EXIT_OK,
+                started=started,
+                finished=finished,
+                extra={"hello_world_update_duration_seconds": finished - started},
+            )
+            logfile = Path(config["run_dir"]) / "update.log"
+            with open(logfile, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+        except OSError as exc:
+            raise UpdateError(f"could not record the outcome: {exc}") from None
+        note.detail = f"{logfile}, {path}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Update the deployed checkout safely (see the module docstring).")
+    parser.add_argument("--dry-run", action="store_true", help="print the commits and steps; change nothing")
+    parser.add_argument("--force", action="store_true", help="run every step even when already up to date")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout (steps go to stderr)")
+    parser.add_argument("--repo", type=Path, default=REPO_DIR, help="the deployment checkout (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="update: %(levelname)s %(message)s")
+    args = parse_args(argv)
+    repo = args.repo.resolve()
+    try:
+        config = load_config(None if os.environ.get("HELLO_CONFIG") or repo == REPO_DIR else repo / "config.yaml")
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    report = Report(out=sys.stderr if args.json else sys.stdout)
+    updater = Updater(config, repo, args, report)
+    started, clock = time.time(), time.monotonic()
+    if args.dry_run:
+        report.say("dry run: changes nothing (git fetch moves only FETCH_HEAD and the remote-tracking branch)")
+    try:
+        code = updater.dry_run() if args.dry_run else updater.run()
+    except Locked as exc:
+        report.say(f"update: {exc}")
+        return EXIT_LOCKED  # not recorded: the run holding the lock records its own outcome
+    except UpdateError as exc:
+        code = EXIT_FAILED
+        report.outcome = report.outcome or ("refused" if isinstance(exc, Refused) else "failed")
+        report.reason = report.reason or str(exc)
+    if not args.dry_run:
+        with contextlib.suppress(UpdateError):
+            record(config, updater, code, started)
+    summary = {
+        "outcome": report.outcome,
+        "exit": code,
+        "from": updater.serving or None,
+        "to": updater.target or None,
+        "reason": report.reason,
+        "steps": report.steps,
+        "seconds": round(time.monotonic() - clock, 3),
+    }
+    verdict = {
+        "updated": f"updated {short(updater.serving)} -> {short(updater.target)}",
+        "redeployed": f"redeployed {short(updater.target)}",
+        "up-to-date": f"already up to date at {short(updater.serving)}",
+        "dry-run": "dry run: nothing changed",
+        "tests-failed": f"tests failed: nothing deployed, still serving {short(updater.serving)} ({report.reason})",
+        "rolled-back": f"rolled back to {short(updater.serving)}, which serves ({report.reason})",
+        "rollback-failed": f"ROLLBACK FAILED, needs a human: {report.reason}",
+    }.get(report.outcome, f"{report.outcome}: {report.reason}; nothing changed")
+    report.say(f"update: {verdict} in {summary['seconds']:.1f}s")
+    if args.json:
+        print(json.dumps(summary))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,898 @@
+"""Prove that the live system named by config.yaml works: the steps of validation_steps.md as checks.
+
+    python validation_test.py                      # every group; a table for humans
+    python validation_test.py --only service       # what the update protocol runs after a deploy
+    python validation_test.py --json               # a list of results for machines
+    make validate [ONLY=backup,update]
+
+Groups (validation_steps.md says what each check proves and what to do when it fails):
+  service     the server at system.server answers /, /healthz, /readyz, /metrics and counts requests
+  monitoring  Prometheus is ready, scrapes the service, answers every dashboard query, has our alert
+              rules loaded with none firing; Grafana when system.monitoring.grafana.url is set
+  backup      the newest archive is fresh, matches its checksum, reads back, agrees with the backup
+              metric, and a scheduler (crontab line or `backup_script.py schedule` loop) exists
+  update      /version serves the checkout's HEAD and the last update succeeded
+
+Each check prints PASS, FAIL or SKIP with its reason. Every network wait is bounded by
+system.validation.timeout; a component that is down fails its checks at once with a reason naming
+it. Exit codes: 0 no check failed, 1 some check failed, 2 bad usage or bad config.
+
+Not a pytest module despite its name (the user's design card names it): pytest collects only
+test_*.py here, and nothing in this file is named test*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, server_url
+
+log = logging.getLogger("validation")
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: 10x faster
+
+CHECKOUT = Path(__file__).resolve().parent  # the deployed code: `make validate` runs the checkout's own copy
+GROUPS = ("service", "monitoring", "backup", "update")
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+ARCHIVE_RE = re.compile(r"^hello-world-(\d{8}T\d{6}Z)\.tar\.gz$")
+SCHEDULE_MAX_AGE = {"daily": 26 * 3600.0}  # a daily backup may be this old (one day plus slack)
+BACKUP_METRIC_TOLERANCE = 15 * 60.0  # seconds between an archive's name (start) and the metric (end)
+VERIFY_TIMEOUT = 600.0  # a full read of a large archive is disk work, not a network wait
+SPEC_ALERTS = (
+    "HelloWorldDown",
+    "HelloWorldHighErrorRate",
+    "HelloWorldBackupStale",
+    "HelloWorldBackupFailed",
+    "HelloWorldUpdateFailed",
+)
+SPEC_METRICS = ("hello_world_requests_total", "hello_world_request_duration_seconds_bucket", "hello_world_build_info")
+JOB_BACKUP, JOB_UPDATE = "hello_world_backup", "hello_world_update"  # metric prefixes and Pushgateway jobs
+UPDATE_OK_OUTCOMES = {"updated", "redeployed", "up-to-date"}  # update_protocol.py outcomes that are successes
+
+
+class CheckFailed(Exception):
+    """The check found a fault; str() is the reason."""
+
+
+class CheckSkipped(Exception):
+    """The check does not apply to this deployment; str() is why."""
+
+
+class Unreachable(CheckFailed):
+    """A component did not answer at all (refused, timed out, unknown host)."""
+
+
+@dataclass
+class Result:
+    group: str
+    check: str
+    status: str
+    detail: str
+    duration: float
+
+
+# --- talking to components ------------------------------------------------------------------------
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    """A short human reason for a failed connection."""
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, ConnectionError):
+        return exc.strerror or type(exc).__name__
+    return str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+
+
+@dataclass
+class Endpoint:
+    """One HTTP component. After it fails to answer once, later calls fail at once with the same reason."""
+
+    name: str
+    base: str
+    timeout: float
+    headers: dict[str, str] = field(default_factory=dict)
+    down: str | None = None
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, bytes, str]:
+        """(status, body, content type) of GET base+path; HTTP error statuses are returned, not raised."""
+        if self.down:
+            raise Unreachable(self.down)
+        url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        request = urllib.request.Request(url, headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, response.read(), response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(), exc.headers.get("Content-Type", "")
+        except (OSError, ValueError) as exc:  # URLError, refused, timeout, reset, bad URL
+            self.down = f"{self.name} at {self.base} unreachable: {_reason(exc, self.timeout)}"
+            raise Unreachable(self.down) from None
+
+    def ok(self, path: str, params: dict[str, str] | None = None) -> bytes:
+        """The body of a 200 answer; any other status fails the check, naming it."""
+        status, body, _ = self.get(path, params)
+        if status != 200:
+            text = body.decode("utf-8", "replace").strip().splitlines()
+            raise CheckFailed(f"{self.name} {path} answered {status}" + (f": {text[0][:200]}" if text else ""))
+        return body
+
+    def json(self, path: str, params: dict[str, str] | None = None) -> Any:
+        body = self.ok(path, params)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise CheckFailed(f"{self.name} {path} answered with invalid JSON") from None
+
+
+def prometheus_api(prom: Endpoint, path: str, params: dict[str, str] | None = None) -> Any:
+    """The `data` of a Prometheus HTTP API answer; an error answer fails the check with Prometheus's reason."""
+    status, body, _ = prom.get(path, params)
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        raise CheckFailed(f"{prom.name} {path} answered {status} without JSON (is {prom.base} Prometheus?)") from None
+    if answer.get("status") != "success":
+        raise CheckFailed(f"{prom.name} {path}: {answer.get('errorType', status)}: {answer.get('error', '')}")
+    return answer.get("data")
+
+
+def _url_with_auth(url: str, name: str, timeout: float) -> Endpoint:
+    """An Endpoint; user:password@ in the URL becomes basic auth (Grafana without anonymous access)."""
+    parts = urllib.parse.urlsplit(url)
+    headers: dict[str, str] = {}
+    if parts.username:
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
+    return Endpoint(name, urllib.parse.urlunsplit(parts).rstrip("/"), timeout, headers)
+
+
+# --- exposition text ------------------------------------------------------------------------------
+
+_LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_values(text: str, name: str, labels: dict[str, str] | None = None) -> list[float]:
+    """Values of the samples called name whose labels include `labels`, from Prometheus text exposition."""
+    values = []
+    for line in text.splitlines():
+        if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
+            continue
+        label_text, _, rest = (
+            line[len(name) :].partition("}") if line[len(name)] == "{" else ("", "", line[len(name) :])
+        )
+        found = dict(_LABEL_RE.findall(label_text))
+        if all(found.get(key) == value for key, value in (labels or {}).items()):
+            try:
+                values.append(float(rest.split()[0]))
+            except (IndexError, ValueError):
+                continue
+    return values
+
+
+def sample_names(text: str) -> set[str]:
+    return {match.group(1) for match in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.MULTILINE)}
+
+
+# --- the run context and the check registry -------------------------------------------------------
+
+
+class Context:
+    """What the checks share: the config, one Endpoint per component, and values computed once."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.timeout = float(config["validation"]["timeout"])
+        monitoring = config["monitoring"]
+        self.server = Endpoint("hello-world server", server_url(config), self.timeout)
+        prom, push, grafana = (monitoring[key]["url"] for key in ("prometheus", "pushgateway", "grafana"))
+        self.prometheus = Endpoint("Prometheus", prom, self.timeout) if prom else None
+        self.pushgateway = Endpoint("Pushgateway", push, self.timeout) if push else None
+        self.grafana = _url_with_auth(grafana, "Grafana", self.timeout) if grafana else None
+        self.scrape_interval = float(monitoring["prometheus"]["scrape_interval"])
+        self.run_dir = Path(config["run_dir"])
+        self._cache: dict[str, Any] = {}
+
+    def once(self, key: str, compute: Callable[[], Any]) -> Any:
+        """compute() the first time; later calls give the same value or re-raise the same failure."""
+        if key not in self._cache:
+            try:
+                self._cache[key] = ("value", compute())
+            except (CheckFailed, CheckSkipped) as exc:
+                self._cache[key] = ("error", exc)
+        kind, value = self._cache[key]
+        if kind == "error":
+            raise value
+        return value
+
+    def need_prometheus(self) -> Endpoint:
+        if self.prometheus is None:
+            raise CheckSkipped("system.monitoring.prometheus.url is null")
+        return self.prometheus
+
+
+Check = Callable[[Context], str]
+CHECKS: list[tuple[str, str, Check]] = []
+
+
+def check(group: str, name: str) -> Callable[[Check], Check]:
+    """Register a check: it returns the PASS detail or raises CheckFailed / CheckSkipped."""
+
+    def register(func: Check) -> Check:
+        CHECKS.append((group, name, func))
+        return func
+
+    return register
+
+
+# --- service --------------------------------------------------------------------------------------
+
+
+@check("service", "GET / says Hello, World!")
+def check_root(ctx: Context) -> str:
+    status, body, content_type = ctx.server.get("/")
+    text = body.decode("utf-8", "replace")
+    if status != 200 or text.rstrip("\n") != "Hello, World!":
+        raise CheckFailed(f"{ctx.server.base}/ answered {status} {text[:60]!r}, expected 200 'Hello, World!'")
+    if not content_type.startswith("text/plain"):
+        raise CheckFailed(f"{ctx.server.base}/ answered content type {content_type!r}, expected text/plain")
+    return f"{ctx.server.base}/ -> 200 text/plain 'Hello, World!'"
+
+
+@check("service", "/healthz and /readyz are 200")
+def check_health(ctx: Context) -> str:
+    for path in ("/healthz", "/readyz"):
+        status, body, _ = ctx.server.get(path)
+        if status != 200:
+            why = " (the server is draining: stopping or reloading)" if path == "/readyz" and status == 503 else ""
+            raise CheckFailed(f"{ctx.server.base}{path} answered {status}{why}")
+    return "both 200"
+
+
+def _metrics_text(ctx: Context) -> str:
+    return ctx.server.ok("/metrics").decode("utf-8", "replace")
+
+
+@check("service", "/metrics carries the SPEC metrics")
+def check_metrics(ctx: Context) -> str:
+    names = sample_names(_metrics_text(ctx))
+    missing = [name for name in SPEC_METRICS if name not in names]
+    if missing:
+        raise CheckFailed(f"{ctx.server.base}/metrics lacks {', '.join(missing)}")
+    return ", ".join(name.removesuffix("_bucket") for name in SPEC_METRICS)
+
+
+@check("service", "one request moves the counter by one")
+def check_counter(ctx: Context) -> str:
+    series = {"method": "GET", "path": "/", "code": "200"}
+
+    def count() -> float:
+        return sum(metric_values(_metrics_text(ctx), "hello_world_requests_total", series))
+
+    moved = 0.0
+    for _attempt in range(3):  # another client's request in between can move it by more: try again
+        before = count()
+        ctx.server.ok("/")
+        # The server counts a request after sending its answer: allow it a moment.
+        deadline = time.monotonic() + min(ctx.timeout, 1.0)
+        after = count()
+        while after == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+            after = count()
+        moved = after - before
+        if moved == 1:
+            return f'hello_world_requests_total{{method="GET",path="/",code="200"}} {before:g} -> {after:g}'
+        if moved < 1:
+            break
+    raise CheckFailed(f'one GET / moved hello_world_requests_total{{path="/",code="200"}} by {moved:g}, not 1')
+
+
+# --- monitoring -----------------------------------------------------------------------------------
+
+
+@check("monitoring", "Prometheus is ready")
+def check_prometheus_ready(ctx: Context) -> str:
+    prom = ctx.need_prometheus()
+    prom.ok("/-/ready")
+    return f"{prom.base}/-/ready 200"
+
+
+def _seconds(text: str | None, default: float) -> float:
+    """Seconds of a Prometheus duration like '15s' or '1m30s'; default when absent or odd."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)(ms|s|m|h|d)", text or "")
+    return sum(int(n) * units[u] for n, u in parts) if parts else default
+
+
+def _age(iso: str) -> float | None:
+    """Seconds since a Prometheus RFC 3339 timestamp (nanoseconds trimmed), None if never."""
+    if not iso or iso.startswith("0001-"):
+        return None
+    trimmed = re.sub(r"(\.\d{6})\d+", r"\1", iso).replace("Z", "+00:00")
+    try:
+        return time.time() - datetime.fromisoformat(trimmed).timestamp()
+    except ValueError:
+        return None
+
+
+@check("monitoring", "the hello-world target is up and fresh")
+def check_target(ctx: Context) -> str:
+    prom = ctx.need_prometheus()
+    data = prometheus_api(prom, "/api/v1/targets", {"state": "active"})
+    targets = [t for t in data.get("activeTargets", []) if t.get("labels", {}).get("job") == "hello-world"]
+    if not targets:
+        raise CheckFailed(f'Prometheus at {prom.base} has no active target with job="hello-world"')
+    server_port = str(ctx.config["server"]["port"])
+    problems, good = [], []
+    for target in targets:
+        where = target.get("scrapeUrl") or target.get("labels", {}).get("instance", "?")
+        interval = _seconds(target.get("scrapeInterval"), ctx.scrape_interval)
+        age = _age(target.get("lastScrape", ""))
+        port = urllib.parse.urlsplit(where).port if "://" in where else None
+        hint = f" (the configured server listens on port {server_port})" if port and str(port) != server_port else ""
+        if target.get("health") != "up":
+            error = target.get("lastError") or "not scraped yet"
+            problems.append(f"target {where} is {target.get('health', 'unknown')}: {error}{hint}")
+        elif age is None or age > 3 * interval:
+            shown = "never" if age is None else f"{age:.0f}s ago"
+            problems.append(f"target {where} last scraped {shown}, more than 3 scrape intervals ({3 * interval:g}s)")
+        else:
+            good.append(f"{where} up, scraped {age:.1f}s ago")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    return "; ".join(good)
+
+
+def dashboard_path(ctx: Context) -> Path:
+    """This repo's dashboard JSON: <dashboard>.json, else the file whose uid is grafana.dashboard."""
+    name = ctx.config["monitoring"]["grafana"]["dashboard"]
+    folder = CHECKOUT / "monitoring" / "grafana" / "dashboards"
+    if (folder / f"{name}.json").is_file():
+        return folder / f"{name}.json"
+    for path in sorted(folder.glob("*.json")):
+        try:
+            if json.loads(path.read_text(encoding="utf-8")).get("uid") == name:
+                return path
+        except (OSError, ValueError):
+            continue
+    raise CheckFailed(f"no dashboard {name}.json (or uid {name!r}) in {folder}")
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))  # panels inside a collapsed row
+
+
+def _duration_text(seconds: float) -> str:
+    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
+
+
+def dashboard_queries(dashboard: dict[str, Any], scrape_interval: float) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every visible Prometheus target, with Grafana's macros and variables filled in."""
+    range_seconds = _seconds(str(dashboard.get("time", {}).get("from", "now-1h")).removeprefix("now-"), 3600)
+    rate_interval = 4 * scrape_interval  # Grafana: max($__interval + scrape interval, 4 * scrape interval)
+    values = {
+        "__rate_interval": _duration_text(rate_interval),
+        "__interval": _duration_text(scrape_interval),
+        "__interval_ms": f"{scrape_interval * 1000:g}",
+        "__range": _duration_text(range_seconds),
+        "__range_s": f"{range_seconds:g}",
+        "__range_ms": f"{range_seconds * 1000:g}",
+    }
+    for variable in dashboard.get("templating", {}).get("list", []):
+        current = (variable.get("current") or {}).get("value")
+        current = current[0] if isinstance(current, list) and current else current
+        if not current or current == "$__all":
+            current = variable.get("allValue") or ".*"
+        values[variable.get("name", "")] = str(current)
+
+    def fill(expr: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            name = match.group(1) or match.group(2) or match.group(3)
+            return values.get(name.split(":")[0], match.group(0))
+
+        return re.sub(r"\$\{([\w:]+)\}|\[\[(\w+)\]\]|\$(\w+)", one, expr)
+
+    queries = []
+    for panel in _panels(dashboard.get("panels", [])):
+        for target in panel.get("targets", []):
+            source = target.get("datasource") or panel.get("datasource") or {}
+            kind = source.get("type", "prometheus") if isinstance(source, dict) else "prometheus"
+            if target.get("expr") and not target.get("hide") and kind == "prometheus":
+                queries.append((str(panel.get("title", f"panel {panel.get('id')}")), fill(target["expr"])))
+    return queries
+
+
+@check("monitoring", "every dashboard panel's query returns data")
+def check_dashboard(ctx: Context) -> str:
+    prom = ctx.need_prometheus()
+    path = dashboard_path(ctx)
+    try:
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckFailed(f"cannot read the dashboard {path}: {exc}") from None
+    queries = dashboard_queries(dashboard, ctx.scrape_interval)
+    if not queries:
+        raise CheckFailed(f"{path.name} has no Prometheus queries")
+    empty, excused = [], []
+    for title, expr in queries:
+        data = prometheus_api(prom, "/api/v1/query", {"query": expr, "timeout": f"{ctx.timeout:g}s"})
+        if data.get("resultType") in ("vector", "matrix") and not data.get("result"):
+            # A fresh deployment has never run an update: its panel has nothing to show yet, and that is no fault.
+            never = "hello_world_update_" in expr and update_never_ran(ctx)
+            (excused if never else empty).append(f"{title!r}: {expr}")
+    if empty:
+        raise CheckFailed(f"{len(empty)} of {len(queries)} queries returned no data: " + "; ".join(empty))
+    note = f" ({len(excused)} empty: no update has ever run)" if excused else ""
+    return f"{len(queries) - len(excused)} queries of {path.name} returned data{note}"
+
+
+@functools.cache
+def expected_alerts() -> list[str]:
+    """The alert names of this repo's rule files (monitoring/rules/*.rules.yml, as make monitor loads), else SPEC's."""
+    names = []
+    for path in sorted((CHECKOUT / "monitoring" / "rules").glob("*.rules.yml")):
+        try:
+            document = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER) or {}
+            groups = document.get("groups") or []
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue  # an unreadable file: the rules check then names what Prometheus lacks
+        for group in groups:
+            names += [rule["alert"] for rule in group.get("rules") or [] if "alert" in rule]
+    return list(dict.fromkeys(names)) or list(SPEC_ALERTS)  # a rule may come in variants of one name
+
+
+@check("monitoring", "our alert rules are loaded")
+def check_rules_loaded(ctx: Context) -> str:
+    prom = ctx.need_prometheus()
+    data = prometheus_api(prom, "/api/v1/rules", {"type": "alert"})
+    loaded = {rule.get("name") for group in data.get("groups", []) for rule in group.get("rules", [])}
+    expected = expected_alerts()
+    missing = [name for name in expected if name not in loaded]
+    if missing:
+        raise CheckFailed(f"Prometheus at {prom.base} has not loaded {', '.join(missing)} (monitoring/rules/*.yml)")
+    return f"{len(expected)} loaded: {', '.join(expected)}"
+
+
+@check("monitoring", "none of our alerts is firing")
+def check_alerts(ctx: Context) -> str:
+    prom = ctx.need_prometheus()
+    ours = set(expected_alerts())
+    alerts = prometheus_api(prom, "/api/v1/alerts").get("alerts", [])
+    mine = [a for a in alerts if a.get("labels", {}).get("alertname", "") in ours]
+    firing = sorted({a["labels"]["alertname"] for a in mine if a.get("state") == "firing"})
+    pending = sorted({a["labels"]["alertname"] for a in mine if a.get("state") == "pending"})
+    if firing:
+        raise CheckFailed("firing: " + ", ".join(firing))
+    return "none firing" + (f" (pending: {', '.join(pending)})" if pending else "")
+
+
+@check("monitoring", "Grafana: healthy, our dashboard, a healthy datasource")
+def check_grafana(ctx: Context) -> str:
+    grafana = ctx.grafana
+    if grafana is None:
+        raise CheckSkipped("system.monitoring.grafana.url is null: no Grafana to check")
+    health = grafana.json("/api/health")
+    if health.get("database") != "ok":
+        raise CheckFailed(f"Grafana at {grafana.base} reports database {health.get('database')!r}")
+    uid = ctx.config["monitoring"]["grafana"]["dashboard"]
+    status, _, _ = grafana.get(f"/api/dashboards/uid/{urllib.parse.quote(uid)}")
+    if status in (401, 403):
+        raise CheckFailed(f"Grafana at {grafana.base} refused ({status}): put user:password in grafana.url")
+    if status != 200:
+        raise CheckFailed(f"Grafana at {grafana.base} has no dashboard uid {uid!r} ({status})")
+    sources = [s for s in grafana.json("/api/datasources") if s.get("type") == "prometheus"]
+    if not sources:
+        raise CheckFailed(f"Grafana at {grafana.base} has no Prometheus datasource")
+    for source in sources:
+        status, body, _ = grafana.get(f"/api/datasources/uid/{source.get('uid')}/health")
+        if status != 200:
+            text = body.decode("utf-8", "replace")[:200]
+            raise CheckFailed(f"Grafana datasource {source.get('name')!r} is unhealthy ({status}): {text}")
+    names = ", ".join(repr(s.get("name")) for s in sources)
+    return f"{grafana.base} {health.get('version', '?')}: database ok, dashboard {uid}, datasource {names} healthy"
+
+
+# --- backup ---------------------------------------------------------------------------------------
+
+
+def archive_time(path: Path) -> float:
+    """The UTC time in an archive's name, as Unix time."""
+    match = ARCHIVE_RE.match(path.name)
+    if not match:
+        raise ValueError(f"not an archive name: {path.name}")
+    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def newest_archive(ctx: Context) -> Path:
+    def find() -> Path:
+        destination = Path(ctx.config["backup"]["destination"])
+        try:
+            names = sorted(entry.name for entry in os.scandir(destination) if ARCHIVE_RE.match(entry.name))
+        except FileNotFoundError:
+            raise CheckFailed(f"no backup destination {destination} (no backup has run)") from None
+        except OSError as exc:
+            raise CheckFailed(f"cannot list {destination}: {exc.strerror}") from None
+        if not names:
+            raise CheckFailed(f"no archive hello-world-*.tar.gz in {destination}")
+        return destination / names[-1]  # names sort by time
+
+    return ctx.once("newest archive", find)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h"
+
+
+@check("backup", "the newest archive is fresh")
+def check_archive_age(ctx: Context) -> str:
+    archive = newest_archive(ctx)
+    schedule = ctx.config["backup"]["schedule"]
+    limit = SCHEDULE_MAX_AGE[schedule]
+    age = time.time() - archive_time(archive)
+    if age > limit:
+        raise CheckFailed(f"newest archive {archive.name} is {_hours(age)} old, more than {_hours(limit)} ({schedule})")
+    if age < -300:
+        raise CheckFailed(f"newest archive {archive.name} is dated {_hours(-age)} in the future (clock?)")
+    return f"{archive.name}, {_hours(max(age, 0))} old (limit {_hours(limit)})"
+
+
+@check("backup", "its checksum matches the sidecar")
+def check_archive_checksum(ctx: Context) -> str:
+    archive = newest_archive(ctx)
+    sidecar = archive.with_name(archive.name + ".sha256")
+    try:
+        line = sidecar.read_text(encoding="utf-8").strip().splitlines()[0]
+        expected, named = line.split(maxsplit=1)
+    except FileNotFoundError:
+        raise CheckFailed(f"{archive.name} has no checksum file {sidecar.name}") from None
+    except (OSError, UnicodeDecodeError, IndexError, ValueError):
+        raise CheckFailed(f"{sidecar.name} is not in `sha256sum` format") from None
+    if named.lstrip("*") != archive.name:
+        raise CheckFailed(f"{sidecar.name} names {named.lstrip('*')!r}, not {archive.name}")
+    digest = hashlib.sha256()
+    try:
+        with open(archive, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise CheckFailed(f"cannot read {archive}: {exc.strerror}") from None
+    if digest.hexdigest() != expected.lower():
+        raise CheckFailed(
+            f"{archive.name}: checksum mismatch (sha256 {digest.hexdigest()[:12]}..., sidecar says "
+            f"{expected[:12]}...): the archive is corrupted"
+        )
+    return f"sha256 {expected[:12]}... ok"
+
+
+@check("backup", "it reads back in full (backup_script.py verify)")
+def check_archive_verify(ctx: Context) -> str:
+    archive = newest_archive(ctx)
+    script = CHECKOUT / "backup_script.py"
+    if not script.is_file():
+        raise CheckFailed(f"{script} is missing")
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), "verify", str(archive)],
+            capture_output=True,
+            text=True,
+            timeout=VERIFY_TIMEOUT,
+            cwd=CHECKOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise CheckFailed(f"backup_script.py verify {archive.name} took more than {VERIFY_TIMEOUT:g}s") from None
+    lines = [line for line in (done.stdout + "\n" + done.stderr).splitlines() if line.strip()]
+    if done.returncode != 0:
+        raise CheckFailed(
+            f"backup_script.py verify {archive.name} exit {done.returncode}: " + (lines[-1] if lines else "no output")
+        )
+    return lines[-1] if lines else f"{archive.name} verified"
+
+
+def job_metrics(ctx: Context, job: str) -> tuple[dict[str, float], str]:
+    """The newest gauges of a job (hello_world_backup/_update) and where they came from.
+
+    Prometheus first (what the alerts see), then the Pushgateway, then the job's textfile.
+    """
+    names = (f"{job}_last_success_timestamp_seconds", f"{job}_last_run_timestamp_seconds", f"{job}_success")
+    tried = []
+    if ctx.prometheus is not None:
+        try:
+            values: dict[str, float] = {}
+            for name in names:
+                result = prometheus_api(ctx.prometheus, "/api/v1/query", {"query": f"max({name})"}).get("result")
+                if result:
+                    values[name] = float(result[0]["value"][1])
+            if values:
+                return values, f"Prometheus at {ctx.prometheus.base}"
+            tried.append(f"Prometheus has no {names[1]}")
+        except CheckFailed as exc:
+            tried.append(str(exc))
+    if ctx.pushgateway is not None:
+        try:
+            text = ctx.pushgateway.ok("/metrics").decode("utf-8", "replace")
+            values = {n: max(v) for n in names if (v := metric_values(text, n, {"job": job}))}
+            if values:
+                return values, f"Pushgateway at {ctx.pushgateway.base} (Prometheus lacks it)"
+            tried.append(f"the Pushgateway has no job {job}")
+        except CheckFailed as exc:
+            tried.append(str(exc))
+    textfile = ctx.run_dir / "metrics" / f"{job}.prom"
+    try:
+        text = textfile.read_text(encoding="utf-8")
+        values = {n: max(v) for n in names if (v := metric_values(text, n))}
+        if values:
+            return values, f"textfile {textfile}"
+    except OSError:
+        pass
+    tried.append(f"no {textfile}")
+    return {}, "; ".join(tried)
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@check("backup", "the backup metric agrees with it")
+def check_backup_metric(ctx: Context) -> str:
+    archive = newest_archive(ctx)
+    values, source = job_metrics(ctx, JOB_BACKUP)
+    name = "hello_world_backup_last_success_timestamp_seconds"
+    if not values:
+        raise CheckFailed(f"no backup metric anywhere: {source}")
+    if values.get("hello_world_backup_success") == 0:
+        run = values.get("hello_world_backup_last_run_timestamp_seconds")
+        raise CheckFailed(f"the last backup run{f' at {_when(run)}' if run else ''} failed ({source})")
+    if name not in values:
+        raise CheckFailed(f"{name} missing ({source})")
+    gap = values[name] - archive_time(archive)
+    if not -120 <= gap <= BACKUP_METRIC_TOLERANCE:
+        raise CheckFailed(
+            f"{name} says {_when(values[name])} but the newest archive {archive.name} is "
+            f"{_hours(abs(gap))} {'older' if gap > 0 else 'newer'} ({source})"
+        )
+    return f"{name} {_when(values[name])}, {gap:.0f}s after the archive's name ({source})"
+
+
+def backup_cron_lines(crontab_text: str) -> list[str]:
+    """The uncommented lines of a crontab that run a backup (backup_script.py, or `make backup` as `make cron` has)."""
+    lines = [line.strip() for line in crontab_text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [line for line in lines if "backup_script" in line or re.search(r"\bmake\b.*\bbackup\b", line)]
+
+
+def _cron_lines() -> tuple[list[str], str]:
+    """The user's crontab lines that run a backup, and why there are none."""
+    crontab = shutil.which("crontab")
+    if not crontab:
+        return [], "crontab is not installed"
+    try:
+        done = subprocess.run([crontab, "-l"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [], f"crontab -l failed: {exc}"
+    return backup_cron_lines(done.stdout), "no crontab line runs backup_script.py or make backup"
+
+
+def schedule_loops(directories: set[Path]) -> list[tuple[int, str]]:
+    """(PID, command) of running `backup_script.py schedule` loops of code in directories (reads /proc only)."""
+    loops = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = [a.decode("utf-8", "replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue  # gone, or not ours to read
+        script = next((i for i, a in enumerate(args) if a.endswith("backup_script.py")), None)
+        if script is None or "schedule" not in args[script + 1 :]:
+            continue
+        path = Path(args[script])
+        if not path.is_absolute():
+            try:
+                path = Path(os.readlink(entry / "cwd")) / path
+            except OSError:
+                continue
+        if path.resolve().parent in directories:
+            loops.append((int(entry.name), " ".join(args)))
+    return loops
+
+
+@check("backup", "a scheduler exists")
+def check_scheduler(ctx: Context) -> str:
+    cron, why_not = _cron_lines()
+    if cron:
+        return f"crontab line: {cron[0]}"
+    loops = schedule_loops({CHECKOUT, Path(ctx.config["config_file"]).parent})
+    if loops:
+        pid, command = loops[0]
+        return f"schedule loop: PID {pid} ({command})"
+    raise CheckFailed(
+        f"no scheduler: {why_not}, and no `backup_script.py schedule` process of {CHECKOUT} runs "
+        "(install the `make cron` lines, or run `make backup-schedule`)"
+    )
+
+
+# --- update ---------------------------------------------------------------------------------------
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(CHECKOUT), *args], capture_output=True, text=True, timeout=30)
+
+
+@check("update", "/version serves the checkout's HEAD")
+def check_served_commit(ctx: Context) -> str:
+    served = ctx.server.json("/version").get("commit", "unknown")
+    try:
+        head = _git("rev-parse", "HEAD")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CheckFailed(f"cannot run git in {CHECKOUT}: {exc}") from None
+    if head.returncode != 0:
+        raise CheckFailed(f"{CHECKOUT} is not a git checkout: {head.stderr.strip()[:200]}")
+    head_commit = head.stdout.strip()
+    if served == head_commit:
+        return f"serving {served[:12]} = HEAD of {CHECKOUT}"
+    if not re.fullmatch(r"[0-9a-f]{40}", served):
+        raise CheckFailed(f"the server reports commit {served!r}, the checkout is at {head_commit[:12]}")
+    if _git("merge-base", "--is-ancestor", served, head_commit).returncode == 0:
+        count = _git("rev-list", "--count", f"{served}..{head_commit}").stdout.strip()
+        raise CheckFailed(
+            f"the checkout's HEAD {head_commit[:12]} is {count} commit(s) ahead of the served "
+            f"{served[:12]}: the new code is not deployed (make reload, or make update)"
+        )
+    if _git("merge-base", "--is-ancestor", head_commit, served).returncode == 0:
+        raise CheckFailed(f"the server runs {served[:12]}, newer than the checkout's HEAD {head_commit[:12]}")
+    raise CheckFailed(f"the server runs {served[:12]}, which is not an ancestor of HEAD {head_commit[:12]}")
+
+
+def last_update_log(ctx: Context) -> dict[str, Any] | None:
+    """The last JSON line of <run_dir>/update.log, or None when there is none."""
+    path = ctx.run_dir / "update.log"
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            return entry
+    return None
+
+
+def update_never_ran(ctx: Context) -> bool:
+    return ctx.once("update never ran", lambda: last_update_log(ctx) is None and not job_metrics(ctx, JOB_UPDATE)[0])
+
+
+@check("update", "the last update succeeded")
+def check_last_update(ctx: Context) -> str:
+    entry = last_update_log(ctx)
+    if entry is not None:
+        outcome = str(entry.get("outcome", "?"))
+        what = f"{entry.get('from', '?')!s:.12} -> {entry.get('to', '?')!s:.12} at {entry.get('time', '?')}"
+        succeeded = entry["exit"] == 0 if "exit" in entry else outcome in UPDATE_OK_OUTCOMES
+        if not succeeded:
+            raise CheckFailed(f"the last update ({what}) ended {outcome!r} ({ctx.run_dir / 'update.log'})")
+        return f"{outcome}: {what} ({ctx.run_dir / 'update.log'})"
+    values, source = job_metrics(ctx, JOB_UPDATE)
+    if not values:
+        raise CheckSkipped(f"no update has ever run ({source}; no {ctx.run_dir / 'update.log'})")
+    run = values.get("hello_world_update_last_run_timestamp_seconds")
+    when = f" at {_when(run)}" if run else ""
+    if values.get("hello_world_update_success") == 0:
+        raise CheckFailed(f"the last update{when} failed (hello_world_update_success 0, {source})")
+    return f"succeeded{when} ({source})"
+
+
+# --- running and reporting ------------------------------------------------------------------------
+
+
+def run_checks(ctx: Context, groups: list[str]) -> list[Result]:
+    results = []
+    for group, name, func in CHECKS:
+        if group not in groups:
+            continue
+        started = time.monotonic()
+        try:
+            status, detail = PASS, func(ctx)
+        except CheckSkipped as exc:
+            status, detail = SKIP, str(exc)
+        except CheckFailed as exc:
+            status, detail = FAIL, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug in one check must not hide the others
+            log.debug("check %s/%s crashed", group, name, exc_info=True)
+            status, detail = FAIL, f"internal error: {type(exc).__name__}: {exc}"
+        results.append(Result(group, name, status, detail, time.monotonic() - started))
+    return results
+
+
+def _shown_duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def render_table(results: list[Result]) -> str:
+    rows = [("GROUP", "CHECK", "STATUS", "DURATION", "DETAIL")]
+    rows += [(r.group, r.check, r.status, _shown_duration(r.duration), r.detail) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in rows
+    ]
+    counts = {status: sum(r.status == status for r in results) for status in (PASS, FAIL, SKIP)}
+    total = sum(r.duration for r in results)
+    lines.append(f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped in {_shown_duration(total)}")
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every script here
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message}\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _Parser(prog="validation_test.py", description="Check the live system named by config.yaml.")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of results instead of a table")
+    parser.add_argument("--only", metavar="GROUP[,GROUP]", help=f"run only these groups of {', '.join(GROUPS)}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
+    args = parser.parse_args(argv)
+    if args.only is None:
+        args.groups = list(GROUPS)
+    else:
+        chosen = [part.strip() for part in args.only.split(",") if part.strip()]
+        unknown = [part for part in chosen if part not in GROUPS]
+        if unknown or not chosen:
+            parser.error(
+                f"--only: unknown group {', '.join(map(repr, unknown)) or repr(args.only)} "
+                f"(choose from {', '.join(GROUPS)})"
+            )
+        args.groups = [group for group in GROUPS if group in chosen]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    results = run_checks(Context(config), args.groups)
+    if args.json:
+        print(json.dumps([asdict(r) | {"duration": round(r.duration, 4)} for r in results], indent=2))
+    else:
+        print(render_table(results))
+    return EXIT_FAILED if any(r.status == FAIL for r in results) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
