@@ -69,7 +69,7 @@ monitor-stop: $(RUNTIME_STAMP) ## stop what `make monitor` started
 	@$(PY) scripts/monitor.py stop
 
 up: ## start the docker compose stack (needs a Docker engine and .env)
-	docker compose up -d --build
+	HELLO_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) docker compose up -d --build
 
 down: ## stop the docker compose stack
 	docker compose down

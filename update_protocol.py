@@ -256,7 +256,6 @@ class Updater:
             return EXIT_OK
         with self.report.step("fetch") as note:
             self.fetch(note, merge=True)
-        self.write_pending()
         try:
             with self.report.step("test") as note:
                 self.test(note)
@@ -333,7 +332,8 @@ class Updater:
             raise Refused(f"{self.repo} is not a git checkout") from None
         if Path(top).resolve() != self.repo.resolve():
             raise Refused(f"{self.repo} is inside the checkout {top}, not its top")
-        dirty = git_out(self.repo, "status", "--porcelain", "--untracked-files=normal").splitlines()
+        # Not stripped: each porcelain line is "XY path", and X may be a space.
+        dirty = git(self.repo, "status", "--porcelain", "--untracked-files=normal").stdout.splitlines()
         if dirty:
             shown = ", ".join(line[3:] for line in dirty[:5]) + (", ..." if len(dirty) > 5 else "")
             raise Refused(f"the working tree is not clean ({len(dirty)} changed or untracked: {shown})")
@@ -402,9 +402,11 @@ class Updater:
                     f"({short(commit)}): diverged history, refusing"
                 )
         count = git_out(self.repo, "rev-list", "--count", f"{self.serving}..{self.target}")
-        if merge and self.target != self.head:
-            git(self.repo, "merge", "--ff-only", "--quiet", self.target)
-            self.head = self.target
+        if merge:
+            self.write_pending()  # before the first change: a run killed from here on is recovered
+            if self.target != self.head:
+                git(self.repo, "merge", "--ff-only", "--quiet", self.target)
+                self.head = self.target
         verb = "fast-forwarded" if merge else "would fast-forward"
         note.detail = f"{verb} {short(self.serving)}..{short(self.target)} ({count} new commit(s))"
 
@@ -703,13 +705,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = updater.dry_run() if args.dry_run else updater.run()
     except Locked as exc:
-        report.say(f"update: {exc}")
-        return EXIT_LOCKED  # not recorded: the run holding the lock records its own outcome
+        code, report.outcome, report.reason = EXIT_LOCKED, "locked", str(exc)
     except UpdateError as exc:
         code = EXIT_FAILED
         report.outcome = report.outcome or ("refused" if isinstance(exc, Refused) else "failed")
         report.reason = report.reason or str(exc)
-    if not args.dry_run:
+    if not args.dry_run and code != EXIT_LOCKED:  # the run holding the lock records its own outcome
         with contextlib.suppress(UpdateError):
             record(config, updater, code, started)
     summary = {
@@ -729,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         "tests-failed": f"tests failed: nothing deployed, still serving {short(updater.serving)} ({report.reason})",
         "rolled-back": f"rolled back to {short(updater.serving)}, which serves ({report.reason})",
         "rollback-failed": f"ROLLBACK FAILED, needs a human: {report.reason}",
+        "locked": report.reason,
     }.get(report.outcome, f"{report.outcome}: {report.reason}; nothing changed")
     report.say(f"update: {verdict} in {summary['seconds']:.1f}s")
     if args.json:

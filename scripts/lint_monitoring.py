@@ -37,7 +37,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(SCRIPTS))
 
 import monitor  # noqa: E402
-
 from hello_config import DEFAULT_PATH, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
 
 MONITORING = REPO / "monitoring"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import backup_script
 from conftest import PYTHON, REPO, free_port, http_get, require_tool, wait_until, write_config
 from hello_jobs import job_lock
 
@@ -150,18 +151,19 @@ def test_round_trip_restores_byte_for_byte_with_modes_and_links(tree, tmp_path: 
     assert '"checksum_ok": true' in listing.stdout
 
 
-def test_second_create_in_the_same_second_gets_its_own_name(tree) -> None:
+def test_a_create_whose_second_is_taken_waits_for_a_free_name(tree) -> None:
     _source, destination, config = tree
-    config_two = config.parent / "config.yaml"
-    text = config_two.read_text().replace("daily: 7", "daily: 0").replace("weekly: 4", "weekly: 0")
-    config_two.write_text(text.replace("monthly: 6", "monthly: 0"))
-    assert backup(config).returncode == 0
-    first = archives(destination)
-    assert backup(config, "prune", "--dry-run").returncode == 0
-    assert archives(destination) == first, "a dry run deletes nothing"
-    assert backup(config).returncode == 0
-    (second,) = archives(destination)  # keep 0/0/0: only the newest good archive stays
-    assert second != first[0]
+    destination.mkdir(mode=0o700)
+    now = datetime.now(UTC)
+    taken = [f"hello-world-{now + timedelta(seconds=delta):%Y%m%dT%H%M%SZ}.tar.gz" for delta in (0, 1)]
+    for name in taken:  # this second and the next already have archives (e.g. two runs in a row)
+        (destination / name).write_bytes(b"an earlier archive\n")
+        write_sidecar(destination / name)
+    result = backup(config)
+    assert result.returncode == 0, result.stderr
+    created = Path(re.search(r"created (\S+)", result.stdout).group(1))
+    assert created.name not in taken and created.name > max(taken)
+    assert backup(config, "verify", str(created)).returncode == 0
 
 
 def test_one_byte_corruption_fails_verify_and_restore(tree, tmp_path: Path) -> None:
@@ -314,38 +316,44 @@ def test_full_filesystem_fails_and_leaves_nothing_partial(tmp_path: Path, small_
 def test_kill_9_at_random_moments_never_leaves_an_incomplete_final_archive(tmp_path: Path) -> None:
     source = tmp_path / "src"
     rng = random.Random(4)
-    for index in range(300):  # many small files and a few large ones: a run lasts a few hundred ms
+    for index in range(300):  # many small files and two large ones
         folder = source / f"d{index // 50}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"f{index}.txt").write_text(f"line {index}\n" * rng.randint(10, 2000))
-    (source / "big1.bin").write_bytes(rng.randbytes(12_000_000))
-    (source / "big2.bin").write_bytes(rng.randbytes(12_000_000))
+    (source / "big1.bin").write_bytes(rng.randbytes(8_000_000))
+    (source / "big2.bin").write_bytes(rng.randbytes(8_000_000))
     destination = tmp_path / "backups"
-    config = config_for(tmp_path, source, destination, keep={"daily": 30, "weekly": 0, "monthly": 0})
+    config = config_for(tmp_path, source, destination)
     env = {**os.environ, "HELLO_CONFIG": str(config)}
+    first = backup(config)
+    assert first.returncode == 0
+    took = float(re.search(r"took (\S+) s", first.stdout).group(1))  # the time the run holds its lock, about
 
-    started = time.monotonic()
-    assert backup(config).returncode == 0
-    duration = time.monotonic() - started
-    interrupted = 0
     lock = config.parent / "run" / "backup.lock"
     for _ in range(8):
         proc = subprocess.Popen(
             [PYTHON, SCRIPT, "create"], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0.05, duration * 1.1))
+        # Kill at a random moment of the run proper: from taking the lock to a little past the usual end.
+        wait_until(lambda p=proc: p.poll() is not None or _holder(lock) == p.pid, 20, "the run to take its lock")
+        time.sleep(rng.uniform(0, took * 1.2))
         proc.kill()
         proc.wait(timeout=10)
-        interrupted += lock.exists()  # killed while holding the lock: mid-run
-        result = backup(config, "verify")  # every final-named archive is complete, with its sidecar
-        assert result.returncode == 0, result.stdout
+        for archive in archives(destination):  # every final-named archive is complete, with its sidecar
+            backup_script.verify_archive(archive)
     assert archives(destination)
-    assert interrupted >= 2, f"only {interrupted} of 8 kills hit a run in progress"
     assert backup(config).returncode == 0  # the next run takes over the lock and removes the leftovers
     leftovers = [p.name for p in destination.iterdir() if not p.name.startswith("hello-world-")]
     assert leftovers == []
     assert all(p.with_name(p.name + ".sha256").exists() for p in archives(destination))
     assert backup(config, "verify").returncode == 0
+
+
+def _holder(lock: Path) -> int:
+    try:
+        return int(lock.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
 
 
 # --- one run at a time ---
@@ -432,6 +440,10 @@ def test_retention_over_100_days_keeps_exactly_the_expected_set(tmp_path: Path) 
         "20250131T020000Z",
         "20241231T020000Z",
     }
+    before = sorted(p.name for p in destination.iterdir())
+    result = backup(config, "prune", "--dry-run")
+    assert result.returncode == 0 and "would delete 90 archive(s)" in result.stdout
+    assert sorted(p.name for p in destination.iterdir()) == before
     result = backup(config, "prune")
     assert result.returncode == 0, result.stderr
     kept = {p.name[len("hello-world-") : -len(".tar.gz")] for p in archives(destination)}
@@ -494,7 +506,7 @@ def test_schedule_at_a_near_time_runs_then_waits_a_day(tmp_path: Path, processes
     (source / "a.txt").write_text("a\n")
     destination = tmp_path / "backups"
     config = config_for(tmp_path, source, destination, timezone=None)
-    at = datetime.now() + timedelta(seconds=3)
+    at = datetime.now() + timedelta(seconds=4)  # time enough for the loop to start, even on a busy machine
     log = tmp_path / "schedule.log"
     proc = _start_schedule(processes, config, "--at", f"{at:%H:%M:%S}", log=log)
     wait_until(lambda: "next run at" in log.read_text(), 15, "the next run logged at start")

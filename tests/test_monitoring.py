@@ -32,7 +32,8 @@ from hello_config import DEFAULT_PATH, load_config
 sys.path.insert(0, str(REPO / "scripts"))
 
 import lint_monitoring  # noqa: E402
-import monitor  # noqa: E402
+
+monitor = lint_monitoring.monitor  # scripts/monitor.py, as the lint script imports it
 
 RULES_DIR = REPO / "monitoring" / "rules"
 ALERTS = [
@@ -511,7 +512,8 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
     server = hello_server()
     prometheus_port, pushgateway_port = free_port(), free_port()
     prometheus_url, pushgateway_url = f"http://127.0.0.1:{prometheus_port}", f"http://127.0.0.1:{pushgateway_port}"
-    scrape_interval = 1.0  # fast, so the test needs only seconds of data
+    # Fast, so the test needs only seconds of data; not 1 s, whose 1 s scrape timeout a loaded machine can miss.
+    scrape_interval = 2.0
 
     start_ready(
         processes,
@@ -561,14 +563,18 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
     queries = lint_monitoring.panel_queries(dashboard)
     assert len(queries) >= 9
     for title, ref_id, expr in queries:
-        # Grafana's macros for a 5 s $__interval at this scrape interval ($__rate_interval 6s).
+        # Grafana's macros for a 5 s $__interval at this scrape interval ($__rate_interval 8s).
         promql = lint_monitoring.substitute_macros(expr, scrape_interval, interval=5)
 
         def answered(promql: str = promql) -> bool:
             traffic()
             return has_number(query(prometheus_url, promql))
 
-        wait_until(answered, 30, f"panel {title!r} query {ref_id} to return data: {promql}", interval=0.5)
+        try:
+            wait_until(answered, 30, f"panel {title!r} query {ref_id} to return data: {promql}", interval=0.5)
+        except AssertionError as exc:
+            targets = http_get(prometheus_url + "/api/v1/targets")[2].decode(errors="replace")
+            raise AssertionError(f"{exc}\ntargets: {targets[:2000]}\nserver log: {server.log()}") from None
 
     # The seed's query names a metric that does not exist: it stays empty, so "returns data" means something.
     assert query(prometheus_url, "rate(hello_world_requests[5m])") == []

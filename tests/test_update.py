@@ -249,8 +249,8 @@ def make_other_branch(site: ScratchDeployment) -> None:
 
 REFUSALS = {
     "diverged": (make_diverged, "diverged history"),
-    "dirty": (make_dirty, "working tree is not clean"),
-    "untracked": (make_untracked, "stray.txt"),
+    "dirty": (make_dirty, "the working tree is not clean (1 changed or untracked: Makefile)"),
+    "untracked": (make_untracked, "the working tree is not clean (1 changed or untracked: stray.txt)"),
     "unreachable": (make_unreachable, "unreachable"),
     "other-branch": (make_other_branch, "on elsewhere, not main"),
 }
