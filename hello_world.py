@@ -1,9 +1,10 @@
-"""Python Hello Printer: the "Hello, World!" HTTP service and its process control.
+"""Python Hello Printer: the "Hello, World!" HTTP service.
 
 Run it:
 
     python hello_world.py [--host H] [--port N] [--workers N]     # foreground (make run)
-    python hello_world.py start|stop|status|reload [--host ...]   # background (make start, ...)
+
+In the background (make start, stop, status, reload) it is run by scripts/service.py.
 
 Endpoints: / (Hello, World!), /healthz, /readyz, /version, /metrics (see README).
 
@@ -52,7 +53,6 @@ from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFile
 
 VERSION = "1.0.0"
 REPO_DIR = Path(__file__).resolve().parent
-SCRIPT = REPO_DIR / "hello_world.py"
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"
 MAX_HEADER_BYTES = 32 * 1024  # as nginx's default large_client_header_buffers
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -610,20 +610,12 @@ def serve(config: dict, flags: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("start", "stop", "status", "reload"):
-        # Process control lives in scripts/service.py, apart from the served code, so that it
-        # still works when the code on disk is broken; this keeps `hello_world.py reload` working.
-        import runpy
-
-        sys.argv = [str(REPO_DIR / "scripts" / "service.py"), *args]
-        runpy.run_path(sys.argv[0], run_name="__main__")
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     parser = argparse.ArgumentParser(description="Serve Hello, World! in the foreground (see module docstring).")
     parser.add_argument("--host", help="address to listen on (system.server.host)")
     parser.add_argument("--port", type=int, help="port to listen on (system.server.port)")
     parser.add_argument("--workers", type=int, help="worker processes (system.server.workers)")
-    options = parser.parse_args(args)
+    options = parser.parse_args(argv)
     try:
         config = load_config()
         flags = server_flags(options)

@@ -16,7 +16,7 @@ Steps, each printed with its outcome and duration; the first failure stops the r
   build      local: `pip install -r` of the requirements files that changed (none changed: skipped);
              compose: `docker compose build --build-arg COMMIT=<sha> hello-world` with HELLO_COMMIT=<sha>
              (docker-compose.yml tags the image hello-world:<sha>; a fixed image name is also tagged <sha>)
-  deploy     local: `python hello_world.py reload` (zero-downtime; new code that cannot start leaves the old
+  deploy     local: `python scripts/service.py reload` (zero-downtime; new code that cannot start leaves the old
              serving); compose: `docker compose up -d --no-deps hello-world` with HELLO_COMMIT=<sha>, then
              wait until `docker compose ps` says healthy (rollback: the old commit's image, rebuilt if gone)
   verify     /version serves the new commit, /readyz is 200, `validation_test.py --only service` passes
@@ -309,7 +309,7 @@ class Updater:
         changed = changed_requirements(self.repo, self.serving, self.target) if self.mode == "local" else []
         if self.mode == "local":
             build = f"pip install -r {', '.join(changed)}" if changed else "nothing: requirements unchanged"
-            deploy = "python hello_world.py reload"
+            deploy = "python scripts/service.py reload"
         else:
             build = f"HELLO_COMMIT={short(self.target)} docker compose build --build-arg COMMIT=... {SERVICE}"
             deploy = f"HELLO_COMMIT={short(self.target)} docker compose up -d --no-deps {SERVICE}; wait until healthy"
@@ -479,15 +479,16 @@ class Updater:
             note.detail = f"HELLO_COMMIT={short(commit)} docker compose up -d --no-deps {SERVICE}: healthy"
             return
         env = {**os.environ, "HELLO_CONFIG": self.config["config_file"]}
-        command = [sys.executable, str(self.repo / "hello_world.py"), "reload"]
+        # scripts/service.py, not the new hello_world.py: it reports why new code that cannot start was refused.
+        command = [sys.executable, str(self.repo / "scripts" / "service.py"), "reload"]
         timeout = self.config["server"]["reload_timeout"] + 60
         try:
             result = subprocess.run(command, cwd=self.repo, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise UpdateError(f"hello_world.py reload did not finish within {timeout:g}s") from None
+            raise UpdateError(f"service.py reload did not finish within {timeout:g}s") from None
         said = (result.stdout.strip() + "\n" + result.stderr.strip()).strip().splitlines()
         if result.returncode != 0:
-            raise UpdateError(f"hello_world.py reload exited {result.returncode}: {said[-1] if said else ''}")
+            raise UpdateError(f"service.py reload exited {result.returncode}: {said[-1] if said else ''}")
         note.detail = said[-1] if said else "reloaded"
 
     def verify(self, note: Note, commit: str) -> None:

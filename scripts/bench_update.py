@@ -6,7 +6,7 @@ Run it (it is a benchmark, not a test):
 
 What it builds, all in a temp dir, nothing touching this checkout or its server:
 a bare git repository seeded from this working tree (the remote), a clone of it (the deployment) serving
-with `hello_world.py start` on a free port, and a second clone to push new commits from.
+with `scripts/service.py start` on a free port, and a second clone to push new commits from.
 
 What it measures, over --rounds rounds, with a keep-alive and a connection-per-request client running
 (--no-load: without them):
@@ -138,9 +138,9 @@ class ScratchDeployment:
 
     def server(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [self.python, "hello_world.py", command, "--workers", str(self.workers)]
+            [self.python, "scripts/service.py", command, "--workers", str(self.workers)]
             if command == "start"
-            else [self.python, "hello_world.py", command],
+            else [self.python, "scripts/service.py", command],
             cwd=self.deploy,
             env=self.env,
             capture_output=True,
@@ -148,7 +148,7 @@ class ScratchDeployment:
             timeout=120,
         )
         if check and result.returncode != 0:
-            raise RuntimeError(f"hello_world.py {command}: {result.stdout}{result.stderr}")
+            raise RuntimeError(f"service.py {command}: {result.stdout}{result.stderr}")
         return result
 
     def pid(self) -> int:

@@ -1,7 +1,7 @@
 """update_protocol.py against real git and a real server.
 
 One scratch deployment per module (scripts/bench_update.py ScratchDeployment): a bare repository in a
-temp dir seeded from this working tree is the remote, a clone of it serves with `hello_world.py start`
+temp dir seeded from this working tree is the remote, a clone of it serves with `scripts/service.py start`
 on a free port, and a second clone pushes the commits each test needs. The deployment's test_command is
 a real pytest run of one small file (tests_smoke/test_smoke.py, which passes while SMOKE says ok), never
 this suite. Each test starts from a consistent deployment (the `site` fixture) and runs the checkout's

@@ -117,7 +117,7 @@ class Deployment:
         return done.returncode, {key: by_name[where] for key, where in CHECK.items() if where in by_name}
 
     def hello(self, command: str) -> str:
-        out = checked([PYTHON, str(self.checkout / "hello_world.py"), command], self.checkout, self.env)
+        out = checked([PYTHON, str(self.checkout / "scripts" / "service.py"), command], self.checkout, self.env)
         if command == "start":
             self.registry.adopt(int((self.root / "run" / "hello_world.pid").read_text()))
         return out
@@ -243,7 +243,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         yield deployment
     finally:
         with contextlib.suppress(Exception):
-            run([PYTHON, str(checkout / "hello_world.py"), "stop"], checkout, env, timeout=30)
+            run([PYTHON, str(checkout / "scripts" / "service.py"), "stop"], checkout, env, timeout=30)
         registry.cleanup()
 
 
