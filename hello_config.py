@@ -334,6 +334,13 @@ class RunFiles:
     def multiproc(self) -> Path:
         return self.run_dir / "multiproc"  # prometheus_client's files of the workers
 
+    def read_state(self) -> dict[str, Any]:
+        """What the running server last wrote to its state file; {} when there is none."""
+        try:
+            return json.loads(self.statefile.read_text())
+        except (OSError, ValueError):
+            return {}
+
     def running_pid(self) -> int | None:
         """The server's PID from the pidfile, if that process is alive and is the server."""
         try:

@@ -1,4 +1,4 @@
-"""What the backup and update jobs share: one run at a time, and their outcome as metrics.
+"""What the scripts share beyond config: one run at a time, job outcomes as metrics, small helpers.
 
     from hello_jobs import LockHeld, job_lock, record_job
 
@@ -20,7 +20,9 @@ that PID started after the file was written (the PID was reused).
 record_job writes <run_dir>/metrics/<job>.prom atomically (for node_exporter's
 textfile collector or a human) and pushes the same gauges to the Pushgateway
 when system.monitoring.pushgateway.url is set; a failed push is a warning only.
-This module is a library; it has no command line.
+
+pid_alive, http_get and write_atomically are the small helpers every script
+needs the same way. This module is a library; it has no command line.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import fcntl
 import logging
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,20 +82,32 @@ def _process_start_time(pid: int) -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while pid runs; a zombie (exited, not yet reaped by its parent) has stopped."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+def http_get(url: str, timeout: float) -> tuple[int, bytes]:
+    """(status, body) of a GET; HTTP error statuses are returned, network errors raise OSError."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def _live_holder(fd: int) -> int:
     """The PID recorded in the lock file if that process still runs and wrote it, else 0."""
     pid = _read_pid(fd)
-    if not pid or pid == os.getpid() or not _pid_alive(pid):
+    if not pid or pid == os.getpid() or not pid_alive(pid):
         return 0
     started = _process_start_time(pid)
     written = os.fstat(fd).st_mtime
@@ -172,7 +188,8 @@ def _previous_value(path: Path, name: str) -> float | None:
     return None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace path with data in one step: readers see the old file or the new one, never a part."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temp, "wb") as handle:
@@ -220,7 +237,7 @@ def record_job(
     path = directory / f"{job}.prom"
     last_success = finished if success else _previous_value(path, f"{job}_last_success_timestamp_seconds")
     registry = _registry(job, success, finished, last_success, dict(extra or {}))
-    _write_atomically(path, generate_latest(registry))
+    write_atomically(path, generate_latest(registry))
     log.debug("%s finished in %.3fs; metrics in %s", job, finished - started, path)
     url = config.get("monitoring", {}).get("pushgateway", {}).get("url")
     if url:

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFiles, load_config, server_url
+from hello_jobs import write_atomically
 
 VERSION = "1.0.0"
 REPO_DIR = Path(__file__).resolve().parent
@@ -463,7 +464,7 @@ class Supervisor:
             _, version, commit = self.workers[0].message.split()
             self.state.update(version=version, commit=commit)
         self.state.update(changes)
-        write_json_atomically(self.files.statefile, self.state)
+        write_atomically(self.files.statefile, json.dumps(self.state, indent=2).encode() + b"\n")
 
     # the life cycle
 
@@ -567,12 +568,6 @@ class Supervisor:
 
 
 # --- the command ---------------------------------------------------------------------------------
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, free_port, http_get, wait_until, write_config
-from service import process_gone
+from hello_jobs import pid_alive
 
 PROJECT_FILES = (
     "hello_world.py",
@@ -32,6 +32,7 @@ PROJECT_FILES = (
     "requirements.txt",
     "requirements-dev.txt",
     "scripts/service.py",
+    "hello_jobs.py",
 )
 
 
@@ -79,9 +80,12 @@ class LoadClient(threading.Thread):
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
                 try:
                     connection.connect()
-                except ConnectionRefusedError:
-                    self.refused += 1
+                except OSError as exc:
                     connection = None
+                    if not self.stopping_allowed:
+                        self.failures.append(f"connect: {type(exc).__name__}: {exc}")
+                        continue
+                    self.refused += 1  # the server stops: it takes no new connections
                     time.sleep(0.01)
                     continue
             headers = {} if self.keep_alive else {"Connection": "close"}
@@ -91,7 +95,7 @@ class LoadClient(threading.Thread):
                 body = response.read()
             except (ConnectionResetError, http.client.RemoteDisconnected) as exc:
                 # A fresh connection reset before any answer: the server stopped listening (stop, not reload).
-                if fresh and not self.keep_alive and self.stopping_allowed:
+                if fresh and self.stopping_allowed:
                     self.refused += 1
                 else:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
@@ -383,7 +387,7 @@ def test_make_start_status_stop(checkout):
     pid = int(checkout["pidfile"].read_text())
     assert make(checkout, "stop").returncode == 0
     assert not checkout["pidfile"].exists()
-    assert process_gone(pid)
+    assert not pid_alive(pid)
     result = make(checkout, "status")
     assert result.returncode != 0 and result.stdout == "not running\n"
 

@@ -48,15 +48,22 @@ import shlex
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
-from hello_jobs import LockHeld, job_lock, record_job
+from hello_config import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    ConfigError,
+    RunFiles,
+    load_config,
+    server_url,
+)
+from hello_jobs import LockHeld, http_get, job_lock, record_job, write_atomically
 
 REPO_DIR = Path(__file__).resolve().parent
 JOB = "hello_world_update"
@@ -177,24 +184,9 @@ def changed_requirements(repo: Path, old: str, new: str) -> list[str]:
 # --- the server -----------------------------------------------------------------------------------
 
 
-def server_url(config: dict[str, Any]) -> str:
-    """The running server's URL from its state file, else the one config.yaml names."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        url = json.loads((Path(config["run_dir"]) / "hello_world.state.json").read_text()).get("url")
-        if url:
-            return str(url).rstrip("/")
-    host, port = config["server"]["host"], config["server"]["port"]
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}"
-
-
-def http_get(url: str, timeout: float) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers={"Connection": "close"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+def running_server_url(config: dict[str, Any]) -> str:
+    """The running server's URL from its state file (it may run on another port), else config.yaml's."""
+    return RunFiles(Path(config["run_dir"])).read_state().get("url") or server_url(config)
 
 
 def serving_commit(url: str, timeout: float) -> str:
@@ -223,7 +215,7 @@ class Updater:
         self.remote, self.branch, self.mode = update["remote"], update["branch"], update["deploy"]
         self.run_dir = Path(config["run_dir"])
         self.timeout = config["validation"]["timeout"]
-        self.url = server_url(config)
+        self.url = running_server_url(config)
         self.serving = ""  # the rollback point
         self.head = ""
         self.target = ""
@@ -640,10 +632,8 @@ class Updater:
 
     def write_pending(self) -> None:
         data = {"pid": os.getpid(), "from": self.serving, "to": self.target, "started": time.time()}
-        temporary = self.pending.with_name(f".{self.pending.name}.{os.getpid()}")
         try:
-            temporary.write_text(json.dumps(data) + "\n")
-            os.replace(temporary, self.pending)
+            write_atomically(self.pending, json.dumps(data).encode() + b"\n")
         except OSError as exc:
             raise UpdateError(f"cannot write {self.pending}: {exc}") from None
 

@@ -34,8 +34,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hello_config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello_jobs import http_get, pid_alive  # noqa: E402
 
 log = logging.getLogger("monitor")
 
@@ -192,19 +191,6 @@ def require_binaries(names: list[str]) -> dict[str, str]:
     return {name: path for name, path in found.items() if path}
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
 def is_ours(pid: int, binary: str) -> bool:
     """The PID still runs the binary we started (PIDs get reused after a reboot or a crash)."""
     try:
@@ -247,9 +233,8 @@ def port_in_use(port: int) -> bool:
 
 def is_ready(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url + "/-/ready", timeout=1) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
+        return http_get(url + "/-/ready", timeout=1)[0] == 200
+    except OSError:
         return False
 
 

@@ -25,47 +25,19 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
 
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFiles, load_config, server_url  # noqa: E402
-
-
-def fetch(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """(status, body) of a GET; HTTP error statuses are returned, network errors raised as OSError."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def read_state(files: RunFiles) -> dict:
-    try:
-        return json.loads(files.statefile.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def process_gone(pid: int) -> bool:
-    """True when pid has exited (a zombie nobody has reaped yet counts as exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z")
-    return False
+from hello_jobs import http_get, pid_alive  # noqa: E402
 
 
 def start(config: dict, files: RunFiles, server_args: list[str]) -> int:
     pid = files.running_pid()
     if pid:
-        print(f"already running: pid {pid}, {read_state(files).get('url', '')}")
+        print(f"already running: pid {pid}, {files.read_state().get('url', '')}")
         return EXIT_OK
     files.run_dir.mkdir(parents=True, exist_ok=True)
     with open(files.logfile, "ab") as logfile:
@@ -87,7 +59,7 @@ def start(config: dict, files: RunFiles, server_args: list[str]) -> int:
             return EXIT_FAILED
         with contextlib.suppress(OSError):
             # The state file names the new PID once every worker is ready.
-            if read_state(files).get("pid") == proc.pid and fetch(url + "/readyz", timeout=1)[0] == 200:
+            if files.read_state().get("pid") == proc.pid and http_get(url + "/readyz", timeout=1)[0] == 200:
                 print(f"started: pid {proc.pid}, {url}, log {files.logfile}")
                 return EXIT_OK
         time.sleep(0.1)
@@ -106,7 +78,7 @@ def stop(config: dict, files: RunFiles) -> int:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + config["server"]["drain_timeout"] + 15
     while time.monotonic() < deadline:
-        if process_gone(pid):
+        if not pid_alive(pid):
             print(f"stopped: pid {pid}")
             return EXIT_OK
         time.sleep(0.05)
@@ -116,12 +88,12 @@ def stop(config: dict, files: RunFiles) -> int:
 
 def status(files: RunFiles, as_json: bool) -> int:
     pid = files.running_pid()
-    url = read_state(files).get("url", "")
+    url = files.read_state().get("url", "")
     report: dict = {"running": bool(pid), "pid": pid, "url": url}
     if pid:
         try:
-            report["readyz"] = fetch(url + "/readyz")[0]
-            report.update(json.loads(fetch(url + "/version")[1]))
+            report["readyz"] = http_get(url + "/readyz", timeout=2)[0]
+            report.update(json.loads(http_get(url + "/version", timeout=2)[1]))
         except (OSError, ValueError) as exc:
             report["error"] = f"{url} does not answer: {exc}"
     if as_json:
@@ -143,11 +115,11 @@ def reload(config: dict, files: RunFiles) -> int:
     if not pid:
         print("reload failed: the server is not running", file=sys.stderr)
         return EXIT_FAILED
-    before = read_state(files).get("reloads", 0)
+    before = files.read_state().get("reloads", 0)
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + config["server"]["reload_timeout"] + 15
-    while time.monotonic() < deadline and not process_gone(pid):
-        state = read_state(files)
+    while time.monotonic() < deadline and pid_alive(pid):
+        state = files.read_state()
         if state.get("reloads", 0) > before:
             outcome = state.get("last_reload", {})
             if outcome.get("ok"):
