@@ -8,6 +8,7 @@ process group by PID at teardown. Nothing is ever stopped by name.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -16,8 +17,10 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,9 +29,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "scripts"))  # tests import the scripts' functions too (e.g. `import service`)
+import monitor  # noqa: E402 - scripts/monitor.py: the one source of the Prometheus config
+
 PYTHON = sys.executable
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 T = TypeVar("T")
+RULES_DIR = REPO / "monitoring" / "rules"
 
 
 def free_port() -> int:
@@ -183,3 +189,107 @@ def hello_server(processes: ProcessRegistry, tmp_path: Path) -> Callable[..., He
         return HelloServer(processes, tmp_path / f"server{count}", workers, overrides)
 
     return start
+
+
+# --- Prometheus and the Pushgateway, real and on free ports ---
+
+
+def start_ready(
+    registry: ProcessRegistry, args: list[str], url: str, log_path: Path, timeout: float = 30
+) -> subprocess.Popen:
+    """Start a program logging to log_path and wait until url/-/ready answers 200; fail at once if it exits."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as out:
+        proc = registry.start(args, stdout=out, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"{args[0]} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+        return http_get(url + "/-/ready", timeout=1)[0] == 200
+
+    wait_until(ready, timeout, f"{url}/-/ready")
+    return proc
+
+
+def start_pushgateway(registry: ProcessRegistry, directory: Path, port: int | None = None) -> str:
+    """A ready Pushgateway on port (a free one by default), logging to directory/pushgateway.log; its URL."""
+    binary = require_tool("prometheus-pushgateway")
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    start_ready(registry, [binary, f"--web.listen-address=127.0.0.1:{port}"], url, directory / "pushgateway.log")
+    return url
+
+
+def write_prometheus_config(
+    path: Path,
+    scrape_interval: float,
+    hello_port: int,
+    pushgateway_url: str | None,
+    prometheus_port: int,
+    rules_dir: Path = RULES_DIR,
+) -> Path:
+    """A local Prometheus config at path, built by monitor.prometheus_config (the one source)."""
+    pushgateway_target = urllib.parse.urlsplit(pushgateway_url).netloc if pushgateway_url else None
+    config = monitor.prometheus_config(
+        scrape_interval,
+        f"127.0.0.1:{hello_port}",
+        pushgateway_target,
+        f"127.0.0.1:{prometheus_port}",
+        [str(rules_dir / monitor.RULES_GLOB)],
+    )
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@dataclass
+class Prometheus:
+    """A Prometheus started by start_prometheus, and what its config was written from."""
+
+    url: str
+    port: int
+    config_path: Path
+    scrape_interval: float
+    pushgateway_url: str | None
+    rules_dir: Path
+
+    def reload(self, hello_port: int) -> None:
+        """Rewrite the config to scrape the service on hello_port and POST /-/reload."""
+        write_prometheus_config(
+            self.config_path, self.scrape_interval, hello_port, self.pushgateway_url, self.port, self.rules_dir
+        )
+        assert http_get(f"{self.url}/-/reload", method="POST")[0] == 200
+
+
+def start_prometheus(
+    registry: ProcessRegistry,
+    directory: Path,
+    hello_port: int,
+    pushgateway_url: str | None,
+    scrape_interval: float,
+    rules_dir: Path = RULES_DIR,
+    port: int | None = None,
+) -> Prometheus:
+    """A ready Prometheus (lifecycle API on, for reload) with its config and data in directory."""
+    binary = require_tool("prometheus")
+    port = port or free_port()
+    prometheus = Prometheus(
+        f"http://127.0.0.1:{port}", port, directory / "prometheus.yml", scrape_interval, pushgateway_url, rules_dir
+    )
+    write_prometheus_config(prometheus.config_path, scrape_interval, hello_port, pushgateway_url, port, rules_dir)
+    args = [
+        binary,
+        f"--config.file={prometheus.config_path}",
+        f"--storage.tsdb.path={directory / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+    ]
+    start_ready(registry, args, prometheus.url, directory / "prometheus.log")
+    return prometheus
+
+
+def prometheus_query(url: str, expr: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The result of an instant query; fails naming expr unless Prometheus answers success."""
+    status, _, body = http_get(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=timeout)
+    answer = json.loads(body)
+    assert status == 200 and answer["status"] == "success", f"{expr}: {body[:300]!r}"
+    return answer["data"]["result"]

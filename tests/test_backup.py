@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import backup_script
-from conftest import PYTHON, REPO, free_port, http_get, require_tool, wait_until, write_config
+from conftest import PYTHON, REPO, free_port, http_get, require_tool, start_pushgateway, wait_until, write_config
 from hello_jobs import job_lock
 
 SCRIPT = str(REPO / "backup_script.py")
@@ -539,13 +539,7 @@ def test_seed_config_unquoted_time_schedules_at_that_time(tmp_path: Path, proces
 
 
 def test_metrics_pushed_to_a_real_pushgateway(tmp_path: Path, processes) -> None:
-    binary = require_tool("prometheus-pushgateway")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    processes.start(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_until(lambda: http_get(url + "/-/ready", timeout=1)[0] == 200, 20, "the Pushgateway")
+    url = start_pushgateway(processes, tmp_path / "pushgateway")
     source = tmp_path / "src"
     source.mkdir()
     (source / "a.txt").write_text("a\n")

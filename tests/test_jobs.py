@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, free_port, http_get, require_tool, wait_until
+from conftest import REPO, free_port, http_get, start_pushgateway
 from hello_jobs import LockHeld, job_lock, record_job
 
 HOLDER = f"""
@@ -90,13 +90,7 @@ def test_record_job_textfile_keeps_last_success_across_a_failure(tmp_path: Path)
 
 
 def test_record_job_pushes_to_a_real_pushgateway_and_a_dead_one_only_warns(tmp_path: Path, processes, caplog) -> None:
-    binary = require_tool("prometheus-pushgateway")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    processes.start(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_until(lambda: http_get(url + "/-/ready", timeout=1)[0] == 200, 20, "the Pushgateway")
+    url = start_pushgateway(processes, tmp_path / "pushgateway")
     config = {"run_dir": str(tmp_path / "run"), "monitoring": {"pushgateway": {"url": url}}}
     record_job(config, "hello_world_update", success=True, started=1.0, finished=2.0)
     body = http_get(url + "/metrics")[2].decode()

@@ -16,9 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +24,25 @@ import pytest
 import yaml
 
 import hello_jobs
-from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool, wait_until, write_config
+import lint_monitoring
+from conftest import (
+    PYTHON,
+    REPO,
+    RULES_DIR,
+    ProcessRegistry,
+    free_port,
+    http_get,
+    prometheus_query,
+    require_tool,
+    start_prometheus,
+    start_pushgateway,
+    wait_until,
+    write_config,
+)
 from hello_config import DEFAULT_PATH, load_config
-
-sys.path.insert(0, str(REPO / "scripts"))
-
-import lint_monitoring  # noqa: E402
 
 monitor = lint_monitoring.monitor  # scripts/monitor.py, as the lint script imports it
 
-RULES_DIR = REPO / "monitoring" / "rules"
 ALERTS = [
     "HelloWorldDown",
     "HelloWorldHighErrorRate",
@@ -481,25 +488,6 @@ def test_monitor_foreground_stops_both_on_ctrl_c(tmp_path: Path, processes: Proc
 # --- end to end: every dashboard panel's query returns data from a live Prometheus ---
 
 
-def start_ready(processes: ProcessRegistry, args: list[str], url: str, log: Path) -> None:
-    with open(log, "wb") as out:
-        proc = processes.start(args, stdout=out, stderr=subprocess.STDOUT)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"{args[0]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        return http_get(url + "/-/ready", timeout=1)[0] == 200
-
-    wait_until(ready, 30, f"{url}/-/ready")
-
-
-def query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
-    status, _, body = http_get(f"{prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
-    answer = json.loads(body)
-    assert status == 200 and answer["status"] == "success", f"{expr}: {body[:300]!r}"
-    return answer["data"]["result"]
-
-
 def has_number(result: list[dict[str, Any]]) -> bool:
     return any(math.isfinite(float(series["value"][1])) for series in result)
 
@@ -507,40 +495,11 @@ def has_number(result: list[dict[str, Any]]) -> bool:
 def test_every_dashboard_query_returns_data_from_a_live_prometheus(
     tmp_path: Path, processes: ProcessRegistry, hello_server
 ) -> None:
-    prometheus_bin = require_tool("prometheus")
-    pushgateway_bin = require_tool("prometheus-pushgateway")
     server = hello_server()
-    prometheus_port, pushgateway_port = free_port(), free_port()
-    prometheus_url, pushgateway_url = f"http://127.0.0.1:{prometheus_port}", f"http://127.0.0.1:{pushgateway_port}"
+    pushgateway_url = start_pushgateway(processes, tmp_path)
     # Fast, so the test needs only seconds of data; not 1 s, whose 1 s scrape timeout a loaded machine can miss.
     scrape_interval = 2.0
-
-    start_ready(
-        processes,
-        [pushgateway_bin, f"--web.listen-address=127.0.0.1:{pushgateway_port}"],
-        pushgateway_url,
-        tmp_path / "pushgateway.log",
-    )
-    config = monitor.prometheus_config(
-        scrape_interval,
-        f"127.0.0.1:{server.port}",
-        f"127.0.0.1:{pushgateway_port}",
-        f"127.0.0.1:{prometheus_port}",
-        [str(RULES_DIR / monitor.RULES_GLOB)],
-    )
-    config_path = tmp_path / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    start_ready(
-        processes,
-        [
-            prometheus_bin,
-            f"--config.file={config_path}",
-            f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
-            f"--web.listen-address=127.0.0.1:{prometheus_port}",
-        ],
-        prometheus_url,
-        tmp_path / "prometheus.log",
-    )
+    prometheus_url = start_prometheus(processes, tmp_path, server.port, pushgateway_url, scrape_interval).url
 
     # A backup and an update, recorded as the real scripts do: textfile and push to the Pushgateway.
     system = load_config(write_config(tmp_path / "jobs", {"monitoring": {"pushgateway": {"url": pushgateway_url}}}))
@@ -568,7 +527,7 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
 
         def answered(promql: str = promql) -> bool:
             traffic()
-            return has_number(query(prometheus_url, promql))
+            return has_number(prometheus_query(prometheus_url, promql))
 
         try:
             wait_until(answered, 30, f"panel {title!r} query {ref_id} to return data: {promql}", interval=0.5)
@@ -577,7 +536,7 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
             raise AssertionError(f"{exc}\ntargets: {targets[:2000]}\nserver log: {server.log()}") from None
 
     # The seed's query names a metric that does not exist: it stays empty, so "returns data" means something.
-    assert query(prometheus_url, "rate(hello_world_requests[5m])") == []
+    assert prometheus_query(prometheus_url, "rate(hello_world_requests[5m])") == []
 
     # The alert rules are loaded and evaluate cleanly; nothing that is fine fires.
     def rules_ok() -> list[dict[str, Any]]:

@@ -26,9 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool, wait_until, write_config
+from conftest import (
+    PYTHON,
+    REPO,
+    ProcessRegistry,
+    Prometheus,
+    free_port,
+    http_get,
+    prometheus_query,
+    require_tool,
+    start_prometheus,
+    start_pushgateway,
+    wait_until,
+    write_config,
+)
 
 sys.path.insert(0, str(REPO))
 import validation_test  # noqa: E402 - the module under test; its check registry names the checks
@@ -54,32 +66,9 @@ def checked(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 60
     return done.stdout
 
 
-def prometheus_query(url: str, expr: str) -> list[dict[str, Any]]:
-    status, _, body = http_get(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", timeout=2)
-    assert status == 200, body
-    return json.loads(body)["data"]["result"]
-
-
 def hello_targets(url: str) -> list[dict[str, Any]]:
     body = http_get(f"{url}/api/v1/targets?state=active", timeout=2)[2]
     return [t for t in json.loads(body)["data"]["activeTargets"] if t["labels"]["job"] == "hello-world"]
-
-
-def prometheus_yml(scrape_target: str, pushgateway_port: int, rules: Path) -> str:
-    return yaml.safe_dump(
-        {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(rules / "*.rules.yml")],
-            "scrape_configs": [
-                {"job_name": "hello-world", "static_configs": [{"targets": [scrape_target]}]},
-                {
-                    "job_name": "pushgateway",
-                    "honor_labels": True,
-                    "static_configs": [{"targets": [f"127.0.0.1:{pushgateway_port}"]}],
-                },
-            ],
-        }
-    )
 
 
 def monitoring_settles(prometheus: str) -> bool:
@@ -104,10 +93,9 @@ class Deployment:
     env: dict[str, str]
     server_url: str
     prometheus: str
-    prometheus_yml: Path
-    pushgateway_port: int
     backups: Path
     registry: ProcessRegistry
+    prometheus_server: Prometheus | None = None
 
     def validate(self, *args: str) -> tuple[int, dict[str, tuple[str, str]]]:
         """Run the checkout's validation_test.py --json; (exit code, {check function name: (status, detail)})."""
@@ -122,12 +110,10 @@ class Deployment:
             self.registry.adopt(int((self.root / "run" / "hello_world.pid").read_text()))
         return out
 
-    def reload_prometheus(self, target: str) -> None:
-        self.prometheus_yml.write_text(
-            prometheus_yml(target, self.pushgateway_port, self.checkout / "monitoring/rules")
-        )
-        status = http_get(f"{self.prometheus}/-/reload", method="POST")[0]
-        assert status == 200
+    def reload_prometheus(self, hello_port: int) -> None:
+        """Point Prometheus's hello-world job at hello_port and reload it."""
+        assert self.prometheus_server is not None, "Prometheus is not started yet"
+        self.prometheus_server.reload(hello_port)
 
     def git(self, *args: str) -> str:
         return checked(["git", *args], self.checkout, self.env).strip()
@@ -145,8 +131,8 @@ def copy_project(target: Path) -> None:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    prometheus_bin = require_tool("prometheus")
-    pushgateway_bin = require_tool("prometheus-pushgateway")
+    require_tool("prometheus")
+    require_tool("prometheus-pushgateway")
     require_tool("git")
     root = tmp_path_factory.mktemp("validation")
     registry = ProcessRegistry()
@@ -188,38 +174,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         env,
         f"http://127.0.0.1:{server_port}",
         prometheus,
-        root / "prometheus.yml",
-        pushgateway_port,
         root / "backups",
         registry,
     )
     try:
         deployment.hello("start")
-        logs = root / "logs"
-        logs.mkdir()
-        with open(logs / "pushgateway.log", "wb") as log:
-            registry.start(
-                [pushgateway_bin, f"--web.listen-address=127.0.0.1:{pushgateway_port}"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deployment.prometheus_yml.write_text(
-            prometheus_yml(f"127.0.0.1:{server_port}", pushgateway_port, checkout / "monitoring/rules")
+        pushgateway = start_pushgateway(registry, root, pushgateway_port)
+        deployment.prometheus_server = start_prometheus(
+            registry, root, server_port, pushgateway, 1.0, checkout / "monitoring" / "rules", prometheus_port
         )
-        with open(logs / "prometheus.log", "wb") as log:
-            registry.start(
-                [
-                    prometheus_bin,
-                    f"--config.file={deployment.prometheus_yml}",
-                    f"--storage.tsdb.path={root / 'prometheus-data'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                    "--web.enable-lifecycle",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        pushgateway_ready = f"http://127.0.0.1:{pushgateway_port}/-/ready"
-        wait_until(lambda: http_get(pushgateway_ready, timeout=1)[0] == 200, 30, "the Pushgateway")
         checked([PYTHON, str(checkout / "backup_script.py"), "create"], checkout, env)
         registry.start(
             [PYTHON, str(checkout / "backup_script.py"), "schedule"],
@@ -238,7 +201,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         version = json.loads(http_get(deployment.server_url + "/version")[2])
         assert version["commit"] == deployment.git("rev-parse", "HEAD")
 
-        wait_until(lambda: http_get(prometheus + "/-/ready", timeout=1)[0] == 200, 30, "Prometheus")
         wait_until(lambda: monitoring_settles(prometheus), 30, "Prometheus to hold the service's and jobs' metrics")
         yield deployment
     finally:
@@ -326,7 +288,7 @@ def test_a_checkout_one_commit_ahead_of_the_served_code_fails_the_commit_check(d
 def test_prometheus_scraping_a_wrong_port_fails_the_target_check(deployment: Deployment) -> None:
     wrong = free_port()
     right = urllib.parse.urlsplit(deployment.server_url).netloc
-    deployment.reload_prometheus(f"127.0.0.1:{wrong}")
+    deployment.reload_prometheus(wrong)
     try:
         wait_until(
             lambda: [
@@ -345,7 +307,7 @@ def test_prometheus_scraping_a_wrong_port_fails_the_target_check(deployment: Dep
         assert f"127.0.0.1:{wrong}" in detail and "connection refused" in detail, detail
         assert f"listens on port {right.split(':')[1]}" in detail
     finally:
-        deployment.reload_prometheus(right)
+        deployment.reload_prometheus(int(right.split(":")[1]))
         wait_until(
             lambda: (
                 all(t["health"] == "up" and right in t["scrapeUrl"] for t in hello_targets(deployment.prometheus))
