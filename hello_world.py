@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import http
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,7 +153,7 @@ def make_app(build: BuildInfo, state: WorkerState):
     from prometheus_client import CollectorRegistry, Gauge, multiprocess
     from prometheus_client.exposition import choose_encoder
 
-    routes = ("/", "/healthz", "/readyz", "/version", "/metrics")
+    routes = frozenset({"/", "/healthz", "/readyz", "/version", "/metrics"})
     metrics = RequestMetrics((*routes, "other"))
     build_info = Gauge(
         "hello_world_build_info", "The running version and commit.", ["version", "commit"], multiprocess_mode="livemax"
@@ -187,7 +189,7 @@ def make_app(build: BuildInfo, state: WorkerState):
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
-        route = path if path in static or path == "/readyz" or path == "/metrics" else "other"
+        route = path if path in routes else "other"
         if route == "other":
             status, headers, body = not_found
         elif method != "GET" and method != "HEAD":
@@ -208,6 +210,7 @@ def make_app(build: BuildInfo, state: WorkerState):
         metrics.observe(method, route, status, time.perf_counter() - started)
 
     app.metrics = metrics
+    app.static = static  # answers that never change while serving: the protocol may write them directly
     return app
 
 
@@ -220,11 +223,32 @@ def _has_http1_request_line(data: bytes) -> bool:
     return line_end == -1 or data[:line_end].rstrip(b"\r").endswith((b" HTTP/1.1", b" HTTP/1.0"))
 
 
-def _guarded_protocol(header_timeout: float, count_rejected):
+def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, access_log: bool):
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    # A GET of a static route is answered from bytes built once a second (uvicorn renews its date
+    # header every second), without the ASGI call: that call's task, events and messages are half the
+    # cost of a request to / here. The access log needs the ASGI path, so it turns this off.
+    direct_routes = {} if access_log else {path.encode(): path for path in app.static}
+    prebuilt: dict[tuple[str, bool], tuple[list, bytes]] = {}
+    answered = types.SimpleNamespace(response_complete=True, message_event=asyncio.Event())
+
+    def direct_answer(route: str, keep_alive: bool, default_headers: list) -> bytes:
+        cached = prebuilt.get((route, keep_alive))
+        if cached is not None and cached[0] is default_headers:
+            return cached[1]
+        status, headers, body = app.static[route]
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode())]
+        lines += [b"%s: %s\r\n" % header for header in (*default_headers, *headers)]
+        if not keep_alive:
+            lines.append(b"connection: close\r\n")
+        data = b"".join(lines) + b"\r\n" + body
+        prebuilt[(route, keep_alive)] = (default_headers, data)
+        return data
+
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol plus a header size cap (431) and a deadline for request headers (408)."""
+        """uvicorn's httptools protocol plus a header size cap (431), a deadline for request headers (408)
+        and direct answers to GETs of static routes."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
@@ -253,7 +277,36 @@ def _guarded_protocol(header_timeout: float, count_rejected):
             if self.header_timer is not None:
                 self.header_timer.cancel()
                 self.header_timer = None
-            super().on_headers_complete()
+            if not self.answer_directly():
+                super().on_headers_complete()
+
+        def answer_directly(self) -> bool:
+            """Write the prebuilt answer to a GET of a static route; False leaves the request to the app.
+
+            The app keeps everything else: other methods and routes, a query string, draining (its answers
+            say `Connection: close`), and a request pipelined behind one whose answer is not complete.
+            """
+            route = direct_routes.get(self.url)
+            if (
+                route is None
+                or state.draining
+                or self.parser.get_method() != b"GET"
+                or (self.cycle is not None and not self.cycle.response_complete)
+            ):
+                return False
+            started = time.perf_counter()
+            keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+            self.transport.write(direct_answer(route, keep_alive, self.server_state.default_headers))
+            self.cycle = answered  # what uvicorn's other callbacks look at: this request's answer is complete
+            self.server_state.total_requests += 1
+            if keep_alive:
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+            else:
+                self.transport.close()
+            app.metrics.observe("GET", route, 200, time.perf_counter() - started)
+            return True
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -265,13 +318,13 @@ def _guarded_protocol(header_timeout: float, count_rejected):
             super().connection_lost(exc)
 
         def send_400_response(self, msg: str) -> None:
-            count_rejected(400)
+            app.metrics.observe("other", "other", 400, 0.0)
             super().send_400_response(msg)
 
         def reject(self, status: int, reason: str) -> None:
             if self.transport.is_closing():
                 return
-            count_rejected(status)
+            app.metrics.observe("other", "other", status, 0.0)
             body = reason.encode() + b"\n"
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
@@ -294,9 +347,7 @@ def worker_main(listen_fd: int, ready_fd: int) -> int:
         return EXIT_CONFIG
     build, state = read_build_info(), WorkerState()
     app = make_app(build, state)
-    protocol = _guarded_protocol(
-        server_config["header_timeout"], lambda status: app.metrics.observe("other", "other", status, 0.0)
-    )
+    protocol = _guarded_protocol(app, state, server_config["header_timeout"], server_config["access_log"])
     config = uvicorn.Config(
         app,
         loop="uvloop",
@@ -511,8 +562,23 @@ class Supervisor:
             worker.proc.terminate()  # drain: the new workers already accept on the same socket
             worker.stop_deadline = time.monotonic() + self.server["drain_timeout"] + 5
         self.retiring.extend(old)
+        self.wait_until_not_accepting(old, timeout=5)
         log.info("reloaded: now serving %s (was %s)", self.serving(), before)
         self.save_state(reloads=count, last_reload={"ok": True, "reason": "", "at": time.time()})
+
+    def wait_until_not_accepting(self, workers: list[Worker], timeout: float) -> None:
+        """Wait until each worker has closed its copy of the listening socket (or exited).
+
+        A worker notices SIGTERM on its next tick (0.1 s): until then it still takes new connections
+        and answers them with the old code. Only after this is the new code all there is.
+        """
+        fd = self.listener.fileno()
+        listener = os.fstat(fd).st_ino
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            with contextlib.suppress(OSError):  # no such fd or process: not accepting
+                while os.stat(f"/proc/{worker.proc.pid}/fd/{fd}").st_ino == listener and time.monotonic() < deadline:
+                    time.sleep(0.005)
 
     def reap(self) -> None:
         for worker in list(self.retiring):

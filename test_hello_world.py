@@ -246,6 +246,29 @@ def raw_exchange(port: int, payload: bytes, timeout: float = 5) -> bytes:
         return with_reset
 
 
+def test_pipelined_and_http_1_0_requests_are_answered_in_order(hello_server):
+    server = hello_server()
+    requests = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ]
+    answer = raw_exchange(server.port, b"".join(requests))  # one write: the server sees them pipelined
+    parts = answer.split(b"HTTP/1.1 ")[1:]
+    assert [part[:3] for part in parts] == [b"200"] * 5, answer[:300]
+    assert parts[0].endswith(b"\r\n\r\nHello, World!\n")
+    assert b"hello_world_requests_total" in parts[1]
+    assert parts[2].endswith(b"}\n") and b'"commit"' in parts[2]
+    assert parts[3].endswith(b"\r\n\r\n")  # HEAD: no body
+    assert b"connection: close" in parts[4] and parts[4].endswith(b"Hello, World!\n")
+
+    answer = raw_exchange(server.port, b"GET / HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"Hello, World!\n")
+    assert b"connection: close" in answer
+
+
 def test_malformed_and_slow_clients_never_hurt_others(hello_server):
     server = hello_server(overrides={"server": {"header_timeout": "1s", "keep_alive_timeout": "2s"}})
     rng = random.Random(7)
