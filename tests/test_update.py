@@ -95,6 +95,8 @@ def assert_step(result: subprocess.CompletedProcess, name: str, outcome: str = "
 def assert_quiet_load(load: Load, wrong_body_allowed: bool = False) -> None:
     assert load.counts["ok"] > 20, load.counts
     assert load.counts["failed"] == 0, (load.counts, load.errors)
+    # A keep-alive connection closed without `Connection: close` is the failure a drain prevents.
+    assert load.counts["reconnects"] == 0, (load.counts, load.errors)
     if not wrong_body_allowed:
         assert load.counts["wrong_body"] == 0, (load.counts, load.errors)
 
