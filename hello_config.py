@@ -88,10 +88,6 @@ def _string(value: Any) -> str:
     return value
 
 
-def _optional_string(value: Any) -> str | None:
-    return None if value is None else _string(value)
-
-
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(f"expected true or false, {_got(value)}")
@@ -310,6 +306,11 @@ def server_url(config: dict[str, Any]) -> str:
         "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
     )
     return f"http://{shown}:{port}"
+
+
+def served_url(config: dict[str, Any]) -> str:
+    """The URL the running server answers on (its state file: it may run with another --port), else server_url."""
+    return RunFiles(Path(config["run_dir"])).read_state().get("url") or server_url(config)
 
 
 @dataclass(frozen=True)

@@ -59,9 +59,8 @@ from hello_config import (
     EXIT_LOCKED,
     EXIT_OK,
     ConfigError,
-    RunFiles,
     load_config,
-    server_url,
+    served_url,
 )
 from hello_jobs import LockHeld, http_get, job_lock, record_job, write_atomically
 
@@ -184,11 +183,6 @@ def changed_requirements(repo: Path, old: str, new: str) -> list[str]:
 # --- the server -----------------------------------------------------------------------------------
 
 
-def running_server_url(config: dict[str, Any]) -> str:
-    """The running server's URL from its state file (it may run on another port), else config.yaml's."""
-    return RunFiles(Path(config["run_dir"])).read_state().get("url") or server_url(config)
-
-
 def serving_commit(url: str, timeout: float) -> str:
     """The commit /version reports; UpdateError when the server does not answer or cannot tell."""
     try:
@@ -215,7 +209,7 @@ class Updater:
         self.remote, self.branch, self.mode = update["remote"], update["branch"], update["deploy"]
         self.run_dir = Path(config["run_dir"])
         self.timeout = config["validation"]["timeout"]
-        self.url = running_server_url(config)
+        self.url = served_url(config)
         self.serving = ""  # the rollback point
         self.head = ""
         self.target = ""

@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, server_url
+from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, served_url
 
 log = logging.getLogger("validation")
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: 10x faster
@@ -212,7 +212,7 @@ class Context:
         self.config = config
         self.timeout = float(config["validation"]["timeout"])
         monitoring = config["monitoring"]
-        self.server = Endpoint("hello-world server", server_url(config), self.timeout)
+        self.server = Endpoint("hello-world server", served_url(config), self.timeout)
         prom, push, grafana = (monitoring[key]["url"] for key in ("prometheus", "pushgateway", "grafana"))
         self.prometheus = Endpoint("Prometheus", prom, self.timeout) if prom else None
         self.pushgateway = Endpoint("Pushgateway", push, self.timeout) if push else None
