@@ -308,6 +308,20 @@ def server_url(config: dict[str, Any]) -> str:
     return f"http://{shown}:{port}"
 
 
+def apply_server_flags(config: dict[str, Any], host: str | None, port: int | None, workers: int | None) -> dict:
+    """Put --host, --port and --workers over system.server, checked like the file's values; return those given."""
+    checks = {"host": _string, "port": _port, "workers": SCHEMA["system"]["server"]["workers"][0]}
+    flags = {}
+    for key, value in (("host", host), ("port", port), ("workers", workers)):
+        if value is not None:
+            try:
+                flags[key] = checks[key](value)
+            except _Invalid as exc:
+                raise ConfigError(f"--{key}: {exc}") from None
+    config["server"].update(flags)
+    return flags
+
+
 def served_url(config: dict[str, Any]) -> str:
     """The URL the running server answers on (its state file: it may run with another --port), else server_url."""
     return RunFiles(Path(config["run_dir"])).read_state().get("url") or server_url(config)

@@ -25,8 +25,8 @@ Files in system.run_dir: hello_world.pid (the supervisor), hello_world.log
 (background mode), hello_world.state.json (URL, commit, last reload result),
 multiproc/ (the metric files of the workers, emptied at start).
 
-Exit codes: 0 success; 1 failed (port taken, new code refused, not running
-for `status`); 2 bad usage or config.
+Exit codes: 0 success; 1 failed (the port is taken, the workers cannot start);
+2 bad usage or config.
 """
 
 from __future__ import annotations
@@ -51,13 +51,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFiles, load_config, server_url
+from hello_config import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigError,
+    RunFiles,
+    apply_server_flags,
+    load_config,
+    server_url,
+)
 from hello_jobs import write_atomically
 
 VERSION = "1.0.0"
 REPO_DIR = Path(__file__).resolve().parent
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"
-MAX_HEADER_BYTES = 32 * 1024  # as nginx's default large_client_header_buffers
+MAX_HEADER_BYTES = 32 * 1024  # a request line and headers, as nginx's default large_client_header_buffers
+MAX_PENDING_HEADER_BYTES = 1024 * 1024  # what httptools may buffer for headers that never end
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 
@@ -217,12 +227,6 @@ def make_app(build: BuildInfo, state: WorkerState):
 # --- the worker: uvicorn with a drain step and the limits httptools lacks -------------------------
 
 
-def _has_http1_request_line(data: bytes) -> bool:
-    """False when the first line of a request is complete and lacks an HTTP/1.x version."""
-    line_end = data.find(b"\n")
-    return line_end == -1 or data[:line_end].rstrip(b"\r").endswith((b" HTTP/1.1", b" HTTP/1.0"))
-
-
 def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, access_log: bool):
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -252,33 +256,50 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
-            self.in_headers, self.header_bytes, self.header_timer = True, 0, None
+            self.reading_headers, self.header_bytes, self.pending_bytes, self.header_timer = False, 0, 0, None
             # uvicorn arms its idle timer only after a first response: a client that never sends is closed too.
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
 
         def data_received(self, data: bytes) -> None:
-            if self.in_headers:
-                self.header_bytes += len(data)
-                if self.header_bytes > MAX_HEADER_BYTES:
+            if self.reading_headers:  # headers that keep coming: bound what the parser buffers for them
+                self.pending_bytes += len(data)
+                if self.pending_bytes > MAX_PENDING_HEADER_BYTES:
                     self.reject(431, "Request Header Fields Too Large")
-                    return
-                if self.header_bytes == len(data) and not _has_http1_request_line(data):
-                    self.reject(400, "Bad Request")  # llhttp would answer an HTTP/0.9 line without a version
                     return
             super().data_received(data)
             # Most requests arrive whole; only a partial one starts the clock (a timer per request costs).
-            if self.in_headers and self.header_bytes and self.header_timer is None and not self.transport.is_closing():
+            if self.reading_headers and self.header_timer is None and not self.transport.is_closing():
                 self.header_timer = self.loop.call_later(header_timeout, self.reject, 408, "Request Timeout")
 
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.reading_headers, self.header_bytes, self.pending_bytes = True, 0, 0
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            self.header_bytes += len(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            super().on_header(name, value)
+            self.header_bytes += len(name) + len(value)
+
         def on_headers_complete(self) -> None:
-            self.in_headers, self.header_bytes = False, 0
+            self.reading_headers = False
             if self.header_timer is not None:
                 self.header_timer.cancel()
                 self.header_timer = None
-            if not self.answer_directly():
+            if self.header_bytes > MAX_HEADER_BYTES:
+                self.reject_request(431, "Request Header Fields Too Large")
+            elif self.parser.get_http_version() == "0.9":
+                self.reject_request(400, "Bad Request")  # a request line without a version: llhttp takes it
+            elif not self.answer_directly():
                 super().on_headers_complete()
+
+        def reject_request(self, status: int, reason: str) -> None:
+            self.cycle = answered  # uvicorn's callbacks for the rest of this request see it finished
+            self.reject(status, reason)
 
         def answer_directly(self) -> bool:
             """Write the prebuilt answer to a GET of a static route; False leaves the request to the app.
@@ -308,10 +329,6 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
             app.metrics.observe("GET", route, 200, time.perf_counter() - started)
             return True
 
-        def on_message_complete(self) -> None:
-            super().on_message_complete()
-            self.in_headers = True
-
         def connection_lost(self, exc: Exception | None) -> None:
             if self.header_timer is not None:
                 self.header_timer.cancel()
@@ -340,11 +357,7 @@ def worker_main(listen_fd: int, ready_fd: int) -> int:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    try:
-        server_config = load_config()["server"]
-    except ConfigError as exc:
-        os.write(ready_fd, f"failed: {exc}".encode())
-        return EXIT_CONFIG
+    server_config = json.loads(os.environ[SETTINGS_ENV])  # checked by the supervisor, never re-read here
     build, state = read_build_info(), WorkerState()
     app = make_app(build, state)
     protocol = _guarded_protocol(app, state, server_config["header_timeout"], server_config["access_log"])
@@ -396,6 +409,16 @@ def worker_main(listen_fd: int, ready_fd: int) -> int:
     return EXIT_OK
 
 
+SETTINGS_ENV = "HELLO_SERVER_SETTINGS"  # system.server as the supervisor checked it, for its workers
+CONFIG_READER = """
+import json, sys
+import hello_config
+try:
+    print(json.dumps(hello_config.load_config()["server"]))
+except hello_config.ConfigError as exc:
+    sys.exit(str(exc))
+"""
+
 # The worker command: imports hello_world.py fresh from disk, so a reload serves the new code, and
 # reports an import error (a syntax error in new code) on the ready pipe instead of dying silently.
 WORKER_BOOTSTRAP = """
@@ -443,7 +466,11 @@ class Supervisor:
 
     def spawn(self) -> Worker:
         read_end, write_end = os.pipe()
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.files.multiproc)}
+        env = {
+            **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": str(self.files.multiproc),
+            SETTINGS_ENV: json.dumps(self.server),
+        }
         args = [sys.executable, "-c", WORKER_BOOTSTRAP, str(REPO_DIR), str(self.listener.fileno()), str(write_end)]
         try:
             proc = subprocess.Popen(args, pass_fds=(self.listener.fileno(), write_end), env=env, cwd=REPO_DIR)
@@ -513,7 +540,7 @@ class Supervisor:
     def save_state(self, **changes: Any) -> None:
         if self.workers:
             _, version, commit = self.workers[0].message.split()
-            self.state.update(version=version, commit=commit)
+            self.state.update(version=version, commit=commit, workers=len(self.workers))
         self.state.update(changes)
         write_atomically(self.files.statefile, json.dumps(self.state, indent=2).encode() + b"\n")
 
@@ -529,12 +556,21 @@ class Supervisor:
         return None
 
     def reread_config(self) -> str | None:
-        """Take the config file's server settings as they are now; why not, if the file is bad."""
+        """Take the config file's server settings as they are now; why not, if the file is bad.
+
+        The code on disk reads it (a child process), not this process's copy of hello_config: an
+        update may bring new keys that only the new code knows.
+        """
         try:
-            config = load_config()
-        except ConfigError as exc:
-            return str(exc)
-        server = {**config["server"], **self.flags}
+            result = subprocess.run(
+                [sys.executable, "-c", CONFIG_READER], cwd=REPO_DIR, capture_output=True, text=True, timeout=60
+            )
+        except subprocess.TimeoutExpired:
+            return "reading the config took over 60 s"
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines()
+            return lines[-1] if lines else f"reading the config failed with exit code {result.returncode}"
+        server = {**json.loads(result.stdout), **self.flags}
         if (server["host"], server["port"]) != (self.server["host"], self.server["port"]):
             log.warning(
                 "reload keeps listening on %s:%d: a new host or port needs a restart",
@@ -679,21 +715,11 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     try:
         config = load_config()
-        flags = server_flags(options)
+        flags = apply_server_flags(config, options.host, options.port, options.workers)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    config["server"].update(flags)
     return serve(config, flags)
-
-
-def server_flags(options: argparse.Namespace) -> dict:
-    """--host, --port and --workers, which override system.server, checked like the file's values."""
-    for key, high in (("port", 65535), ("workers", 64)):
-        value = getattr(options, key)
-        if value is not None and not 1 <= value <= high:
-            raise ConfigError(f"--{key}: expected a whole number from 1 to {high}, got {value}")
-    return {key: getattr(options, key) for key in ("host", "port", "workers") if getattr(options, key) is not None}
 
 
 if __name__ == "__main__":

@@ -269,6 +269,16 @@ def test_pipelined_and_http_1_0_requests_are_answered_in_order(hello_server):
     assert b"connection: close" in answer
 
 
+def test_big_bodies_and_long_pipelines_are_not_taken_for_big_headers(hello_server):
+    server = hello_server()
+    body = b"x" * 40_000
+    answer = raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 40000\r\n\r\n" + body)
+    assert answer.startswith(b"HTTP/1.1 405"), answer[:60]
+    requests = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2000 + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
+    answer = raw_exchange(server.port, requests, timeout=20)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2001 and answer.count(b"Hello, World!\n") == 2001
+
+
 def test_malformed_and_slow_clients_never_hurt_others(hello_server):
     server = hello_server(overrides={"server": {"header_timeout": "1s", "keep_alive_timeout": "2s"}})
     rng = random.Random(7)
@@ -466,6 +476,32 @@ def test_reload_to_broken_code_keeps_the_old_code_serving(checkout):
     assert client.failures == []
     assert served_commit(checkout) == good
     assert make(checkout, "status").returncode == 0
+
+
+def test_reload_takes_the_config_as_it_is_now(checkout):
+    assert make(checkout, "start").returncode == 0
+    config = Path(checkout["env"]["HELLO_CONFIG"])
+    good = config.read_text()
+    config.write_text(good.replace("workers: 2", "workers: 0"))
+    result = make(checkout, "reload")
+    assert result.returncode != 0
+    assert "system.server.workers: expected a whole number from 1 to 64, got 0" in result.stderr
+    assert http_get(checkout["url"] + "/")[2] == b"Hello, World!\n"
+    config.write_text(good.replace("workers: 2", "workers: 3"))
+    assert make(checkout, "reload").returncode == 0
+    assert json.loads(checkout["pidfile"].with_name("hello_world.state.json").read_text())["workers"] == 3
+
+
+def test_bad_flags_of_make_start_exit_2(checkout):
+    result = subprocess.run(
+        [PYTHON, str(checkout["dir"] / "scripts" / "service.py"), "start", "--port", "70000"],
+        env=checkout["env"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "--port: expected a whole number from 1 to 65535, got 70000"
 
 
 def test_make_run_serves_on_the_port_given(processes, tmp_path):

@@ -30,7 +30,16 @@ from pathlib import Path
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
 
-from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFiles, load_config, server_url  # noqa: E402
+from hello_config import (  # noqa: E402
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigError,
+    RunFiles,
+    apply_server_flags,
+    load_config,
+    server_url,
+)
 from hello_jobs import http_get, pid_alive  # noqa: E402
 
 
@@ -75,7 +84,8 @@ def stop(config: dict, files: RunFiles) -> int:
     if not pid:
         print("not running")
         return EXIT_OK
-    os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):  # it may have exited since we read the pidfile
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + config["server"]["drain_timeout"] + 15
     while time.monotonic() < deadline:
         if not pid_alive(pid):
@@ -145,12 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    server_args = []
-    for key in ("host", "port", "workers"):
-        value = getattr(args, key)
-        if value is not None:
-            config["server"][key] = value
-            server_args += [f"--{key}", str(value)]
+    try:
+        flags = apply_server_flags(config, args.host, args.port, args.workers)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    server_args = [part for key, value in flags.items() for part in (f"--{key}", str(value))]
     files = RunFiles(Path(config["run_dir"]))
     if args.command == "start":
         return start(config, files, server_args)
