@@ -72,7 +72,7 @@ up: ## start the docker compose stack (needs a Docker engine and .env)
 	HELLO_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) docker compose up -d --build
 
 down: ## stop the docker compose stack
-	docker compose down
+	GF_ADMIN_PASSWORD=$${GF_ADMIN_PASSWORD:-unused} docker compose down
 
 cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml
 	@$(PY) scripts/cron.py
@@ -94,5 +94,7 @@ lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint
 check-config: $(RUNTIME_STAMP) ## check config.yaml (or HELLO_CONFIG) and print it normalised
 	@$(PY) hello_config.py
 
-clean: ## remove the venv, caches and run/ (never backups/)
+clean: ## stop start/monitor, then remove the venv, caches and run/ (never backups/)
+	-@[ ! -x $(PY) ] || $(PY) scripts/service.py stop
+	-@[ ! -x $(PY) ] || $(PY) scripts/monitor.py stop
 	rm -rf $(VENV) .pytest_cache .ruff_cache run

@@ -38,10 +38,12 @@ import logging
 import os
 import pwd
 import re
+import shutil
 import signal
 import stat
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -80,10 +82,6 @@ class UsageError(Exception):
     """Bad arguments or settings (exit 2)."""
 
 
-class UnsafeArchive(BackupError):
-    """An archive member that would land outside the restore target, or that must not be restored."""
-
-
 class Terminated(Exception):
     """SIGTERM during a one-shot command: clean up and exit 1."""
 
@@ -93,16 +91,17 @@ class Archive:
     path: Path
     created: datetime  # UTC, from the name
 
-    @property
-    def sidecar(self) -> Path:
-        return self.path.with_name(self.path.name + SIDECAR)
-
 
 # --- archives on disk ---
 
 
 def archive_name(when: datetime) -> str:
     return f"{PREFIX}{when.astimezone(UTC).strftime(STAMP_FORMAT)}{SUFFIX}"
+
+
+def sidecar_path(archive: Path) -> Path:
+    """The checksum file beside an archive: <archive>.sha256."""
+    return archive.with_name(archive.name + SIDECAR)
 
 
 def parse_archive(path: Path) -> Archive | None:
@@ -162,7 +161,7 @@ def sha256_file(path: Path) -> str:
 
 def check_checksum(path: Path) -> str:
     """Raise BackupError unless path's sidecar exists, names it, and matches its bytes; return the digest."""
-    sidecar = path.with_name(path.name + SIDECAR)
+    sidecar = sidecar_path(path)
     try:
         line = sidecar.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -452,7 +451,7 @@ def _free_name(destination: Path) -> Path:
     while True:
         now = datetime.now(UTC)
         final = destination / archive_name(now)
-        if not final.exists() and not final.with_name(final.name + SIDECAR).exists():
+        if not final.exists() and not sidecar_path(final).exists():
             return final
         time.sleep(1.02 - now.microsecond / 1e6)
 
@@ -469,7 +468,7 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
     remove_leftovers(destination)
     dest_stat = destination.stat()
     final = _free_name(destination)
-    sidecar = final.with_name(final.name + SIDECAR)
+    sidecar = sidecar_path(final)
     temp = final.with_name(f".{final.name}{PARTIAL}")
     temp_sidecar = final.with_name(f".{sidecar.name}{PARTIAL}")
     try:
@@ -497,24 +496,32 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
 
 
 def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
-    """One backup under the lock, then prune, then the metrics; return the exit code."""
+    """One backup under the lock, then its metrics, then prune; return the exit code.
+
+    The job is recorded (success or failure) as soon as the archive is written or has failed. Pruning comes
+    after: a prune that fails is only a warning, since the backup itself succeeded (exit 0, success 1).
+    """
     try:
         with job_lock(Path(config["run_dir"]) / "backup.lock"):
             started = time.time()
-            extra: dict[str, float] = {}  # a failed run reports its duration, and no size
             try:
                 archive, size = create(config, progress=Progress(show_progress))
                 duration = time.time() - started
                 extra = {f"{JOB}_size_bytes": float(size), f"{JOB}_duration_seconds": duration}
                 print(f"created {archive.path}")
                 print(f"  size {size} bytes ({size / 1e6:.1f} MB), took {duration:.2f} s")
-                prune(config, dry_run=False, known_good=archive.path)
             except BaseException:
                 finished = time.time()
-                extra = {f"{JOB}_duration_seconds": finished - started}
+                extra = {f"{JOB}_duration_seconds": finished - started}  # a failed run: its duration, no size
                 record_job(config, JOB, success=False, started=started, finished=finished, extra=extra)
                 raise
             record_job(config, JOB, success=True, started=started, finished=time.time(), extra=extra)
+            try:
+                prune(config, dry_run=False, known_good=archive.path)
+            except Terminated:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever stopped the prune, the backup stands
+                log.warning("backup %s succeeded, but pruning old archives failed: %s", archive.path, exc)
     except LockHeld as exc:
         log.error("another backup run holds %s (PID %s); not starting", exc.path, exc.pid)
         return EXIT_LOCKED
@@ -635,7 +642,7 @@ def unsafe_reason(member: tarfile.TarInfo, links: dict[str, str]) -> str | None:
 
 
 def scan_archive(path: Path) -> int:
-    """Raise UnsafeArchive naming the first member that must not be restored; return the member count."""
+    """Raise BackupError naming the first member that must not be restored; return the member count."""
     links: dict[str, str] = {}
     count = 0
     try:
@@ -644,7 +651,7 @@ def scan_archive(path: Path) -> int:
                 count += 1
                 reason = unsafe_reason(member, links)
                 if reason:
-                    raise UnsafeArchive(f"{path}: refusing to restore: member {member.name!r}: {reason}")
+                    raise BackupError(f"{path}: refusing to restore: member {member.name!r}: {reason}")
                 if member.issym():
                     links["/".join(_parts(member.name))] = member.linkname
     except BackupError:
@@ -655,7 +662,7 @@ def scan_archive(path: Path) -> int:
     for name, target in links.items():
         parts = _parts(name)
         if _resolve(parts[:-1] + target.split("/"), links) is None:
-            raise UnsafeArchive(f"{path}: refusing to restore: symbolic link {name!r} leads outside the target")
+            raise BackupError(f"{path}: refusing to restore: symbolic link {name!r} leads outside the target")
     return count
 
 
@@ -664,16 +671,17 @@ def _inside(path: str, root: str) -> bool:
 
 
 def extract(path: Path, target: Path) -> int:
-    """Extract a scanned archive into target, keeping modes, times, owners (as root) and links."""
+    """Extract a scanned archive into the (new, empty) folder target, keeping modes, times, owners (as root)
+    and links."""
     root = os.path.realpath(target)
     directories: list[tarfile.TarInfo] = []
     count = 0
     with open_tar_stream(path) as tar:
         for member in iter_members(tar):
             destination = os.path.join(root, *_parts(member.name))
-            # Pre-existing content (restore --force) must not redirect us either.
+            # Nothing already in the folder may redirect us either (a second safeguard after scan_archive).
             if not _inside(os.path.realpath(os.path.dirname(destination)), root):
-                raise UnsafeArchive(f"{member.name}: its folder in {target} leads outside the target")
+                raise BackupError(f"{member.name}: its folder in {target} leads outside the target")
             if not member.isdir() and os.path.lexists(destination) and not os.path.isdir(destination):
                 os.unlink(destination)  # replace links and files, never write through them
             tar.extract(member, root, set_attrs=not member.isdir(), filter="fully_trusted")
@@ -690,21 +698,103 @@ def extract(path: Path, target: Path) -> int:
     return count
 
 
+def _remove_tree(path: Path) -> None:
+    """Delete a folder and all it holds, restored read-only folders included."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(path, 0o700)
+    for folder, dirs, _files in os.walk(path):
+        for name in dirs:
+            inner = os.path.join(folder, name)
+            if not os.path.islink(inner):  # chmod follows links: never touch what a link points to
+                os.chmod(inner, 0o700)  # before os.walk goes in: it must list it, rmtree must empty it
+    shutil.rmtree(path)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """mkdir -p folder; return the folders it made, deepest first (to remove them again on failure)."""
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir()
+    return missing
+
+
+def restore_into(path: Path, target: Path, *, replace: bool) -> int:
+    """Restore a scanned archive as target, all or nothing; return the member count.
+
+    The archive is extracted into a dot-named folder beside target (same filesystem), which then takes
+    target's place: renamed over a missing or empty target, or, with replace, swapped in after the old target
+    was renamed aside to a dot-named folder, which is deleted last. On any failure the new folder is deleted
+    and target is left as it was.
+    """
+    parent = target.parent
+    old = target.stat() if target.is_dir() else None
+    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.restoring-", dir=parent))
+    aside: Path | None = None
+    moved_aside = placed = False
+    try:
+        count = extract(path, temp)
+        # The folder itself as the old target was (or as mkdir would make it), not mkdtemp's 0700.
+        if old is not None:
+            with contextlib.suppress(PermissionError):
+                os.chown(temp, old.st_uid, old.st_gid)
+            os.chmod(temp, stat.S_IMODE(old.st_mode))
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o777 & ~umask)
+        if replace:
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=parent))
+            os.rename(target, aside)  # over the empty folder mkdtemp made
+            moved_aside = True
+        os.rename(temp, target)  # over a missing or empty target
+        placed = True
+    except BaseException:
+        try:
+            if moved_aside and not placed:
+                os.rename(aside, target)  # the old contents back in place
+        finally:
+            with contextlib.suppress(OSError):
+                _remove_tree(temp)
+            if aside is not None:
+                with contextlib.suppress(OSError):
+                    os.rmdir(aside)  # only ever removes it empty: mkdtemp's folder, never old contents
+        raise
+    with contextlib.suppress(OSError):
+        fsync_dir(parent)
+    if aside is not None:
+        try:
+            _remove_tree(aside)
+        except OSError as exc:
+            log.warning("restored into %s, but could not delete its old contents at %s: %s", target, aside, exc)
+    return count
+
+
 def run_restore(archive: str, target: str, force: bool) -> int:
     path = _archive_arg(archive)
     target_path = Path(target)
     if target_path.exists() and not target_path.is_dir():
         raise UsageError(f"--target {target}: not a directory")
-    if target_path.is_dir() and any(os.scandir(target_path)) and not force:
-        raise UsageError(f"--target {target}: not empty (add --force to restore into it)")
+    replace = target_path.is_dir() and any(os.scandir(target_path))
+    if replace and not force:
+        raise UsageError(f"--target {target}: not empty (add --force to replace its contents)")
     started = time.monotonic()
     check_checksum(path)
     scan_archive(path)
-    target_path.mkdir(parents=True, exist_ok=True)
+    final = Path(os.path.realpath(target_path))  # a target given through a link: the folder it names
+    made: list[Path] = []
     try:
-        count = extract(path, target_path)
-    except (OSError, tarfile.TarError) as exc:
-        raise BackupError(f"restoring {path} into {target} failed part way: {exc}") from None
+        made = _make_parents(final.parent)
+        count = restore_into(path, final, replace=replace)
+    except BaseException as exc:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(exc, OSError | tarfile.TarError):
+            raise BackupError(f"restoring {path} into {target} failed ({exc}); {target} was left as it was") from None
+        raise
     print(f"restored {count} members of {path} into {target_path} in {time.monotonic() - started:.2f} s")
     return EXIT_OK
 
@@ -773,7 +863,7 @@ def prune(config: dict[str, Any], *, dry_run: bool, known_good: Path | None = No
             continue
         # The archive goes first, its sidecar after: a final-named archive never lacks its sidecar.
         _unlink_quietly(path)
-        _unlink_quietly(path.with_name(path.name + SIDECAR))
+        _unlink_quietly(sidecar_path(path))
         log.info("pruned %s", path)
     if doomed and not dry_run:
         fsync_dir(Path(config["backup"]["destination"]))
@@ -912,6 +1002,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backup_script.py: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except BackupError as exc:
+        print(f"backup_script.py: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, tarfile.TarError) as exc:  # one line naming the problem, never a traceback
         print(f"backup_script.py: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (Terminated, KeyboardInterrupt):

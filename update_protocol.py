@@ -7,12 +7,14 @@ Run it:
 Steps, each printed with its outcome and duration; the first failure stops the run:
 
   lock       one update at a time: <run_dir>/update.lock (hello_jobs.job_lock); held by a live run -> exit 75
-  preflight  clean working tree, on system.update.branch, the remote answers `git ls-remote`, and the server
-             answers /version: the commit it serves is the rollback point. A server that is not running is
-             refused (exit 1): without a serving commit there is nothing to roll back to (`make start` first).
+  preflight  system.update.test_command splits as a shell would (an unbalanced quote is refused), clean working
+             tree, on system.update.branch, the remote answers `git ls-remote`, and the server answers
+             /version: the commit it serves is the rollback point. A server that is not running is refused
+             (exit 1): without a serving commit there is nothing to roll back to (`make start` first).
   fetch      `git fetch` then `git merge --ff-only`; a remote that is not a fast-forward of the checkout (or of
              the serving commit) is refused with nothing changed. Nothing new: exit 0, nothing else done.
-  test       system.update.test_command in the checkout; failure -> `git reset --hard <serving>`, nothing deployed
+  test       system.update.test_command in the checkout; failure (or a command that cannot run) ->
+             `git reset --hard <serving>`, nothing deployed
   build      local: `pip install -r` of the requirements files that changed (none changed: skipped);
              compose: `docker compose build --build-arg COMMIT=<sha> hello-world` with HELLO_COMMIT=<sha>
              (docker-compose.yml tags the image hello-world:<sha>; a fixed image name is also tagged <sha>)
@@ -234,11 +236,8 @@ class Updater:
     def run_locked(self) -> int:
         with self.report.step("preflight") as note:
             remote_tip = self.preflight(note)
-        force = self.args.force or bool(self.recovering)
-        if not force and remote_tip == self.head == self.serving:
-            self.report.outcome = "up-to-date"
+        if self.up_to_date(remote_tip):
             self.target = self.serving
-            self.report.say(f"nothing new: {self.remote}/{self.branch} is {short(remote_tip)}, which is serving")
             return EXIT_OK
         with self.report.step("fetch") as note:
             self.fetch(note, merge=True)
@@ -273,12 +272,18 @@ class Updater:
         self.pending.unlink(missing_ok=True)
         return EXIT_FAILED
 
+    def up_to_date(self, remote_tip: str) -> bool:
+        """Nothing to do (no --force, no interrupted update to finish): say so and set the outcome."""
+        if self.args.force or self.recovering or not remote_tip == self.head == self.serving:
+            return False
+        self.report.outcome = "up-to-date"
+        self.report.say(f"nothing new: {self.remote}/{self.branch} is {short(remote_tip)}, which is serving")
+        return True
+
     def dry_run(self) -> int:
         with self.report.step("preflight") as note:
             remote_tip = self.preflight(note)
-        if not (self.args.force or self.recovering) and remote_tip == self.head == self.serving:
-            self.report.say(f"nothing new: {self.remote}/{self.branch} is {short(remote_tip)}, which is serving")
-            self.report.outcome = "up-to-date"
+        if self.up_to_date(remote_tip):
             return EXIT_OK
         with self.report.step("fetch") as note:
             self.fetch(note, merge=False)
@@ -292,8 +297,8 @@ class Updater:
         return EXIT_OK
 
     def plan(self) -> list[tuple[str, str]]:
-        changed = changed_requirements(self.repo, self.serving, self.target) if self.mode == "local" else []
         if self.mode == "local":
+            changed = changed_requirements(self.repo, self.serving, self.target)
             build = f"pip install -r {', '.join(changed)}" if changed else "nothing: requirements unchanged"
             deploy = "python scripts/service.py reload"
         else:
@@ -311,7 +316,8 @@ class Updater:
     # the steps
 
     def preflight(self, note: Note) -> str:
-        """Check the checkout, the remote and the server; return the remote's tip. Raises Refused."""
+        """Check the test command, the checkout, the remote and the server; return the remote's tip. Raises Refused."""
+        self.test_argv()
         try:
             top = git_out(self.repo, "rev-parse", "--show-toplevel")
         except UpdateError:
@@ -391,14 +397,30 @@ class Updater:
         if merge:
             self.write_pending()  # before the first change: a run killed from here on is recovered
             if self.target != self.head:
-                git(self.repo, "merge", "--ff-only", "--quiet", self.target)
+                try:
+                    git(self.repo, "merge", "--ff-only", "--quiet", self.target)
+                except UpdateError:
+                    if not self.recovering:  # nothing changed: no interrupted update for the next run to finish
+                        self.pending.unlink(missing_ok=True)
+                    raise
                 self.head = self.target
         verb = "fast-forwarded" if merge else "would fast-forward"
         note.detail = f"{verb} {short(self.serving)}..{short(self.target)} ({count} new commit(s))"
 
+    def test_argv(self) -> list[str]:
+        """system.update.test_command split as a shell would; Refused when it cannot be split or is empty."""
+        command = self.config["update"]["test_command"]
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise Refused(f"system.update.test_command {command!r} cannot be split: {exc}") from None
+        if not argv:
+            raise Refused(f"system.update.test_command {command!r} names no command")
+        return argv
+
     def test(self, note: Note) -> None:
         command = self.config["update"]["test_command"]
-        argv = shlex.split(command)
+        argv = self.test_argv()  # checked in preflight; a Refused here still fails the step (an UpdateError)
         env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         self.report.say(f"test: {command}  (in {self.repo})")
         try:
@@ -415,17 +437,23 @@ class Updater:
             raise UpdateError(f"test command not found: {argv[0]} (system.update.test_command)") from None
         except subprocess.TimeoutExpired:
             raise UpdateError(f"`{command}` did not finish within {TEST_TIMEOUT:g}s") from None
+        except OSError as exc:  # not executable (PermissionError), not a program (ENOEXEC), ...
+            why = exc.strerror or type(exc).__name__
+            raise UpdateError(f"test command cannot run: {argv[0]}: {why} (system.update.test_command)") from None
         if result.returncode != 0:
             raise UpdateError(f"`{command}` exited {result.returncode} on {short(self.target)}")
         note.detail = f"`{command}` passed on {short(self.target)}"
 
-    def reset_checkout(self, note: Note) -> None:
+    def reset_checkout(self, note: Note, deployed: bool = False) -> None:
+        """Back to the serving commit: the checkout, then its dependencies (local mode)."""
         git(self.repo, "reset", "--hard", "--quiet", self.serving)
         self.head = self.serving
-        note.detail = f"checkout reset to the serving commit {short(self.serving)}; nothing deployed"
+        note.detail = f"checkout reset to the serving commit {short(self.serving)}"
+        if not deployed:
+            note.detail += "; nothing deployed"
         if self.mode == "local":
             changed = changed_requirements(self.repo, self.target, self.serving)
-            if changed:  # the test command (e.g. make test) may have installed the new pins
+            if changed:  # the test command (e.g. make test) or the build may have installed the new pins
                 self.pip_install(changed)
                 note.detail += f"; reinstalled {', '.join(changed)}"
 
@@ -523,15 +551,9 @@ class Updater:
 
     def rollback(self, note: Note) -> None:
         """Back to the serving commit: checkout, dependencies, then what serves (if it changed), verified."""
-        git(self.repo, "reset", "--hard", "--quiet", self.serving)
-        self.head = self.serving
-        done = [f"checkout reset to {short(self.serving)}"]
-        if self.mode == "local":
-            changed = changed_requirements(self.repo, self.target, self.serving)
-            if changed:
-                self.pip_install(changed)
-                done.append(f"reinstalled {', '.join(changed)}")
-        else:
+        self.reset_checkout(note, deployed=True)
+        done = [note.detail]
+        if self.mode == "compose":
             done.append(self.compose_restore_image(self.serving))
         try:
             still = serving_commit(self.url, self.timeout) == self.serving

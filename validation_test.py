@@ -47,7 +47,8 @@ from typing import Any
 
 import yaml
 
-from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, served_url
+from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
+from update_protocol import UpdateError, git
 
 log = logging.getLogger("validation")
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: 10x faster
@@ -69,7 +70,6 @@ SPEC_ALERTS = (
 )
 SPEC_METRICS = ("hello_world_requests_total", "hello_world_request_duration_seconds_bucket", "hello_world_build_info")
 JOB_BACKUP, JOB_UPDATE = "hello_world_backup", "hello_world_update"  # metric prefixes and Pushgateway jobs
-UPDATE_OK_OUTCOMES = {"updated", "redeployed", "up-to-date"}  # update_protocol.py outcomes that are successes
 
 
 class CheckFailed(Exception):
@@ -78,10 +78,6 @@ class CheckFailed(Exception):
 
 class CheckSkipped(Exception):
     """The check does not apply to this deployment; str() is why."""
-
-
-class Unreachable(CheckFailed):
-    """A component did not answer at all (refused, timed out, unknown host)."""
 
 
 @dataclass
@@ -124,7 +120,7 @@ class Endpoint:
     def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, bytes, str]:
         """(status, body, content type) of GET base+path; HTTP error statuses are returned, not raised."""
         if self.down:
-            raise Unreachable(self.down)
+            raise CheckFailed(self.down)
         url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
         request = urllib.request.Request(url, headers=self.headers)
         try:
@@ -134,7 +130,7 @@ class Endpoint:
             return exc.code, exc.read(), exc.headers.get("Content-Type", "")
         except (OSError, ValueError) as exc:  # URLError, refused, timeout, reset, bad URL
             self.down = f"{self.name} at {self.base} unreachable: {_reason(exc, self.timeout)}"
-            raise Unreachable(self.down) from None
+            raise CheckFailed(self.down) from None
 
     def ok(self, path: str, params: dict[str, str] | None = None) -> bytes:
         """The body of a 200 answer; any other status fails the check, naming it."""
@@ -328,9 +324,10 @@ def check_prometheus_ready(ctx: Context) -> str:
 
 def _seconds(text: str | None, default: float) -> float:
     """Seconds of a Prometheus duration like '15s' or '1m30s'; default when absent or odd."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-    parts = re.findall(r"(\d+)(ms|s|m|h|d)", text or "")
-    return sum(int(n) * units[u] for n, u in parts) if parts else default
+    try:
+        return parse_duration(text)
+    except ValueError:
+        return default
 
 
 def _age(iso: str) -> float | None:
@@ -527,11 +524,9 @@ def check_grafana(ctx: Context) -> str:
 
 
 def archive_time(path: Path) -> float:
-    """The UTC time in an archive's name, as Unix time."""
-    match = ARCHIVE_RE.match(path.name)
-    if not match:
-        raise ValueError(f"not an archive name: {path.name}")
-    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    """The UTC time in an archive's name (one newest_archive found, so it matches ARCHIVE_RE), as Unix time."""
+    stamp = path.name.removeprefix("hello-world-").removesuffix(".tar.gz")
+    return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
 
 
 def newest_archive(ctx: Context) -> Path:
@@ -745,7 +740,8 @@ def check_scheduler(ctx: Context) -> str:
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(CHECKOUT), *args], capture_output=True, text=True, timeout=30)
+    """update_protocol.git in the checkout, 30 s at most; UpdateError when git is missing or hangs."""
+    return git(CHECKOUT, *args, timeout=30, check=False)
 
 
 @check("update", "/version serves the checkout's HEAD")
@@ -753,7 +749,7 @@ def check_served_commit(ctx: Context) -> str:
     served = ctx.server.json("/version").get("commit", "unknown")
     try:
         head = _git("rev-parse", "HEAD")
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except UpdateError as exc:
         raise CheckFailed(f"cannot run git in {CHECKOUT}: {exc}") from None
     if head.returncode != 0:
         raise CheckFailed(f"{CHECKOUT} is not a git checkout: {head.stderr.strip()[:200]}")
@@ -800,8 +796,7 @@ def check_last_update(ctx: Context) -> str:
     if entry is not None:
         outcome = str(entry.get("outcome", "?"))
         what = f"{entry.get('from', '?')!s:.12} -> {entry.get('to', '?')!s:.12} at {entry.get('time', '?')}"
-        succeeded = entry["exit"] == 0 if "exit" in entry else outcome in UPDATE_OK_OUTCOMES
-        if not succeeded:
+        if entry.get("exit") != 0:  # update_protocol.py has always logged its exit code
             raise CheckFailed(f"the last update ({what}) ended {outcome!r} ({ctx.run_dir / 'update.log'})")
         return f"{outcome}: {what} ({ctx.run_dir / 'update.log'})"
     values, source = job_metrics(ctx, JOB_UPDATE)

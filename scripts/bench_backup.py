@@ -10,7 +10,8 @@ archive size, peak RSS (of the child, from wait4), and the ratios against tar. I
 `tar xzf` reads our archive back to the same number of files and bytes.
 
 Goals (issue 4): at least 1.5x tar's throughput, an archive at most 1.15x tar's size, and peak RSS
-flat from the smallest to the largest tree. Exit 0 when all goals are met, 1 otherwise.
+flat from the smallest to the largest tree. Exit 0 when all goals are met, 1 otherwise (or when tar is
+missing), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -214,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if not shutil.which("tar"):
-        print("bench_backup.py: GNU tar is needed", file=sys.stderr)
-        return 2
+        print(
+            "bench_backup.py: GNU tar is needed to compare with: apt-get install tar (Debian package tar)",
+            file=sys.stderr,
+        )
+        return 1
     try:
         sizes = sorted(int(part) for part in args.sizes.split(","))
     except ValueError:

@@ -23,8 +23,8 @@ our server the bench also reads hello_world_requests_total{path="/"} before and 
 with any code other than 200 shows up even where wrk would not count it.
 
 It is a benchmark, not a test: it exits 0 whatever the numbers. Exit 1 only when it cannot run (wrk missing,
-the server does not become ready or dies), exit 2 on a config error. Progress goes to stderr, results to
-stdout (`--json` for a machine).
+the server does not become ready or dies) or is interrupted, exit 2 on a config error. Progress goes to stderr,
+results to stdout (`--json` for a machine).
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,12 +53,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration  # noqa: E402
+from hello_jobs import http_get  # noqa: E402
 
 log = logging.getLogger("bench_server")
 
 MODES = {"keep-alive": [], "close": ["-H", "Connection: close"]}
 MODE_TITLES = {"keep-alive": "keep-alive", "close": "connection per request"}
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
+STOP_SIGNALS = {"ours": signal.SIGTERM, "nginx": signal.SIGQUIT}  # SIGQUIT: nginx's graceful stop
 
 # The goals of issue 2, section 5.
 GOAL_RATIO = {"keep-alive": 0.35, "close": 0.75}
@@ -194,14 +194,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http_status(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def wait_ready(target: Target, path: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last: object = None
@@ -209,7 +201,7 @@ def wait_ready(target: Target, path: str, timeout: float) -> None:
         if target.proc.poll() is not None:
             raise BenchError(f"{target.name} exited with {target.proc.returncode}: {tail(target.log_path)}")
         try:
-            status, _ = http_status(target.url + path)
+            status, _ = http_get(target.url + path, timeout=1.0)
             if status == 200:
                 return
             last = f"HTTP {status}"
@@ -219,6 +211,16 @@ def wait_ready(target: Target, path: str, timeout: float) -> None:
     raise BenchError(
         f"{target.name} not ready at {target.url}{path} within {timeout:.0f}s ({last}): {tail(target.log_path)}"
     )
+
+
+def ready_or_stopped(target: Target, path: str, timeout: float) -> None:
+    """wait_ready, stopping the target when it fails: the caller has not yet put it among the ones to stop."""
+    try:
+        wait_ready(target, path, timeout)
+    except BaseException:
+        log.info("stopping %s (PID %d): it did not become ready", target.name, target.proc.pid)
+        stop_process(target, STOP_SIGNALS[target.name])
+        raise
 
 
 def tail(path: Path, chars: int = 600) -> str:
@@ -237,6 +239,7 @@ def start_process(name: str, command: list[str], log_path: Path, **kwargs: Any) 
 
 
 def stop_process(target: Target, sig: int, timeout: float = 15.0) -> None:
+    """Stop the target's process by its PID, then kill whatever is left of its process group."""
     proc = target.proc
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -279,7 +282,7 @@ def start_ours(directory: Path, args: argparse.Namespace) -> Target:
         args.script.name, command, log_path, cwd=args.script.parent, env={**os.environ, "HELLO_CONFIG": str(config)}
     )
     target = Target("ours", f"http://127.0.0.1:{port}", proc, log_path)
-    wait_ready(target, "/readyz", args.ready_timeout)
+    ready_or_stopped(target, "/readyz", args.ready_timeout)
     return target
 
 
@@ -303,7 +306,7 @@ def start_nginx(nginx: str, directory: Path, args: argparse.Namespace) -> Target
         start_process("nginx", command, directory / "nginx.log"),
         directory / "nginx.log",
     )
-    wait_ready(target, "/", args.ready_timeout)
+    ready_or_stopped(target, "/", args.ready_timeout)
     return target
 
 
@@ -389,7 +392,7 @@ _LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 def root_counts(url: str) -> dict[str, float]:
     """hello_world_requests_total{path="/"} by code, read from our /metrics."""
-    status, body = http_status(url + "/metrics", timeout=5)
+    status, body = http_get(url + "/metrics", timeout=5)
     if status != 200:
         raise BenchError(f"{url}/metrics answered {status}")
     counts: dict[str, float] = {}
@@ -449,7 +452,7 @@ def warm_up(targets: list[Target], args: argparse.Namespace, wrk: str) -> None:
 # --- the summary ---
 
 
-def summarise(runs: list[Run], targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
+def summarise(runs: list[Run], targets: list[Target]) -> dict[str, Any]:
     names = [t.name for t in targets]
     modes: dict[str, Any] = {}
     for mode in MODES:
@@ -650,7 +653,6 @@ def check_pinning(targets: list[Target], core: int | None) -> None:
 
 def bench(args: argparse.Namespace, wrk: str, workdir: Path) -> dict[str, Any]:
     targets: list[Target] = []
-    stops = {"ours": signal.SIGTERM, "nginx": signal.SIGQUIT}  # SIGQUIT: nginx's graceful stop
     try:
         targets.append(start_ours(workdir / "ours", args))
         nginx = None if args.no_nginx else find_nginx()
@@ -659,18 +661,18 @@ def bench(args: argparse.Namespace, wrk: str, workdir: Path) -> dict[str, Any]:
         elif not args.no_nginx:
             log.warning("nginx not installed (Debian package nginx-light): no ratios, our figures only")
         check_pinning(targets, args.server_core)
-        status, body = http_status(targets[0].url + "/")
+        status, body = http_get(targets[0].url + "/", timeout=1.0)
         if status != 200:
             raise BenchError(f"GET {targets[0].url}/ answered {status} {body[:80]!r}")
         warm_up(targets, args, wrk)
         started = time.monotonic()
         runs = run_rounds(targets, args, wrk)
         log.info("rounds done in %.0fs", time.monotonic() - started)
-        summary = summarise(runs, targets, args)
+        summary = summarise(runs, targets)
     finally:
         for target in targets:
             log.info("stopping %s (PID %d)", target.name, target.proc.pid)
-            stop_process(target, stops[target.name])
+            stop_process(target, STOP_SIGNALS[target.name])
     settings = {
         k: getattr(args, k)
         for k in ("rounds", "duration", "connections", "threads", "workers", "server_core", "wrk_core")
@@ -708,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_FAILED
     finally:
         if args.keep:
             log.info("kept %s", workdir)

@@ -16,6 +16,9 @@ What it measures, over --rounds rounds, with a keep-alive and a connection-per-r
              once the new code answers) (goal: under 5 s); "verified" adds the verify step
   load       requests answered, failed and with a wrong body during all updates (failed must be 0)
 The deployment's test step is one tiny pytest file; it is timed apart and excluded from the goals.
+
+Exit 0 when every request during the updates was answered with the right 200 (whatever the timings), 1 when
+any failed or had a wrong body (a zero-downtime regression) or the bench could not run, 2 on a bad argument.
 """
 
 from __future__ import annotations
@@ -34,13 +37,17 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hello_config import RunFiles  # noqa: E402
+from hello_jobs import http_get  # noqa: E402
+
 # What a deployment needs; tests and their helpers stay out (the deployment's tests are tests_smoke/).
 SKIP_TOP = {"tests", "test_hello_world.py", "conftest.py"}
 SMOKE_TEST = '''"""The deployment's own small test suite: passes while SMOKE says ok."""
@@ -89,8 +96,8 @@ def deploy_files(source: Path) -> list[str]:
 class ScratchDeployment:
     """remote.git (bare), deploy/ (the checkout that serves), dev/ (pushes commits), config.yaml, run/."""
 
-    def __init__(self, root: Path, python: str = sys.executable, source: Path = REPO, workers: int = 1) -> None:
-        self.root, self.python, self.source = root, python, source
+    def __init__(self, root: Path, python: str = sys.executable, workers: int = 1) -> None:
+        self.root, self.python = root, python
         self.remote, self.deploy, self.dev = root / "remote.git", root / "deploy", root / "dev"
         self.run_dir = root / "run"
         self.port = free_port()
@@ -103,8 +110,8 @@ class ScratchDeployment:
         self.seed()
 
     def write_config(self, path: Path, overrides: dict[str, Any]) -> Path:
-        """A config for this deployment: the source's config.yaml, a free port, run/ here, no Pushgateway."""
-        system = yaml.safe_load((self.source / "config.yaml").read_text())["system"]
+        """A config for this deployment: this checkout's config.yaml, a free port, run/ here, no Pushgateway."""
+        system = yaml.safe_load((REPO / "config.yaml").read_text())["system"]
         system["run_dir"] = str(self.run_dir)
         system["server"].update({"host": "127.0.0.1", "port": self.port, "workers": 1})
         system["monitoring"]["pushgateway"]["url"] = None
@@ -119,9 +126,9 @@ class ScratchDeployment:
 
     def seed(self) -> None:
         work = self.root / "seed"
-        for name in deploy_files(self.source):
+        for name in deploy_files(REPO):
             (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(self.source / name, work / name)
+            shutil.copy2(REPO / name, work / name)
         (work / "tests_smoke").mkdir()
         (work / "tests_smoke" / "test_smoke.py").write_text(SMOKE_TEST)
         (work / "SMOKE").write_text("ok\n")
@@ -151,12 +158,21 @@ class ScratchDeployment:
             raise RuntimeError(f"service.py {command}: {result.stdout}{result.stderr}")
         return result
 
+    def running_pid(self) -> int | None:
+        """The server's PID (its pidfile), if it runs."""
+        return RunFiles(self.run_dir).running_pid()
+
     def pid(self) -> int:
-        return int((self.run_dir / "hello_world.pid").read_text())
+        pid = self.running_pid()
+        if pid is None:
+            raise RuntimeError(f"no server runs for {RunFiles(self.run_dir).pidfile}")
+        return pid
 
     def served(self) -> str:
-        with urllib.request.urlopen(f"{self.url}/version", timeout=5) as response:
-            return json.loads(response.read())["commit"]
+        status, body = http_get(f"{self.url}/version", timeout=5)
+        if status != 200:
+            raise RuntimeError(f"GET {self.url}/version answered {status}")
+        return json.loads(body)["commit"]
 
     # git
 
@@ -166,10 +182,10 @@ class ScratchDeployment:
     def remote_tip(self) -> str:
         return git(self.remote, "rev-parse", "main")
 
-    def commit(self, message: str, files: dict[str, str], base: str | None = None) -> str:
-        """Commit files (path -> text) on top of base (default: the remote's tip), push, return the commit."""
+    def commit(self, message: str, files: dict[str, str]) -> str:
+        """Commit files (path -> text) on top of the remote's tip, push, return the commit."""
         git(self.dev, "fetch", "-q", "origin")
-        git(self.dev, "reset", "-q", "--hard", base or "origin/main")
+        git(self.dev, "reset", "-q", "--hard", "origin/main")
         for name, text in files.items():
             (self.dev / name).write_text(text)
         git(self.dev, "add", "-A")
@@ -182,16 +198,14 @@ class ScratchDeployment:
 
     # the protocol
 
-    def update(
-        self, *args: str, env: dict[str, str] | None = None, timeout: float = 300
-    ) -> subprocess.CompletedProcess:
+    def update(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
             [self.python, "update_protocol.py", *args],
             cwd=self.deploy,
             env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=300,
         )
 
 
@@ -203,8 +217,10 @@ class Load:
     than 200 or a wrong body is a failure.
     """
 
-    def __init__(self, port: int, limit: int = 20000, pause: float = 0.002) -> None:
-        self.port, self.limit, self.pause = port, limit, pause
+    PAUSE = 0.002  # seconds between one client's requests
+
+    def __init__(self, port: int, limit: int = 20000) -> None:
+        self.port, self.limit = port, limit
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.counts = {"ok": 0, "failed": 0, "wrong_body": 0, "reconnects": 0}
@@ -272,7 +288,7 @@ class Load:
                     connection = None
                     self.count("failed", f"keep-alive: {exc!r}")
                     break
-            time.sleep(self.pause)
+            time.sleep(self.PAUSE)
         if connection is not None:
             connection.close()
 
@@ -289,7 +305,7 @@ class Load:
                 self.count("failed", f"per-request: {exc!r}")
             finally:
                 connection.close()
-            time.sleep(self.pause)
+            time.sleep(self.PAUSE)
 
 
 # --- the benchmark --------------------------------------------------------------------------------
@@ -303,14 +319,15 @@ def step_seconds(output: str) -> dict[str, float]:
 def bench(rounds: int, workers: int, load_on: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-update-") as temp:
         site = ScratchDeployment(Path(temp), workers=workers)
-        site.server("start")
-        pid = site.pid()
+        pid: int | None = None
         noop: list[float] = []
         full: list[float] = []
         after_tests: list[float] = []
         verified: list[float] = []
         tests: list[float] = []
         try:
+            site.server("start")
+            pid = site.pid()
             with Load(site.port, limit=100000 if load_on else 0) as load:
                 for index in range(rounds):
                     started = time.monotonic()
@@ -330,9 +347,12 @@ def bench(rounds: int, workers: int, load_on: bool = True) -> dict[str, Any]:
                     verified.append(steps["build"] + steps["deploy"] + steps["verify"])
             counts = dict(load.counts)
         finally:
+            if pid is None:
+                pid = site.running_pid()  # a start that failed after the server came up
             site.server("stop", check=False)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
     return {
         "rounds": rounds,
         "workers": workers,
@@ -369,9 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, OSError) as exc:
         print(f"bench-update failed: {exc}", file=sys.stderr)
         return 1
+    load = figures["load"]
+    status = 1 if load["failed"] or load["wrong_body"] else 0  # a request lost during an update: a regression
     if args.json:
         print(json.dumps(figures, indent=2))
-        return 0
+        return status
     load_text = "no load" if args.no_load else "a keep-alive and a connection-per-request client on / throughout"
     print(f"update benchmark: {args.rounds} rounds, {args.workers} worker(s), {load_text}")
     for key, goal in (
@@ -383,14 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     ):
         values = figures[key]
         print(f"  {key:<32} median {values['median']:6.3f}  min {values['min']:6.3f}  max {values['max']:6.3f}  {goal}")
-    load = figures["load"]
     print(
         f"  requests during the run: {load['ok']} ok, {load['failed']} failed, {load['wrong_body']} wrong body, "
         f"{load['reconnects']} keep-alive reconnects"
     )
     met = all(figures["goals"].values()) and load["failed"] == 0 and load["wrong_body"] == 0
     print("  goals met" if met else f"  goals NOT met: {figures['goals']}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

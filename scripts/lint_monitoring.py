@@ -3,6 +3,8 @@
     python scripts/lint_monitoring.py [--json]
 
 One line per check, PASS or FAIL with the reason; exit 0 only if every check passed (1 otherwise).
+The checks read the repo's config.yaml (what the compose stack ships), loaded once: when it is invalid,
+its one-line reason goes to stderr and the exit code is 2, with no check run.
 A tool that is missing is a failure naming the package that ships it:
 
 - monitoring/prometheus.yml is what `scripts/monitor.py render compose` makes of config.yaml
@@ -37,7 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(SCRIPTS))
 
 import monitor  # noqa: E402
-from hello_config import DEFAULT_PATH, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello_config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
 
 MONITORING = REPO / "monitoring"
 RULES = sorted((MONITORING / "rules").glob("*.rules.yml"))
@@ -130,9 +132,8 @@ def promtool() -> str:
 # --- Prometheus ---
 
 
-def check_compose_config_in_sync() -> None:
-    expected = monitor.compose_config_text(load_config(DEFAULT_PATH))
-    if not monitor.COMPOSE_CONFIG.exists() or monitor.COMPOSE_CONFIG.read_text() != expected:
+def check_compose_config_in_sync(system: dict[str, Any]) -> None:
+    if not monitor.compose_config_is_current(system):
         raise CheckFailed("differs from config.yaml: run `python scripts/monitor.py render compose --write`")
 
 
@@ -140,8 +141,8 @@ def check_promtool_compose_config() -> None:
     expect_success([promtool(), "check", "config", str(monitor.COMPOSE_CONFIG)])
 
 
-def check_promtool_local_config() -> None:
-    text = monitor.local_config_text(load_config())
+def check_promtool_local_config(system: dict[str, Any]) -> None:
+    text = monitor.local_config_text(system)
     with tempfile.TemporaryDirectory(prefix="lint-monitoring-") as tmp:
         path = Path(tmp) / "prometheus.yml"
         path.write_text(text)
@@ -296,16 +297,14 @@ def compose_mounts(service: str) -> dict[str, str]:
     return mounts
 
 
-def check_dashboard() -> None:
-    system = load_config(DEFAULT_PATH)
+def check_dashboard(system: dict[str, Any]) -> None:
     uids = {ds.get("uid") for ds in provisioned_datasources() if ds.get("uid")}
     problems = dashboard_problems(load_dashboard(), uids, system["monitoring"]["grafana"]["dashboard"])
     if problems:
         raise CheckFailed("; ".join(problems))
 
 
-def check_provisioning() -> None:
-    system = load_config(DEFAULT_PATH)
+def check_provisioning(system: dict[str, Any]) -> None:
     problems = []
     sources = provisioned_datasources()
     prometheus = [ds for ds in sources if ds.get("type") == "prometheus"]
@@ -333,9 +332,9 @@ def check_provisioning() -> None:
         raise CheckFailed("; ".join(problems))
 
 
-def check_dashboard_queries_parse() -> None:
+def check_dashboard_queries_parse(system: dict[str, Any]) -> None:
     """promtool parses every query: each becomes a recording rule of a throwaway rule file."""
-    scrape_interval = load_config(DEFAULT_PATH)["monitoring"]["prometheus"]["scrape_interval"]
+    scrape_interval = system["monitoring"]["prometheus"]["scrape_interval"]
     queries = panel_queries(load_dashboard())
     rules = [
         {"record": f"dashboard:query_{index}", "expr": substitute_macros(expr, scrape_interval)}
@@ -423,29 +422,33 @@ def check_dockerfile_contract() -> None:
         raise CheckFailed("; ".join(problems))
 
 
-CHECKS: list[tuple[str, Callable[[], None]]] = [
-    ("monitoring/prometheus.yml matches config.yaml", check_compose_config_in_sync),
-    ("promtool check config monitoring/prometheus.yml", check_promtool_compose_config),
-    ("promtool check config (local variant of make monitor)", check_promtool_local_config),
-    ("promtool check rules", check_promtool_rules),
-    ("promtool test rules", check_promtool_test_rules),
-    ("dashboard queries parse (promtool)", check_dashboard_queries_parse),
-    ("dashboard structure", check_dashboard),
-    ("grafana provisioning", check_provisioning),
-    ("docker compose config", check_compose),
-    ("docker compose refuses without GF_ADMIN_PASSWORD", check_compose_needs_password),
-    ("hadolint Dockerfile", check_hadolint),
-    ("Dockerfile runs the SPEC's command", check_dockerfile_contract),
+# (name, check, whether the check takes the config)
+CHECKS: list[tuple[str, Callable[..., None], bool]] = [
+    ("monitoring/prometheus.yml matches config.yaml", check_compose_config_in_sync, True),
+    ("promtool check config monitoring/prometheus.yml", check_promtool_compose_config, False),
+    ("promtool check config (local variant of make monitor)", check_promtool_local_config, True),
+    ("promtool check rules", check_promtool_rules, False),
+    ("promtool test rules", check_promtool_test_rules, False),
+    ("dashboard queries parse (promtool)", check_dashboard_queries_parse, True),
+    ("dashboard structure", check_dashboard, True),
+    ("grafana provisioning", check_provisioning, True),
+    ("docker compose config", check_compose, False),
+    ("docker compose refuses without GF_ADMIN_PASSWORD", check_compose_needs_password, False),
+    ("hadolint Dockerfile", check_hadolint, False),
+    ("Dockerfile runs the SPEC's command", check_dockerfile_contract, False),
 ]
 
 
-def run_checks() -> list[dict[str, Any]]:
+def run_checks(system: dict[str, Any]) -> list[dict[str, Any]]:
     results = []
-    for name, check in CHECKS:
+    for name, check, takes_config in CHECKS:
         try:
-            check()
+            if takes_config:
+                check(system)
+            else:
+                check()
             results.append({"check": name, "ok": True, "detail": ""})
-        except (CheckFailed, ConfigError, monitor.MonitorError, OSError, subprocess.TimeoutExpired) as exc:
+        except (CheckFailed, monitor.MonitorError, OSError, subprocess.TimeoutExpired) as exc:
             results.append({"check": name, "ok": False, "detail": str(exc)})
     return results
 
@@ -454,7 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lint_monitoring.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
-    results = run_checks()
+    try:
+        system = load_config(DEFAULT_PATH)
+    except ConfigError as exc:
+        print(f"lint_monitoring: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    results = run_checks(system)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -16,7 +16,8 @@ This module is the one source of the two Prometheus configs: `prometheus_config(
 builds both. monitoring/prometheus.yml (the compose stack's, targets by service name)
 is its committed output: `render compose --write` rewrites it, `render compose --check`
 (run by `make lint`) fails when it no longer matches config.yaml. The local variant
-(targets on 127.0.0.1 at the ports of config.yaml) is written at every `start`.
+(targets on 127.0.0.1 at the ports of config.yaml) is written at every `start`; a
+Prometheus that already runs is told to reload it (POST /-/reload).
 
 Exit codes: 0 ok, 1 failed (e.g. a binary is missing, a port is taken), 2 bad config or usage.
 """
@@ -34,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hello_config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
-from hello_jobs import http_get, pid_alive  # noqa: E402
+from hello_jobs import http_get, pid_alive, write_atomically  # noqa: E402
 
 log = logging.getLogger("monitor")
 
@@ -126,6 +128,11 @@ def compose_config_text(system: dict[str, Any]) -> str:
     return render(config, header)
 
 
+def compose_config_is_current(system: dict[str, Any]) -> bool:
+    """monitoring/prometheus.yml is what compose_config_text makes of system (`render compose --check`)."""
+    return COMPOSE_CONFIG.exists() and COMPOSE_CONFIG.read_text() == compose_config_text(system)
+
+
 def url_port(url: str, key: str) -> int:
     parts = urlsplit(url)
     try:
@@ -192,11 +199,13 @@ def require_binaries(names: list[str]) -> dict[str, str]:
 
 
 def is_ours(pid: int, binary: str) -> bool:
-    """The PID still runs the binary we started (PIDs get reused after a reboot or a crash)."""
+    """The PID runs, and still runs the binary we started (PIDs get reused after a reboot or a crash)."""
+    if not pid_alive(pid):
+        return False
     try:
         argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
     except OSError:
-        return pid_alive(pid)  # no /proc: trust the PID file
+        return True  # no /proc: trust the PID file
     return Path(argv0).name == Path(binary).name
 
 
@@ -211,18 +220,11 @@ def read_state(directory: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_state(directory: Path, state: dict[str, dict[str, Any]]) -> None:
-    path = directory / "monitor.json"
-    temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps(state, indent=2) + "\n")
-    temp.replace(path)
+    write_atomically(directory / "monitor.json", (json.dumps(state, indent=2) + "\n").encode())
 
 
 def running(state: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {
-        name: entry
-        for name, entry in state.items()
-        if pid_alive(entry["pid"]) and is_ours(entry["pid"], entry["binary"])
-    }
+    return {name: entry for name, entry in state.items() if is_ours(entry["pid"], entry["binary"])}
 
 
 def port_in_use(port: int) -> bool:
@@ -236,6 +238,19 @@ def is_ready(url: str) -> bool:
         return http_get(url + "/-/ready", timeout=1)[0] == 200
     except OSError:
         return False
+
+
+def reload_prometheus(url: str) -> None:
+    """POST /-/reload (it runs with --web.enable-lifecycle): a running Prometheus applies the rewritten config."""
+    request = urllib.request.Request(url + "/-/reload", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            return
+    except OSError as exc:  # urllib's HTTPError and URLError are OSErrors
+        raise MonitorError(
+            f"prometheus at {url} did not reload the rewritten config ({exc}): "
+            "restart it with make monitor-stop && make monitor"
+        ) from None
 
 
 def tail(path: Path, lines: int = 5) -> str:
@@ -319,8 +334,10 @@ def start(system: dict[str, Any]) -> dict[str, dict[str, Any]]:
     directory.mkdir(parents=True, exist_ok=True)
     _, pushgateway_port = local_ports(system)
     binaries = require_binaries(["prometheus", "pushgateway"] if pushgateway_port else ["prometheus"])
-    (directory / "prometheus.yml").write_text(local_config_text(system))
+    write_atomically(directory / "prometheus.yml", local_config_text(system).encode())
     state = running(read_state(directory))
+    if "prometheus" in state:
+        reload_prometheus(state["prometheus"]["url"])
     started: list[int] = []
     try:
         for name, url, args in services(system, directory, binaries):
@@ -414,14 +431,13 @@ def run_render(args: argparse.Namespace, system: dict[str, Any]) -> int:
     if args.variant == "local":
         sys.stdout.write(local_config_text(system))
         return EXIT_OK
-    expected = compose_config_text(load_config(DEFAULT_PATH))  # the compose stack ships the repo's config.yaml
+    system_of_repo = load_config(DEFAULT_PATH)  # the compose stack ships the repo's config.yaml
     if args.write:
-        COMPOSE_CONFIG.write_text(expected)
+        COMPOSE_CONFIG.write_text(compose_config_text(system_of_repo))
         print(f"wrote {COMPOSE_CONFIG}")
         return EXIT_OK
     if args.check:
-        actual = COMPOSE_CONFIG.read_text() if COMPOSE_CONFIG.exists() else ""
-        if actual != expected:
+        if not compose_config_is_current(system_of_repo):
             print(
                 f"{COMPOSE_CONFIG.relative_to(REPO)} does not match config.yaml: "
                 "run `python scripts/monitor.py render compose --write`",
@@ -429,7 +445,7 @@ def run_render(args: argparse.Namespace, system: dict[str, Any]) -> int:
             )
             return EXIT_FAILED
         return EXIT_OK
-    sys.stdout.write(expected)
+    sys.stdout.write(compose_config_text(system_of_repo))
     return EXIT_OK
 
 

@@ -250,15 +250,87 @@ def test_restore_refuses_non_empty_target_and_existing_links_out(tree, tmp_path:
     (target / "sub").symlink_to(outside)  # planted: the archive's sub/ would be written through it
     result = backup(config, "restore", str(archive), "--target", str(target))
     assert result.returncode == 2 and "not empty" in result.stderr
+    (target / "stale.txt").write_text("not in the archive\n")
+    # --force replaces the contents whole: the planted link is replaced, never written through.
     result = backup(config, "restore", str(archive), "--target", str(target), "--force")
-    assert result.returncode == 1 and "outside the target" in result.stderr
+    assert result.returncode == 0, result.stderr
     assert list(outside.iterdir()) == []
+    assert (target / "sub").is_dir() and not (target / "sub").is_symlink()
+    assert not (target / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "no temporary folders left"
 
-    (target / "sub").unlink()
     (target / "hello.py").write_text("old content\n")
     result = backup(config, "restore", str(archive), "--target", str(target), "--force")
     assert result.returncode == 0, result.stderr
     assert (target / "hello.py").read_text() == (source / "hello.py").read_text()
+
+
+def _failing_archive(folder: Path) -> Path:
+    """An archive whose sidecar verifies and whose members all pass the safety scan, but whose third member
+    cannot be extracted (its folder 'a' is a file): the restore fails part way."""
+    archive = folder / "hello-world-20250101T000000Z.tar.gz"
+    folder.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        _tar_member(tar, "harmless.txt")
+        _tar_member(tar, "a")
+        _tar_member(tar, "a/b")
+    write_sidecar(archive)
+    return archive
+
+
+@pytest.mark.parametrize("before", ["missing", "empty", "non-empty --force"])
+def test_a_restore_failing_part_way_leaves_the_target_as_it_was(tmp_path: Path, before: str) -> None:
+    config = config_for(tmp_path / "cfg", tmp_path, tmp_path / "backups")
+    archive = _failing_archive(tmp_path / "evil")
+    place = tmp_path / "place"
+    place.mkdir()
+    target = place / "target"
+    force = ["--force"] if "force" in before else []
+    if before != "missing":
+        target.mkdir(mode=0o751)
+    if force:
+        (target / "keep.txt").write_text("old contents\n")
+        (target / "harmless.txt").write_text("not the archive's\n")
+        (target / "folder").mkdir(mode=0o700)
+        (target / "folder" / "inner.txt").write_text("inner\n")
+        (target / "link").symlink_to("keep.txt")
+    state = snapshot(place)
+    result = backup(config, "restore", str(archive), "--target", str(target), *force)
+    assert result.returncode == 1, result.stderr
+    assert "was left as it was" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert snapshot(place) == state, "the target (and its folder) exactly as before"
+    if before == "missing":
+        assert not target.exists()
+
+
+def test_a_failing_final_rename_puts_the_old_target_back(tmp_path: Path, monkeypatch) -> None:
+    archive = tmp_path / "good" / "hello-world-20250101T000000Z.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        _tar_member(tar, "new.txt", data=b"new\n")
+    write_sidecar(archive)
+    place = tmp_path / "place"
+    target = place / "target"
+    (target / "sub").mkdir(parents=True)
+    (target / "old.txt").write_text("old\n")
+    (target / "sub" / "deep.txt").write_text("deep\n")
+    state = snapshot(place)
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(src).name.startswith(".target.restoring-"):
+            raise OSError(5, "Input/output error (simulated)")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(backup_script.BackupError, match="was left as it was"):
+        backup_script.run_restore(str(archive), str(target), force=True)
+    monkeypatch.undo()
+    assert snapshot(place) == state, "the old contents are back, and nothing else is left beside them"
+    assert backup_script.run_restore(str(archive), str(target), force=True) == 0
+    assert sorted(p.name for p in place.iterdir()) == ["target"]
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
 
 
 # --- failures leave nothing partial ---
@@ -270,6 +342,28 @@ def _unprivileged(args: list[str]) -> list[str]:
         return args
     setpriv = require_tool("setpriv", "util-linux")
     return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-all", "--", *args]
+
+
+def test_a_failing_prune_is_a_warning_after_a_recorded_backup(tree, monkeypatch, caplog) -> None:
+    _source, destination, config = tree
+
+    def prune(*_args, **_kwargs):
+        raise OSError(5, "Input/output error (simulated)")
+
+    monkeypatch.setattr(backup_script, "prune", prune)
+    assert backup_script.run_create(backup_script.load_config(config)) == 0
+    assert len(archives(destination)) == 1
+    assert "pruning old archives failed" in caplog.text and "Input/output error" in caplog.text
+    assert "hello_world_backup_success 1.0" in (config.parent / "run/metrics/hello_world_backup.prom").read_text()
+
+
+def test_an_os_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "cfg", {"run_dir": str(tmp_path / "a-file")})
+    (tmp_path / "a-file").write_text("where the run folder should be\n")
+    result = backup(config, "prune")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
+    assert "a-file" in result.stderr
 
 
 def test_unreadable_file_fails_naming_it_and_leaves_nothing(tree) -> None:

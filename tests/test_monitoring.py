@@ -88,7 +88,7 @@ def test_a_stale_compose_config_fails_the_sync_check(tmp_path: Path, monkeypatch
     stale.write_text(monitor.COMPOSE_CONFIG.read_text().replace("scrape_interval: 15s", "scrape_interval: 30s"))
     monkeypatch.setattr(monitor, "COMPOSE_CONFIG", stale)
     with pytest.raises(lint_monitoring.CheckFailed, match="render compose --write"):
-        lint_monitoring.check_compose_config_in_sync()
+        lint_monitoring.check_compose_config_in_sync(load_config(DEFAULT_PATH))
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,7 @@ def test_dashboard_and_provisioning_are_consistent() -> None:
     dashboard = lint_monitoring.load_dashboard()
     assert datasource_uids() == {"prometheus"}
     assert lint_monitoring.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard") == []
-    lint_monitoring.check_provisioning()
+    lint_monitoring.check_provisioning(load_config(DEFAULT_PATH))
     assert dashboard["uid"] == load_config(DEFAULT_PATH)["monitoring"]["grafana"]["dashboard"]
     assert {panel["type"] for panel in dashboard["panels"]} == {"timeseries", "stat"}
     exprs = " ".join(expr for _, _, expr in lint_monitoring.panel_queries(dashboard))
@@ -257,14 +257,14 @@ def test_dashboard_checks_catch_a_broken_dashboard(change: str) -> None:
 
 def test_dashboard_queries_parse_and_a_broken_one_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     promtool()
-    lint_monitoring.check_dashboard_queries_parse()
+    lint_monitoring.check_dashboard_queries_parse(load_config(DEFAULT_PATH))
     dashboard = lint_monitoring.load_dashboard()
     dashboard["panels"][5]["targets"][0]["expr"] = "sum by (code) (rate(hello_world_requests_total[$__rate_interval])"
     bad = tmp_path / "dashboard.json"
     bad.write_text(json.dumps(dashboard))
     monkeypatch.setattr(lint_monitoring, "DASHBOARD", bad)
     with pytest.raises(lint_monitoring.CheckFailed):
-        lint_monitoring.check_dashboard_queries_parse()
+        lint_monitoring.check_dashboard_queries_parse(load_config(DEFAULT_PATH))
 
 
 def test_grafana_macros_are_substituted_as_grafana_does() -> None:
@@ -303,7 +303,13 @@ def test_compose_file_passes_the_real_compose_parser() -> None:
     assert [(p["target"], p["published"]) for p in services["hello-world"]["ports"]] == [(80, "80")]
     for name, service in services.items():
         assert service["restart"] == "unless-stopped", name
-        assert service["healthcheck"]["test"], name
+        if name == "hello-world":  # the image's HEALTHCHECK applies; compose must not override it
+            assert "healthcheck" not in service
+            assert "no HEALTHCHECK on /healthz" not in lint_monitoring.dockerfile_problems(
+                lint_monitoring.DOCKERFILE.read_text()
+            )
+        else:
+            assert service["healthcheck"]["test"], name
     assert "--web.enable-lifecycle" in services["prometheus"]["command"]
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "secret"
     assert {"prometheus-data", "grafana-data", "pushgateway-data"} <= set(stack["volumes"])
@@ -377,6 +383,18 @@ def test_lint_monitoring_passes_on_the_repo() -> None:
     assert not any(line.startswith("FAIL") for line in lines)
 
 
+def test_lint_monitoring_with_a_bad_config_exits_2_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "config.yaml"
+    bad.write_text("system:\n  monitoring:\n    prometheus:\n      url: 9090\n")
+    monkeypatch.setattr(lint_monitoring, "DEFAULT_PATH", bad)
+    assert lint_monitoring.main([]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""  # no check ran, so no FAIL lines
+    assert len(out.err.strip().splitlines()) == 1 and str(bad.name) in out.err
+
+
 # --- make monitor ---
 
 
@@ -423,6 +441,18 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
     assert again.returncode == 0, again.stderr
     assert json.loads((monitor.monitor_dir(system) / "monitor.json").read_text()) == state
     assert monitor_cli(env, "status").returncode == 0
+
+    # A changed config.yaml reaches the running Prometheus: start rewrites its config and reloads it.
+    config_file = Path(env["HELLO_CONFIG"])
+    raw = yaml.safe_load(config_file.read_text())
+    raw["system"]["server"]["port"] = new_port = free_port()
+    config_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    reloaded = monitor_cli(env, "start")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert json.loads((monitor.monitor_dir(system) / "monitor.json").read_text()) == state
+    status, _, body = http_get(prometheus_url + "/api/v1/status/config")
+    config = yaml.safe_load(json.loads(body)["data"]["yaml"])
+    assert targets_by_job(config)["hello-world"] == [f"127.0.0.1:{new_port}"]
 
     stopped = monitor_cli(env, "stop")
     assert stopped.returncode == 0, stopped.stderr

@@ -219,6 +219,94 @@ def test_commit_that_fails_verification_is_rolled_back(site: ScratchDeployment) 
     assert log_lines(site)[-1]["outcome"] == "rolled-back"
 
 
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        ("./SMOKE", "test command cannot run: ./SMOKE: Permission denied"),  # a file, not executable
+        ("./tests_smoke", "test command cannot run: ./tests_smoke: Permission denied"),  # a directory
+        ("no-such-test-runner --all", "test command not found: no-such-test-runner"),
+    ],
+)
+def test_test_command_that_cannot_run_is_not_deployed(
+    site: ScratchDeployment, tmp_path: Path, command: str, reason: str
+) -> None:
+    config = site.write_config(tmp_path / "config.yaml", {"update": {"test_command": command}})
+    before = snapshot(site)
+    site.harmless_commit("tested by a command that cannot run")
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    assert result.returncode == 1, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    assert_step(result, "test", "FAILED")
+    assert_step(result, "rollback")
+    assert not re.search(r"^(deploy|build)\s", result.stdout, re.MULTILINE), shown(result)
+    assert reason in result.stdout, shown(result)
+    assert snapshot(site) == before  # checkout back on the serving commit, no reload
+    entry = log_lines(site)[-1]
+    assert (entry["outcome"], entry["exit"]) == ("tests-failed", 1)
+    assert reason in entry["reason"] and "\n" not in entry["reason"]
+    assert metric(site, "hello_world_update_success") == 0
+    assert not (site.run_dir / "update.pending.json").exists()
+
+
+UNSPLITTABLE = "pytest -q 'tests_smoke"  # an unbalanced quote: shlex.split raises ValueError
+
+# update_protocol.main() with the test command made unsplittable after preflight checked it: the test step's own
+# guard, which preflight otherwise makes unreachable.
+SPLIT_FAILS_AT_TEST = f"""
+import sys
+import update_protocol
+
+checked = update_protocol.Updater.preflight
+
+def preflight(self, note):
+    tip = checked(self, note)
+    self.config["update"]["test_command"] = {UNSPLITTABLE!r}
+    return tip
+
+update_protocol.Updater.preflight = preflight
+sys.exit(update_protocol.main())
+"""
+
+
+def test_unsplittable_test_command_at_the_test_step_is_not_deployed(site: ScratchDeployment) -> None:
+    before = snapshot(site)
+    site.harmless_commit("tested by an unsplittable command")
+    result = subprocess.run(
+        [PYTHON, "-c", SPLIT_FAILS_AT_TEST], cwd=site.deploy, env=site.env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    assert_step(result, "fetch")
+    assert_step(result, "test", "FAILED")
+    assert_step(result, "rollback")
+    assert "cannot be split: No closing quotation" in result.stdout, shown(result)
+    assert snapshot(site) == before
+    entry = log_lines(site)[-1]
+    assert (entry["outcome"], entry["exit"]) == ("tests-failed", 1)
+    assert not (site.run_dir / "update.pending.json").exists()
+
+
+def test_failed_merge_leaves_no_pending_marker(site: ScratchDeployment) -> None:
+    before = snapshot(site)
+    site.harmless_commit("behind a locked index")
+    lock = site.deploy / ".git" / "index.lock"  # git status reads past it; git merge cannot take it
+    lock.write_text("")
+    try:
+        result = site.update()
+    finally:
+        lock.unlink()
+    assert result.returncode == 1, shown(result)
+    assert_step(result, "fetch", "FAILED")
+    assert "`git merge --ff-only" in result.stdout, shown(result)
+    assert not re.search(r"^(test|build|deploy)\s", result.stdout, re.MULTILINE), shown(result)
+    assert snapshot(site) == before
+    assert not (site.run_dir / "update.pending.json").exists()  # the next run is not a recovery
+    assert log_lines(site)[-1]["outcome"] == "failed"
+    again = site.update()
+    assert again.returncode == 0, shown(again)
+    assert "interrupted" not in again.stderr, shown(again)
+
+
 # --- refusals: exit 1, nothing changed ---------------------------------------------------------------
 
 
@@ -269,6 +357,21 @@ def test_refused_update_changes_nothing(site: ScratchDeployment, case: str) -> N
     assert reason in result.stdout, shown(result)
     assert snapshot(site) == before
     assert {name: (site.deploy / name).read_bytes() for name in files} == files
+    assert log_lines(site)[-1]["outcome"] == "refused"
+
+
+def test_unsplittable_test_command_is_refused_before_anything_changes(site: ScratchDeployment, tmp_path: Path) -> None:
+    config = site.write_config(tmp_path / "config.yaml", {"update": {"test_command": UNSPLITTABLE}})
+    site.harmless_commit("with an unsplittable test command")
+    before = snapshot(site)
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    assert result.returncode == 1, shown(result)
+    assert "Traceback" not in result.stdout + result.stderr, shown(result)
+    assert_step(result, "preflight", "FAILED")
+    assert 'system.update.test_command "pytest -q \'tests_smoke" cannot be split' in result.stdout, shown(result)
+    assert not re.search(r"^(fetch|test|rollback)\s", result.stdout, re.MULTILINE), shown(result)
+    assert snapshot(site) == before
+    assert not (site.run_dir / "update.pending.json").exists()
     assert log_lines(site)[-1]["outcome"] == "refused"
 
 
