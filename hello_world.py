@@ -256,7 +256,7 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
-            self.reading_headers, self.header_bytes, self.pending_bytes, self.header_timer = False, 0, 0, None
+            self.reading_headers, self.pending_bytes, self.header_timer = False, 0, None
             # uvicorn arms its idle timer only after a first response: a client that never sends is closed too.
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
@@ -275,22 +275,14 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.reading_headers, self.header_bytes, self.pending_bytes = True, 0, 0
-
-        def on_url(self, url: bytes) -> None:
-            super().on_url(url)
-            self.header_bytes += len(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            super().on_header(name, value)
-            self.header_bytes += len(name) + len(value)
+            self.reading_headers, self.pending_bytes = True, 0
 
         def on_headers_complete(self) -> None:
             self.reading_headers = False
             if self.header_timer is not None:
                 self.header_timer.cancel()
                 self.header_timer = None
-            if self.header_bytes > MAX_HEADER_BYTES:
+            if len(self.url) + sum(len(name) + len(value) for name, value in self.headers) > MAX_HEADER_BYTES:
                 self.reject_request(431, "Request Header Fields Too Large")
             elif self.parser.get_http_version() == "0.9":
                 self.reject_request(400, "Bad Request")  # a request line without a version: llhttp takes it
