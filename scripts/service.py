@@ -152,10 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_CONFIG
-    try:
         flags = apply_server_flags(config, args.host, args.port, args.workers)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
