@@ -77,6 +77,16 @@ down: ## stop the docker compose stack
 cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml
 	@$(PY) scripts/cron.py
 
+.PHONY: systemd systemd-install systemd-uninstall
+systemd: $(RUNTIME_STAMP) ## print the systemd units derived from config.yaml (DESTDIR=dir writes them there)
+	@$(PY) scripts/systemd.py render $(if $(DESTDIR),--destdir "$(DESTDIR)")
+
+systemd-install: $(RUNTIME_STAMP) ## install the units in /etc/systemd/system, enable and start them (DESTDIR=root: only write and enable)
+	@$(PY) scripts/systemd.py install $(if $(DESTDIR),--root "$(DESTDIR)")
+
+systemd-uninstall: $(RUNTIME_STAMP) ## stop, disable and remove the installed units (DESTDIR= as for systemd-install)
+	@$(PY) scripts/systemd.py uninstall $(if $(DESTDIR),--root "$(DESTDIR)")
+
 bench: $(DEV_STAMP) ## benchmark the server side by side with nginx (wrk); prints ratios
 	$(PY) scripts/bench_server.py $(BENCH_ARGS)
 
@@ -86,10 +96,11 @@ bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
 bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deployment
 	$(PY) scripts/bench_update.py $(BENCH_ARGS)
 
-lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint
+lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint, systemd-analyze on the units
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) scripts/lint_monitoring.py
+	$(PY) scripts/systemd.py check
 
 check-config: $(RUNTIME_STAMP) ## check config.yaml (or HELLO_CONFIG) and print it normalised
 	@$(PY) hello_config.py
