@@ -190,7 +190,8 @@ def job_units(config: dict[str, Any], checkout: Checkout, job: Job, environ: dic
         ("Nice", "10"),
         *_hardening(job.writes, checkout, strict=job.target != "update"),
     ]
-    timer = [("OnCalendar", job.calendar), ("Persistent", "true" if job.persistent else None), ("Unit", f"{name}.service")]
+    persistent = "true" if job.persistent else None
+    timer = [("OnCalendar", job.calendar), ("Persistent", persistent), ("Unit", f"{name}.service")]
     return {
         f"{name}.service": _header(config)
         + f"[Unit]\nDescription=Python Hello Printer: {job.description}\n"

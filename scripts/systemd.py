@@ -77,7 +77,7 @@ def install(units: dict[str, str], root: Path | None, config: dict) -> list[str]
             raise InstallError("systemd is not running on this host (no /run/systemd/system): use `make cron`")
         pid = RunFiles(Path(config["run_dir"])).running_pid()
         if pid:
-            raise InstallError(f"the `make start` server runs (pid {pid}): `make stop` it first, and drop its cron lines")
+            raise InstallError(f"the `make start` server runs (pid {pid}): `make stop` it, drop its cron lines")
     problems = check_units(units)
     if problems:
         raise InstallError(f"the rendered units do not verify: {problems[0]}")
