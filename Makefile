@@ -34,8 +34,8 @@ run: $(RUNTIME_STAMP) ## serve in the foreground on http://127.0.0.1:8000 (PORT=
 test: $(DEV_STAMP) ## run the whole test suite (exit 0 only if all pass)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-start: $(RUNTIME_STAMP) ## start the server in the background (pidfile and log in run/)
-	@$(PY) scripts/service.py start $(SERVER_ARGS)
+start: $(RUNTIME_STAMP) ## start the server in the background (pidfile and log in run/); QUIET=1: silent if it runs
+	@$(PY) scripts/service.py start $(SERVER_ARGS) $(if $(QUIET),--quiet)
 
 stop: $(RUNTIME_STAMP) ## stop the background server gracefully
 	@$(PY) scripts/service.py stop
