@@ -47,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from hello import restarts
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
 from update_protocol import UpdateError, git
 
@@ -310,6 +311,17 @@ def check_counter(ctx: Context) -> str:
         if moved < 1:
             break
     raise CheckFailed(f'one GET /version moved hello_world_requests_total{{path="/version"}} by {moved:g}, not 1')
+
+
+@check("service", "no restart after a crash since the last run")
+def check_restarts(ctx: Context) -> str:
+    """The supervisor's start history (its state file) since validation last looked: a crash loop shows."""
+    ok, detail = restarts.look(ctx.run_dir, first_window=ctx.config["validation"]["interval"] or 900.0)
+    if ok is None:
+        raise CheckSkipped(detail)
+    if not ok:
+        raise CheckFailed(detail)
+    return detail
 
 
 # --- monitoring -----------------------------------------------------------------------------------
