@@ -77,7 +77,7 @@ down: ## stop the docker compose stack
 cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml
 	@$(PY) scripts/cron.py
 
-.PHONY: systemd systemd-install systemd-uninstall
+.PHONY: systemd systemd-install systemd-uninstall bench-restart
 systemd: $(RUNTIME_STAMP) ## print the systemd units derived from config.yaml (DESTDIR=dir writes them there)
 	@$(PY) scripts/systemd.py render $(if $(DESTDIR),--destdir "$(DESTDIR)")
 
@@ -92,6 +92,9 @@ bench: $(DEV_STAMP) ## benchmark the server side by side with nginx (wrk); print
 
 bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
 	$(PY) scripts/bench_backup.py $(BENCH_ARGS)
+
+bench-restart: $(RUNTIME_STAMP) ## time the way back after a supervisor SIGKILL under load (cron's start line)
+	$(PY) scripts/bench_restart.py $(BENCH_ARGS)
 
 bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deployment
 	$(PY) scripts/bench_update.py $(BENCH_ARGS)
