@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     units = render_units(config, Checkout.here())
     try:
         if args.command == "render":
-            render(units, args.destdir)
+            render(units, getattr(args, "destdir", None))
         elif args.command == "check":
             return check(units, args.json)
         elif args.command == "install":
