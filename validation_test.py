@@ -10,7 +10,7 @@ Groups (validation_steps.md says what each check proves and what to do when it f
   monitoring  Prometheus is ready, scrapes the service, answers every dashboard query, has our alert
               rules loaded with none firing; Grafana when system.monitoring.grafana.url is set
   backup      the newest archive is fresh, matches its checksum, reads back, agrees with the backup
-              metric, and a scheduler (crontab line or `backup_script.py schedule` loop) exists
+              metric, and a scheduler (crontab line, systemd timer or `backup_script.py schedule` loop) exists
   update      /version serves the checkout's HEAD and the last update succeeded
 
 Each check prints PASS, FAIL or SKIP with its reason. Every network wait is bounded by
@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from hello import restarts
+from hello import restarts, units
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
 from update_protocol import UpdateError, git
 
@@ -316,6 +316,7 @@ def check_counter(ctx: Context) -> str:
 @check("service", "no restart after a crash since the last run")
 def check_restarts(ctx: Context) -> str:
     """The supervisor's start history (its state file) since validation last looked: a crash loop shows."""
+    ctx.server.ok("/healthz")  # the history of a server that is down is not news: its other checks say so
     ok, detail = restarts.look(ctx.run_dir, first_window=ctx.config["validation"]["interval"] or 900.0)
     if ok is None:
         raise CheckSkipped(detail)
@@ -738,13 +739,16 @@ def check_scheduler(ctx: Context) -> str:
     cron, why_not = _cron_lines()
     if cron:
         return f"crontab line: {cron[0]}"
+    timer = units.enabled_timer(CHECKOUT, "backup")
+    if timer:
+        return f"systemd timer: {timer} (enabled)"
     loops = schedule_loops({CHECKOUT, Path(ctx.config["config_file"]).parent})
     if loops:
         pid, command = loops[0]
         return f"schedule loop: PID {pid} ({command})"
     raise CheckFailed(
         f"no scheduler: {why_not}, and no `backup_script.py schedule` process of {CHECKOUT} runs "
-        "(install the `make cron` lines, or run `make backup-schedule`)"
+        "(install the `make cron` lines or `make systemd-install`, or run `make backup-schedule`)"
     )
 
 

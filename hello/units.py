@@ -225,6 +225,20 @@ def calendars(units: dict[str, str]) -> dict[str, str]:
     return found
 
 
+def enabled_timer(repo: Path, target: str, root: Path = Path("/")) -> Path | None:
+    """The installed unit file of our timer for `make <target>`, if it is enabled and runs this checkout."""
+    unit_dir = root / "etc" / "systemd" / "system"
+    name = f"{PREFIX}-{target}"
+    if not os.path.lexists(unit_dir / "timers.target.wants" / f"{name}.timer"):  # links to /etc/..., not root
+        return None
+    try:
+        service = (unit_dir / f"{name}.service").read_text()
+    except OSError:
+        return None
+    runs_here = re.search(rf"^ExecStart=.* -C {re.escape(_quoted(repo))} {target}$", service, re.MULTILINE)
+    return unit_dir / f"{name}.timer" if runs_here else None
+
+
 # --- checks with the real tool ---
 
 

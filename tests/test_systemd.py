@@ -16,7 +16,7 @@ import pytest
 
 from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool, wait_until, write_config
 from hello import restarts, sdnotify
-from hello.units import SERVICE, Checkout, calendars, check_units, every_calendar, render_units
+from hello.units import SERVICE, Checkout, calendars, check_units, enabled_timer, every_calendar, render_units
 from hello_config import RunFiles, load_config
 
 SCRIPT = str(REPO / "scripts" / "systemd.py")
@@ -158,6 +158,9 @@ def test_install_and_uninstall_under_a_root(tmp_path: Path, analyze: str) -> Non
     timers = sorted(path.name for path in (unit_dir / "timers.target.wants").iterdir())
     assert timers == ["hello-world-backup.timer", "hello-world-update.timer", "hello-world-validate.timer"]
     assert oct((unit_dir / SERVICE).stat().st_mode & 0o777) == "0o644"
+    # What validation's "a scheduler exists" finds: the enabled backup timer of this checkout.
+    assert enabled_timer(REPO, "backup", root) == unit_dir / "hello-world-backup.timer"
+    assert enabled_timer(REPO / "elsewhere", "backup", root) is None
 
     # Installing a config without the update interval removes the update units it no longer asks for.
     without = write_config(tmp_path / "b")
@@ -169,6 +172,7 @@ def test_install_and_uninstall_under_a_root(tmp_path: Path, analyze: str) -> Non
     removed = systemd_py(without, "uninstall", "--root", str(root))
     assert removed.returncode == 0, removed.stderr
     assert sorted(path.name for path in unit_dir.rglob("*") if not path.is_dir()) == [foreign.name]
+    assert enabled_timer(REPO, "backup", root) is None
 
 
 @pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="systemd runs here: install would really install")
