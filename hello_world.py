@@ -531,9 +531,9 @@ class Supervisor:
         return f"version {parts[1]} commit {parts[2]}" if len(parts) == 3 else "nothing"
 
     def save_state(self, **changes: Any) -> None:
-        if self.workers:
-            _, version, commit = self.workers[0].message.split()
-            self.state.update(version=version, commit=commit, workers=len(self.workers))
+        parts = self.workers[0].message.split() if self.workers else []
+        if len(parts) == 3:  # "ready <version> <commit>"; a failed replacement worker says otherwise
+            self.state.update(version=parts[1], commit=parts[2], workers=len(self.workers))
         self.state.update(changes)
         write_atomically(self.files.statefile, json.dumps(self.state, indent=2).encode() + b"\n")
 
