@@ -12,6 +12,8 @@ Groups (validation_steps.md says what each check proves and what to do when it f
   backup      the newest archive is fresh, matches its checksum, reads back, agrees with the backup
               metric, and a scheduler (crontab line, systemd timer or `backup_script.py schedule` loop) exists
   update      /version serves the checkout's HEAD and the last update succeeded
+  restarts    the supervisor was not restarted after a crash since the last run (its state file); not in
+              the update protocol's `--only service`, so a crash an hour ago never rolls back a good deploy
 
 Each check prints PASS, FAIL or SKIP with its reason. Every network wait is bounded by
 system.validation.timeout; a component that is down fails its checks at once with a reason naming
@@ -55,7 +57,7 @@ log = logging.getLogger("validation")
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: 10x faster
 
 CHECKOUT = Path(__file__).resolve().parent  # the deployed code: `make validate` runs the checkout's own copy
-GROUPS = ("service", "monitoring", "backup", "update")
+GROUPS = ("service", "monitoring", "backup", "update", "restarts")
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 ARCHIVE_RE = re.compile(r"^hello-world-(\d{8}T\d{6}Z)\.tar\.gz$")
@@ -311,18 +313,6 @@ def check_counter(ctx: Context) -> str:
         if moved < 1:
             break
     raise CheckFailed(f'one GET /version moved hello_world_requests_total{{path="/version"}} by {moved:g}, not 1')
-
-
-@check("service", "no restart after a crash since the last run")
-def check_restarts(ctx: Context) -> str:
-    """The supervisor's start history (its state file) since validation last looked: a crash loop shows."""
-    ctx.server.ok("/healthz")  # the history of a server that is down is not news: its other checks say so
-    ok, detail = restarts.look(ctx.run_dir, first_window=ctx.config["validation"]["interval"] or 900.0)
-    if ok is None:
-        raise CheckSkipped(detail)
-    if not ok:
-        raise CheckFailed(detail)
-    return detail
 
 
 # --- monitoring -----------------------------------------------------------------------------------
@@ -823,6 +813,20 @@ def check_last_update(ctx: Context) -> str:
     if values.get("hello_world_update_success") == 0:
         raise CheckFailed(f"the last update{when} failed (hello_world_update_success 0, {source})")
     return f"succeeded{when} ({source})"
+
+
+# --- restarts -------------------------------------------------------------------------------------
+
+
+@check("restarts", "no restart after a crash since the last run")
+def check_restarts(ctx: Context) -> str:
+    """The supervisor's start history (its state file) since validation last looked: a crash loop shows."""
+    ok, detail = restarts.look(ctx.run_dir, first_window=ctx.config["validation"]["interval"] or 900.0)
+    if ok is None:
+        raise CheckSkipped(detail)
+    if not ok:
+        raise CheckFailed(detail)
+    return detail
 
 
 # --- running and reporting ------------------------------------------------------------------------

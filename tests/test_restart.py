@@ -24,7 +24,7 @@ def restart_check(config: Path) -> dict:
     """The result of validation's restart check, run as `make validate` would."""
     env = {**os.environ, "HELLO_CONFIG": str(config)}
     done = subprocess.run(
-        [PYTHON, VALIDATION, "--only", "service", "--json"], env=env, capture_output=True, text=True, timeout=120
+        [PYTHON, VALIDATION, "--only", "restarts", "--json"], env=env, capture_output=True, text=True, timeout=120
     )
     return next(result for result in json.loads(done.stdout) if result["check"] == CHECK)
 
