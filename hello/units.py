@@ -97,7 +97,7 @@ def jobs(config: dict[str, Any]) -> list[Job]:
         ("update", "the update protocol (make update)", config["update"]["interval"]),
     ):
         if interval is not None:
-            writes = (run_dir,) if target == "validate" else ()
+            writes = (run_dir,) if target == "validate" else (run_dir, backup["destination"])  # update: backup_first
             found.append(Job(target, description, every_calendar(interval), False, writes))
     return found
 
@@ -126,14 +126,17 @@ def _common(config: dict[str, Any], checkout: Checkout, environ: dict[str, str])
 
 
 def _hardening(writes: tuple[str, ...], checkout: Checkout, strict: bool = True) -> list[tuple[str, Any]]:
-    pairs: list[tuple[str, Any]] = [("NoNewPrivileges", "yes"), ("PrivateTmp", "yes")]
-    if strict:
-        pairs.append(("ProtectSystem", "strict"))
-        pairs += [("ReadWritePaths", _quoted(path)) for path in dict.fromkeys(writes)]
-    else:
-        pairs.append(("ProtectSystem", "full"))  # /usr, /boot, /etc read-only; the checkout must stay writable
-    pairs.append(("ProtectHome", _home_protection([str(checkout.repo), *writes])))
-    return pairs
+    """strict: the whole file system read-only but `writes`; else (the update, which moves the checkout and
+    rebuilds .venv) only /usr, /boot and /etc, with the checkout writable even under a read-only /home."""
+    if not strict:
+        writes = (str(checkout.repo), *writes)
+    return [
+        ("NoNewPrivileges", "yes"),
+        ("PrivateTmp", "yes"),
+        ("ProtectSystem", "strict" if strict else "full"),
+        *[("ReadWritePaths", _quoted(path)) for path in dict.fromkeys(writes)],
+        ("ProtectHome", _home_protection([str(checkout.repo), *writes])),
+    ]
 
 
 def _make_dirs(config: dict[str, Any], paths: tuple[str, ...]) -> list[tuple[str, Any]]:

@@ -238,3 +238,14 @@ def test_notify_abstract_socket_and_outside_systemd(monkeypatch: pytest.MonkeyPa
     assert sdnotify.notify(sdnotify.READY) is False  # a failed send is logged, never raised
     monkeypatch.delenv(sdnotify.ENV)
     assert sdnotify.notify(sdnotify.READY) is False
+
+
+def test_home_is_read_only_when_the_checkout_is_there(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, {"update": {"interval": "1h"}}))
+    for repo, expected in ((Path("/home/hello/app"), "read-only"), (Path("/srv/hello"), "yes")):
+        units = render_units(config, Checkout(repo, repo / ".venv/bin/python", "/usr/bin/make"), {})
+        assert {setting(text, "ProtectHome")[0] for name, text in units.items() if name.endswith(".service")} == {
+            expected
+        }
+        update = units["hello-world-update.service"]
+        assert setting(update, "ProtectSystem") == ["full"] and str(repo) in setting(update, "ReadWritePaths")
