@@ -82,3 +82,20 @@ def test_history_is_bounded_and_survives_a_bad_state_file() -> None:
     assert restarts.starts_after({restarts.STARTS: "garbage", "started": 5.0, restarts.STOPPED: 6.0}, 7.0, 1) == [
         {"at": 7.0, "pid": 1, "after": restarts.AFTER_STOP}
     ]
+
+
+def test_two_starts_at_once_take_turns(tmp_path: Path, processes: ProcessRegistry) -> None:
+    """Cron's @reboot and every-minute lines fire in the same second at boot: one server, both exit 0."""
+    config = bench_restart.scratch_config(tmp_path, free_port(), workers=1)
+    files = RunFiles(tmp_path / "run")
+    command = bench_restart.every_minute_start(config)
+    env = bench_restart.cron_env(config)
+    starts = [processes.start(["/bin/sh", "-c", command], env=env) for _ in range(2)]
+    codes = [proc.wait(timeout=bench_restart.READY_TIMEOUT) for proc in starts]
+    pid = files.running_pid()
+    assert pid
+    processes.adopt(pid)
+    assert codes == [0, 0], (tmp_path / "run" / "cron.log").read_text()
+    log = (tmp_path / "run" / "cron.log").read_text()
+    assert log.count("started: pid") == 1 and "start failed" not in log, log
+    assert len(files.read_state()[restarts.STARTS]) == 1
