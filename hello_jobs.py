@@ -188,11 +188,16 @@ def _previous_value(path: Path, name: str) -> float | None:
     return None
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace path with data in one step: readers see the old file or the new one, never a part."""
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace path with data in one step: readers see the old file or the new one, never a part.
+
+    mode (less the umask) is the new file's from its creation on: 0o600 keeps a secret unreadable throughout.
+    """
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temp, "wb") as handle:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()  # a leftover of a killed run would keep its old mode
+        with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
