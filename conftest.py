@@ -334,10 +334,10 @@ def prometheus_query(url: str, expr: str, timeout: float = 5.0) -> list[dict[str
 # --- Alertmanager, node_exporter and the receivers they deliver to (issue 12) ---
 
 
-def start_node_exporter(registry: ProcessRegistry, directory: Path, textfile_dir: Path) -> str:
-    """A ready node_exporter on a free port reading textfile_dir (the run dir's metrics/); its URL."""
+def start_node_exporter(registry: ProcessRegistry, directory: Path, textfile_dir: Path, port: int | None = None) -> str:
+    """A ready node_exporter on port (a free one by default) reading textfile_dir (the run dir's metrics/); its URL."""
     binary = require_tool("prometheus-node-exporter")
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     textfile_dir.mkdir(parents=True, exist_ok=True)
     args = [binary, f"--web.listen-address=127.0.0.1:{port}", f"--collector.textfile.directory={textfile_dir}"]

@@ -79,6 +79,7 @@ COMPOSE_ALERTMANAGER_TARGET = "alertmanager:9093"
 COMPOSE_NODE_TARGET = "node-exporter:9100"
 ALERTMANAGER_JOB, NODE_JOB = "alertmanager", "node"
 PACKAGES = "prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter"
+RESEND_DELAY = "10s"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 # Debian prefixes some binaries with prometheus-; upstream tarballs do not.
@@ -398,6 +399,9 @@ def services(system: dict[str, Any], directory: Path, binaries: dict[str, str]) 
                 f"--storage.tsdb.path={directory / 'prometheus-data'}",
                 f"--web.listen-address=127.0.0.1:{prometheus_port}",
                 "--web.enable-lifecycle",  # POST /-/reload applies a changed config or rules
+                # Alerts of its first evaluations, before it has found Alertmanager, are dropped and sent again
+                # only after this delay (default 1m): the Watchdog reaches Alertmanager within seconds of a start.
+                f"--rules.alert.resend-delay={RESEND_DELAY}",
             ],
         )
     )

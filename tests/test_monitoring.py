@@ -444,6 +444,8 @@ def monitor_env(tmp_path: Path, overrides: dict | None = None) -> tuple[dict[str
     monitoring = {
         "prometheus": {"url": f"http://127.0.0.1:{prometheus_port}", "scrape_interval": "1s"},
         "pushgateway": {"url": f"http://127.0.0.1:{pushgateway_port}"},
+        "alertmanager": {"url": f"http://127.0.0.1:{free_port()}"},
+        "node_exporter": {"url": f"http://127.0.0.1:{free_port()}"},
     }
     path = write_config(tmp_path, {"server": {"port": free_port()}, "monitoring": monitoring, **(overrides or {})})
     return {**os.environ, "HELLO_CONFIG": str(path)}, load_config(path)
@@ -463,15 +465,37 @@ def adopt_monitor_pids(processes: ProcessRegistry, system: dict[str, Any]) -> di
 def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path, processes: ProcessRegistry) -> None:
     require_tool("prometheus")
     require_tool("prometheus-pushgateway")
+    require_tool("prometheus-alertmanager")
+    require_tool("prometheus-node-exporter")
     env, system = monitor_env(tmp_path)
     proc = monitor_cli(env, "start")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     state = adopt_monitor_pids(processes, system)
+    assert set(state) == {"prometheus", "pushgateway", "alertmanager", "node_exporter"}
     prometheus_url = system["monitoring"]["prometheus"]["url"]
     pushgateway_url = system["monitoring"]["pushgateway"]["url"]
-    assert prometheus_url in proc.stdout and pushgateway_url in proc.stdout
-    for url in (prometheus_url, pushgateway_url):
+    alertmanager_url = system["monitoring"]["alertmanager"]["url"]
+    node_url = system["monitoring"]["node_exporter"]["url"]
+    for url in (prometheus_url, pushgateway_url, alertmanager_url, node_url):
+        assert url in proc.stdout
+    for url in (prometheus_url, pushgateway_url, alertmanager_url):
         assert http_get(url + "/-/ready")[0] == 200
+    assert "alerts go to  NOBODY" in proc.stdout  # no receiver configured: said loudly
+    assert "no server runs" in proc.stdout  # which hello-world it scrapes, and why
+    # node_exporter's textfile collector reads the run dir's metrics/, where the jobs write their outcomes.
+    hello_jobs.record_job(system, "hello_world_backup", success=True, started=time.time(), finished=time.time())
+    wait_until(
+        lambda: b"hello_world_backup_success 1" in http_get(node_url + "/metrics")[2], 10, "the textfile collector"
+    )
+
+    # Prometheus sends its alerts to that Alertmanager; the Watchdog arrives there.
+    def active_alertmanagers() -> list[str]:
+        body = json.loads(http_get(prometheus_url + "/api/v1/alertmanagers")[2])
+        return [a["url"] for a in body["data"]["activeAlertmanagers"]]
+
+    assert wait_until(active_alertmanagers, 15, "Prometheus to find Alertmanager") == [
+        alertmanager_url + "/api/v2/alerts"
+    ]
     # It scrapes the local service's port with this repo's rules, data under run_dir/monitor.
     status, _, body = http_get(prometheus_url + "/api/v1/status/config")
     config = yaml.safe_load(json.loads(body)["data"]["yaml"])
