@@ -358,3 +358,51 @@ def test_a_stopped_server_reaches_the_webhook_and_the_mailbox_and_so_does_its_re
         assert names == {"Watchdog"}
     finally:
         smtp.close()
+
+
+# --- validation: the receiver check, and each run's results as metrics ---
+
+
+def validate_monitoring(config: Path) -> tuple[int, dict[str, tuple[str, str]]]:
+    done = subprocess.run(
+        [PYTHON, str(REPO / "validation_test.py"), "--json", "--only", "monitoring"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HELLO_CONFIG": str(config)},
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, {r["check"]: (r["status"], r["detail"]) for r in json.loads(done.stdout)}
+
+
+@pytest.mark.parametrize("alertmanager_runs", [True, False], ids=["no-receiver", "no-alertmanager-url"])
+def test_validation_fails_without_a_receiver_saying_what_to_set_and_records_it(
+    tmp_path: Path, processes: ProcessRegistry, alertmanager_runs: bool
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}" if alertmanager_runs else None
+    overrides = {
+        "monitoring": {
+            "prometheus": {"url": f"http://127.0.0.1:{free_port()}"},  # nothing listens: its checks fail fast
+            "pushgateway": {"url": None},
+            "alertmanager": {"url": url},
+            "node_exporter": {"url": None},
+        },
+        "validation": {"timeout": "2s"},
+    }
+    config = write_config(tmp_path, overrides)
+    if url:
+        start_alertmanager(processes, tmp_path / "am", load_config(config), monitor.url_port(url, ""))
+    code, results = validate_monitoring(config)
+    assert code == 1
+    status, detail = results["a receiver is configured"]
+    assert status == "FAIL"
+    assert "set system.monitoring.alertmanager.receivers.webhook_url (or env HELLO_ALERT_WEBHOOK_URL)" in detail
+    assert ("tells nobody" in detail) if url else ("alertmanager.url is null" in detail)
+    assert results["Alertmanager is ready"][0] == ("PASS" if url else "SKIP")
+    assert results["node_exporter is scraped"][0] == "SKIP"
+
+    textfile = (tmp_path / "run" / "metrics" / "hello_world_validation.prom").read_text()
+    assert "hello_world_validation_success 0.0" in textfile
+    assert 'hello_world_validation_check_success{check="a receiver is configured",group="monitoring"} 0.0' in textfile
+    assert 'check="node_exporter is scraped"' not in textfile  # a SKIP is no result
+    assert "hello_world_validation_last_run_timestamp_seconds" in textfile

@@ -34,6 +34,7 @@ from conftest import (
     http_get,
     prometheus_query,
     require_tool,
+    start_node_exporter,
     start_prometheus,
     start_pushgateway,
     wait_until,
@@ -174,7 +175,21 @@ def test_both_prometheus_configs_agree_with_config_yaml_and_pass_promtool(tmp_pa
 
 def test_no_pushgateway_url_leaves_out_the_pushgateway_job(tmp_path: Path) -> None:
     system = load_config(write_config(tmp_path, {"monitoring": {"pushgateway": {"url": None}}}))
-    assert set(targets_by_job(yaml.safe_load(monitor.local_config_text(system)))) == {"hello-world", "prometheus"}
+    jobs = set(targets_by_job(yaml.safe_load(monitor.local_config_text(system))))
+    assert jobs == {"hello-world", "prometheus", "alertmanager", "node"}
+
+
+def test_null_alertmanager_and_node_exporter_urls_leave_them_out(tmp_path: Path) -> None:
+    monitoring = {"alertmanager": {"url": None}, "node_exporter": {"url": None}}
+    system = load_config(write_config(tmp_path, {"monitoring": monitoring}))
+    for text in (monitor.local_config_text(system), monitor.compose_config_text(system)):
+        config = yaml.safe_load(text)
+        assert set(targets_by_job(config)) == {"hello-world", "pushgateway", "prometheus"}
+        assert "alerting" not in config
+    assert [name for name, _, _ in monitor.services(system, tmp_path, {"prometheus": "p", "pushgateway": "g"})] == [
+        "pushgateway",
+        "prometheus",
+    ]
 
 
 # --- alert rules ---
@@ -592,9 +607,12 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
 ) -> None:
     server = hello_server()
     pushgateway_url = start_pushgateway(processes, tmp_path)
+    node_url = start_node_exporter(processes, tmp_path, tmp_path / "jobs" / "run" / "metrics")  # disk panels
     # Fast, so the test needs only seconds of data; not 1 s, whose 1 s scrape timeout a loaded machine can miss.
     scrape_interval = 2.0
-    prometheus_url = start_prometheus(processes, tmp_path, server.port, pushgateway_url, scrape_interval).url
+    prometheus_url = start_prometheus(
+        processes, tmp_path, server.port, pushgateway_url, scrape_interval, node_url=node_url
+    ).url
 
     # A backup and an update, recorded as the real scripts do: textfile and push to the Pushgateway.
     system = load_config(write_config(tmp_path / "jobs", {"monitoring": {"pushgateway": {"url": pushgateway_url}}}))
