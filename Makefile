@@ -62,14 +62,16 @@ update: $(RUNTIME_STAMP) ## run the update protocol (DRY_RUN=1 prints the plan a
 validate: $(RUNTIME_STAMP) ## check the live system (exit 0 only if no check failed)
 	@$(PY) validation_test.py $(if $(ONLY),--only $(ONLY))
 
-monitor: $(RUNTIME_STAMP) ## run Prometheus and Pushgateway from the host's binaries; prints their URLs
+monitor: $(RUNTIME_STAMP) ## run Prometheus, Alertmanager, Pushgateway, node_exporter from the host's binaries
 	@$(PY) scripts/monitor.py start
 
 monitor-stop: $(RUNTIME_STAMP) ## stop what `make monitor` started
 	@$(PY) scripts/monitor.py stop
 
-up: ## start the docker compose stack (needs a Docker engine and .env)
-	HELLO_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) docker compose up -d --build
+up: $(RUNTIME_STAMP) ## start the docker compose stack (needs a Docker engine and .env)
+	@$(PY) scripts/monitor.py render alertmanager && mkdir -p run/monitor/alertmanager-compose-data run/metrics
+	HELLO_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) HELLO_UID=$$(id -u) HELLO_GID=$$(id -g) \
+		docker compose up -d --build
 
 down: ## stop the docker compose stack
 	GF_ADMIN_PASSWORD=$${GF_ADMIN_PASSWORD:-unused} docker compose down

@@ -30,6 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "scripts"))  # tests import the scripts' functions too (e.g. `import service`)
 import monitor  # noqa: E402 - scripts/monitor.py: the one source of the Prometheus config
+from hello.webhook_sink import WebhookSink  # noqa: E402, F401 - the webhook receiver of the alerting tests
 
 PYTHON = sys.executable
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -371,41 +372,6 @@ def start_alertmanager(registry: ProcessRegistry, directory: Path, system: dict[
     ]
     start_ready(registry, args, url, directory / "alertmanager.log")
     return url
-
-
-class WebhookSink:
-    """A real HTTP server in the test that records every JSON body POSTed to it, by path."""
-
-    def __init__(self) -> None:
-        import http.server
-        import threading
-
-        self.received: list[tuple[float, str, dict[str, Any]]] = []
-        sink = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with contextlib.suppress(ValueError):
-                    sink.received.append((time.time(), self.path, json.loads(body or b"{}")))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def payloads(self, path: str) -> list[tuple[float, dict[str, Any]]]:
-        return [(when, body) for when, got, body in list(self.received) if got == path]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

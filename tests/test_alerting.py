@@ -257,16 +257,6 @@ def fast_rules(directory: Path, alert: str, duration: str) -> Path:
     return directory
 
 
-def alerts_in(sink: WebhookSink, path: str, name: str, status: str) -> list[tuple[float, dict[str, Any]]]:
-    """(time, alert) of the alerts called name with status in the webhook payloads received on path."""
-    return [
-        (when, alert)
-        for when, body in sink.payloads(path)
-        for alert in body.get("alerts", [])
-        if alert["labels"].get("alertname") == name and alert["status"] == status
-    ]
-
-
 def test_a_stopped_server_reaches_the_webhook_and_the_mailbox_and_so_does_its_recovery(
     tmp_path: Path, processes: ProcessRegistry, hello_server, webhook_sink: WebhookSink
 ) -> None:
@@ -315,20 +305,20 @@ def test_a_stopped_server_reaches_the_webhook_and_the_mailbox_and_so_does_its_re
         )
 
         # The Watchdog reaches the heartbeat URL, and nothing else is told while all is well.
-        wait_until(lambda: alerts_in(webhook_sink, "/heartbeat", "Watchdog", "firing"), 45, "the Watchdog's ping")
+        wait_until(lambda: webhook_sink.alerts("/heartbeat", "Watchdog", "firing"), 45, "the Watchdog's ping")
         wait_until(
             lambda: json.loads(http_get(f"{prometheus.url}/api/v1/query?query=up")[2])["data"]["result"],
             30,
             "the first scrape",
         )
-        assert not alerts_in(webhook_sink, "/alerts", "HelloWorldDown", "firing")
+        assert not webhook_sink.alerts("/alerts", "HelloWorldDown", "firing")
 
         stopped = time.time()
         os.kill(server.proc.pid, signal.SIGTERM)
         assert server.proc.wait(timeout=30) == 0
 
         firing = wait_until(
-            lambda: alerts_in(webhook_sink, "/alerts", "HelloWorldDown", "firing"), 60, "HelloWorldDown at the webhook"
+            lambda: webhook_sink.alerts("/alerts", "HelloWorldDown", "firing"), 60, "HelloWorldDown at the webhook"
         )
         when, alert = firing[0]
         assert alert["labels"]["severity"] == "critical"
@@ -350,7 +340,7 @@ def test_a_stopped_server_reaches_the_webhook_and_the_mailbox_and_so_does_its_re
             )
         server.wait_ready()
         wait_until(
-            lambda: alerts_in(webhook_sink, "/alerts", "HelloWorldDown", "resolved"), 60, "the resolved notification"
+            lambda: webhook_sink.alerts("/alerts", "HelloWorldDown", "resolved"), 60, "the resolved notification"
         )
         wait_until(lambda: smtp.find("RESOLVED", "HelloWorldDown"), 60, "the resolved mail")
         # The heartbeat gets the Watchdog only: a ping, never the service's alerts.
