@@ -12,7 +12,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: help run test start stop status reload backup backup-schedule restore update validate \
-        monitor monitor-stop up down cron bench bench-backup bench-update lint check-config clean
+        monitor monitor-stop up down cron bench bench-backup bench-update bench-alerting lint check-config clean
 
 help: ## list the targets (the default goal)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
 
 bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deployment
 	$(PY) scripts/bench_update.py $(BENCH_ARGS)
+
+bench-alerting: $(DEV_STAMP) ## time from a stopped server to the webhook's HelloWorldDown notification
+	$(PY) scripts/bench_alerting.py $(BENCH_ARGS)
 
 lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint
 	$(VENV)/bin/ruff check .
