@@ -196,9 +196,9 @@ def hello_server(processes: ProcessRegistry, tmp_path: Path) -> Callable[..., He
 
 
 def start_ready(
-    registry: ProcessRegistry, args: list[str], url: str, log_path: Path, timeout: float = 30
+    registry: ProcessRegistry, args: list[str], url: str, log_path: Path, timeout: float = 30, path: str = "/-/ready"
 ) -> subprocess.Popen:
-    """Start a program logging to log_path and wait until url/-/ready answers 200; fail at once if it exits."""
+    """Start a program logging to log_path and wait until url+path answers 200; fail at once if it exits."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as out:
         proc = registry.start(args, stdout=out, stderr=subprocess.STDOUT)
@@ -206,9 +206,9 @@ def start_ready(
     def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"{args[0]} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        return http_get(url + "/-/ready", timeout=1)[0] == 200
+        return http_get(url + path, timeout=1)[0] == 200
 
-    wait_until(ready, timeout, f"{url}/-/ready")
+    wait_until(ready, timeout, url + path)
     return proc
 
 
@@ -342,16 +342,7 @@ def start_node_exporter(registry: ProcessRegistry, directory: Path, textfile_dir
     url = f"http://127.0.0.1:{port}"
     textfile_dir.mkdir(parents=True, exist_ok=True)
     args = [binary, f"--web.listen-address=127.0.0.1:{port}", f"--collector.textfile.directory={textfile_dir}"]
-    log_path = directory / "node_exporter.log"
-    with open(log_path, "wb") as out:
-        proc = registry.start(args, stdout=out, stderr=subprocess.STDOUT)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"node_exporter exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        return http_get(url + "/metrics", timeout=2)[0] == 200
-
-    wait_until(ready, 30, f"{url}/metrics")
+    start_ready(registry, args, url, directory / "node_exporter.log", path="/metrics")  # 1.5 has no /-/ready
     return url
 
 

@@ -409,12 +409,11 @@ def services(system: dict[str, Any], directory: Path, binaries: dict[str, str]) 
 
 
 def start(system: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Start what is not running yet; return the state of both once they answer /-/ready."""
+    """Start what is not running yet; return the state of each once it answers (/-/ready)."""
     directory = monitor_dir(system)
     directory.mkdir(parents=True, exist_ok=True)
-    wanted = ["prometheus"] + [
-        name for name in ("pushgateway", "alertmanager", "node_exporter") if wanted_port(system, name)
-    ]
+    local_ports(system)  # Prometheus needs a url: MonitorConfigError otherwise
+    wanted = ["prometheus"] + [n for n in ("pushgateway", "alertmanager", "node_exporter") if optional_port(system, n)]
     binaries = require_binaries(wanted)
     write_atomically(directory / "prometheus.yml", local_config_text(system).encode())
     if "alertmanager" in wanted:
@@ -447,10 +446,6 @@ def start(system: dict[str, Any]) -> dict[str, dict[str, Any]]:
         write_state(directory, remaining)
         raise
     return state
-
-
-def wanted_port(system: dict[str, Any], name: str) -> int | None:
-    return optional_port(system, name) if name != "prometheus" else local_ports(system)[0]
 
 
 def stop(system: dict[str, Any]) -> list[str]:
