@@ -352,8 +352,8 @@ def test_compose_file_passes_the_real_compose_parser() -> None:
     assert proc.returncode == 0, proc.stderr
     stack = json.loads(proc.stdout)
     services = stack["services"]
-    assert set(services) == {"hello-world", "prometheus", "pushgateway", "grafana"}
-    for name in ("prometheus", "pushgateway", "grafana"):
+    assert set(services) == {"hello-world", "prometheus", "pushgateway", "grafana", "alertmanager", "node-exporter"}
+    for name in ("prometheus", "pushgateway", "grafana", "alertmanager", "node-exporter"):
         assert re.search(r":v?\d+\.\d+\.\d+$", services[name]["image"]), services[name]["image"]
         assert all(port["host_ip"] == "127.0.0.1" for port in services[name]["ports"]), name
     assert [(p["target"], p["published"]) for p in services["hello-world"]["ports"]] == [(80, "80")]
@@ -367,6 +367,13 @@ def test_compose_file_passes_the_real_compose_parser() -> None:
         else:
             assert service["healthcheck"]["test"], name
     assert "--web.enable-lifecycle" in services["prometheus"]["command"]
+    # Alertmanager reads the config make up renders (mode 0600, so it runs as the user); node_exporter the textfiles.
+    mounts = {m["target"]: m["source"] for m in services["alertmanager"]["volumes"]}
+    assert mounts["/etc/alertmanager/alertmanager.yml"] == str(REPO / "run" / "monitor" / "alertmanager.yml")
+    assert services["alertmanager"]["user"] == "65534:65534"  # make up sets HELLO_UID and HELLO_GID
+    node_mounts = {m["target"]: m["source"] for m in services["node-exporter"]["volumes"]}
+    assert node_mounts["/textfile"] == str(REPO / "run" / "metrics")
+    assert "--collector.textfile.directory=/textfile" in services["node-exporter"]["command"]
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "secret"
     assert {"prometheus-data", "grafana-data", "pushgateway-data"} <= set(stack["volumes"])
 
