@@ -42,6 +42,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -445,7 +446,34 @@ def start(system: dict[str, Any]) -> dict[str, dict[str, Any]]:
         remaining = {name: entry for name, entry in state.items() if entry["pid"] not in started}
         write_state(directory, remaining)
         raise
+    if started and {"prometheus", "alertmanager"} <= state.keys():
+        wait_for_watchdog(state["alertmanager"]["url"], system["monitoring"]["prometheus"]["scrape_interval"])
     return state
+
+
+def watchdog_arrived(alertmanager_url: str) -> bool:
+    query = urllib.parse.urlencode({"filter": f'alertname="{alerting.WATCHDOG}"', "active": "true"})
+    try:
+        return bool(json.loads(http_get(f"{alertmanager_url}/api/v2/alerts?{query}", timeout=2)[1]))
+    except (OSError, ValueError):
+        return False
+
+
+def wait_for_watchdog(alertmanager_url: str, evaluation_interval: float) -> None:
+    """Return once the always-firing Watchdog is in Alertmanager (the alert path works); warn after a while.
+
+    Prometheus drops the alerts of its first evaluation (it has not found Alertmanager yet) and sends
+    them again at the first evaluation after RESEND_DELAY, so `make validate` right after finds it.
+    """
+    timeout = 2 * evaluation_interval + 20
+    deadline = time.monotonic() + timeout
+    while not watchdog_arrived(alertmanager_url):
+        if time.monotonic() > deadline:
+            log.warning(
+                "the %s alert has not reached Alertmanager after %.0fs: see /alerts", alerting.WATCHDOG, timeout
+            )
+            return
+        time.sleep(0.2)
 
 
 def stop(system: dict[str, Any]) -> list[str]:

@@ -242,6 +242,7 @@ def test_every_spec_alert_has_unit_tests_firing_and_not_firing() -> None:
         ("vector(1)", "vector(0) > 0"),  # the Watchdog
         ("< 0.10\n", "< 0.01\n"),  # disk almost full
         ("[6h], 24 * 3600) < 0", "[6h], 3600) < 0"),  # disk fills within a day
+        ('{fstype!~"tmpfs|ramfs"} < 0.40', '{fstype!~"tmpfs|ramfs"} < 0.90'),  # ... and is under 40 % free
         ("alertmanager_notifications_failed_total[5m]) > 0", "alertmanager_notifications_failed_total[5m]) > 5"),
         ("hello_world_validation_success == 0", "hello_world_validation_success < 0"),
         (
