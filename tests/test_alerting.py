@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+import monitor  # scripts/monitor.py: conftest puts scripts/ on sys.path
 from conftest import (
     PYTHON,
     REPO,
@@ -39,8 +40,6 @@ from conftest import (
 )
 from hello import alerting
 from hello_config import ConfigError, load_config
-
-monitor = pytest.importorskip("monitor")  # scripts/monitor.py (conftest puts scripts/ on sys.path)
 
 SECRET_WEBHOOK = "https://ntfy.example.com/hello-alerts?auth=tk_secret123"
 SMTP_PASSWORD = "smtp-secret-456"  # noqa: S105 - a test value
