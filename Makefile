@@ -12,7 +12,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: help run test start stop status reload backup backup-schedule restore update validate \
-        monitor monitor-stop up down cron bench bench-backup bench-update lint check-config clean
+        monitor monitor-stop up down cron bench bench-backup bench-update bench-alerting lint check-config clean
 
 help: ## list the targets (the default goal)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -62,14 +62,16 @@ update: $(RUNTIME_STAMP) ## run the update protocol (DRY_RUN=1 prints the plan a
 validate: $(RUNTIME_STAMP) ## check the live system (exit 0 only if no check failed)
 	@$(PY) validation_test.py $(if $(ONLY),--only $(ONLY))
 
-monitor: $(RUNTIME_STAMP) ## run Prometheus and Pushgateway from the host's binaries; prints their URLs
+monitor: $(RUNTIME_STAMP) ## run Prometheus, Alertmanager, Pushgateway, node_exporter from the host's binaries
 	@$(PY) scripts/monitor.py start
 
 monitor-stop: $(RUNTIME_STAMP) ## stop what `make monitor` started
 	@$(PY) scripts/monitor.py stop
 
-up: ## start the docker compose stack (needs a Docker engine and .env)
-	HELLO_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) docker compose up -d --build
+up: $(RUNTIME_STAMP) ## start the docker compose stack (needs a Docker engine and .env)
+	@$(PY) scripts/monitor.py render alertmanager && mkdir -p run/monitor/alertmanager-compose-data run/metrics
+	HELLO_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) HELLO_UID=$$(id -u) HELLO_GID=$$(id -g) \
+		docker compose up -d --build
 
 down: ## stop the docker compose stack
 	GF_ADMIN_PASSWORD=$${GF_ADMIN_PASSWORD:-unused} docker compose down
@@ -98,6 +100,9 @@ bench-restart: $(RUNTIME_STAMP) ## time the way back after a supervisor SIGKILL 
 
 bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deployment
 	$(PY) scripts/bench_update.py $(BENCH_ARGS)
+
+bench-alerting: $(DEV_STAMP) ## time from a stopped server to the webhook's HelloWorldDown notification
+	$(PY) scripts/bench_alerting.py $(BENCH_ARGS)
 
 lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint, systemd-analyze on the units
 	$(VENV)/bin/ruff check .

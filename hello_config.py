@@ -170,6 +170,31 @@ def _path(value: Any) -> str:
     return _string(value)
 
 
+def _path_or_null(value: Any) -> str | None:
+    return None if value is None else _path(value)
+
+
+def _string_or_null(value: Any) -> str | None:
+    return None if value is None else _string(value)
+
+
+def _email_or_null(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[^@\s,]+@[^@\s,]+", value):
+        raise _Invalid(f"expected an e-mail address such as ops@example.com, or null, {_got(value)}")
+    return value
+
+
+def _host_port_or_null(value: Any) -> str | None:
+    if value is None:
+        return None
+    match = re.fullmatch(r"([^\s:/]+|\[[0-9a-fA-F:]+\]):(\d{1,5})", value) if isinstance(value, str) else None
+    if not match or not 1 <= int(match.group(2)) <= 65535:
+        raise _Invalid(f"expected host:port such as smtp.example.com:587, or null, {_got(value)}")
+    return value
+
+
 # --- the schema: key -> (checker, default), or key -> nested schema ---
 
 Schema = dict[str, Any]
@@ -199,6 +224,33 @@ SCHEMA: Schema = {
             },
             "pushgateway": {
                 "url": (_url_or_null, "http://127.0.0.1:9091"),
+            },
+            # Alert delivery (hello/alerting.py renders Alertmanager's config from these; README "Alerts").
+            "alertmanager": {
+                "url": (_url_or_null, "http://127.0.0.1:9093"),  # null: no alert delivery
+                "receivers": {
+                    "webhook_url": (_url_or_null, None),  # env HELLO_ALERT_WEBHOOK_URL overrides
+                    "email": {
+                        "to": (_email_or_null, None),
+                        "from": (_email_or_null, None),
+                        "smarthost": (_host_port_or_null, None),  # host:port of the SMTP server
+                        "username": (_string_or_null, None),  # password: env HELLO_SMTP_PASSWORD
+                        "require_tls": (_bool, True),  # STARTTLS before sending
+                    },
+                },
+                "heartbeat_url": (_url_or_null, None),  # the always-firing Watchdog pings it
+                "secrets_file": (_path_or_null, None),  # NAME=value lines, as .env; the environment wins
+                "timing": {
+                    "critical_wait": (parse_duration, "10s"),  # critical alerts: sent this soon
+                    "group_wait": (parse_duration, "1m"),  # warnings: collected this long into one message
+                    "group_interval": (parse_duration, "5m"),  # changes to a notified group: sent this often
+                    "critical_repeat": (parse_duration, "4h"),  # a still-firing critical alert: repeated
+                    "warning_repeat": (parse_duration, "24h"),
+                    "heartbeat_interval": (parse_duration, "5m"),  # the Watchdog's ping period
+                },
+            },
+            "node_exporter": {
+                "url": (_url_or_null, "http://127.0.0.1:9100"),  # null: no host metrics
             },
         },
         "backup": {
@@ -255,7 +307,7 @@ def _check(raw: Any, schema: Schema, key_path: str, base_dir: Path) -> dict[str,
             value = checker(raw.get(key, default))
         except _Invalid as exc:
             raise _KeyError(where, str(exc)) from None
-        if checker is _path:
+        if checker in (_path, _path_or_null) and value is not None:
             value = str((base_dir / value).resolve())
         result[key] = value
     return result
