@@ -218,7 +218,9 @@ def dropped_fields(given: Any, kept: Any, where: str = "") -> list[str]:
             out += [path] if key not in kept else dropped_fields(value, kept[key], path)
         return out
     if isinstance(given, list) and isinstance(kept, list):
-        return [p for i, (a, b) in enumerate(zip(given, kept, strict=False)) for p in dropped_fields(a, b, f"{where}[{i}]")]
+        return [
+            p for i, (a, b) in enumerate(zip(given, kept, strict=False)) for p in dropped_fields(a, b, f"{where}[{i}]")
+        ]
     return []
 
 
@@ -232,9 +234,7 @@ def operator_problems(obj: dict[str, Any]) -> list[str]:
     try:
         parsed = model.model_validate(obj)
     except pydantic.ValidationError as exc:
-        return [
-            f"{name_of(obj)}: {'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()[:5]
-        ]
+        return [f"{name_of(obj)}: {'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()[:5]]
     kept = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
     return [f"{name_of(obj)}: unknown field {path}" for path in dropped_fields(obj, kept)]
 
@@ -296,8 +296,7 @@ def scrape_label_sets(objects: list[dict[str, Any]], static_job: str) -> dict[st
     services = [
         o
         for o in objects
-        if o.get("kind") == "Service"
-        and all(o["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())
+        if o.get("kind") == "Service" and all(o["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())
     ]
     if len(services) != 1:
         raise ManifestError(f"the ServiceMonitor selects {len(services)} Services, expected exactly one")
