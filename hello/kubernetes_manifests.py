@@ -407,8 +407,9 @@ def promtool(*args: str) -> str:
         raise ManifestError(f"promtool {args[0]} did not finish within {KUSTOMIZE_TIMEOUT:g}s") from None
     if result.returncode != 0:
         lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-        failed = [line.strip() for line in lines if "FAIL" in line or "error" in line.lower()]
-        raise ManifestError(f"promtool {' '.join(args[:2])}: {' | '.join((failed or lines)[:6])[:1500]}")
+        keys = ("FAILED", "name:", "alertname:", "expr:", "error")
+        failed = [line.strip() for line in lines if any(key in line.lower() or key in line for key in keys)]
+        raise ManifestError(f"promtool {' '.join(args[:2])}: {' | '.join((failed or lines)[:10])[:1500]}")
     return result.stdout
 
 
