@@ -287,9 +287,8 @@ def scrape_label_sets(objects: list[dict[str, Any]], static_job: str) -> dict[st
     """For each job of the static scrape config: the labels its series get when a ServiceMonitor scrapes them.
 
     The job is the Service's label named by the ServiceMonitor's jobLabel (else the Service's name); the
-    instance is a pod address; namespace, service, pod, container and endpoint are added. Series pushed to
-    the Pushgateway (any other job but prometheus) keep their job (honorLabels) and get the Pushgateway
-    pod's target labels.
+    instance is a pod address; namespace, service, pod, container and endpoint are added. Other jobs (the
+    Pushgateway's, with honor_labels, node_exporter's, Prometheus' own) are not this ServiceMonitor's.
     """
     monitor = find(objects, "ServiceMonitor", APP)
     selector = monitor["spec"]["selector"].get("matchLabels", {})
@@ -317,23 +316,14 @@ def scrape_label_sets(objects: list[dict[str, Any]], static_job: str) -> dict[st
             "container": container["name"],
             "endpoint": str(endpoint.get("port")),
         },
-        "*": {  # pushed series, through a Pushgateway scraped with honorLabels: true
-            "namespace": "monitoring",
-            "service": "pushgateway",
-            "pod": "pushgateway-7c9d8f6b5-q4w2e",
-            "container": "pushgateway",
-            "endpoint": "http",
-        },
     }
 
 
 def _relabel(labels: dict[str, str], label_sets: dict[str, dict[str, str]]) -> dict[str, str]:
     """labels as the ServiceMonitor scrape gives them; each static instance becomes its own pod."""
     job = labels.get("job")
-    if job is None or job == "prometheus":
-        return labels
     if job not in label_sets:
-        return {**labels, **label_sets["*"]}
+        return labels
     scraped = dict(label_sets[job])
     pod_number = zlib.crc32(labels.get("instance", "").encode())
     address, port = scraped["instance"].rsplit(":", 1)
@@ -345,14 +335,26 @@ def _relabel(labels: dict[str, str], label_sets: dict[str, dict[str, str]]) -> d
     return relabeled
 
 
+def _expected(
+    labels: dict[str, str], own: set[str], series_labels: list[dict[str, str]], label_sets: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """An expected result's labels under label_sets (see relabel_rule_tests); own: its rule's labels."""
+    kept = {key: value for key, value in labels.items() if key not in own}
+    if kept in series_labels:
+        return {**_relabel(kept, label_sets), **{key: value for key, value in labels.items() if key in own}}
+    if labels.get("job") in label_sets:
+        return {**labels, "job": label_sets[labels["job"]]["job"]}
+    return labels
+
+
 def relabel_rule_tests(
     tests: dict[str, Any], label_sets: dict[str, dict[str, str]], rule_file: str, groups: list[dict[str, Any]]
 ) -> dict:
     """A promtool test file whose series (and expected alerts) carry the ServiceMonitor's labels.
 
-    An expected alert whose labels, less its rule's own labels, are those of an input series keeps that
-    series' labels (e.g. `up == 0`): it gets the series' new labels. Otherwise (an aggregation, absent())
-    only a job label the rule's selector names is mapped.
+    An expected alert (or sample) whose labels, less its rule's own labels, are those of an input series
+    keeps that series' labels (e.g. `up == 0`): it gets the series' new labels. Otherwise (an aggregation
+    by job, absent()) only the job label is mapped.
     """
     rule_labels: dict[str, set[str]] = {}
     for group in groups:
@@ -364,6 +366,7 @@ def relabel_rule_tests(
     for group in tests.get("tests") or []:
         instances: dict[str, str] = {}
         series_labels: list[dict[str, str]] = []
+
         for item in group.get("input_series") or []:
             name, labels = parse_series(item["series"])
             new = _relabel(labels, label_sets)
@@ -374,12 +377,7 @@ def relabel_rule_tests(
         for case in group.get("alert_rule_test") or []:
             own = rule_labels.get(case.get("alertname", ""), set())
             for alert in case.get("exp_alerts") or []:
-                exp = alert.get("exp_labels") or {}
-                kept = {key: value for key, value in exp.items() if key not in own}
-                if kept in series_labels:
-                    alert["exp_labels"] = {**_relabel(kept, label_sets), **{k: exp[k] for k in exp if k in own}}
-                elif exp.get("job") in label_sets:
-                    alert["exp_labels"] = {**exp, "job": label_sets[exp["job"]]["job"]}
+                alert["exp_labels"] = _expected(alert.get("exp_labels") or {}, own, series_labels, label_sets)
                 for key, text in (alert.get("exp_annotations") or {}).items():
                     for old, new in instances.items():
                         text = text.replace(old, new)
@@ -387,7 +385,7 @@ def relabel_rule_tests(
         for case in group.get("promql_expr_test") or []:
             for sample in case.get("exp_samples") or []:
                 name, labels = parse_series(sample.get("labels", "{}"))
-                sample["labels"] = format_series(name, _relabel(labels, label_sets))
+                sample["labels"] = format_series(name, _expected(labels, set(), series_labels, label_sets))
     return tests
 
 
