@@ -15,7 +15,9 @@ fields fail) and prometheus-operator objects with cloudcoil's models (unknown fi
 trip: the models drop what they do not know). `scrape_label_sets()` and `relabel_rule_tests()` turn the
 promtool tests of monitoring/rules into tests whose series carry the labels a ServiceMonitor gives them.
 
-Written against kubernetes-validate 1.37.0 (validate(data, version, strict)) and
+Written against kubernetes-validate 1.37.0 (validate(data, version, strict); its internal
+kubernetes_validate.utils.schema_contents is memoised here: it parses the 4 MB definitions file again for
+every object, 20 s for one render on a busy machine, 0.2 s memoised) and
 cloudcoil-models-prometheus-operator 0.80.1.0 (pydantic models in cloudcoil.models.prometheus_operator.v1);
 tests/test_kubernetes.py fails loudly when either changes what these calls return.
 """
@@ -23,6 +25,7 @@ tests/test_kubernetes.py fails loudly when either changes what these calls retur
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 import shutil
@@ -239,9 +242,19 @@ def operator_problems(obj: dict[str, Any]) -> list[str]:
     return [f"{name_of(obj)}: unknown field {path}" for path in dropped_fields(obj, kept)]
 
 
+def _kubernetes_validate() -> Any:
+    """kubernetes_validate, with its schema file reader memoised (the schemas never change in a run)."""
+    import kubernetes_validate  # noqa: PLC0415 - imported only when checking
+    import kubernetes_validate.utils as utils  # noqa: PLC0415
+
+    if not hasattr(utils.schema_contents, "cache_info"):
+        utils.schema_contents = functools.lru_cache(maxsize=None)(utils.schema_contents)
+    return kubernetes_validate
+
+
 def core_problems(obj: dict[str, Any], version: str) -> list[str]:
     """A core object against the Kubernetes schemas of version, strictly (unknown fields fail)."""
-    import kubernetes_validate  # noqa: PLC0415
+    kubernetes_validate = _kubernetes_validate()
 
     try:
         kubernetes_validate.validate(obj, version, strict=True)

@@ -146,6 +146,18 @@ def test_schema_checks_fail_on_unknown_fields_and_wrong_types(overlay: list) -> 
     assert "unknown field spec.groups[0].rules[0].severity" in " ".join(km.schema_problems([rule]))
 
 
+def test_the_schema_libraries_are_the_versions_this_was_written_against() -> None:
+    """hello/kubernetes_manifests.py memoises kubernetes_validate.utils.schema_contents and reads cloudcoil's models."""
+    import importlib.metadata
+
+    import kubernetes_validate.utils
+
+    assert importlib.metadata.version("kubernetes-validate") == "1.37.0"
+    assert importlib.metadata.version("cloudcoil.models.prometheus_operator") == "0.80.1.0"
+    km.core_problems({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}, km.KUBERNETES_VERSIONS[0])
+    assert kubernetes_validate.utils.schema_contents.cache_info().currsize >= 2  # the kind and the definitions
+
+
 def test_overlay_sets_namespace_image_and_replicas(overlay: list) -> None:
     config = load_config(km.CONFIG)
     namespaced = [obj for obj in overlay if obj["kind"] != "Namespace"]
