@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from conftest import PYTHON, REPO, deep_merge, http_get, require_tool
+from conftest import PYTHON, REPO, deep_merge, free_port, http_get, require_tool, wait_until
 from hello import kubernetes_manifests as km
 from hello_config import load_config, parse_duration
 
@@ -411,3 +415,70 @@ def test_dashboard_queries_return_data_with_either_label_set(overlay: list, tmp_
     path = tmp_path / "dashboard.test.yml"
     path.write_text(yaml.safe_dump(tests, sort_keys=False, width=1000))
     km.promtool("test", "rules", str(path))
+
+
+def test_pod_config_serves_as_the_image_user_from_read_only_code(overlay: list, processes) -> None:
+    """As in the pod: uid 10001, code it cannot write, HELLO_COMMIT, the rendered config; only run_dir writable.
+
+    `unshare --user --map-user=10001` runs the server as uid 10001 of a user namespace, without the
+    capability to override file permissions: the code (mode 444/555) cannot be written, as with
+    readOnlyRootFilesystem. SIGTERM (what the kubelet sends after preStop) must end the server well within
+    the grace period.
+    """
+    unshare = require_tool("unshare", "util-linux")
+    spec = pod_spec(overlay)
+    user = spec["securityContext"]["runAsUser"]
+    as_user = [unshare, "--user", f"--map-user={user}", f"--map-group={user}"]
+    probe = subprocess.run([*as_user, PYTHON, "-c", "import os; print(os.getuid())"], capture_output=True, text=True)
+    if probe.stdout.strip() != str(user):
+        pytest.skip(f"user namespaces are not available here: {probe.stderr.strip()[:200]}")
+    root = Path(tempfile.mkdtemp(prefix="hello-pod-"))
+    try:
+        root.chmod(0o755)
+        app = root / "app"
+        files = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True, check=True)
+        for name in files.stdout.split():
+            if name.split("/")[0] not in ("tests", "deploy", "monitoring") and (REPO / name).is_file():
+                (app / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / name, app / name)
+        for path in [app, *app.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)  # readOnlyRootFilesystem, as far as uid 10001 goes
+        run_dir = root / "run"  # the emptyDir
+        run_dir.mkdir()
+        configmap = km.find(overlay, "ConfigMap", spec["volumes"][0]["configMap"]["name"])
+        system = yaml.safe_load(configmap["data"]["config.yaml"])["system"]
+        port = free_port()
+        system = deep_merge(system, {"server": {"host": "127.0.0.1", "port": port}, "run_dir": str(run_dir)})
+        config = root / "config.yaml"
+        config.write_text(yaml.safe_dump({"system": system}))
+        config.chmod(0o444)
+        commit = "c" * 40
+        env = {
+            "HELLO_CONFIG": str(config),
+            "HELLO_COMMIT": commit,
+            "PATH": "/usr/bin:/bin",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        argv = [*as_user, PYTHON, "hello_world.py"]
+        with open(root / "server.log", "wb") as log:
+            proc = processes.start(argv, cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
+            return http_get(url + "/readyz", timeout=1)[0] == 200
+
+        wait_until(ready, 60, f"{url}/readyz as uid {user}")
+        assert http_get(url + "/healthz")[0] == 200
+        assert yaml.safe_load(http_get(url + "/version")[2])["commit"] == commit
+        assert b"hello_world_requests_total" in http_get(url + "/metrics")[2]
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, (root / "server.log").read_text()[-3000:]
+        pre_stop = float(container(overlay)["lifecycle"]["preStop"]["exec"]["command"][1])
+        assert time.monotonic() - started < spec["terminationGracePeriodSeconds"] - pre_stop
+    finally:
+        for path in [root, *root.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o755)
+        shutil.rmtree(root, ignore_errors=True)
