@@ -208,7 +208,7 @@ OPERATOR_GROUP = "monitoring.coreos.com/"
 def _operator_models() -> dict[str, Any]:
     from cloudcoil.models.prometheus_operator import v1  # noqa: PLC0415 - imported only when checking
 
-    return {"ServiceMonitor": v1.ServiceMonitor, "PrometheusRule": v1.PrometheusRule, "PodMonitor": v1.PodMonitor}
+    return {"ServiceMonitor": v1.ServiceMonitor, "PrometheusRule": v1.PrometheusRule}
 
 
 def dropped_fields(given: Any, kept: Any, where: str = "") -> list[str]:
@@ -322,7 +322,7 @@ def scrape_label_sets(objects: list[dict[str, Any]], static_job: str) -> dict[st
     return {
         static_job: {
             "job": job or service["metadata"]["name"],
-            "instance": f"10.244.0.0:{container['ports'][0]['containerPort']}",
+            "instance": f"10.244.0.0:{container['ports'][0]['containerPort']}",  # _relabel: one address a pod
             "namespace": namespace,
             "service": service["metadata"]["name"],
             "pod": f"{deployment['metadata']['name']}-6b9f7c8d4f",

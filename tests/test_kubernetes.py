@@ -275,7 +275,9 @@ def test_service_pdb_hpa_and_networkpolicy_select_the_server_pods(overlay: list)
 def test_servicemonitor_scrapes_each_pod_once_as_job_hello_world(overlay: list) -> None:
     labels = km.scrape_label_sets(overlay, monitor.HELLO_JOB)[monitor.HELLO_JOB]
     assert labels["job"] == monitor.HELLO_JOB  # what the rules and the dashboard select
-    endpoint = km.find(overlay, "ServiceMonitor")["spec"]["endpoints"][0]
+    (endpoint,) = km.find(overlay, "ServiceMonitor")["spec"]["endpoints"]
+    service_ports = km.find(overlay, "Service", km.APP)["spec"]["ports"]
+    assert endpoint["port"] in {port["name"] for port in service_ports}  # the operator finds the port by name
     assert endpoint["path"] == "/metrics"
     assert parse_duration(endpoint["interval"]) == load_config(km.CONFIG)["monitoring"]["prometheus"]["scrape_interval"]
 
