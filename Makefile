@@ -12,10 +12,10 @@ DEV_STAMP := $(VENV)/.dev-installed
 SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: help run test start stop status reload backup backup-schedule restore update validate \
-        monitor monitor-stop up down cron bench bench-backup bench-update bench-alerting lint check-config clean
+        monitor monitor-stop up down cron bench bench-backup bench-update bench-alerting lint k8s-render check-config clean
 
 help: ## list the targets (the default goal)
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
 
 # The venv is rebuilt only when a requirements file is newer than its stamp.
 $(RUNTIME_STAMP): requirements.txt
@@ -104,11 +104,15 @@ bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deploy
 bench-alerting: $(DEV_STAMP) ## time from a stopped server to the webhook's HelloWorldDown notification
 	$(PY) scripts/bench_alerting.py $(BENCH_ARGS)
 
-lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint, systemd-analyze on the units
+lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint, systemd-analyze on the units, deploy/kubernetes checks
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) scripts/lint_monitoring.py
 	$(PY) scripts/systemd.py check
+	$(PY) scripts/k8s.py lint
+
+k8s-render: $(DEV_STAMP) ## regenerate deploy/kubernetes/**/generated/ from config.yaml, the alert rules and the dashboard
+	$(PY) scripts/k8s.py render
 
 check-config: $(RUNTIME_STAMP) ## check config.yaml (or HELLO_CONFIG) and print it normalised
 	@$(PY) hello_config.py

@@ -115,6 +115,10 @@ def _url_or_null(value: Any) -> str | None:
     return value.rstrip("/")
 
 
+def _string_or_null(value: Any) -> str | None:
+    return None if value is None else _string(value)
+
+
 def _one_of(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -274,8 +278,15 @@ SCHEMA: Schema = {
             "remote": (_string, "origin"),
             "branch": (_string, "main"),
             "test_command": (_string, "make test"),
-            "deploy": (_one_of("local", "compose"), "local"),
+            "deploy": (_one_of("local", "compose", "kubernetes"), "local"),
             "interval": (_interval_or_null, None),  # null: no periodic update in `make cron`
+        },
+        "kubernetes": {  # deploy/kubernetes and system.update.deploy: kubernetes (hello/deploy_kubernetes.py)
+            "registry": (_string_or_null, None),  # images go to <registry>/hello-world:<commit>; needed to deploy
+            "context": (_string_or_null, None),  # kubectl --context; null: kubectl's current context
+            "namespace": (_string, "hello-world"),
+            "rollout_timeout": (parse_duration, "5m"),
+            "pushgateway_url": (_url_or_null, "http://pushgateway.monitoring.svc:9091"),  # the validation CronJob's
         },
         "validation": {
             "timeout": (parse_duration, "5s"),  # every network wait of validation_test.py
