@@ -349,15 +349,25 @@ def _relabel(labels: dict[str, str], label_sets: dict[str, dict[str, str]]) -> d
 
 
 def _expected(
-    labels: dict[str, str], own: set[str], series_labels: list[dict[str, str]], label_sets: dict[str, dict[str, str]]
+    labels: dict[str, str],
+    own: set[str],
+    series_labels: list[dict[str, str]],
+    label_sets: dict[str, dict[str, str]],
+    instances: dict[str, str],
 ) -> dict[str, str]:
-    """An expected result's labels under label_sets (see relabel_rule_tests); own: its rule's labels."""
+    """An expected result's labels under label_sets (see relabel_rule_tests); own: its rule's labels.
+
+    instances maps each input series' old instance to its new one, for results aggregated by instance.
+    """
     kept = {key: value for key, value in labels.items() if key not in own}
     if kept in series_labels:
         return {**_relabel(kept, label_sets), **{key: value for key, value in labels.items() if key in own}}
+    mapped = dict(labels)
     if labels.get("job") in label_sets:
-        return {**labels, "job": label_sets[labels["job"]]["job"]}
-    return labels
+        mapped["job"] = label_sets[labels["job"]]["job"]
+    if labels.get("instance") in instances:
+        mapped["instance"] = instances[labels["instance"]]
+    return mapped
 
 
 def relabel_rule_tests(
@@ -390,7 +400,9 @@ def relabel_rule_tests(
         for case in group.get("alert_rule_test") or []:
             own = rule_labels.get(case.get("alertname", ""), set())
             for alert in case.get("exp_alerts") or []:
-                alert["exp_labels"] = _expected(alert.get("exp_labels") or {}, own, series_labels, label_sets)
+                alert["exp_labels"] = _expected(
+                    alert.get("exp_labels") or {}, own, series_labels, label_sets, instances
+                )
                 for key, text in (alert.get("exp_annotations") or {}).items():
                     for old, new in instances.items():
                         text = text.replace(old, new)
@@ -398,7 +410,7 @@ def relabel_rule_tests(
         for case in group.get("promql_expr_test") or []:
             for sample in case.get("exp_samples") or []:
                 name, labels = parse_series(sample.get("labels", "{}"))
-                sample["labels"] = format_series(name, _expected(labels, set(), series_labels, label_sets))
+                sample["labels"] = format_series(name, _expected(labels, set(), series_labels, label_sets, instances))
     return tests
 
 
