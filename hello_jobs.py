@@ -21,7 +21,7 @@ record_job writes <run_dir>/metrics/<job>.prom atomically (for node_exporter's
 textfile collector or a human) and pushes the same gauges to the Pushgateway
 when system.monitoring.pushgateway.url is set; a failed push is a warning only.
 
-pid_alive, http_get and write_atomically are the small helpers every script
+pid_alive, http_get, fsync_dir and write_atomically are the small helpers every script
 needs the same way. This module is a library; it has no command line.
 """
 
@@ -186,6 +186,15 @@ def _previous_value(path: Path, name: str) -> float | None:
     except ValueError:
         log.warning("ignoring unreadable metrics textfile %s", path)
     return None
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the names in directory (a rename, a new file) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
