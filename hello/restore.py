@@ -468,12 +468,13 @@ def recover(target: Path) -> list[str]:
             done.append(f"undid the restore into {target} that was killed before its renames: it was never touched")
         journal.unlink()
         fsync_dir(parent)
+    restoring, replaced = _leftover_re(target, "restoring"), _leftover_re(target, "replaced")
     for entry in os.scandir(parent):
         path = Path(entry.path)
-        if _leftover_re(target, "restoring").match(entry.name):
+        if restoring.match(entry.name):
             remove_tree(path)
             done.append(f"removed {path}, left by a restore into {target} killed while extracting")
-        elif _leftover_re(target, "replaced").match(entry.name):
+        elif replaced.match(entry.name):
             if any(os.scandir(path)):
                 log.warning("%s holds files no journal accounts for: left alone, check it by hand", path)
             else:
