@@ -467,9 +467,11 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
     sidecar = sidecar_path(final)
     temp = final.with_name(f".{final.name}{PARTIAL}")
     temp_sidecar = final.with_name(f".{sidecar.name}{PARTIAL}")
+    writing = temp
     try:
         digest, size = write_archive(source, temp, backup["exclude"], {(dest_stat.st_dev, dest_stat.st_ino)}, progress)
         # The sidecar gets its final name first: then every final-named archive has one.
+        writing = temp_sidecar
         fd = os.open(temp_sidecar, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with open(fd, "w", encoding="utf-8") as handle:
             handle.write(f"{digest}  {final.name}\n")
@@ -477,10 +479,11 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
             os.fsync(fd)
         os.rename(temp_sidecar, sidecar)
         fsync_dir(destination)
+        writing = final
         os.rename(temp, final)
         fsync_dir(destination)
     except OSError as exc:
-        raise BackupError(f"writing {temp}: {exc.strerror or exc}") from None
+        raise BackupError(f"writing {writing}: {exc.strerror or exc}") from None
     finally:
         # Whatever stopped us (an error, SIGTERM, Ctrl-C), leave no partial file; a sidecar goes only
         # when its archive never got its final name.
@@ -494,33 +497,42 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
 def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
     """One backup under the lock, then its metrics, then prune; return the exit code.
 
-    The job is recorded (success or failure) as soon as the archive is written or has failed. Pruning comes
-    after: a prune that fails is only a warning, since the backup itself succeeded (exit 0, success 1).
+    Every run that fails, whatever step failed (taking the lock, say on a full disk; the archive; its sidecar;
+    the prune), is recorded as failed: the textfile attempted, the Pushgateway pushed when configured. A run
+    is recorded as soon as its archive is written; a prune failing after that fails the run (exit 1) and is
+    recorded again: success 0, but the last success is that archive's (it exists and is good).
     """
+    started = time.time()
+    lock = Path(config["run_dir"]) / "backup.lock"
+    extra: dict[str, float] = {}
+    written: float | None = None  # when the archive got its final name
     try:
-        with job_lock(Path(config["run_dir"]) / "backup.lock"):
-            started = time.time()
+        with contextlib.ExitStack() as stack:
             try:
-                archive, size = create(config, progress=Progress(show_progress))
-                duration = time.time() - started
-                extra = {f"{JOB}_size_bytes": float(size), f"{JOB}_duration_seconds": duration}
-                print(f"created {archive.path}")
-                print(f"  size {size} bytes ({size / 1e6:.1f} MB), took {duration:.2f} s")
-            except BaseException:
-                finished = time.time()
-                extra = {f"{JOB}_duration_seconds": finished - started}  # a failed run: its duration, no size
-                record_job(config, JOB, success=False, started=started, finished=finished, extra=extra)
-                raise
-            record_job(config, JOB, success=True, started=started, finished=time.time(), extra=extra)
+                stack.enter_context(job_lock(lock))
+            except OSError as exc:
+                raise BackupError(f"cannot take the lock {lock}: {exc.strerror or exc}") from None
+            archive, size = create(config, progress=Progress(show_progress))
+            written = time.time()
+            extra = {f"{JOB}_size_bytes": float(size), f"{JOB}_duration_seconds": written - started}
+            print(f"created {archive.path}")
+            print(f"  size {size} bytes ({size / 1e6:.1f} MB), took {written - started:.2f} s")
+            record_job(config, JOB, success=True, started=started, finished=written, extra=extra)
             try:
                 prune(config, dry_run=False, known_good=archive.path)
             except Terminated:
                 raise
-            except Exception as exc:  # noqa: BLE001 - whatever stopped the prune, the backup stands
-                log.warning("backup %s succeeded, but pruning old archives failed: %s", archive.path, exc)
+            except Exception as exc:  # noqa: BLE001 - whatever stopped the prune, the archive stands
+                failed = f"backup {archive.path} was written, but pruning old archives failed"
+                raise BackupError(f"{failed}: {exc}") from None
     except LockHeld as exc:
         log.error("another backup run holds %s (PID %s); not starting", exc.path, exc.pid)
         return EXIT_LOCKED
+    except BaseException:
+        finished = time.time()
+        extra[f"{JOB}_duration_seconds"] = finished - started
+        record_job(config, JOB, success=False, started=started, finished=finished, extra=extra, last_success=written)
+        raise
     return EXIT_OK
 
 
