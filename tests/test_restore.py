@@ -141,6 +141,21 @@ ISSUE_CASE: list[Member] = [
     ("symlink", "b/c/d", "../..", 0o777, ROOT, 0),
     ("hardlink", "x", "b/c/d/victim.txt", 0o6777, NOBODY, 0),
 ]
+# Other known shapes of escape, run with every property run besides the generated ones.
+KNOWN_ESCAPES: list[list[Member]] = [
+    # a hard link to a symbolic link is a symbolic link: harmless one folder down, out of the target at the top
+    [
+        ("dir", "s", "", 0o755, ROOT, 0),
+        ("symlink", "s/up", "..", 0o777, ROOT, 0),
+        ("hardlink", "up", "s/up", 0, ROOT, 0),
+    ],
+    # a link redefined later in the archive
+    [("symlink", "l", "a", 0o777, ROOT, 0), ("symlink", "l", "../..", 0o777, ROOT, 0)],
+    # a link that leaves the target by name and comes back in through the private folder's own name
+    [("symlink", "l", "../.target.restoring-x/victim.txt", 0o777, ROOT, 0)],
+    # a file written through a link made earlier in the archive
+    [("symlink", "out", "..", 0o777, ROOT, 0), ("file", "out/victim.txt", "", 0o644, ROOT, 0)],
+]
 
 KINDS = ["dir", "file", "symlink", "hardlink"] * 8 + ["fifo", "device"]
 MODES = [0o644, 0o755, 0o700, 0o555, 0o000, 0o777, 0o1777, 0o4755, 0o2755, 0o6777]
@@ -222,6 +237,10 @@ def check_property(tmp_path: Path) -> None:
     )
     @given(members(base))
     @example(ISSUE_CASE)
+    @example(KNOWN_ESCAPES[0])
+    @example(KNOWN_ESCAPES[1])
+    @example(KNOWN_ESCAPES[2])
+    @example(KNOWN_ESCAPES[3])
     def restore_one(case: list[Member]) -> None:
         archive = write_archive(archives, case)
         empty = len(case) % 2 == 0  # half of the targets exist (empty), half do not
