@@ -35,8 +35,8 @@ run: $(RUNTIME_STAMP) ## serve in the foreground on http://127.0.0.1:8000 (PORT=
 test: $(DEV_STAMP) ## run the whole test suite (exit 0 only if all pass)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-start: $(RUNTIME_STAMP) ## start the server in the background (pidfile and log in run/)
-	@$(PY) scripts/service.py start $(SERVER_ARGS)
+start: $(RUNTIME_STAMP) ## start the server in the background (pidfile and log in run/); QUIET=1: silent if it runs
+	@$(PY) scripts/service.py start $(SERVER_ARGS) $(if $(QUIET),--quiet)
 
 stop: $(RUNTIME_STAMP) ## stop the background server gracefully
 	@$(PY) scripts/service.py stop
@@ -78,11 +78,24 @@ down: ## stop the docker compose stack
 cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml
 	@$(PY) scripts/cron.py
 
+.PHONY: systemd systemd-install systemd-uninstall bench-restart
+systemd: $(RUNTIME_STAMP) ## print the systemd units derived from config.yaml (DESTDIR=dir writes them there)
+	@$(PY) scripts/systemd.py render $(if $(DESTDIR),--destdir "$(DESTDIR)")
+
+systemd-install: $(RUNTIME_STAMP) ## install the units in /etc/systemd/system, enable and start them (DESTDIR=root: only write and enable)
+	@$(PY) scripts/systemd.py install $(if $(DESTDIR),--root "$(DESTDIR)")
+
+systemd-uninstall: $(RUNTIME_STAMP) ## stop, disable and remove the installed units (DESTDIR= as for systemd-install)
+	@$(PY) scripts/systemd.py uninstall $(if $(DESTDIR),--root "$(DESTDIR)")
+
 bench: $(DEV_STAMP) ## benchmark the server side by side with nginx (wrk); prints ratios
 	$(PY) scripts/bench_server.py $(BENCH_ARGS)
 
 bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
 	$(PY) scripts/bench_backup.py $(BENCH_ARGS)
+
+bench-restart: $(RUNTIME_STAMP) ## time the way back after a supervisor SIGKILL under load (cron's start line)
+	$(PY) scripts/bench_restart.py $(BENCH_ARGS)
 
 bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deployment
 	$(PY) scripts/bench_update.py $(BENCH_ARGS)
@@ -90,10 +103,11 @@ bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deploy
 bench-config: $(RUNTIME_STAMP) ## time and peak memory of refusing hostile config files (alias bomb, huge, deep)
 	$(PY) scripts/bench_config.py $(BENCH_ARGS)
 
-lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint
+lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint, systemd-analyze on the units
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) scripts/lint_monitoring.py
+	$(PY) scripts/systemd.py check
 
 check-config: $(RUNTIME_STAMP) ## check config.yaml (or HELLO_CONFIG) and print it normalised
 	@$(PY) hello_config.py

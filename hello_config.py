@@ -166,6 +166,15 @@ def _interval_or_null(value: Any) -> float | None:
     return seconds
 
 
+def _user_or_null(value: Any) -> str | None:
+    """A Unix account name for systemd's User= (never root: the service needs no privileges), or null."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value) or value == "root":
+        raise _Invalid(f"expected a non-root user name such as hello, or null, {_got(value)}")
+    return value
+
+
 def _path(value: Any) -> str:
     """A path; load_config resolves it against the config file's folder."""
     return _string(value)
@@ -187,6 +196,7 @@ SCHEMA: Schema = {
             "header_timeout": (parse_duration, "10s"),
             "drain_timeout": (parse_duration, "10s"),
             "reload_timeout": (parse_duration, "30s"),
+            "user": (_user_or_null, None),  # systemd units run as this user (make systemd); null: root
         },
         "monitoring": {
             "prometheus": {

@@ -10,8 +10,10 @@ Groups (validation_steps.md says what each check proves and what to do when it f
   monitoring  Prometheus is ready, scrapes the service, answers every dashboard query, has our alert
               rules loaded with none firing; Grafana when system.monitoring.grafana.url is set
   backup      the newest archive is fresh, matches its checksum, reads back, agrees with the backup
-              metric, and a scheduler (crontab line or `backup_script.py schedule` loop) exists
+              metric, and a scheduler (crontab line, systemd timer or `backup_script.py schedule` loop) exists
   update      /version serves the checkout's HEAD and the last update succeeded
+  restarts    the supervisor was not restarted after a crash since the last run (its state file); not in
+              the update protocol's `--only service`, so a crash an hour ago never rolls back a good deploy
 
 Each check prints PASS, FAIL or SKIP with its reason. Every network wait is bounded by
 system.validation.timeout; a component that is down fails its checks at once with a reason naming
@@ -47,6 +49,7 @@ from typing import Any
 
 import yaml
 
+from hello import restarts, units
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
 from update_protocol import UpdateError, git
 
@@ -54,7 +57,7 @@ log = logging.getLogger("validation")
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: 10x faster
 
 CHECKOUT = Path(__file__).resolve().parent  # the deployed code: `make validate` runs the checkout's own copy
-GROUPS = ("service", "monitoring", "backup", "update")
+GROUPS = ("service", "monitoring", "backup", "update", "restarts")
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 ARCHIVE_RE = re.compile(r"^hello-world-(\d{8}T\d{6}Z)\.tar\.gz$")
@@ -726,13 +729,16 @@ def check_scheduler(ctx: Context) -> str:
     cron, why_not = _cron_lines()
     if cron:
         return f"crontab line: {cron[0]}"
+    timer = units.enabled_timer(CHECKOUT, "backup")
+    if timer:
+        return f"systemd timer: {timer} (enabled)"
     loops = schedule_loops({CHECKOUT, Path(ctx.config["config_file"]).parent})
     if loops:
         pid, command = loops[0]
         return f"schedule loop: PID {pid} ({command})"
     raise CheckFailed(
         f"no scheduler: {why_not}, and no `backup_script.py schedule` process of {CHECKOUT} runs "
-        "(install the `make cron` lines, or run `make backup-schedule`)"
+        "(install the `make cron` lines or `make systemd-install`, or run `make backup-schedule`)"
     )
 
 
@@ -807,6 +813,20 @@ def check_last_update(ctx: Context) -> str:
     if values.get("hello_world_update_success") == 0:
         raise CheckFailed(f"the last update{when} failed (hello_world_update_success 0, {source})")
     return f"succeeded{when} ({source})"
+
+
+# --- restarts -------------------------------------------------------------------------------------
+
+
+@check("restarts", "no restart after a crash since the last run")
+def check_restarts(ctx: Context) -> str:
+    """The supervisor's start history (its state file) since validation last looked: a crash loop shows."""
+    ok, detail = restarts.look(ctx.run_dir, first_window=ctx.config["validation"]["interval"] or 900.0)
+    if ok is None:
+        raise CheckSkipped(detail)
+    if not ok:
+        raise CheckFailed(detail)
+    return detail
 
 
 # --- running and reporting ------------------------------------------------------------------------

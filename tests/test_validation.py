@@ -382,7 +382,8 @@ def test_bad_usage_and_bad_config_exit_2_with_one_line(tmp_path: Path) -> None:
     done = run([PYTHON, str(REPO / "validation_test.py"), "--only", "service,nonsense"], REPO, dict(os.environ))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "validation_test.py: --only: unknown group 'nonsense' (choose from service, monitoring, backup, update)"
+        "validation_test.py: --only: unknown group 'nonsense' "
+        "(choose from service, monitoring, backup, update, restarts)"
     ]
     bad = tmp_path / "config.yaml"
     bad.write_text("system:\n  validation:\n    timeout: soon\n")
