@@ -449,7 +449,8 @@ def test_second_run_exits_75_while_the_lock_is_held(tree, tmp_path: Path) -> Non
         os.kill(first.pid, signal.SIGCONT)
     _out, err = first.communicate(timeout=30)
     assert first.returncode == 1 and "nothing partial" in err.decode()
-    assert list(destination.iterdir()) == [], "no partial archive left by the terminated run"
+    # (on a busy machine the run may be stopped before it made the destination at all)
+    assert not destination.exists() or list(destination.iterdir()) == [], "no partial archive left"
     assert not lock.exists()
     (_source / "sparse.bin").unlink()
     assert backup(config).returncode == 0
