@@ -175,29 +175,33 @@ LINKS = _paths(["a", "b", "..", "."], ["victim.txt"])  # relative link targets, 
 HOSTILE = _paths(["a", "..", ".", "", "sentinel", "n" * 255, "n" * 256], ["victim.txt", "file.txt"])
 
 
-def weighted(choices: list[tuple[st.SearchStrategy, int]]) -> st.SearchStrategy:
-    """One of the strategies, drawn in proportion to its weight (st.one_of would merge the repeated ones)."""
-    return st.sampled_from([strategy for strategy, weight in choices for _ in range(weight)]).flatmap(lambda s: s)
+def weighted(draw: st.DrawFn, choices: list[tuple[list[str], int]]) -> str:
+    """A value of one of the pools, picked in proportion to its weight: two cheap draws."""
+    pick = draw(st.integers(min_value=0, max_value=sum(weight for _pool, weight in choices) - 1))
+    for pool, weight in choices:
+        if pick < weight:
+            return draw(st.sampled_from(pool))
+        pick -= weight
+    raise AssertionError("unreachable")
 
 
 def members(base: Path) -> st.SearchStrategy[list[Member]]:
     """Lists of members whose names and link targets mostly meet (a few names), often with '..' or absolute."""
     roots = [str(base), str(base / "parent"), str(base / "parent" / "victim.txt"), "/", "/etc", "/tmp"]
-    names, links, hostile = st.sampled_from(NAMES), st.sampled_from(LINKS), st.sampled_from(HOSTILE)
-    rooted = st.tuples(st.sampled_from(roots), hostile).map("/".join)
-    name = weighted([(names, 40), (hostile, 3), (rooted, 1)])
-    link = weighted([(names, 6), (links, 10), (hostile, 2), (st.sampled_from(roots), 1), (rooted, 1)])
-    attrs = st.tuples(st.sampled_from(MODES), st.sampled_from([ROOT, NOBODY]), st.sampled_from(MTIMES))
+    rooted = [f"{root}/{name}" for root in roots for name in HOSTILE]
+    attrs = st.sampled_from(list(itertools.product(MODES, [ROOT, NOBODY], MTIMES)))  # one draw for all three
 
     @st.composite
     def archive(draw: st.DrawFn) -> list[Member]:
         result: list[Member] = []
         for _ in range(draw(st.integers(min_value=1, max_value=7))):
             kind = draw(st.sampled_from(KINDS))
-            target = draw(link)
             if kind == "hardlink" and result and draw(st.booleans()):
                 target = draw(st.sampled_from([m[1] for m in result]))  # to an earlier member, maybe a link
-            result.append((kind, draw(name), target, *draw(attrs)))
+            else:
+                target = weighted(draw, [(NAMES, 6), (LINKS, 10), (HOSTILE, 2), (roots, 1), (rooted, 1)])
+            name = weighted(draw, [(NAMES, 40), (HOSTILE, 3), (rooted, 1)])
+            result.append((kind, name, target, *draw(attrs)))
         return result
 
     return archive()
