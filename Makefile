@@ -13,6 +13,7 @@ SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(
 
 .PHONY: help run test start stop status reload backup backup-schedule restore update validate \
         monitor monitor-stop up down cron bench bench-backup bench-update bench-alerting lint k8s-render check-config clean
+.PHONY: bench-config
 
 help: ## list the targets (the default goal)
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -52,9 +53,9 @@ backup: $(RUNTIME_STAMP) ## one backup now (what cron calls)
 backup-schedule: $(RUNTIME_STAMP) ## run the backup loop: one backup a day at system.backup.time
 	@$(PY) backup_script.py schedule
 
-restore: $(RUNTIME_STAMP) ## restore a backup: make restore ARCHIVE=path TARGET=dir [FORCE=1]
+restore: $(RUNTIME_STAMP) ## restore a backup: make restore ARCHIVE=path TARGET=dir [FORCE=1] [KEEP_SETUID=1]
 	@[ -n "$(ARCHIVE)" ] && [ -n "$(TARGET)" ] || { echo "usage: make restore ARCHIVE=path TARGET=dir [FORCE=1]" >&2; exit 2; }
-	@$(PY) backup_script.py restore "$(ARCHIVE)" --target "$(TARGET)" $(if $(FORCE),--force)
+	@$(PY) backup_script.py restore "$(ARCHIVE)" --target "$(TARGET)" $(if $(FORCE),--force) $(if $(KEEP_SETUID),--keep-setuid)
 
 update: $(RUNTIME_STAMP) ## run the update protocol (DRY_RUN=1 prints the plan and changes nothing)
 	@$(PY) update_protocol.py $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
@@ -103,6 +104,9 @@ bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deploy
 
 bench-alerting: $(DEV_STAMP) ## time from a stopped server to the webhook's HelloWorldDown notification
 	$(PY) scripts/bench_alerting.py $(BENCH_ARGS)
+
+bench-config: $(RUNTIME_STAMP) ## time and peak memory of refusing hostile config files (alias bomb, huge, deep)
+	$(PY) scripts/bench_config.py $(BENCH_ARGS)
 
 lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint, systemd-analyze on the units, deploy/kubernetes checks
 	$(VENV)/bin/ruff check .

@@ -748,8 +748,10 @@ def main(argv: list[str] | None = None) -> int:
         report.outcome = report.outcome or ("refused" if isinstance(exc, Refused) else "failed")
         report.reason = report.reason or str(exc)
     if not args.dry_run and code != EXIT_LOCKED:  # the run holding the lock records its own outcome
-        with contextlib.suppress(UpdateError):
+        try:
             record(config, updater, code, started)
+        except UpdateError as exc:  # one line on stderr; the metrics were attempted (pushed) whatever it was
+            print(f"update_protocol.py: {exc}", file=sys.stderr)
     summary = {
         "outcome": report.outcome,
         "exit": code,
