@@ -84,7 +84,12 @@ def test_alias_bombs_of_any_shape_are_refused(tmp_path_factory, width, depth, wh
     lines.append(f"{'  ' * len(parents)}{key}: [{', '.join(levels)}]")
     path = tmp_path_factory.mktemp("bomb") / "config.yaml"
     path.write_text("\n".join(lines) + "\n")
-    expanded = sum(width**level for level in range(1, depth + 1))  # a lower bound of the values
+    # the values the top list stands for: each level's node, its keys (mappings) and what they alias
+    size = 5 if mappings else 1 + width  # {a: 1, b: 2}: the mapping, two keys, two values
+    expanded = 1 + size
+    for _ in range(1, depth):
+        size = 1 + width * (size + (1 if mappings else 0))
+        expanded += size
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     message = str(caught.value)
