@@ -11,11 +11,15 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              tree, on system.update.branch, the remote answers `git ls-remote`, and the server answers
              /version: the commit it serves is the rollback point. A server that is not running is refused
              (exit 1): without a serving commit there is nothing to roll back to (`make start` first).
-  fetch      `git fetch` then `git merge --ff-only`; a remote that is not a fast-forward of the checkout (or of
-             the serving commit) is refused with nothing changed. Nothing new: exit 0, nothing else done.
-  test       system.update.test_command in the checkout; failure (or a command that cannot run) ->
-             `git reset --hard <serving>`, nothing deployed
-  build      local: `pip install -r` of the requirements files that changed (none changed: skipped);
+  fetch      `git fetch`; a remote that is not a fast-forward of the checkout (or of the serving commit) is
+             refused with nothing changed. Nothing new: exit 0, nothing else done.
+  test       in the release, an isolated copy of the new commit (hello/release.py: <run_dir>/release, a git
+             worktree with its own venv: the live one when no requirements file changed, else a copy of it with
+             the changed files pip-installed), system.update.test_command runs; the live checkout and venv
+             have not moved, so a worker the supervisor respawns meanwhile starts the serving code. Failure
+             (or a command that cannot run) -> nothing deployed, nothing to undo
+  checkout   the tests passed: `git merge --ff-only` of the live checkout to the tested commit
+  build      local: `pip install -r` into the live venv of the requirements files that changed (none: skipped);
              compose: `docker compose build --build-arg COMMIT=<sha> hello-world` with HELLO_COMMIT=<sha>
              (docker-compose.yml tags the image hello-world:<sha>; a fixed image name is also tagged <sha>)
   deploy     local: `python scripts/service.py reload` (zero-downtime; new code that cannot start leaves the old
@@ -25,14 +29,15 @@ Steps, each printed with its outcome and duration; the first failure stops the r
   rollback   (after a failed deploy or verify) reset to the serving commit, redeploy it unless it still
              serves, verify it; exit 1
   record     SPEC update metrics (hello_jobs.record_job: textfile + Pushgateway) and one JSON line in
-             <run_dir>/update.log: time, from, to, outcome, exit code, step durations
+             <run_dir>/update.log: time, from, to, outcome, exit code, step durations, and `good`, the commit
+             left serving tested and verified (updated, redeployed: the new one; rolled back: the old one)
 
 A run killed half-way (kill -9) leaves <run_dir>/update.pending.json naming its rollback point. The next
 run takes over the stale lock, keeps that rollback point, and runs every step again even if the checkout
 already matches the remote, so that what serves has been tested and verified.
 
 --dry-run fetches (objects, FETCH_HEAD and the remote-tracking branch only, as `git fetch` does), prints
-the commits it would deploy and the steps, and changes nothing else: no merge, no reset, no reload.
+the commits it would deploy and the steps, and changes nothing else: no release, no merge, no reload.
 --force runs every step even when already up to date (redeploys the current commit).
 
 Exit codes: 0 updated or already up to date; 1 refused or failed (nothing changed, or rolled back);
@@ -55,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from hello.release import RELEASE_DIR, REQUIREMENTS, Release, ReleaseError, live_venv, pip_install, update_log
 from hello_config import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -74,8 +80,6 @@ REMOTE_TIMEOUT = 20.0  # `git ls-remote`: an unreachable remote must fail fast, 
 TEST_TIMEOUT = 3600.0
 VALIDATION_TIMEOUT = 120.0
 VERSION_WAIT = 10.0  # after a deploy, how long /version may take to show the new commit
-REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
-MAKE_STAMPS = {"requirements.txt": ".runtime-installed", "requirements-dev.txt": ".dev-installed"}  # see Makefile
 
 log = logging.getLogger("update_protocol")
 
@@ -179,7 +183,8 @@ def changed_requirements(repo: Path, old: str, new: str) -> list[str]:
     if old == new:
         return []
     names = git_out(repo, "diff", "--name-only", old, new, "--", *REQUIREMENTS).splitlines()
-    return [name for name in REQUIREMENTS if name in names and (repo / name).exists()]
+    present = git_out(repo, "ls-tree", "--name-only", new, "--", *REQUIREMENTS).splitlines()
+    return [name for name in REQUIREMENTS if name in names and name in present]
 
 
 # --- the server -----------------------------------------------------------------------------------
@@ -241,11 +246,16 @@ class Updater:
             return EXIT_OK
         with self.report.step("fetch") as note:
             self.fetch(note, merge=True)
+        release = Release(self.repo, self.run_dir, git)
         try:
             with self.report.step("test") as note:
-                self.test(note)
+                self.test(note, release)
         except UpdateError as exc:
             return self.roll_back("tests-failed", exc, self.reset_checkout)
+        finally:
+            self.remove_release(release)
+        with self.report.step("checkout") as note:
+            self.checkout(note)
         try:
             with self.report.step("build") as note:
                 self.build(note, self.serving, self.target)
@@ -299,18 +309,19 @@ class Updater:
     def plan(self) -> list[tuple[str, str]]:
         if self.mode == "local":
             changed = changed_requirements(self.repo, self.serving, self.target)
-            build = f"pip install -r {', '.join(changed)}" if changed else "nothing: requirements unchanged"
+            build = f"pip install -r {', '.join(changed)} (live venv)" if changed else "nothing: requirements unchanged"
             deploy = "python scripts/service.py reload"
         else:
             build = f"HELLO_COMMIT={short(self.target)} docker compose build --build-arg COMMIT=... {SERVICE}"
             deploy = f"HELLO_COMMIT={short(self.target)} docker compose up -d --no-deps {SERVICE}; wait until healthy"
+        release = self.run_dir / RELEASE_DIR
         return [
-            ("fetch", f"git merge --ff-only {short(self.target)}"),
-            ("test", self.config["update"]["test_command"]),
+            ("test", f"{self.config['update']['test_command']}  (in {release}, a worktree at {short(self.target)})"),
+            ("checkout", f"git merge --ff-only {short(self.target)}"),
             ("build", build),
             ("deploy", deploy),
             ("verify", f"{self.url}/version = {short(self.target)}, /readyz 200, validation_test.py --only service"),
-            ("record", f"{self.run_dir / 'update.log'} and the {JOB} metrics"),
+            ("record", f"{update_log(self.run_dir)} and the {JOB} metrics"),
         ]
 
     # the steps
@@ -396,16 +407,19 @@ class Updater:
         count = git_out(self.repo, "rev-list", "--count", f"{self.serving}..{self.target}")
         if merge:
             self.write_pending()  # before the first change: a run killed from here on is recovered
-            if self.target != self.head:
-                try:
-                    git(self.repo, "merge", "--ff-only", "--quiet", self.target)
-                except UpdateError:
-                    if not self.recovering:  # nothing changed: no interrupted update for the next run to finish
-                        self.pending.unlink(missing_ok=True)
-                    raise
-                self.head = self.target
-        verb = "fast-forwarded" if merge else "would fast-forward"
-        note.detail = f"{verb} {short(self.serving)}..{short(self.target)} ({count} new commit(s))"
+        note.detail = f"{self.remote}/{self.branch} {short(self.serving)}..{short(self.target)} ({count} new commit(s))"
+
+    def checkout(self, note: Note) -> None:
+        """The tests passed: move the live checkout to the tested commit."""
+        if self.target != self.head:
+            try:
+                git(self.repo, "merge", "--ff-only", "--quiet", self.target)
+            except UpdateError:
+                if not self.recovering:  # nothing changed: no interrupted update for the next run to finish
+                    self.pending.unlink(missing_ok=True)
+                raise
+            self.head = self.target
+        note.detail = f"fast-forwarded the checkout to the tested {short(self.target)}"
 
     def test_argv(self) -> list[str]:
         """system.update.test_command split as a shell would; Refused when it cannot be split or is empty."""
@@ -418,15 +432,21 @@ class Updater:
             raise Refused(f"system.update.test_command {command!r} names no command")
         return argv
 
-    def test(self, note: Note) -> None:
+    def test(self, note: Note, release: Release) -> None:
         command = self.config["update"]["test_command"]
         argv = self.test_argv()  # checked in preflight; a Refused here still fails the step (an UpdateError)
-        env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-        self.report.say(f"test: {command}  (in {self.repo})")
+        try:
+            made = release.create(self.target, changed_requirements(self.repo, self.serving, self.target))
+        except (ReleaseError, OSError) as exc:
+            raise UpdateError(f"cannot make the release to test: {exc}") from None
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = release.env({**os.environ, "PATH": path})
+        self.report.say(f"test: {made}")
+        self.report.say(f"test: {command}  (in {release.path})")
         try:
             result = subprocess.run(
                 argv,
-                cwd=self.repo,
+                cwd=release.path,
                 env=env,
                 stdout=self.report.out,
                 stderr=subprocess.STDOUT,
@@ -444,8 +464,17 @@ class Updater:
             raise UpdateError(f"`{command}` exited {result.returncode} on {short(self.target)}")
         note.detail = f"`{command}` passed on {short(self.target)}"
 
+    def remove_release(self, release: Release) -> None:
+        try:
+            release.remove()
+        except (UpdateError, OSError) as exc:  # the next run removes it first anyway
+            log.warning("could not remove the release %s: %s", release.path, exc)
+
     def reset_checkout(self, note: Note, deployed: bool = False) -> None:
         """Back to the serving commit: the checkout, then its dependencies (local mode)."""
+        if not deployed and self.head == self.serving:
+            note.detail = f"nothing to undo: the live checkout and venv stayed on {short(self.serving)}"
+            return
         git(self.repo, "reset", "--hard", "--quiet", self.serving)
         self.head = self.serving
         note.detail = f"checkout reset to the serving commit {short(self.serving)}"
@@ -453,7 +482,7 @@ class Updater:
             note.detail += "; nothing deployed"
         if self.mode == "local":
             changed = changed_requirements(self.repo, self.target, self.serving)
-            if changed:  # the test command (e.g. make test) or the build may have installed the new pins
+            if changed:  # the build may have installed the new pins
                 self.pip_install(changed)
                 note.detail += f"; reinstalled {', '.join(changed)}"
 
@@ -466,26 +495,18 @@ class Updater:
             note.outcome, note.detail = "skipped", "requirements unchanged"
             return
         self.pip_install(changed)
-        note.detail = f"installed {', '.join(changed)}"
+        note.detail = f"installed {', '.join(changed)} into the live venv (tested in the release)"
 
     def pip_install(self, names: list[str]) -> None:
-        venv = Path(sys.prefix)
-        if sys.prefix == sys.base_prefix:
+        venv = live_venv()
+        if venv is None:
             raise UpdateError(
                 f"{sys.executable} is not a virtualenv: refusing to pip install into it (use make update)"
             )
-        for name in names:
-            command = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", name]
-            try:
-                result = subprocess.run(command, cwd=self.repo, capture_output=True, text=True, timeout=TEST_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                raise UpdateError(f"pip install -r {name} did not finish within {TEST_TIMEOUT:g}s") from None
-            if result.returncode != 0:
-                tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:]
-                raise UpdateError(f"pip install -r {name} failed: {tail[0] if tail else result.returncode}")
-            stamp = venv / MAKE_STAMPS[name]
-            if stamp.exists():
-                stamp.touch()  # so make does not reinstall what is installed
+        try:
+            pip_install(venv, self.repo, names)
+        except ReleaseError as exc:
+            raise UpdateError(str(exc)) from None
 
     def deploy(self, note: Note, commit: str) -> None:
         if self.mode == "compose":
@@ -669,6 +690,9 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
             "steps": report.steps,
             "seconds": round(finished - started, 3),
         }
+        good = {"updated": updater.target, "redeployed": updater.target, "rolled-back": updater.serving}
+        if good.get(report.outcome):  # what this run left serving, tested and verified (hello.release.good_release)
+            entry["good"] = good[report.outcome]
         try:
             path = record_job(
                 config,
@@ -678,7 +702,7 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
                 finished=finished,
                 extra={"hello_world_update_duration_seconds": finished - started},
             )
-            logfile = Path(config["run_dir"]) / "update.log"
+            logfile = update_log(Path(config["run_dir"]))
             with open(logfile, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
         except OSError as exc:

@@ -12,7 +12,7 @@ What it measures, over --rounds rounds, with a keep-alive and a connection-per-r
 (--no-load: without them):
   no-op      `python update_protocol.py` with nothing new, process start to exit (goal: under 2 s)
   full       `python update_protocol.py` deploying a new commit, process start to exit
-  serving    from the test step passing to the new version serving: build + deploy (the reload returns
+  serving    from the test step passing to the new version serving: checkout + build + deploy (the reload returns
              once the new code answers) (goal: under 5 s); "verified" adds the verify step
   load       requests answered, failed and with a wrong body during all updates (failed must be 0)
 The deployment's test step is one tiny pytest file; it is timed apart and excluded from the goals.
@@ -343,8 +343,8 @@ def bench(rounds: int, workers: int, load_on: bool = True) -> dict[str, Any]:
                         raise RuntimeError(f"update failed: {result.stdout}{result.stderr}")
                     steps = step_seconds(result.stdout)
                     tests.append(steps["test"])
-                    after_tests.append(steps["build"] + steps["deploy"])
-                    verified.append(steps["build"] + steps["deploy"] + steps["verify"])
+                    after_tests.append(steps["checkout"] + steps["build"] + steps["deploy"])
+                    verified.append(after_tests[-1] + steps["verify"])
             counts = dict(load.counts)
         finally:
             if pid is None:

@@ -122,7 +122,7 @@ def test_good_commit_is_deployed_with_zero_failed_requests(site: ScratchDeployme
     with Load(site.port, limit=5000) as load:
         result = site.update()
     assert result.returncode == 0, shown(result)
-    for name in ("lock", "preflight", "fetch", "test", "deploy", "verify", "record"):
+    for name in ("lock", "preflight", "fetch", "test", "checkout", "deploy", "verify", "record"):
         assert_step(result, name)
     assert_step(result, "build", "skipped")  # requirements did not change
     assert site.served() == commit == site.head()
@@ -130,7 +130,8 @@ def test_good_commit_is_deployed_with_zero_failed_requests(site: ScratchDeployme
     assert_quiet_load(load)
     entry = log_lines(site)[-1]
     assert (entry["from"], entry["to"], entry["outcome"], entry["exit"]) == (before["served"], commit, "updated", 0)
-    assert set(entry["steps"]) >= {"lock", "preflight", "fetch", "test", "build", "deploy", "verify"}
+    assert set(entry["steps"]) >= {"lock", "preflight", "fetch", "test", "checkout", "build", "deploy", "verify"}
+    assert entry["good"] == commit
     assert metric(site, "hello_world_update_success") == 1
     assert metric(site, "hello_world_update_last_success_timestamp_seconds") > 0
     assert not (site.run_dir / "update.pending.json").exists()
@@ -168,10 +169,12 @@ def test_commit_whose_tests_fail_is_not_deployed(site: ScratchDeployment) -> Non
     assert result.returncode == 1, shown(result)
     assert_step(result, "test", "FAILED")
     assert_step(result, "rollback")
-    assert not re.search(r"^(deploy|build)\s", result.stdout, re.MULTILINE), shown(result)
-    assert snapshot(site) == before  # checkout back on the serving commit, no reload
+    assert "nothing to undo" in result.stdout, shown(result)
+    assert not re.search(r"^(checkout|deploy|build)\s", result.stdout, re.MULTILINE), shown(result)
+    assert snapshot(site) == before  # the checkout never left the serving commit, no reload
     assert (site.deploy / "SMOKE").read_text() == "ok\n"
     assert log_lines(site)[-1]["outcome"] == "tests-failed"
+    assert "good" not in log_lines(site)[-1]
     assert metric(site, "hello_world_update_success") == 0
 
 
@@ -296,9 +299,10 @@ def test_failed_merge_leaves_no_pending_marker(site: ScratchDeployment) -> None:
     finally:
         lock.unlink()
     assert result.returncode == 1, shown(result)
-    assert_step(result, "fetch", "FAILED")
+    assert_step(result, "test")  # in the release: the live index is not touched until the tests passed
+    assert_step(result, "checkout", "FAILED")
     assert "`git merge --ff-only" in result.stdout, shown(result)
-    assert not re.search(r"^(test|build|deploy)\s", result.stdout, re.MULTILINE), shown(result)
+    assert not re.search(r"^(build|deploy)\s", result.stdout, re.MULTILINE), shown(result)
     assert snapshot(site) == before
     assert not (site.run_dir / "update.pending.json").exists()  # the next run is not a recovery
     assert log_lines(site)[-1]["outcome"] == "failed"
@@ -433,8 +437,8 @@ def test_kill_9_mid_update_then_a_new_run_recovers(site: ScratchDeployment, proc
     first = start_held_update(site, processes, hold)
     kill_group(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
-    # Killed inside the test step: merged, not deployed, the lock and the pending marker left behind.
-    assert site.head() == commit and site.served() == before["served"]
+    # Killed inside the test step: the live checkout not moved, the lock and the pending marker left behind.
+    assert site.head() == before["served"] == site.served()
     assert (site.run_dir / "update.lock").read_text().strip() == str(first.pid)
     assert json.loads((site.run_dir / "update.pending.json").read_text())["from"] == before["served"]
     result = site.update()
