@@ -451,6 +451,123 @@ def test_kill_9_mid_update_then_a_new_run_recovers(site: ScratchDeployment, proc
     assert not (site.run_dir / "update.lock").exists()
 
 
+# --- untested code never serves: the tests run in an isolated release --------------------------------
+
+
+def workers(site: ScratchDeployment) -> set[int]:
+    """The PIDs of the supervisor's worker processes."""
+    pid = site.pid()
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children.update(int(child) for child in (task / "children").read_text().split())
+    return children
+
+
+def validate_update(site: ScratchDeployment) -> tuple[int, dict[str, dict]]:
+    """`validation_test.py --only update --json` of the deployment: exit code and results by check name."""
+    result = subprocess.run(
+        [PYTHON, "validation_test.py", "--only", "update", "--json"],
+        cwd=site.deploy,
+        env=site.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip().startswith("["), shown(result)
+    return result.returncode, {entry["check"]: entry for entry in json.loads(result.stdout)}
+
+
+GOOD_RELEASE = "/version serves the last good release"
+
+
+def test_worker_killed_while_a_failing_update_tests_respawns_the_serving_code(
+    site: ScratchDeployment, processes, tmp_path: Path
+) -> None:
+    good = site.harmless_commit("the recorded good release")
+    assert site.update().returncode == 0 and site.served() == good
+    text = (site.deploy / "hello_world.py").read_text()
+    rejected = site.commit(
+        "a new greeting whose tests fail",
+        {"hello_world.py": text.replace("Hello, World!", "Goodbye, World!"), "SMOKE": "broken\n"},
+    )
+    hold = tmp_path / "hold"
+    update = start_held_update(site, processes, hold)
+    # Inside the test step: the new commit is checked out in the release only.
+    release = site.run_dir / "release"
+    assert git(release, "rev-parse", "HEAD") == rejected
+    assert site.head() == good
+    old_workers = workers(site)
+    kill_group(next(iter(old_workers)), signal.SIGKILL)  # a worker dies (OOM, kill -9) during the tests
+
+    def respawned() -> bool:
+        fresh = workers(site) - old_workers
+        return bool(fresh) and http_get(site.url + "/", timeout=2)[0] == 200
+
+    wait_until(respawned, 60, "the supervisor to respawn the killed worker")
+    assert http_get(site.url + "/")[2] == b"Hello, World!\n"
+    assert site.served() == good
+    Path(f"{hold}.release").touch()
+    output, _ = update.communicate(timeout=120)
+    assert update.returncode == 1, output
+    assert f"tests failed: nothing deployed, still serving {good[:10]}" in output
+    assert http_get(site.url + "/")[2] == b"Hello, World!\n" and site.served() == good == site.head()
+    assert not release.exists()
+    # The next run tests the rejected commit again and again does not deploy it.
+    again = site.update()
+    assert again.returncode == 1, shown(again)
+    assert_step(again, "test", "FAILED")
+    assert "nothing new" not in again.stdout
+    assert http_get(site.url + "/")[2] == b"Hello, World!\n" and site.served() == good == site.head()
+    code, checks = validate_update(site)
+    assert checks[GOOD_RELEASE]["status"] == "PASS", checks
+    assert checks["the last update succeeded"]["status"] == "FAIL" and code == 1, checks
+
+
+def test_validate_update_fails_while_the_served_commit_is_not_the_recorded_good_one(site: ScratchDeployment) -> None:
+    good = site.harmless_commit("tested and verified")
+    assert site.update().returncode == 0
+    code, checks = validate_update(site)
+    assert checks[GOOD_RELEASE]["status"] == "PASS" and code == 0, checks
+    # Code no update tested goes live: a local commit and a reload, by hand.
+    (site.deploy / "CHANGES").write_text("edited on the server\n")
+    git(site.deploy, "commit", "-q", "-am", "a change nobody tested")
+    try:
+        site.server("reload")
+        untested = site.served()
+        assert untested == site.head() != good
+        code, checks = validate_update(site)
+        assert code == 1, checks
+        assert checks[GOOD_RELEASE]["status"] == "FAIL", checks
+        assert f"the server runs {untested[:12]}, not {good[:12]}" in checks[GOOD_RELEASE]["detail"]
+        assert checks["/version serves the checkout's HEAD"]["status"] == "PASS", checks
+    finally:
+        git(site.deploy, "reset", "-q", "--hard", good)
+        site.server("reload")
+    assert site.served() == good
+
+
+def test_changed_requirements_are_installed_in_the_release_venv_only(
+    site: ScratchDeployment, processes, tmp_path: Path
+) -> None:
+    live = Path(sys.prefix)
+    stamp = live / ".dev-installed"
+    stamp_before = stamp.stat().st_mtime_ns if stamp.exists() else None
+    dev = (site.deploy / "requirements-dev.txt").read_text()
+    site.commit("changed requirements, failing tests", {"requirements-dev.txt": dev + "# changed\n", "SMOKE": "no\n"})
+    before = snapshot(site)
+    hold = tmp_path / "hold"
+    update = start_held_update(site, processes, hold)
+    venv = site.run_dir / "release" / ".venv"
+    assert venv.is_dir() and not venv.is_symlink() and (venv / "pyvenv.cfg").exists()
+    Path(f"{hold}.release").touch()
+    output, _ = update.communicate(timeout=300)
+    assert update.returncode == 1, output
+    assert "a copy of the live venv with requirements-dev.txt installed" in output
+    assert snapshot(site) == before
+    assert (stamp.stat().st_mtime_ns if stamp.exists() else None) == stamp_before  # the live venv untouched
+    assert not venv.exists()
+
+
 # --- compose mode, with the recording docker stand-in ---------------------------------------------------
 
 
