@@ -1,10 +1,12 @@
 """The shipped update path end to end: `make update` with config.yaml as shipped deploys a good commit.
 
 A bare remote seeded from this working tree (the whole project, this suite included), a deployment cloned from
-it and served by `make start`, config.yaml as shipped but for the port (a free one) and the Pushgateway (null:
-an operator's own Pushgateway on the default port must not receive a test's update metrics). A good commit is
-pushed and `make update` runs with the shipped test_command, `make test`: the whole suite again, inside the
-update's release, under a parent make. There this test skips itself (NESTED_ENV, set for the update it runs).
+it and served by `make start`. Its config is the shipped config.yaml but for the port (a free one) and the
+Pushgateway (null: an operator's own Pushgateway on the default port must not receive a test's update metrics),
+in a file beside the checkout named by HELLO_CONFIG (a changed config.yaml in the checkout would be a dirty
+tree, which the update refuses). A good commit is pushed and `make update` runs with the shipped test_command,
+`make test`: the whole suite again, inside the update's release, under a parent make, with HELLO_CONFIG set.
+There this test skips itself (NESTED_ENV, set for the update it runs).
 
 It costs about one suite run. It runs in `make test`; deselect it with `make test PYTEST_ARGS='-m "not update_e2e"'`.
 The deployment shares this suite's venv through a `.venv` symlink (a real install would take minutes and the
@@ -57,15 +59,14 @@ def shipped_config(port: int) -> str:
     return text
 
 
-def seed_remote(root: Path, port: int) -> Path:
-    """A bare remote holding this working tree (tracked and untracked, not ignored) as one commit."""
+def seed_remote(root: Path) -> Path:
+    """A bare remote holding this working tree (tracked and untracked, not ignored files) as one commit."""
     seed = root / "seed"
     listed = git(REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
     for name in filter(None, listed):
         if (REPO / name).is_file():
             (seed / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, seed / name)
-    (seed / "config.yaml").write_text(shipped_config(port))
     git(seed, "init", "-q", "-b", "main")
     git(seed, "add", "-A")
     git(seed, "commit", "-q", "-m", "the project as shipped")
@@ -88,7 +89,10 @@ def test_make_update_with_the_shipped_config_deploys_a_good_commit(tmp_path: Pat
     if sys.prefix == sys.base_prefix or not (venv / MAKE_STAMPS["requirements-dev.txt"]).exists():
         pytest.skip(f"{sys.executable} is not a venv made by make: the deployment has none to share")
     port = free_port()
-    remote = seed_remote(tmp_path, port)
+    remote = seed_remote(tmp_path)
+    config = tmp_path / "conf" / "config.yaml"  # its run_dir, `run`, is tmp_path/conf/run
+    config.parent.mkdir()
+    config.write_text(shipped_config(port))
     deploy, dev = tmp_path / "deploy", tmp_path / "dev"
     git(tmp_path, "clone", "-q", str(remote), str(deploy))
     git(tmp_path, "clone", "-q", str(remote), str(dev))
@@ -96,11 +100,12 @@ def test_make_update_with_the_shipped_config_deploys_a_good_commit(tmp_path: Pat
     for name, stamp in MAKE_STAMPS.items():  # make sees the shared venv as up to date
         when = (venv / stamp).stat().st_mtime
         os.utime(deploy / name, (when, when))
-    env = {**os.environ, NESTED_ENV: "1"}
+    env = {**os.environ, "HELLO_CONFIG": str(config), NESTED_ENV: "1"}
     url = f"http://127.0.0.1:{port}"
     started = make(deploy, "start", env)
     assert started.returncode == 0, started.stdout + started.stderr
-    processes.adopt(int((deploy / "run" / "hello_world.pid").read_text()))
+    run_dir = config.parent / "run"
+    processes.adopt(int((run_dir / "hello_world.pid").read_text()))
     try:
         first = json.loads(http_get(url + "/version")[2])["commit"]
         assert first == git(deploy, "rev-parse", "HEAD")
@@ -116,6 +121,7 @@ def test_make_update_with_the_shipped_config_deploys_a_good_commit(tmp_path: Pat
         assert f"updated {first[:10]} -> {good[:10]}" in output, output[-3000:]
         assert json.loads(http_get(url + "/version")[2])["commit"] == good == git(deploy, "rev-parse", "HEAD")
         assert http_get(url + "/")[2] == b"Hello, World!\n"
-        assert not (deploy / "run" / "release").exists()
+        assert not (run_dir / "release").exists()
+        assert git(deploy, "status", "--porcelain") == ""
     finally:
         make(deploy, "stop", env)
