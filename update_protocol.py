@@ -3,6 +3,7 @@
 Run it:
 
     python update_protocol.py [--dry-run] [--force] [--json] [--repo DIR]     # make update [DRY_RUN=1] [FORCE=1]
+    python update_protocol.py history [--json] [--all] [--repo DIR]         # make history [JSON=1]
 
 Steps, each printed with its outcome and duration; the first failure stops the run:
 
@@ -40,7 +41,10 @@ already matches the remote, so that what serves has been tested and verified.
 the commits it would deploy and the steps, and changes nothing else: no release, no merge, no reload.
 --force runs every step even when already up to date (redeploys the current commit).
 
-Exit codes: 0 updated or already up to date; 1 refused or failed (nothing changed, or rolled back);
+history: every deploy and rollback of <run_dir>/update.log (hello/history.py), newest first: time, user, from
+and to commit with their subject lines, outcome, each step's duration; --all: every run, up-to-date ones too.
+
+Exit codes: 0 updated or already up to date (history: printed); 1 refused or failed (nothing changed, or rolled back);
 2 bad usage or config; 75 another update holds the lock.
 """
 
@@ -60,7 +64,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from hello.release import RELEASE_DIR, REQUIREMENTS, Release, ReleaseError, live_venv, pip_install, update_log
+from hello.history import current_user, history, render, update_log
+from hello.release import RELEASE_DIR, REQUIREMENTS, Release, ReleaseError, live_venv, pip_install
 from hello_config import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -682,6 +687,7 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
         finished = time.time()
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
+            "user": current_user(),
             "from": updater.serving or None,
             "to": updater.target or None,
             "outcome": report.outcome or "failed",
@@ -719,12 +725,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def load_for(repo: Path) -> dict[str, Any]:
+    """HELLO_CONFIG, else the config.yaml of the checkout (--repo). Raises ConfigError."""
+    return load_config(None if os.environ.get("HELLO_CONFIG") or repo == REPO_DIR else repo / "config.yaml")
+
+
+def history_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="update_protocol.py history", description="Every deploy and rollback.")
+    parser.add_argument("--json", action="store_true", help="a JSON list, newest first")
+    parser.add_argument("--all", action="store_true", help="every run, not only deploys and rollbacks")
+    parser.add_argument("--repo", type=Path, default=REPO_DIR, help="the deployment checkout (default: %(default)s)")
+    args = parser.parse_args(argv)
+    repo = args.repo.resolve()
+    try:
+        config = load_for(repo)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    entries = history(Path(config["run_dir"]), repo, every_run=args.all)
+    print(json.dumps(entries, indent=2) if args.json else render(entries))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["history"]:
+        return history_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="update: %(levelname)s %(message)s")
     args = parse_args(argv)
     repo = args.repo.resolve()
     try:
-        config = load_config(None if os.environ.get("HELLO_CONFIG") or repo == REPO_DIR else repo / "config.yaml")
+        config = load_for(repo)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from hello.release import good_release, update_log
+from hello.history import good_release, update_log
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
 from update_protocol import UpdateError, git
 

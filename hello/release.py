@@ -10,14 +10,12 @@ the new commit's tests have passed in its release:
                             nothing); changed: a copy of the live venv with the changed files pip-installed into it
 
 A release is made afresh for each update (one left behind by a killed run is removed first) and removed after
-it. The recorded good release is the commit a run left serving, tested and verified: the `good` field of the
-newest update.log entry that has one (see good_release).
+it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -27,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 RELEASE_DIR = "release"  # under system.run_dir
-UPDATE_LOG = "update.log"  # under system.run_dir: one JSON line per update run
 REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
 MAKE_STAMPS = {"requirements.txt": ".runtime-installed", "requirements-dev.txt": ".dev-installed"}  # see Makefile
 PIP_TIMEOUT = 3600.0
@@ -44,26 +41,6 @@ class ReleaseError(Exception):
 def live_venv() -> Path | None:
     """The virtualenv this process runs in (the live one when run by `make update`), or None outside one."""
     return Path(sys.prefix) if sys.prefix != sys.base_prefix else None
-
-
-def update_log(run_dir: Path) -> Path:
-    return Path(run_dir) / UPDATE_LOG
-
-
-def good_release(run_dir: Path) -> str | None:
-    """The commit the newest update run left serving, tested and verified; None when no run recorded one."""
-    try:
-        lines = update_log(run_dir).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("good"):
-            return str(entry["good"])
-    return None
 
 
 def pip_install(venv: Path, cwd: Path, names: list[str]) -> None:

@@ -568,6 +568,41 @@ def test_changed_requirements_are_installed_in_the_release_venv_only(
     assert not venv.exists()
 
 
+# --- history ---------------------------------------------------------------------------------------
+
+
+def history(site: ScratchDeployment, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "update_protocol.py", "history", *args],
+        cwd=site.deploy,
+        env=site.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_history_lists_deploys_and_rollbacks_newest_first(site: ScratchDeployment) -> None:
+    before = site.served()
+    commit = site.harmless_commit("for the history")
+    assert site.update().returncode == 0
+    assert site.update().returncode == 0  # nothing new: not a deploy
+    assert site.update("--force").returncode == 0
+    result = history(site, "--json")
+    assert result.returncode == 0, shown(result)
+    newest, second = json.loads(result.stdout)[:2]
+    assert (newest["outcome"], newest["from"], newest["to"]) == ("redeployed", commit, commit)
+    assert (second["outcome"], second["from"], second["to"]) == ("updated", before, commit)
+    assert second["to_subject"] == "harmless change for the history"
+    assert second["user"] and set(second["steps"]) >= {"test", "checkout", "deploy", "verify"}
+    every = json.loads(history(site, "--json", "--all").stdout)
+    assert [entry["outcome"] for entry in every[:3]] == ["redeployed", "up-to-date", "updated"]
+    text = history(site)
+    assert text.returncode == 0, shown(text)
+    assert re.search(r"^\S+Z  redeployed .* by \S+", text.stdout, re.MULTILINE), text.stdout
+    assert f"    to    {commit[:10]}  harmless change for the history" in text.stdout
+
+
 # --- compose mode, with the recording docker stand-in ---------------------------------------------------
 
 
