@@ -214,6 +214,7 @@ SCHEMA: Schema = {
             "test_command": (_string, "make test"),
             "deploy": (_one_of("local", "compose"), "local"),
             "interval": (_interval_or_null, None),  # null: no periodic update in `make cron`
+            "backup_first": (_bool, True),  # a backup after the tests pass, before the deploy
         },
         "validation": {
             "timeout": (parse_duration, "5s"),  # every network wait of validation_test.py

@@ -19,6 +19,8 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              the changed files pip-installed), system.update.test_command runs; the live checkout and venv
              have not moved, so a worker the supervisor respawns meanwhile starts the serving code. Failure
              (or a command that cannot run) -> nothing deployed, nothing to undo
+  backup     system.update.backup_first (default true): `backup_script.py create`, the normal backup under
+             its lock, of what serves now; a failed backup stops the update, nothing deployed (exit 1)
   checkout   the tests passed: `git merge --ff-only` of the live checkout to the tested commit
   build      local: `pip install -r` into the live venv of the requirements files that changed (none: skipped);
              compose: `docker compose build --build-arg COMMIT=<sha> hello-world` with HELLO_COMMIT=<sha>
@@ -84,6 +86,7 @@ GIT_TIMEOUT = 120.0  # a local git command (fetch of a big history included)
 REMOTE_TIMEOUT = 20.0  # `git ls-remote`: an unreachable remote must fail fast, not hang
 TEST_TIMEOUT = 3600.0
 VALIDATION_TIMEOUT = 120.0
+BACKUP_TIMEOUT = 3600.0  # backup_script.py create of a big source
 VERSION_WAIT = 10.0  # after a deploy, how long /version may take to show the new commit
 
 log = logging.getLogger("update_protocol")
@@ -259,6 +262,12 @@ class Updater:
             return self.roll_back("tests-failed", exc, self.reset_checkout)
         finally:
             self.remove_release(release)
+        if self.config["update"]["backup_first"]:
+            try:
+                with self.report.step("backup") as note:
+                    self.backup(note)
+            except UpdateError as exc:
+                return self.roll_back("backup-failed", exc, self.reset_checkout)
         with self.report.step("checkout") as note:
             self.checkout(note)
         try:
@@ -292,7 +301,10 @@ class Updater:
         if self.args.force or self.recovering or not remote_tip == self.head == self.serving:
             return False
         self.report.outcome = "up-to-date"
-        self.report.say(f"nothing new: {self.remote}/{self.branch} is {short(remote_tip)}, which is serving")
+        self.report.say(
+            f"nothing new: {self.remote}/{self.branch} is {short(remote_tip)}, which is serving "
+            "(no test, backup or deploy)"
+        )
         return True
 
     def dry_run(self) -> int:
@@ -322,6 +334,7 @@ class Updater:
         release = self.run_dir / RELEASE_DIR
         return [
             ("test", f"{self.config['update']['test_command']}  (in {release}, a worktree at {short(self.target)})"),
+            *([("backup", "backup_script.py create")] if self.config["update"]["backup_first"] else []),
             ("checkout", f"git merge --ff-only {short(self.target)}"),
             ("build", build),
             ("deploy", deploy),
@@ -468,6 +481,21 @@ class Updater:
         if result.returncode != 0:
             raise UpdateError(f"`{command}` exited {result.returncode} on {short(self.target)}")
         note.detail = f"`{command}` passed on {short(self.target)}"
+
+    def backup(self, note: Note) -> None:
+        """One backup now, as `make backup` takes it (its own lock, metrics and pruning), before anything moves."""
+        command = [sys.executable, str(self.repo / "backup_script.py"), "create"]
+        env = {**os.environ, "HELLO_CONFIG": self.config["config_file"]}
+        try:
+            result = subprocess.run(
+                command, cwd=self.repo, env=env, capture_output=True, text=True, timeout=BACKUP_TIMEOUT
+            )
+        except subprocess.TimeoutExpired:
+            raise UpdateError(f"backup_script.py create did not finish within {BACKUP_TIMEOUT:g}s") from None
+        said = (result.stdout.strip() + "\n" + result.stderr.strip()).strip().splitlines()
+        if result.returncode != 0:
+            raise UpdateError(f"backup_script.py create exited {result.returncode}: {said[-1] if said else ''}")
+        note.detail = said[-1] if said else "backup taken"
 
     def remove_release(self, release: Release) -> None:
         try:
@@ -790,6 +818,7 @@ def main(argv: list[str] | None = None) -> int:
         "up-to-date": f"already up to date at {short(updater.serving)}",
         "dry-run": "dry run: nothing changed",
         "tests-failed": f"tests failed: nothing deployed, still serving {short(updater.serving)} ({report.reason})",
+        "backup-failed": f"backup failed: nothing deployed, still serving {short(updater.serving)} ({report.reason})",
         "rolled-back": f"rolled back to {short(updater.serving)}, which serves ({report.reason})",
         "rollback-failed": f"ROLLBACK FAILED, needs a human: {report.reason}",
         "locked": report.reason,

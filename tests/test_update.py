@@ -109,8 +109,9 @@ def test_nothing_new_exits_0_and_restarts_nothing(site: ScratchDeployment) -> No
     result = site.update()
     assert result.returncode == 0, shown(result)
     assert "nothing new" in result.stdout
-    for name in ("test", "build", "deploy", "verify"):
+    for name in ("test", "backup", "build", "deploy", "verify"):
         assert not re.search(rf"^{name}\s", result.stdout, re.MULTILINE), shown(result)
+    assert "(no test, backup or deploy)" in result.stdout
     assert snapshot(site) == before
     assert log_lines(site)[-1]["outcome"] == "up-to-date"
     assert metric(site, "hello_world_update_success") == 1
@@ -118,12 +119,14 @@ def test_nothing_new_exits_0_and_restarts_nothing(site: ScratchDeployment) -> No
 
 def test_good_commit_is_deployed_with_zero_failed_requests(site: ScratchDeployment) -> None:
     before = snapshot(site)
+    archives = set(site.root.glob("backups/hello-world-*.tar.gz"))
     commit = site.harmless_commit("good")
     with Load(site.port, limit=5000) as load:
         result = site.update()
     assert result.returncode == 0, shown(result)
-    for name in ("lock", "preflight", "fetch", "test", "checkout", "deploy", "verify", "record"):
+    for name in ("lock", "preflight", "fetch", "test", "backup", "checkout", "deploy", "verify", "record"):
         assert_step(result, name)
+    assert len(set(site.root.glob("backups/hello-world-*.tar.gz")) - archives) == 1  # backup_first, of the old code
     assert_step(result, "build", "skipped")  # requirements did not change
     assert site.served() == commit == site.head()
     assert site.pid() == before["pid"] and reloads(site) == before["reloads"] + 1
@@ -309,6 +312,35 @@ def test_failed_merge_leaves_no_pending_marker(site: ScratchDeployment) -> None:
     again = site.update()
     assert again.returncode == 0, shown(again)
     assert "interrupted" not in again.stderr, shown(again)
+
+
+def test_failed_backup_first_stops_the_update_with_nothing_deployed(site: ScratchDeployment, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the backups should go\n")
+    config = site.write_config(tmp_path / "config.yaml", {"backup": {"destination": str(blocked)}})
+    before = snapshot(site)
+    site.harmless_commit("behind a failing backup")
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    assert result.returncode == 1, shown(result)
+    assert_step(result, "test")
+    assert_step(result, "backup", "FAILED")
+    assert "backup_script.py create exited 1" in result.stdout, shown(result)
+    assert not re.search(r"^(checkout|build|deploy)\s", result.stdout, re.MULTILINE), shown(result)
+    assert snapshot(site) == before
+    entry = log_lines(site)[-1]
+    assert (entry["outcome"], entry["exit"]) == ("backup-failed", 1) and "backup_script.py" in entry["reason"]
+    assert not (site.run_dir / "update.pending.json").exists()
+
+
+def test_backup_first_off_takes_no_backup(site: ScratchDeployment, tmp_path: Path) -> None:
+    config = site.write_config(tmp_path / "config.yaml", {"update": {"backup_first": False}})
+    archives = set(site.root.glob("backups/hello-world-*.tar.gz"))
+    commit = site.harmless_commit("without a backup first")
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    assert result.returncode == 0, shown(result)
+    assert not re.search(r"^backup\s", result.stdout, re.MULTILINE), shown(result)
+    assert set(site.root.glob("backups/hello-world-*.tar.gz")) == archives
+    assert site.served() == commit
 
 
 # --- refusals: exit 1, nothing changed ---------------------------------------------------------------
