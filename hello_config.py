@@ -215,6 +215,10 @@ SCHEMA: Schema = {
             "deploy": (_one_of("local", "compose"), "local"),
             "interval": (_interval_or_null, None),  # null: no periodic update in `make cron`
             "backup_first": (_bool, True),  # a backup after the tests pass, before the deploy
+            "hooks": {  # shell lines run in the new release's folder (hello/hooks.py)
+                "before_deploy": (_string_list, []),  # one fails: nothing deployed
+                "after_deploy": (_string_list, []),  # one fails: rolled back
+            },
         },
         "validation": {
             "timeout": (parse_duration, "5s"),  # every network wait of validation_test.py

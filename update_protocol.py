@@ -25,10 +25,12 @@ Steps, each printed with its outcome and duration; the first failure stops the r
   build      local: `pip install -r` into the live venv of the requirements files that changed (none: skipped);
              compose: `docker compose build --build-arg COMMIT=<sha> hello-world` with HELLO_COMMIT=<sha>
              (docker-compose.yml tags the image hello-world:<sha>; a fixed image name is also tagged <sha>)
+  before-deploy  system.update.hooks.before_deploy (hello/hooks.py), if any: one fails -> rollback, nothing deployed
   deploy     local: `python scripts/service.py reload` (zero-downtime; new code that cannot start leaves the old
              serving); compose: `docker compose up -d --no-deps hello-world` with HELLO_COMMIT=<sha>, then
              wait until `docker compose ps` says healthy (rollback: the old commit's image, rebuilt if gone)
   verify     /version serves the new commit, /readyz is 200, `validation_test.py --only service` passes
+  after-deploy   system.update.hooks.after_deploy, if any: one fails -> rollback
   rollback   (after a failed deploy or verify) reset to the serving commit, redeploy it unless it still
              serves, verify it; exit 1
   record     SPEC update metrics (hello_jobs.record_job: textfile + Pushgateway) and one JSON line in
@@ -67,6 +69,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hello.history import current_user, history, render, update_log
+from hello.hooks import HookFailed, run_hooks
 from hello.release import RELEASE_DIR, REQUIREMENTS, Release, ReleaseError, live_venv, pip_install
 from hello_config import (
     EXIT_CONFIG,
@@ -273,10 +276,12 @@ class Updater:
         try:
             with self.report.step("build") as note:
                 self.build(note, self.serving, self.target)
+            self.hooks("before_deploy")
             with self.report.step("deploy") as note:
                 self.deploy(note, self.target)
             with self.report.step("verify") as note:
                 self.verify(note, self.target)
+            self.hooks("after_deploy")
         except UpdateError as exc:
             return self.roll_back("rolled-back", exc, self.rollback)
         self.report.outcome = "updated" if self.target != self.serving else "redeployed"
@@ -331,16 +336,19 @@ class Updater:
         else:
             build = f"HELLO_COMMIT={short(self.target)} docker compose build --build-arg COMMIT=... {SERVICE}"
             deploy = f"HELLO_COMMIT={short(self.target)} docker compose up -d --no-deps {SERVICE}; wait until healthy"
-        release = self.run_dir / RELEASE_DIR
-        return [
-            ("test", f"{self.config['update']['test_command']}  (in {release}, a worktree at {short(self.target)})"),
-            *([("backup", "backup_script.py create")] if self.config["update"]["backup_first"] else []),
+        update = self.config["update"]
+        steps = [
+            ("test", f"{update['test_command']}  (in {self.run_dir / RELEASE_DIR} at {short(self.target)})"),
+            ("backup", "backup_script.py create" if update["backup_first"] else ""),
             ("checkout", f"git merge --ff-only {short(self.target)}"),
             ("build", build),
+            ("before-deploy", "; ".join(update["hooks"]["before_deploy"])),
             ("deploy", deploy),
             ("verify", f"{self.url}/version = {short(self.target)}, /readyz 200, validation_test.py --only service"),
+            ("after-deploy", "; ".join(update["hooks"]["after_deploy"])),
             ("record", f"{update_log(self.run_dir)} and the {JOB} metrics"),
         ]
+        return [(name, what) for name, what in steps if what]  # an empty one is off: no step
 
     # the steps
 
@@ -496,6 +504,18 @@ class Updater:
         if result.returncode != 0:
             raise UpdateError(f"backup_script.py create exited {result.returncode}: {said[-1] if said else ''}")
         note.detail = said[-1] if said else "backup taken"
+
+    def hooks(self, kind: str) -> None:
+        """system.update.hooks.<kind>, as one step (none configured: no step)."""
+        commands = self.config["update"]["hooks"][kind]
+        if not commands:
+            return
+        with self.report.step(kind.replace("_", "-")) as note:
+            try:
+                count = run_hooks(kind, commands, self.repo, self.target, self.serving, self.report.out)
+            except HookFailed as exc:
+                raise UpdateError(str(exc)) from None
+            note.detail = f"{count} hook(s) passed"
 
     def remove_release(self, release: Release) -> None:
         try:

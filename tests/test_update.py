@@ -343,6 +343,38 @@ def test_backup_first_off_takes_no_backup(site: ScratchDeployment, tmp_path: Pat
     assert site.served() == commit
 
 
+def test_hooks_run_in_the_new_release_with_both_commits(site: ScratchDeployment, tmp_path: Path) -> None:
+    seen = tmp_path / "hooks.log"
+    line = f'echo "$0 $(pwd) $HELLO_PREVIOUS_COMMIT $HELLO_COMMIT $(cat CHANGES)" >> {seen}'
+    hooks = {"before_deploy": [line.replace("$0", "before")], "after_deploy": [line.replace("$0", "after")]}
+    config = site.write_config(tmp_path / "config.yaml", {"update": {"hooks": hooks}})
+    before = site.served()
+    commit = site.harmless_commit("with hooks")
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    assert result.returncode == 0, shown(result)
+    assert_step(result, "before-deploy")
+    assert_step(result, "after-deploy")
+    assert seen.read_text().splitlines() == [
+        f"{kind} {site.deploy} {before} {commit} with hooks" for kind in ("before", "after")
+    ]
+    assert result.stdout.index("before-deploy") < result.stdout.index("\ndeploy ") < result.stdout.index("after-deploy")
+
+
+@pytest.mark.parametrize("kind", ["before_deploy", "after_deploy"])
+def test_a_failing_hook_rolls_back(site: ScratchDeployment, tmp_path: Path, kind: str) -> None:
+    config = site.write_config(tmp_path / "config.yaml", {"update": {"hooks": {kind: ["true", "exit 3"]}}})
+    before = snapshot(site)
+    site.harmless_commit(f"a failing {kind} hook")
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    assert result.returncode == 1, shown(result)
+    assert_step(result, kind.replace("_", "-"), "FAILED")
+    assert f"system.update.hooks.{kind}[1] `exit 3` exited 3" in result.stdout, shown(result)
+    assert_step(result, "rollback")
+    assert bool(re.search(r"^deploy\s", result.stdout, re.MULTILINE)) == (kind == "after_deploy"), shown(result)
+    assert site.served() == before["served"] == site.head()
+    assert log_lines(site)[-1]["outcome"] == "rolled-back"
+
+
 # --- refusals: exit 1, nothing changed ---------------------------------------------------------------
 
 
