@@ -492,18 +492,21 @@ class Updater:
 
     def backup(self, note: Note) -> None:
         """One backup now, as `make backup` takes it (its own lock, metrics and pruning), before anything moves."""
-        command = [sys.executable, str(self.repo / "backup_script.py"), "create"]
+        note.detail = self.run_script("backup_script.py", "create", timeout=BACKUP_TIMEOUT) or "backup taken"
+
+    def run_script(self, script: str, command: str, timeout: float) -> str:
+        """`python <checkout>/<script> <command>` with this config; its last line. UpdateError when it fails."""
+        argv = [sys.executable, str(self.repo / script), command]
         env = {**os.environ, "HELLO_CONFIG": self.config["config_file"]}
+        name = f"{Path(script).name} {command}"
         try:
-            result = subprocess.run(
-                command, cwd=self.repo, env=env, capture_output=True, text=True, timeout=BACKUP_TIMEOUT
-            )
+            result = subprocess.run(argv, cwd=self.repo, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise UpdateError(f"backup_script.py create did not finish within {BACKUP_TIMEOUT:g}s") from None
+            raise UpdateError(f"{name} did not finish within {timeout:g}s") from None
         said = (result.stdout.strip() + "\n" + result.stderr.strip()).strip().splitlines()
         if result.returncode != 0:
-            raise UpdateError(f"backup_script.py create exited {result.returncode}: {said[-1] if said else ''}")
-        note.detail = said[-1] if said else "backup taken"
+            raise UpdateError(f"{name} exited {result.returncode}: {said[-1] if said else ''}")
+        return said[-1] if said else ""
 
     def hooks(self, kind: str) -> None:
         """system.update.hooks.<kind>, as one step (none configured: no step)."""
@@ -566,18 +569,9 @@ class Updater:
             self.compose_up(commit)
             note.detail = f"HELLO_COMMIT={short(commit)} docker compose up -d --no-deps {SERVICE}: healthy"
             return
-        env = {**os.environ, "HELLO_CONFIG": self.config["config_file"]}
         # scripts/service.py, not the new hello_world.py: it reports why new code that cannot start was refused.
-        command = [sys.executable, str(self.repo / "scripts" / "service.py"), "reload"]
         timeout = self.config["server"]["reload_timeout"] + 60
-        try:
-            result = subprocess.run(command, cwd=self.repo, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise UpdateError(f"service.py reload did not finish within {timeout:g}s") from None
-        said = (result.stdout.strip() + "\n" + result.stderr.strip()).strip().splitlines()
-        if result.returncode != 0:
-            raise UpdateError(f"service.py reload exited {result.returncode}: {said[-1] if said else ''}")
-        note.detail = said[-1] if said else "reloaded"
+        note.detail = self.run_script("scripts/service.py", "reload", timeout=timeout) or "reloaded"
 
     def verify(self, note: Note, commit: str) -> None:
         deadline = time.monotonic() + VERSION_WAIT
