@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from hello.history import current_user, history, render, update_log
+from hello.history import DEPLOYS, current_user, history, read_entries, render, update_log
 from hello.hooks import HookFailed, run_hooks
 from hello.release import RELEASE_DIR, REQUIREMENTS, Release, ReleaseError, live_venv, pip_install
 from hello_config import (
@@ -127,6 +127,7 @@ class Report:
     steps: dict[str, float] = field(default_factory=dict)
     outcome: str = ""
     reason: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # more fields for the update.log entry
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[Note]:
@@ -236,7 +237,8 @@ class Updater:
 
     # the whole run
 
-    def run(self) -> int:
+    def run(self, body: Callable[[], int] | None = None) -> int:
+        """body (default: the update) under the update lock."""
         with contextlib.ExitStack() as stack:
             with self.report.step("lock") as note:
                 lock = self.run_dir / "update.lock"
@@ -247,7 +249,7 @@ class Updater:
                 except OSError as exc:
                     raise UpdateError(f"cannot take the lock {lock}: {exc}") from None
                 note.detail = str(lock)
-            return self.run_locked()
+            return (body or self.run_locked)()
 
     def run_locked(self) -> int:
         with self.report.step("preflight") as note:
@@ -256,15 +258,26 @@ class Updater:
             self.target = self.serving
             return EXIT_OK
         with self.report.step("fetch") as note:
-            self.fetch(note, merge=True)
-        release = Release(self.repo, self.run_dir, git)
-        try:
-            with self.report.step("test") as note:
-                self.test(note, release)
-        except UpdateError as exc:
-            return self.roll_back("tests-failed", exc, self.reset_checkout)
-        finally:
-            self.remove_release(release)
+            self.fetch(note)
+        if self.held_by_rollback():
+            return EXIT_OK
+        self.write_pending()  # before the first change: a run killed from here on is recovered
+        code = self.deliver(test=True)
+        if code == EXIT_OK:
+            self.report.outcome = "updated" if self.target != self.serving else "redeployed"
+        return code
+
+    def deliver(self, test: bool) -> int:
+        """Test self.target in a release, back up, move the checkout, build, deploy and verify; else roll back."""
+        if test:
+            release = Release(self.repo, self.run_dir, git)
+            try:
+                with self.report.step("test") as note:
+                    self.test(note, release)
+            except UpdateError as exc:
+                return self.roll_back("tests-failed", exc, self.reset_checkout)
+            finally:
+                self.remove_release(release)
         if self.config["update"]["backup_first"]:
             try:
                 with self.report.step("backup") as note:
@@ -284,9 +297,74 @@ class Updater:
             self.hooks("after_deploy")
         except UpdateError as exc:
             return self.roll_back("rolled-back", exc, self.rollback)
-        self.report.outcome = "updated" if self.target != self.serving else "redeployed"
         self.pending.unlink(missing_ok=True)
         return EXIT_OK
+
+    def held_by_rollback(self) -> bool:
+        """The newest deploy was a rollback by hand away from a commit the remote still holds: stay (no --force)."""
+        deploys = [entry for entry in read_entries(self.run_dir) if entry.get("outcome") in DEPLOYS]
+        last = deploys[-1] if deploys else {}
+        away = last.get("from")
+        if self.args.force or last.get("outcome") != "rollback" or not isinstance(away, str):
+            return False
+        if not (has_commit(self.repo, away) and is_ancestor(self.repo, away, self.target)):
+            return False
+        self.report.outcome = "held"
+        self.report.say(
+            f"held: {short(away)} was rolled back by hand at {last.get('time', '?')} and "
+            f"{self.remote}/{self.branch} ({short(self.target)}) still holds it; make update FORCE=1 deploys it"
+        )
+        self.target = self.serving
+        return True
+
+    def rollback_by_hand(self) -> int:
+        """`rollback [COMMIT]`: back to the previous good release (or COMMIT), tested unless --no-test."""
+        with self.report.step("preflight") as note:
+            self.preflight(note, remote=False)
+        with self.report.step("choose") as note:
+            self.target = self.rollback_target(self.args.commit)
+            subject = git_out(self.repo, "log", "-1", "--format=%s", self.target)
+            note.detail = f"{short(self.serving)} -> {short(self.target)} ({subject})"
+        if self.args.no_test:
+            self.report.extra["tests"] = "skipped (--no-test)"
+            self.report.say("test: skipped (--no-test): an emergency rollback to a release that served before")
+        self.write_pending()
+        code = self.deliver(test=not self.args.no_test)
+        if code == EXIT_OK:
+            self.report.outcome = "rollback"
+        return code
+
+    def dry_rollback(self) -> int:
+        with self.report.step("preflight") as note:
+            self.preflight(note, remote=False)
+        self.target = self.rollback_target(self.args.commit)
+        self.report.say(f"would roll back {short(self.serving)} -> {short(self.target)}; would run:")
+        for name, what in self.plan():
+            if not (name == "test" and self.args.no_test):
+                self.report.say(f"  {name:<9} {what}")
+        self.report.outcome = "dry-run"
+        return EXIT_OK
+
+    def rollback_target(self, wanted: str | None) -> str:
+        """The commit to go back to: wanted, if it once served as a good release and is an ancestor of the
+        checkout, else the newest good release that is not serving now. Raises Refused."""
+        goods = [str(entry["good"]) for entry in reversed(read_entries(self.run_dir)) if entry.get("good")]
+        if wanted is None:
+            for commit in goods:
+                if commit != self.serving and has_commit(self.repo, commit):
+                    return commit
+            raise Refused(f"no earlier good release in {update_log(self.run_dir)} to roll back to")
+        result = git(self.repo, "rev-parse", "--verify", "--quiet", f"{wanted}^{{commit}}", check=False)
+        commit = result.stdout.strip()
+        if result.returncode != 0 or not commit:
+            raise Refused(f"{wanted!r} is not a commit of this checkout")
+        if commit == self.serving:
+            raise Refused(f"{short(commit)} is serving already")
+        if not is_ancestor(self.repo, commit, self.head):
+            raise Refused(f"{short(commit)} is not an ancestor of the checkout {short(self.head)}")
+        if commit not in goods:
+            raise Refused(f"{short(commit)} never served as a good release ({update_log(self.run_dir)})")
+        return commit
 
     def roll_back(self, outcome: str, cause: UpdateError, how: Callable[[Note], None]) -> int:
         """Run the rollback step after cause; the pending marker stays if the rollback itself fails."""
@@ -318,7 +396,7 @@ class Updater:
         if self.up_to_date(remote_tip):
             return EXIT_OK
         with self.report.step("fetch") as note:
-            self.fetch(note, merge=False)
+            self.fetch(note)
         commits = git_out(self.repo, "log", "--oneline", f"{self.serving}..{self.target}")
         self.report.say(f"would deploy {short(self.serving)} -> {short(self.target)} (git log --oneline):")
         self.report.say("\n".join(f"  {line}" for line in commits.splitlines()) or "  (no new commits: redeploy)")
@@ -340,7 +418,7 @@ class Updater:
         steps = [
             ("test", f"{update['test_command']}  (in {self.run_dir / RELEASE_DIR} at {short(self.target)})"),
             ("backup", "backup_script.py create" if update["backup_first"] else ""),
-            ("checkout", f"git merge --ff-only {short(self.target)}"),
+            ("checkout", f"git {'reset --hard' if self.args.rollback else 'merge --ff-only'} {short(self.target)}"),
             ("build", build),
             ("before-deploy", "; ".join(update["hooks"]["before_deploy"])),
             ("deploy", deploy),
@@ -352,8 +430,9 @@ class Updater:
 
     # the steps
 
-    def preflight(self, note: Note) -> str:
-        """Check the test command, the checkout, the remote and the server; return the remote's tip. Raises Refused."""
+    def preflight(self, note: Note, remote: bool = True) -> str:
+        """Check the test command, the checkout, the remote (unless not remote) and the server; return the
+        remote's tip ("" without remote). Raises Refused."""
         self.test_argv()
         try:
             top = git_out(self.repo, "rev-parse", "--show-toplevel")
@@ -370,7 +449,7 @@ class Updater:
         if branch != self.branch:
             raise Refused(f"the checkout is on {branch or 'a detached HEAD'}, not {self.branch} (system.update.branch)")
         self.head = git_out(self.repo, "rev-parse", "HEAD")
-        remote_tip = self.ls_remote()
+        remote_tip = self.ls_remote() if remote else ""
         try:
             self.serving = serving_commit(self.url, self.timeout)
         except UpdateError as exc:
@@ -419,7 +498,7 @@ class Updater:
         else:
             log.warning("an update by PID %s was interrupted: running every step again", pending.get("pid"))
 
-    def fetch(self, note: Note, merge: bool) -> None:
+    def fetch(self, note: Note) -> None:
         git(self.repo, "fetch", "--quiet", self.remote, self.branch, timeout=GIT_TIMEOUT)
         self.target = git_out(self.repo, "rev-parse", "FETCH_HEAD^{commit}")
         if not has_commit(self.repo, self.serving):
@@ -431,21 +510,21 @@ class Updater:
                     f"({short(commit)}): diverged history, refusing"
                 )
         count = git_out(self.repo, "rev-list", "--count", f"{self.serving}..{self.target}")
-        if merge:
-            self.write_pending()  # before the first change: a run killed from here on is recovered
         note.detail = f"{self.remote}/{self.branch} {short(self.serving)}..{short(self.target)} ({count} new commit(s))"
 
     def checkout(self, note: Note) -> None:
-        """The tests passed: move the live checkout to the tested commit."""
+        """The tests passed: move the live checkout to the tested commit (back to it: a rollback by hand)."""
         if self.target != self.head:
+            forward = is_ancestor(self.repo, self.head, self.target)
+            how = ("merge", "--ff-only", "--quiet") if forward else ("reset", "--hard", "--quiet")
             try:
-                git(self.repo, "merge", "--ff-only", "--quiet", self.target)
+                git(self.repo, *how, self.target)
             except UpdateError:
                 if not self.recovering:  # nothing changed: no interrupted update for the next run to finish
                     self.pending.unlink(missing_ok=True)
                 raise
             self.head = self.target
-        note.detail = f"fast-forwarded the checkout to the tested {short(self.target)}"
+        note.detail = f"the checkout is at {short(self.target)}"
 
     def test_argv(self) -> list[str]:
         """system.update.test_command split as a shell would; Refused when it cannot be split or is empty."""
@@ -738,7 +817,9 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
             "steps": report.steps,
             "seconds": round(finished - started, 3),
         }
+        entry.update(report.extra)
         good = {"updated": updater.target, "redeployed": updater.target, "rolled-back": updater.serving}
+        good["rollback"] = updater.target
         if good.get(report.outcome):  # what this run left serving, tested and verified (hello.release.good_release)
             entry["good"] = good[report.outcome]
         try:
@@ -764,7 +845,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="run every step even when already up to date")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout (steps go to stderr)")
     parser.add_argument("--repo", type=Path, default=REPO_DIR, help="the deployment checkout (default: %(default)s)")
-    return parser.parse_args(argv)
+    return parser.parse_args(argv, argparse.Namespace(rollback=False, commit=None, no_test=False))
+
+
+def parse_rollback_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="update_protocol.py rollback", description="Back to a good release.")
+    parser.add_argument("commit", nargs="?", help="a commit that once served as a good release (default: the last)")
+    parser.add_argument("--no-test", action="store_true", help="an emergency: skip the tests (recorded as such)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commit and steps; change nothing")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout (steps go to stderr)")
+    parser.add_argument("--repo", type=Path, default=REPO_DIR, help="the deployment checkout (default: %(default)s)")
+    return parser.parse_args(argv, argparse.Namespace(rollback=True, force=False))
 
 
 def load_for(repo: Path) -> dict[str, Any]:
@@ -794,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["history"]:
         return history_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="update: %(levelname)s %(message)s")
-    args = parse_args(argv)
+    args = parse_rollback_args(argv[1:]) if argv[:1] == ["rollback"] else parse_args(argv)
     repo = args.repo.resolve()
     try:
         config = load_for(repo)
@@ -807,7 +898,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         report.say("dry run: changes nothing (git fetch moves only FETCH_HEAD and the remote-tracking branch)")
     try:
-        code = updater.dry_run() if args.dry_run else updater.run()
+        if args.rollback:
+            code = updater.run(updater.rollback_by_hand) if not args.dry_run else updater.dry_rollback()
+        else:
+            code = updater.dry_run() if args.dry_run else updater.run()
     except Locked as exc:
         code, report.outcome, report.reason = EXIT_LOCKED, "locked", str(exc)
     except UpdateError as exc:
@@ -829,6 +923,8 @@ def main(argv: list[str] | None = None) -> int:
     verdict = {
         "updated": f"updated {short(updater.serving)} -> {short(updater.target)}",
         "redeployed": f"redeployed {short(updater.target)}",
+        "rollback": f"rolled back by hand {short(updater.serving)} -> {short(updater.target)}",
+        "held": f"held at {short(updater.serving)} after a rollback by hand (FORCE=1 goes on)",
         "up-to-date": f"already up to date at {short(updater.serving)}",
         "dry-run": "dry run: nothing changed",
         "tests-failed": f"tests failed: nothing deployed, still serving {short(updater.serving)} ({report.reason})",

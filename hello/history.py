@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 UPDATE_LOG = "update.log"  # under system.run_dir
-DEPLOYS = frozenset({"updated", "redeployed", "rolled-back", "rollback-failed"})
+DEPLOYS = frozenset({"updated", "redeployed", "rolled-back", "rollback-failed", "rollback"})  # rollback: by hand
 
 
 def update_log(run_dir: Path) -> Path:

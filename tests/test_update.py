@@ -667,6 +667,80 @@ def test_history_lists_deploys_and_rollbacks_newest_first(site: ScratchDeploymen
     assert f"    to    {commit[:10]}  harmless change for the history" in text.stdout
 
 
+# --- rollback by hand ------------------------------------------------------------------------------
+
+
+def rollback(site: ScratchDeployment, *args: str) -> subprocess.CompletedProcess:
+    return site.update("rollback", *args)
+
+
+def test_rollback_by_hand_two_commits_back_then_update_holds_until_forced(site: ScratchDeployment) -> None:
+    released = []
+    for label in ("one", "two", "three"):
+        released.append(site.harmless_commit(f"release {label}"))
+        assert site.update().returncode == 0 and site.served() == released[-1]
+    dry = rollback(site, released[0], "--dry-run")
+    assert dry.returncode == 0 and f"would roll back {released[2][:10]} -> {released[0][:10]}" in dry.stdout, shown(dry)
+    assert site.served() == released[2]
+    with Load(site.port, limit=5000) as load:
+        result = rollback(site, released[0][:12])
+    assert result.returncode == 0, shown(result)
+    for name in ("preflight", "choose", "test", "checkout", "deploy", "verify"):
+        assert_step(result, name)
+    assert site.served() == released[0] == site.head()
+    assert_quiet_load(load)
+    entry = log_lines(site)[-1]
+    assert (entry["outcome"], entry["from"], entry["to"], entry["good"]) == (
+        "rollback",
+        released[2],
+        released[0],
+        released[0],
+    )
+    # The remote still holds the commits rolled back from: update stays, and says how to go on.
+    held = site.update()
+    assert held.returncode == 0, shown(held)
+    assert "make update FORCE=1 deploys it" in held.stdout and log_lines(site)[-1]["outcome"] == "held"
+    assert not re.search(r"^(test|deploy)\s", held.stdout, re.MULTILINE), shown(held)
+    assert site.served() == released[0]
+    forced = site.update("--force")
+    assert forced.returncode == 0, shown(forced)
+    assert site.served() == released[2] == site.head()
+    assert site.update().returncode == 0  # no longer held
+
+
+def test_rollback_without_a_commit_goes_to_the_previous_good_release_and_may_skip_tests(
+    site: ScratchDeployment,
+) -> None:
+    first = site.harmless_commit("good one")
+    assert site.update().returncode == 0
+    site.harmless_commit("good two")
+    assert site.update().returncode == 0
+    result = rollback(site, "--no-test")
+    assert result.returncode == 0, shown(result)
+    assert "test: skipped (--no-test)" in result.stdout
+    assert not re.search(r"^test\s", result.stdout, re.MULTILINE), shown(result)
+    assert site.served() == first == site.head()
+    entry = log_lines(site)[-1]
+    assert (entry["outcome"], entry["to"], entry["tests"]) == ("rollback", first, "skipped (--no-test)")
+
+
+def test_rollback_to_a_commit_that_never_served_is_refused(site: ScratchDeployment) -> None:
+    skipped = site.harmless_commit("never served alone")
+    site.harmless_commit("deployed together with the one before")
+    assert site.update().returncode == 0
+    before = snapshot(site)
+    for wanted, reason in (
+        (skipped, "never served as a good release"),
+        (before["served"], "is serving already"),
+        ("no-such-ref", "'no-such-ref' is not a commit of this checkout"),
+    ):
+        result = rollback(site, wanted)
+        assert result.returncode == 1, shown(result)
+        assert reason in result.stdout, shown(result)
+        assert snapshot(site) == before
+        assert log_lines(site)[-1]["outcome"] == "refused"
+
+
 # --- compose mode, with the recording docker stand-in ---------------------------------------------------
 
 
