@@ -4,6 +4,7 @@ Run it:
 
     python update_protocol.py [--dry-run] [--force] [--json] [--repo DIR]     # make update [DRY_RUN=1] [FORCE=1]
     python update_protocol.py history [--json] [--all] [--repo DIR]         # make history [JSON=1]
+    python update_protocol.py rollback [COMMIT] [--no-test] [--dry-run]     # make rollback [TO=commit]
 
 Steps, each printed with its outcome and duration; the first failure stops the run:
 
@@ -44,6 +45,12 @@ already matches the remote, so that what serves has been tested and verified.
 --dry-run fetches (objects, FETCH_HEAD and the remote-tracking branch only, as `git fetch` does), prints
 the commits it would deploy and the steps, and changes nothing else: no release, no merge, no reload.
 --force runs every step even when already up to date (redeploys the current commit).
+
+rollback: back to the previous good release (the newest `good` of update.log not serving now), or to COMMIT,
+which must be an ancestor of the checkout that once served as a good release: preflight (no remote needed),
+choose, then test (unless --no-test, recorded), backup, checkout (`git reset --hard`), build, deploy, verify as
+above. While the newest deploy is such a rollback and the remote still holds the commit rolled back from, an
+update is "held" (exit 0, nothing done) until --force.
 
 history: every deploy and rollback of <run_dir>/update.log (hello/history.py), newest first: time, user, from
 and to commit with their subject lines, outcome, each step's duration; --all: every run, up-to-date ones too.
