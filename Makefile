@@ -60,6 +60,13 @@ restore: $(RUNTIME_STAMP) ## restore a backup: make restore ARCHIVE=path TARGET=
 update: $(RUNTIME_STAMP) ## run the update protocol (DRY_RUN=1 prints the plan and changes nothing)
 	@$(PY) update_protocol.py $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
 
+.PHONY: history rollback
+rollback: $(RUNTIME_STAMP) ## back to the previous good release, or TO=commit (NO_TEST=1: skip the tests, DRY_RUN=1)
+	@$(PY) update_protocol.py rollback $(TO) $(if $(NO_TEST),--no-test) $(if $(DRY_RUN),--dry-run)
+
+history: $(RUNTIME_STAMP) ## every deploy and rollback, newest first (JSON=1: as JSON, ALL=1: every run)
+	@$(PY) update_protocol.py history $(if $(JSON),--json) $(if $(ALL),--all)
+
 validate: $(RUNTIME_STAMP) ## check the live system (exit 0 only if no check failed)
 	@$(PY) validation_test.py $(if $(ONLY),--only $(ONLY))
 

@@ -290,6 +290,11 @@ SCHEMA: Schema = {
             "test_command": (_string, "make test"),
             "deploy": (_one_of("local", "compose", "kubernetes"), "local"),
             "interval": (_interval_or_null, None),  # null: no periodic update in `make cron`
+            "backup_first": (_bool, True),  # a backup after the tests pass, before the deploy
+            "hooks": {  # shell lines run in the new release's folder (hello/hooks.py)
+                "before_deploy": (_string_list, []),  # one fails: nothing deployed
+                "after_deploy": (_string_list, []),  # one fails: rolled back
+            },
         },
         "kubernetes": {  # deploy/kubernetes and system.update.deploy: kubernetes (hello/deploy_kubernetes.py)
             "registry": (_string_or_null, None),  # images go to <registry>/hello-world:<commit>; needed to deploy
