@@ -77,7 +77,7 @@ down: ## stop the docker compose stack
 cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml
 	@$(PY) scripts/cron.py
 
-bench: $(DEV_STAMP) ## benchmark the server side by side with nginx (wrk); prints ratios
+bench: $(DEV_STAMP) ## benchmark the server side by side with nginx, granian, uvicorn (and Go when installed); prints ratios
 	$(PY) scripts/bench_server.py $(BENCH_ARGS)
 
 bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
