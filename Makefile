@@ -12,7 +12,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: help run test start stop status reload backup backup-schedule restore update validate \
-        monitor monitor-stop up down cron bench bench-backup bench-update lint check-config clean
+        monitor monitor-stop up down cron bench bench-metrics bench-backup bench-update lint check-config clean
 
 help: ## list the targets (the default goal)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml
 
 bench: $(DEV_STAMP) ## benchmark the server side by side with nginx, granian, uvicorn (and Go when installed); prints ratios
 	$(PY) scripts/bench_server.py $(BENCH_ARGS)
+
+bench-metrics: $(DEV_STAMP) ## time /metrics after 10, 100 and 1000 reloads (RELOADS=10,100 to change)
+	$(PY) scripts/bench_server.py --reloads $(or $(RELOADS),10,100,1000) $(BENCH_ARGS)
 
 bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
 	$(PY) scripts/bench_backup.py $(BENCH_ARGS)

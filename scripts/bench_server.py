@@ -27,6 +27,12 @@ Every response must be a 200: wrk counts statuses >= 400 and socket errors, and 
 /metrics (all but nginx) the bench reads hello_world_requests_total{path="/"} by code before and after each
 run, so a response with any other code shows up even where wrk would not count it.
 
+/metrics as work grows (`make bench-metrics`, `--reloads 10,100,1000`, no wrk): our server alone, reloaded
+(SIGHUP, as `make reload`) until it has had each number of reloads, a few GETs of / per generation; at each
+checkpoint the median and p90 time of `--samples` GETs of /metrics, the number of metric files in its
+multiproc dir, and whether hello_world_requests_total{path="/",code="200"} equals the GETs of / sent (it must,
+exactly, however many generations came and went).
+
 It is a benchmark, not a test: it exits 0 whatever the numbers. Exit 1 only when it cannot run (wrk missing,
 our server does not become ready or a server dies) or is interrupted, exit 2 on a config error. A peer that
 cannot start is skipped with a warning. Progress goes to stderr, results to stdout (`--json` for a machine).
@@ -58,7 +64,15 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration  # noqa: E402
+from hello_config import (  # noqa: E402
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigError,
+    RunFiles,
+    load_config,
+    parse_duration,
+)
 from hello_jobs import http_get  # noqa: E402
 
 log = logging.getLogger("bench_server")
@@ -729,6 +743,112 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- /metrics after many reloads ---
+
+
+def parse_checkpoints(text: str) -> list[int]:
+    try:
+        numbers = sorted({int(n) for n in text.split(",") if n.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected reload counts like 10,100,1000, got {text!r}") from None
+    if not numbers or numbers[0] < 0:
+        raise argparse.ArgumentTypeError(f"expected reload counts >= 0, got {text!r}")
+    return numbers
+
+
+def reload_once(target: Target, files: RunFiles, number: int, timeout: float) -> None:
+    """SIGHUP the supervisor and wait until its state file records reload `number`, and that it worked."""
+    os.kill(target.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = files.read_state()
+        if state.get("reloads", 0) >= number:
+            if not state.get("last_reload", {}).get("ok"):
+                raise BenchError(f"reload {number} failed: {state.get('last_reload')}")
+            return
+        if target.proc.poll() is not None:
+            raise BenchError(f"ours exited during reload {number}: {tail(target.log_path)}")
+        time.sleep(0.02)
+    raise BenchError(f"reload {number} not done within {timeout:.0f}s: {tail(target.log_path)}")
+
+
+def wait_workers(target: Target, workers: int, timeout: float) -> None:
+    """Wait until the old generation has left: the supervisor has exactly `workers` children."""
+    deadline = time.monotonic() + timeout
+    while len(children(target.proc.pid)) != workers:
+        if time.monotonic() > deadline:
+            raise BenchError(f"old workers still there {timeout:.0f}s after a reload: {children(target.proc.pid)}")
+        time.sleep(0.05)
+
+
+def time_metrics(url: str, samples: int) -> list[float]:
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        status, _ = http_get(url + "/metrics", timeout=30)
+        times.append(time.perf_counter() - started)
+        if status != 200:
+            raise BenchError(f"{url}/metrics answered {status}")
+    return times
+
+
+def bench_reloads(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    target = start_ours(workdir / "ours", args)
+    files = RunFiles(workdir / "ours" / "run")
+    checkpoints, done, sent = [], 0, 0
+    try:
+        for goal in args.reloads:
+            while done < goal:
+                for _ in range(args.requests_per_reload):
+                    status, _ = http_get(target.url + "/", timeout=10)
+                    sent += 1
+                    if status != 200:
+                        raise BenchError(f"GET / answered {status} after {done} reloads")
+                done += 1
+                reload_once(target, files, done, timeout=args.ready_timeout + 30)
+                if done % 50 == 0:
+                    log.info("%d reloads of %d", done, args.reloads[-1])
+            wait_workers(target, args.workers, timeout=60)
+            time.sleep(0.3)  # the new workers flush their counts on their 0.1 s tick
+            times = time_metrics(target.url, args.samples)
+            counted = root_counts(target.url).get("200", 0.0)
+            point = {
+                "reloads": done,
+                "metrics_ms_median": round(statistics.median(times) * 1000, 2),
+                "metrics_ms_p90": round(sorted(times)[int(0.9 * (len(times) - 1))] * 1000, 2),
+                "metric_files": len(list(files.multiproc.glob("*.db"))),
+                "sent": sent,
+                "counted": int(counted),
+                "exact": int(counted) == sent,
+            }
+            checkpoints.append(point)
+            log.info("%s", reload_line(point))
+    finally:
+        log.info("stopping ours (PID %d)", target.proc.pid)
+        stop_process(target)
+    settings = {"workers": args.workers, "samples": args.samples, "requests_per_reload": args.requests_per_reload}
+    return {"settings": {**settings, "script": str(args.script)}, "checkpoints": checkpoints}
+
+
+def reload_line(point: dict[str, Any]) -> str:
+    exact = "exact" if point["exact"] else "NOT EXACT"
+    return (
+        f"after {point['reloads']:>5} reloads: /metrics {point['metrics_ms_median']:8.2f} ms median, "
+        f"{point['metrics_ms_p90']:8.2f} ms p90; {point['metric_files']:>5} metric files; "
+        f"GET / sent {point['sent']}, counted {point['counted']} ({exact})"
+    )
+
+
+def render_reloads(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [
+        f"/metrics answer time after reloads: {s['script']}, {s['workers']} worker(s), "
+        f"{s['requests_per_reload']} GETs of / per generation, {s['samples']} GETs of /metrics per checkpoint",
+    ]
+    lines += [f"  {reload_line(point)}" for point in report["checkpoints"]]
+    return "\n".join(lines)
+
+
 # --- main ---
 
 
@@ -765,6 +885,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=REPO / "hello_world.py",
         help="the server to run (default: the repo's hello_world.py)",
     )
+    parser.add_argument(
+        "--reloads",
+        type=parse_checkpoints,
+        help="instead of wrk: time /metrics after this many reloads of ours (e.g. 10,100,1000)",
+    )
+    parser.add_argument("--samples", type=int, default=20, help="GETs of /metrics per checkpoint (default 20)")
+    parser.add_argument("--requests-per-reload", type=int, default=5, help="GETs of / per generation (default 5)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs) and print its path")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
@@ -864,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s", stream=sys.stderr)
     args = parse_args(argv)
     wrk = shutil.which("wrk")
-    if not wrk:
+    if not wrk and args.reloads is None:
         print("bench: wrk not found: install the Debian package wrk (apt-get install wrk)", file=sys.stderr)
         return EXIT_FAILED
     args.script = args.script.resolve()
@@ -875,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="hello-bench-"))
     try:
-        report = bench(args, wrk, workdir)
+        report = bench_reloads(args, workdir) if args.reloads is not None else bench(args, wrk, workdir)
     except ConfigError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -890,7 +1017,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("kept %s", workdir)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(report, indent=2) if args.json else render(report))
+    text = render_reloads(report) if args.reloads is not None else render(report)
+    print(json.dumps(report, indent=2) if args.json else text)
     return EXIT_OK
 
 
