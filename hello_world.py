@@ -231,7 +231,9 @@ def make_app(build: BuildInfo, state: WorkerState):
 
 
 def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, access_log: bool):
+    from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.utils import get_local_addr, get_remote_addr
 
     # A GET of a static route is answered from bytes built once a second (uvicorn renews its date
     # header every second), without the ASGI call: that call's task, events and messages are half the
@@ -258,14 +260,19 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
         and direct answers to GETs of static routes."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(transport)
+            # uvicorn's connection_made without the two addresses (a socket object and two syscalls);
+            # they are looked up only for a request that goes to the app.
+            self.connections.add(self)
+            self.transport = transport
+            self.flow = FlowControl(transport)
+            self.server = self.client = None
+            self.scheme = "http"
             self.reading_headers, self.pending_bytes, self.header_timer = False, 0, None
-            # uvicorn arms its idle timer only after a first response: a client that never sends is closed too.
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
+            # No timer per connection (or per response below): the worker's tick closes connections idle too long.
+            self.idle_since = self.loop.time()
 
         def data_received(self, data: bytes) -> None:
+            self.idle_since = None
             if self.reading_headers:  # headers that keep coming: bound what the parser buffers for them
                 self.pending_bytes += len(data)
                 if self.pending_bytes > MAX_PENDING_HEADER_BYTES:
@@ -277,8 +284,28 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
                 self.header_timer = self.loop.call_later(header_timeout, self.reject, 408, "Request Timeout")
 
         def on_message_begin(self) -> None:
-            super().on_message_begin()
+            # uvicorn's, without the ASGI scope: app_scope() builds it only for a request that goes to the app.
+            self.url = b""
+            self.expect_100_continue = False
+            self.headers = []
             self.reading_headers, self.pending_bytes = True, 0
+
+        def app_scope(self) -> None:
+            """uvicorn's per-request ASGI scope and the connection's addresses, for a request the app answers."""
+            if self.client is None:
+                self.server = get_local_addr(self.transport)
+                self.client = get_remote_addr(self.transport)
+            self.scope = {
+                "type": "http",
+                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+                "http_version": "1.1",
+                "server": self.server,
+                "client": self.client,
+                "scheme": self.scheme,
+                "root_path": self.root_path,
+                "headers": self.headers,
+                "state": self.app_state.copy(),
+            }
 
         def on_headers_complete(self) -> None:
             self.reading_headers = False
@@ -290,6 +317,7 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
             elif self.parser.get_http_version() == "0.9":
                 self.reject_request(400, "Bad Request")  # a request line without a version: llhttp takes it
             elif not self.answer_directly():
+                self.app_scope()
                 super().on_headers_complete()
 
         def reject_request(self, status: int, reason: str) -> None:
@@ -316,9 +344,7 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
             self.cycle = answered  # what uvicorn's other callbacks look at: this request's answer is complete
             self.server_state.total_requests += 1
             if keep_alive:
-                self.timeout_keep_alive_task = self.loop.call_later(
-                    self.timeout_keep_alive, self.timeout_keep_alive_handler
-                )
+                self.idle_since = self.loop.time()
             else:
                 self.transport.close()
             app.metrics.observe("GET", route, 200, time.perf_counter() - started)
@@ -328,6 +354,14 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
             if self.header_timer is not None:
                 self.header_timer.cancel()
             super().connection_lost(exc)
+
+        @staticmethod
+        def close_idle(connections: set, now: float, timeout: float) -> None:
+            """Close the connections idle (no byte since their last answer or their start) for over timeout."""
+            for protocol in list(connections):
+                since = getattr(protocol, "idle_since", None)
+                if since is not None and now - since > timeout and not protocol.transport.is_closing():
+                    protocol.transport.close()
 
         def send_400_response(self, msg: str) -> None:
             app.metrics.observe("other", "other", 400, 0.0)
@@ -381,6 +415,9 @@ def worker_main(listen_fd: int, ready_fd: int) -> int:
 
         async def on_tick(self, counter: int) -> bool:
             app.metrics.flush()
+            protocol.close_idle(
+                self.server_state.connections, asyncio.get_running_loop().time(), config.timeout_keep_alive
+            )
             if os.getppid() != parent:  # the supervisor is gone: do not serve on as an orphan
                 self.should_exit = True
             return await super().on_tick(counter)
