@@ -77,7 +77,7 @@ down: ## stop the docker compose stack
 cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml
 	@$(PY) scripts/cron.py
 
-bench: $(DEV_STAMP) ## benchmark the server side by side with nginx, granian, uvicorn (and Go when installed); prints ratios
+bench: $(DEV_STAMP) ## benchmark the server beside nginx and the peers (granian, uvicorn, Go); prints ratios
 	$(PY) scripts/bench_server.py $(BENCH_ARGS)
 
 bench-metrics: $(DEV_STAMP) ## time /metrics after 10, 100 and 1000 reloads (RELOADS=10,100 to change)
