@@ -432,8 +432,10 @@ def worker_main(listen_fd: int, ready_fd: int) -> int:
                 server.close()
             for sock in sockets or []:
                 sock.close()
-            deadline = time.monotonic() + server_config["drain_timeout"]
+            deadline, loop = time.monotonic() + server_config["drain_timeout"], asyncio.get_running_loop()
             while self.server_state.connections and time.monotonic() < deadline and not self.force_exit:
+                # No ticks while draining: idle connections are closed here, as on a tick.
+                protocol.close_idle(self.server_state.connections, loop.time(), config.timeout_keep_alive)
                 await asyncio.sleep(0.02)
             await super().shutdown()
             app.metrics.flush()
