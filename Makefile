@@ -12,7 +12,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: help run test start stop status reload backup backup-schedule restore update validate \
-        monitor monitor-stop up down cron bench bench-backup bench-update bench-alerting lint k8s-render check-config clean
+        monitor monitor-stop up down cron bench bench-metrics bench-backup bench-update bench-alerting lint k8s-render check-config clean
 .PHONY: bench-config
 
 help: ## list the targets (the default goal)
@@ -97,8 +97,11 @@ systemd-install: $(RUNTIME_STAMP) ## install the units in /etc/systemd/system, e
 systemd-uninstall: $(RUNTIME_STAMP) ## stop, disable and remove the installed units (DESTDIR= as for systemd-install)
 	@$(PY) scripts/systemd.py uninstall $(if $(DESTDIR),--root "$(DESTDIR)")
 
-bench: $(DEV_STAMP) ## benchmark the server side by side with nginx (wrk); prints ratios
+bench: $(DEV_STAMP) ## benchmark the server beside nginx and the peers (granian, uvicorn, Go); prints ratios
 	$(PY) scripts/bench_server.py $(BENCH_ARGS)
+
+bench-metrics: $(DEV_STAMP) ## time /metrics after 10, 100 and 1000 reloads (RELOADS=10,100 to change)
+	$(PY) scripts/bench_server.py --reloads $(or $(RELOADS),10,100,1000) $(BENCH_ARGS)
 
 bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
 	$(PY) scripts/bench_backup.py $(BENCH_ARGS)

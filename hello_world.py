@@ -23,7 +23,8 @@ generation keeps serving. SIGTERM and SIGINT drain every worker the same way.
 
 Files in system.run_dir: hello_world.pid (the supervisor), hello_world.log
 (background mode), hello_world.state.json (URL, commit, last reload result),
-multiproc/ (the metric files of the workers, emptied at start).
+multiproc/ (the metric files of the workers, emptied at start; a dead worker's are merged into one
+file per type, so /metrics takes no longer after many reloads).
 
 Exit codes: 0 success; 1 failed (the port is taken, the workers cannot start);
 2 bad usage or config.
@@ -161,8 +162,10 @@ class RequestMetrics:
 
 def make_app(build: BuildInfo, state: WorkerState):
     """The ASGI app: a dict of routes, each answer built once, counted in `app.metrics`."""
-    from prometheus_client import CollectorRegistry, Gauge, multiprocess
+    from prometheus_client import CollectorRegistry, Gauge
     from prometheus_client.exposition import choose_encoder
+
+    from hello.metrics_files import LockedCollector
 
     routes = frozenset({"/", "/healthz", "/readyz", "/version", "/metrics"})
     metrics = RequestMetrics((*routes, "other"))
@@ -171,7 +174,7 @@ def make_app(build: BuildInfo, state: WorkerState):
     )
     build_info.labels(build.version, build.commit).set(1)
     exposition = CollectorRegistry()
-    multiprocess.MultiProcessCollector(exposition)
+    LockedCollector(exposition)  # the supervisor merges dead workers' files (hello/metrics_files.py)
 
     version_body = json.dumps({"version": build.version, "commit": build.commit}).encode() + b"\n"
     static = {
@@ -229,7 +232,9 @@ def make_app(build: BuildInfo, state: WorkerState):
 
 
 def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, access_log: bool):
+    from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.utils import get_local_addr, get_remote_addr
 
     # A GET of a static route is answered from bytes built once a second (uvicorn renews its date
     # header every second), without the ASGI call: that call's task, events and messages are half the
@@ -252,18 +257,25 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
         return data
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol plus a header size cap (431), a deadline for request headers (408)
-        and direct answers to GETs of static routes."""
+        """uvicorn's httptools protocol plus a header size cap (431), a deadline for request headers (408),
+        direct answers to GETs of static routes and a connection set-up trimmed to what they need
+        (written against uvicorn 0.54.0: its connection_made and on_message_begin, less the addresses,
+        the ASGI scope and the idle timer)."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(transport)
+            # uvicorn's connection_made without the two addresses (a socket object and two syscalls);
+            # they are looked up only for a request that goes to the app.
+            self.connections.add(self)
+            self.transport = transport
+            self.flow = FlowControl(transport)
+            self.server = self.client = None
+            self.scheme = "http"  # the workers serve no TLS
             self.reading_headers, self.pending_bytes, self.header_timer = False, 0, None
-            # uvicorn arms its idle timer only after a first response: a client that never sends is closed too.
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
+            # No timer per connection (or per response below): the worker's tick closes connections idle too long.
+            self.idle_since = self.loop.time()
 
         def data_received(self, data: bytes) -> None:
+            self.idle_since = None
             if self.reading_headers:  # headers that keep coming: bound what the parser buffers for them
                 self.pending_bytes += len(data)
                 if self.pending_bytes > MAX_PENDING_HEADER_BYTES:
@@ -275,8 +287,28 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
                 self.header_timer = self.loop.call_later(header_timeout, self.reject, 408, "Request Timeout")
 
         def on_message_begin(self) -> None:
-            super().on_message_begin()
+            # uvicorn's, without the ASGI scope: app_scope() builds it only for a request that goes to the app.
+            self.url = b""
+            self.expect_100_continue = False
+            self.headers = []
             self.reading_headers, self.pending_bytes = True, 0
+
+        def app_scope(self) -> None:
+            """uvicorn's per-request ASGI scope and the connection's addresses, for a request the app answers."""
+            if self.client is None:
+                self.server = get_local_addr(self.transport)
+                self.client = get_remote_addr(self.transport)
+            self.scope = {
+                "type": "http",
+                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+                "http_version": "1.1",
+                "server": self.server,
+                "client": self.client,
+                "scheme": self.scheme,
+                "root_path": self.root_path,
+                "headers": self.headers,
+                "state": self.app_state.copy(),
+            }
 
         def on_headers_complete(self) -> None:
             self.reading_headers = False
@@ -288,6 +320,7 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
             elif self.parser.get_http_version() == "0.9":
                 self.reject_request(400, "Bad Request")  # a request line without a version: llhttp takes it
             elif not self.answer_directly():
+                self.app_scope()
                 super().on_headers_complete()
 
         def reject_request(self, status: int, reason: str) -> None:
@@ -314,9 +347,7 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
             self.cycle = answered  # what uvicorn's other callbacks look at: this request's answer is complete
             self.server_state.total_requests += 1
             if keep_alive:
-                self.timeout_keep_alive_task = self.loop.call_later(
-                    self.timeout_keep_alive, self.timeout_keep_alive_handler
-                )
+                self.idle_since = self.loop.time()
             else:
                 self.transport.close()
             app.metrics.observe("GET", route, 200, time.perf_counter() - started)
@@ -326,6 +357,14 @@ def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, acces
             if self.header_timer is not None:
                 self.header_timer.cancel()
             super().connection_lost(exc)
+
+        @staticmethod
+        def close_idle(connections: set, now: float, timeout: float) -> None:
+            """Close the connections idle (no byte since their last answer or their start) for over timeout."""
+            for protocol in list(connections):
+                since = getattr(protocol, "idle_since", None)
+                if since is not None and now - since > timeout and not protocol.transport.is_closing():
+                    protocol.transport.close()
 
         def send_400_response(self, msg: str) -> None:
             app.metrics.observe("other", "other", 400, 0.0)
@@ -379,6 +418,9 @@ def worker_main(listen_fd: int, ready_fd: int) -> int:
 
         async def on_tick(self, counter: int) -> bool:
             app.metrics.flush()
+            protocol.close_idle(
+                self.server_state.connections, asyncio.get_running_loop().time(), config.timeout_keep_alive
+            )
             if os.getppid() != parent:  # the supervisor is gone: do not serve on as an orphan
                 self.should_exit = True
             return await super().on_tick(counter)
@@ -391,8 +433,10 @@ def worker_main(listen_fd: int, ready_fd: int) -> int:
                 server.close()
             for sock in sockets or []:
                 sock.close()
-            deadline = time.monotonic() + server_config["drain_timeout"]
+            deadline, loop = time.monotonic() + server_config["drain_timeout"], asyncio.get_running_loop()
             while self.server_state.connections and time.monotonic() < deadline and not self.force_exit:
+                # No ticks while draining: idle connections are closed here, as on a tick.
+                protocol.close_idle(self.server_state.connections, loop.time(), config.timeout_keep_alive)
                 await asyncio.sleep(0.02)
             await super().shutdown()
             app.metrics.flush()
@@ -512,7 +556,10 @@ class Supervisor:
     def forget(self, worker: Worker) -> None:
         from prometheus_client import multiprocess
 
+        from hello.metrics_files import merge_dead_quietly
+
         multiprocess.mark_process_dead(worker.proc.pid, str(self.files.multiproc))
+        merge_dead_quietly(self.files.multiproc, worker.proc.pid)  # so /metrics stays flat over reloads
         with contextlib.suppress(OSError):
             os.close(worker.ready_pipe)
 
