@@ -161,6 +161,28 @@ def _path(value: Any) -> str:
     return _string(value)
 
 
+def _path_or_null(value: Any) -> str | None:
+    """A path or null; load_config resolves a path against the config file's folder."""
+    return None if value is None else _path(value)
+
+
+def _remote_or_null(value: Any) -> str | None:
+    """An rclone remote path (name:folder) or an absolute local path (a second disk), or null."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[\w.-][\w. -]*:\S*|/\S*", value):
+        raise _Invalid(
+            f"expected an rclone remote path such as offsite:hello-backups, an absolute path, or null, {_got(value)}"
+        )
+    return value
+
+
+def _command_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise _Invalid(f"expected a list of shell commands, {_got(value)}")
+    return list(value)
+
+
 # --- the schema: key -> (checker, default), or key -> nested schema ---
 
 Schema = dict[str, Any]
@@ -206,6 +228,13 @@ SCHEMA: Schema = {
                 "weekly": (_int_at_least(0), 4),
                 "monthly": (_int_at_least(0), 6),
             },
+            "offsite": {
+                "remote": (_remote_or_null, None),  # null: local archives only
+                "rclone_config": (_path_or_null, None),  # null: rclone's default config file
+            },
+            "hooks": {
+                "before": (_command_list, []),  # their $HELLO_BACKUP_STAGING goes into the archive
+            },
         },
         "update": {
             "protocol": (_string, "update_protocol.py"),
@@ -245,7 +274,7 @@ def _check(raw: Any, schema: Schema, key_path: str, base_dir: Path) -> dict[str,
             value = checker(raw.get(key, default))
         except _Invalid as exc:
             raise _KeyError(where, str(exc)) from None
-        if checker is _path:
+        if checker in (_path, _path_or_null) and value is not None:
             value = str((base_dir / value).resolve())
         result[key] = value
     return result
