@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 MARGIN_RATIO = 0.10  # an archive 10% larger than the last one still fits
-MARGIN_BYTES = 1 << 20  # and 1 MiB for the sidecar, the manifest and filesystem overhead
+MARGIN_BYTES = 64 << 10  # and 64 KiB for the sidecar, the manifest and filesystem overhead
 
 
 class NoRoom(Exception):
