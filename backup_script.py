@@ -463,9 +463,10 @@ def write_archive(
                 seen: dict[tuple[int, int], str] = {}
                 manifest = ManifestWriter()
                 trees = [(source, "")]
-                tar.addfile(folder_member(MANIFEST_DIR))
+                for folder in (MANIFEST_DIR, STAGING_NAME) if staging is not None else (MANIFEST_DIR,):
+                    tar.addfile(folder_member(folder))
+                    manifest.add(folder_member(folder), None)
                 if staging is not None:
-                    tar.addfile(folder_member(STAGING_NAME))
                     trees.append((staging, STAGING_NAME + "/"))
                 for tree, prefix in trees:
                     for path, arcname in walk_source(tree, [*patterns, MANIFEST_DIR] if not prefix else [], skip):

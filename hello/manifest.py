@@ -203,10 +203,9 @@ def compare_tree(root: Path, manifest: dict[str, Any]) -> list[str]:
     records = manifest["entries"]
     by_name = {record["name"]: record for record in records}
     problems = [f"{r['name']}: {problem}" for r in records if (problem := _problem(root, r, by_name))]
-    own = {MANIFEST_DIR, MANIFEST_NAME}
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
             relative = (Path(folder) / name).relative_to(root).as_posix()
-            if relative not in by_name and relative not in own:
+            if relative not in by_name and relative != MANIFEST_NAME:
                 problems.append(f"{relative}: not in the manifest")
     return problems

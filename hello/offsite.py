@@ -25,6 +25,7 @@ import json
 import logging
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -178,6 +179,16 @@ class Remote:
     def delete(self, name: str) -> None:
         self._run("deletefile", self.path(name), what=f"deleting {self.path(name)}")
 
+    def delete_many(self, names: list[str]) -> None:
+        """Delete files at the top level in one rclone run (one connection, deletes in parallel)."""
+        if not names:
+            return
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".list") as listing:
+            listing.write("".join(f"{name}\n" for name in names))
+            listing.flush()
+            what = f"deleting {len(names)} file(s) on {self.spec}"
+            self._run("delete", "--files-from-raw", listing.name, self.spec, what=what)
+
     def delete_quietly(self, name: str) -> None:
         try:
             self.delete(name)
@@ -271,13 +282,13 @@ def prune(remote: Remote, naming: Naming, keep: Keep, *, dry_run: bool) -> list[
     if complete:
         kept.add(complete[-1])  # the newest good copy: every final name was checked when it was uploaded
     doomed = [name for name in archives if name not in kept]
-    for name in doomed:
-        if dry_run:
+    if dry_run:
+        for name in doomed:
             print(f"would delete {remote.path(name)}")
-            continue
-        remote.delete(name)  # the archive first, its sidecar after, as locally
-        if naming.sidecar(name) in files:
-            remote.delete(naming.sidecar(name))
+        return doomed
+    remote.delete_many(doomed)  # the archives first, their sidecars after, as locally
+    remote.delete_many([naming.sidecar(name) for name in doomed if naming.sidecar(name) in files])
+    for name in doomed:
         log.info("pruned %s", remote.path(name))
     return doomed
 

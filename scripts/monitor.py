@@ -322,6 +322,7 @@ def services(system: dict[str, Any], directory: Path, binaries: dict[str, str]) 
                 f"--storage.tsdb.path={directory / 'prometheus-data'}",
                 f"--web.listen-address=127.0.0.1:{prometheus_port}",
                 "--web.enable-lifecycle",  # POST /-/reload applies a changed config or rules
+                "--web.enable-admin-api",  # TSDB snapshots for the backup hook (scripts/backup_hook_monitoring.py)
             ],
         )
     )
