@@ -619,14 +619,17 @@ NAMING = offsite.Naming(
 )
 
 
-def configured_remote(config: dict[str, Any], *, show_progress: bool = False) -> offsite.Remote | None:
+def configured_remote(
+    config: dict[str, Any], *, show_progress: bool = False
+) -> contextlib.AbstractContextManager[offsite.Remote] | None:
+    """`with` it for the remote of system.backup.offsite (None when there is none)."""
     settings = config["backup"]["offsite"]
     if not settings["remote"]:
         return None
-    return offsite.Remote(settings["remote"], settings["rclone_config"], progress=show_progress)
+    return offsite.connect(settings["remote"], settings["rclone_config"], progress=show_progress)
 
 
-def _require_remote(config: dict[str, Any]) -> offsite.Remote:
+def _require_remote(config: dict[str, Any]) -> contextlib.AbstractContextManager[offsite.Remote]:
     remote = configured_remote(config, show_progress=sys.stderr.isatty())
     if remote is None:
         raise UsageError("--offsite: system.backup.offsite.remote is null in the config (no off-host copies)")
@@ -648,35 +651,37 @@ def copy_offsite(config: dict[str, Any], *, show_progress: bool = False) -> bool
 
     No remote configured: nothing to do (True, and no offsite metrics). A failure leaves every local archive;
     the next run retries what is missing."""
-    remote = configured_remote(config, show_progress=show_progress)
-    if remote is None:
+    connection = configured_remote(config, show_progress=show_progress)
+    if connection is None:
         return True
     started = time.time()
+    spec = config["backup"]["offsite"]["remote"]
     try:
-        local = [a.path for a in find_archives(Path(config["backup"]["destination"]))]
-        uploaded = offsite.sync(remote, local, NAMING, _keep(config), check_local=check_checksum)
-        files = remote.files()
-        newest = list(offsite.archives_on(files, NAMING))[-1]
-        offsite.prune(remote, NAMING, _keep(config), dry_run=False)
+        with connection as remote:
+            local = [a.path for a in find_archives(Path(config["backup"]["destination"]))]
+            uploaded = offsite.sync(remote, local, NAMING, _keep(config), check_local=check_checksum)
+            files = remote.files()
+            newest = list(offsite.archives_on(files, NAMING))[-1]
+            offsite.prune(remote, NAMING, _keep(config), dry_run=False)
     except (offsite.OffsiteError, BackupError, IndexError) as exc:
         problem = "no archive reached the remote" if isinstance(exc, IndexError) else str(exc)
         record_job(config, OFFSITE_JOB, success=False, started=started, finished=time.time())
-        print(f"backup_script.py: off-host copy to {remote.spec} failed: {problem}", file=sys.stderr)
+        print(f"backup_script.py: off-host copy to {spec} failed: {problem}", file=sys.stderr)
         print("  the local archives are kept; the next run copies what the remote lacks", file=sys.stderr)
         return False
     size = files[newest]
     extra = {f"{OFFSITE_JOB}_size_bytes": float(size)}
     record_job(config, OFFSITE_JOB, success=True, started=started, finished=time.time(), extra=extra)
     print(
-        f"off-host: copied {len(uploaded)} archive(s) to {remote.spec} in {time.time() - started:.2f} s; "
+        f"off-host: copied {len(uploaded)} archive(s) to {spec} in {time.time() - started:.2f} s; "
         f"newest there {newest} ({size} bytes)"
     )
     return True
 
 
 def run_list_offsite(config: dict[str, Any], as_json: bool) -> int:
-    remote = _require_remote(config)
-    files = remote.files()
+    with _require_remote(config) as remote:
+        files = remote.files()
     rows = [
         {
             "name": name,
@@ -699,21 +704,21 @@ def run_list_offsite(config: dict[str, Any], as_json: bool) -> int:
 
 
 def run_verify_offsite(config: dict[str, Any], name: str | None) -> int:
-    remote = _require_remote(config)
-    names = [name] if name else list(offsite.archives_on(remote.files(), NAMING))
-    if not names:
-        log.error("no archives on %s to verify", remote.spec)
-        return EXIT_FAILED
-    failed = 0
-    for each in names:
-        started = time.monotonic()
-        try:
-            offsite.verify(remote, each, NAMING)
-        except offsite.OffsiteError as exc:
-            failed += 1
-            print(f"FAIL {exc}")
-        else:
-            print(f"OK   {remote.path(each)} (every byte matches its sidecar, {time.monotonic() - started:.2f} s)")
+    with _require_remote(config) as remote:
+        names = [name] if name else list(offsite.archives_on(remote.files(), NAMING))
+        if not names:
+            log.error("no archives on %s to verify", remote.spec)
+            return EXIT_FAILED
+        failed = 0
+        for each in names:
+            started = time.monotonic()
+            try:
+                offsite.verify(remote, each, NAMING)
+            except offsite.OffsiteError as exc:
+                failed += 1
+                print(f"FAIL {exc}")
+            else:
+                print(f"OK   {remote.path(each)} (every byte matches its sidecar, {time.monotonic() - started:.2f} s)")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -734,14 +739,15 @@ def fetched(config: dict[str, Any], remote: offsite.Remote, name: str) -> Iterat
 
 
 def run_restore_offsite(config: dict[str, Any], name: str, target: str, force: bool) -> int:
-    with fetched(config, _require_remote(config), name) as path:
+    with _require_remote(config) as remote, fetched(config, remote, name) as path:
         return run_restore(str(path), target, force)
 
 
 def run_prune_offsite(config: dict[str, Any], dry_run: bool) -> None:
-    remote = configured_remote(config)
-    if remote is not None:
-        doomed = offsite.prune(remote, NAMING, _keep(config), dry_run=dry_run)
+    connection = configured_remote(config)
+    if connection is not None:
+        with connection as remote:
+            doomed = offsite.prune(remote, NAMING, _keep(config), dry_run=dry_run)
         print(f"prune: {'would delete' if dry_run else 'deleted'} {len(doomed)} archive(s) on {remote.spec}")
 
 
@@ -775,19 +781,20 @@ def run_drill(config: dict[str, Any]) -> int:
 
 
 def _drill_newest(config: dict[str, Any], run_dir: Path):
-    remote = configured_remote(config)
+    connection = configured_remote(config)
     scratch = run_dir / "drill"
     steps = Steps(verify=verify_archive, restore=_drill_restore, remove_tree=_remove_tree)
-    if remote is None:
+    if connection is None:
         found = find_archives(Path(config["backup"]["destination"]))
         if not found:
             raise BackupError(f"no archives in {config['backup']['destination']} to drill")
         return drill(found[-1].path, scratch, steps)
-    names = list(offsite.archives_on(remote.files(), NAMING))
-    if not names:
-        raise BackupError(f"no archives on {remote.spec} to drill")
-    with fetched(config, remote, names[-1]) as path:
-        return drill(path, scratch, steps)
+    with connection as remote:
+        names = list(offsite.archives_on(remote.files(), NAMING))
+        if not names:
+            raise BackupError(f"no archives on {remote.spec} to drill")
+        with fetched(config, remote, names[-1]) as path:
+            return drill(path, scratch, steps)
 
 
 # --- verify and list ---
