@@ -586,7 +586,7 @@ def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
                 record_job(config, JOB, success=False, started=started, finished=finished, extra=extra)
                 raise
             record_job(config, JOB, success=True, started=started, finished=time.time(), extra=extra)
-            copied = copy_offsite(config, show_progress=show_progress)
+            copied = copy_offsite(config, show_progress=show_progress, fresh=archive.path)
             try:
                 prune(config, dry_run=False, known_good=archive.path)
             except Terminated:
@@ -646,7 +646,7 @@ def _keep(config: dict[str, Any]) -> offsite.Keep:
     return keep
 
 
-def copy_offsite(config: dict[str, Any], *, show_progress: bool = False) -> bool:
+def copy_offsite(config: dict[str, Any], *, show_progress: bool = False, fresh: Path | None = None) -> bool:
     """Copy the archives the remote lacks, then prune it; record the outcome; False when it failed.
 
     No remote configured: nothing to do (True, and no offsite metrics). A failure leaves every local archive;
@@ -659,7 +659,7 @@ def copy_offsite(config: dict[str, Any], *, show_progress: bool = False) -> bool
     try:
         with connection as remote:
             local = [a.path for a in find_archives(Path(config["backup"]["destination"]))]
-            uploaded = offsite.sync(remote, local, NAMING, _keep(config), check_local=check_checksum)
+            uploaded = offsite.sync(remote, local, NAMING, _keep(config), fresh=fresh)
             files = remote.files()
             newest = list(offsite.archives_on(files, NAMING))[-1]
             offsite.prune(remote, NAMING, _keep(config), dry_run=False)

@@ -22,6 +22,7 @@ upload goes on that nobody checks.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import ctypes
 import functools
@@ -51,7 +52,7 @@ CHUNK = 1 << 20
 HASHES = ("sha256", "sha1", "md5")  # those hashlib computes, best first
 START_TIMEOUT = 30.0  # seconds for rclone rcd to answer
 CALL_TIMEOUT = 300.0  # seconds for one quick call (a listing, a stat with a server-side hash, a rename)
-POLL = 0.05  # seconds between job/status polls of a transfer
+POLL = 0.2  # seconds between job/status polls of a transfer shown with progress
 _PR_SET_PDEATHSIG = 1
 
 
@@ -65,12 +66,14 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def local_digest(path: Path, kind: str) -> str:
-    digest = hashlib.new(kind)
+def local_digests(path: Path, kinds: set[str]) -> dict[str, str]:
+    """The hex digests of a local file for each hash kind, in one read."""
+    digests = {kind: hashlib.new(kind) for kind in kinds}
     with open(path, "rb") as handle:
         while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+            for digest in digests.values():
+                digest.update(block)
+    return {kind: digest.hexdigest() for kind, digest in digests.items()}
 
 
 def _free_port() -> int:
@@ -121,7 +124,7 @@ class Daemon:
         headers = {"Authorization": self.auth, "Content-Type": "application/json"}
         return urllib.request.Request(f"{self.url}/{path}", data=body, headers=headers)
 
-    def call(self, command: str, timeout: float = CALL_TIMEOUT, **params: Any) -> dict[str, Any]:
+    def call(self, command: str, timeout: float | None = CALL_TIMEOUT, **params: Any) -> dict[str, Any]:
         """POST one API call; OffsiteError with rclone's error message when it fails."""
         request = self._request(command, json.dumps(params).encode())
         try:
@@ -137,7 +140,15 @@ class Daemon:
             raise OffsiteError(f"rclone rcd did not answer {command}: {exc}") from None
 
     def job(self, command: str, what: str, **params: Any) -> dict[str, Any]:
-        """Run a long call (a transfer) as an rclone job and wait for it, showing progress on a terminal."""
+        """Run a long call (a transfer) and wait for it; on a terminal as an rclone job, showing progress.
+
+        Without progress the call simply blocks until rclone is done (rclone's own --timeout bounds a stalled
+        connection), so a transfer costs no polling delay."""
+        if not self.progress:
+            try:
+                return self.call(command, timeout=None, **params)
+            except OffsiteError as exc:
+                raise OffsiteError(f"{what}: {exc}") from None
         jobid = self.call(command, _async=True, **params)["jobid"]
         shown = False
         while True:
@@ -167,9 +178,9 @@ class Daemon:
             raise OffsiteError(f"rclone rcd did not answer: {exc}") from None
 
     def close(self) -> None:
+        """Stop the daemon; every call has returned by now, so nothing is cut short (core/quit takes 1.5 s)."""
         if self.proc.poll() is None:
-            with contextlib.suppress(OffsiteError):
-                self.call("core/quit", timeout=5)
+            self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -246,27 +257,32 @@ class Remote:
 
     # --- writing ---
 
-    def upload(self, local: Path, name: str, *, temp: str) -> None:
+    def upload(self, local: Path, name: str, *, temp: str, sha256: str | None = None) -> None:
         """Copy local to the remote as `name`: to `temp` first, checked there, then renamed.
 
-        On any failure the temporary file is deleted (best effort) and OffsiteError raised; no file ever has
-        the final name unless its checksum matched.
+        The local file is hashed while it uploads (a second core): with sha256 given, a local file that no longer
+        has that sha256 fails the upload too. On any failure the temporary file is deleted (best effort) and
+        OffsiteError raised; no file ever has the final name unless its checksum matched.
         """
-        what = f"uploading {local} to {self.path(temp)}"
-        params = {"srcFs": str(local.parent), "srcRemote": local.name, "dstFs": self.spec, "dstRemote": temp}
-        self.daemon.job("operations/copyfile", what, **params)
+        kind = self.hash_kinds[0] if self.hash_kinds else "sha256"
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            local_hashes = pool.submit(local_digests, local, {kind} | ({"sha256"} if sha256 else set()))
+            what = f"uploading {local} to {self.path(temp)}"
+            params = {"srcFs": str(local.parent), "srcRemote": local.name, "dstFs": self.spec, "dstRemote": temp}
+            self.daemon.job("operations/copyfile", what, **params)
+            digests = local_hashes.result()
         try:
-            self.check_copy(local, temp)
+            if sha256 is not None and digests["sha256"] != sha256:
+                raise OffsiteError(f"{local}: does not match its checksum file (sha256 {digests['sha256'][:12]}...)")
+            self.check_copy(temp, kind, digests[kind])
             self.rename(temp, name)
         except OffsiteError:
             self.delete_quietly(temp)
             raise
 
-    def check_copy(self, local: Path, name: str) -> None:
-        """Raise OffsiteError unless the remote file has the local file's bytes."""
-        kind = self.hash_kinds[0] if self.hash_kinds else "sha256"
-        expected = local_digest(local, kind)
-        actual = self.remote_hash(name, kind) if self.hash_kinds else self.sha256(name)
+    def check_copy(self, name: str, kind: str, expected: str) -> None:
+        """Raise OffsiteError unless the remote file's hash of this kind is expected."""
+        actual = self.remote_hash(name, kind) if kind in self.hash_kinds else self.sha256(name)
         if actual != expected:
             raise OffsiteError(
                 f"{self.path(name)}: {kind} after upload is {actual[:12]}..., expected {expected[:12]}... (not kept)"
@@ -332,13 +348,12 @@ def remove_leftovers(remote: Remote, files: dict[str, int], naming: Naming) -> N
             remote.delete(name)
 
 
-def sync(
-    remote: Remote, local: list[Path], naming: Naming, keep: Keep, check_local: Callable[[Path], object]
-) -> list[str]:
+def sync(remote: Remote, local: list[Path], naming: Naming, keep: Keep, fresh: Path | None = None) -> list[str]:
     """Upload each local archive (with its sidecar) that the remote lacks and retention keeps; return their names.
 
-    Each is checked against its sidecar first (check_local raises on a bad one). The sidecar goes first, the
-    archive last: a final-named archive on the remote always has its sidecar.
+    Each is checked against its local sidecar on the way, except `fresh`, the archive this run just wrote (its
+    sidecar holds the sha256 of the very bytes written: reading it again would only slow the upload). The sidecar
+    goes first, the archive last: a final-named archive on the remote always has its sidecar.
     """
     files = remote.files()
     remove_leftovers(remote, files, naming)
@@ -349,10 +364,13 @@ def sync(
         sidecar = naming.sidecar(name)
         if name not in wanted or (name in files and sidecar in files):
             continue
-        check_local(path)
+        try:
+            expected = naming.sidecar_digest(path.with_name(sidecar).read_text(encoding="utf-8"), name)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise OffsiteError(f"{path}: its checksum file cannot be used ({exc}); not copied") from None
         log.info("copying %s to %s", name, remote.spec)
         remote.upload(path.with_name(sidecar), sidecar, temp=naming.temp(sidecar))
-        remote.upload(path, name, temp=naming.temp(name))
+        remote.upload(path, name, temp=naming.temp(name), sha256=None if path == fresh else expected)
         uploaded.append(name)
     return uploaded
 
