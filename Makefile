@@ -12,7 +12,8 @@ DEV_STAMP := $(VENV)/.dev-installed
 SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: help run test start stop status reload backup backup-schedule restore update validate \
-        monitor monitor-stop up down cron bench bench-backup bench-update lint check-config clean
+        monitor monitor-stop up down cron bench bench-backup bench-update lint check-config clean \
+        drill bench-offsite
 
 help: ## list the targets (the default goal)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -56,6 +57,9 @@ restore: $(RUNTIME_STAMP) ## restore a backup: make restore ARCHIVE=path TARGET=
 	@[ -n "$(ARCHIVE)" ] && [ -n "$(TARGET)" ] || { echo "usage: make restore ARCHIVE=path TARGET=dir [FORCE=1]" >&2; exit 2; }
 	@$(PY) backup_script.py restore "$(ARCHIVE)" --target "$(TARGET)" $(if $(FORCE),--force)
 
+drill: $(RUNTIME_STAMP) ## restore the newest archive (off-host when configured) into a scratch folder, compare its manifest
+	@$(PY) backup_script.py drill
+
 update: $(RUNTIME_STAMP) ## run the update protocol (DRY_RUN=1 prints the plan and changes nothing)
 	@$(PY) update_protocol.py $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
 
@@ -82,6 +86,9 @@ bench: $(DEV_STAMP) ## benchmark the server side by side with nginx (wrk); print
 
 bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
 	$(PY) scripts/bench_backup.py $(BENCH_ARGS)
+
+bench-offsite: $(DEV_STAMP) ## off-host upload against plain rclone copy, and the drill, on a local SFTP server
+	$(PY) scripts/bench_backup.py --offsite $(BENCH_ARGS)
 
 bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deployment
 	$(PY) scripts/bench_update.py $(BENCH_ARGS)

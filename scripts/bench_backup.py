@@ -276,8 +276,8 @@ def bench_offsite(cache: Path, megabytes: int) -> dict[str, float]:
     row["upload_ratio"] = row["offsite_mb_per_s"] / row["rclone_copy_mb_per_s"]
     say(
         f"[{megabytes} MB] archive {size / MB:.0f} MB: off-host {row['offsite_mb_per_s']:.1f} MB/s, rclone copy "
-        f"{row['rclone_copy_mb_per_s']:.1f} MB/s ({row['upload_ratio']:.2f}x); drill {row['drill_remote_seconds']:.2f} s "
-        f"from the remote, {row['drill_local_seconds']:.2f} s local"
+        f"{row['rclone_copy_mb_per_s']:.1f} MB/s ({row['upload_ratio']:.2f}x); "
+        f"drill {row['drill_remote_seconds']:.2f} s from the remote, {row['drill_local_seconds']:.2f} s local"
     )
     return row
 
@@ -290,7 +290,8 @@ def report_offsite(rows: list[dict], as_json: bool) -> int:
         print(json.dumps({"rows": rows, "goals": goals}, indent=2))
     else:
         print(
-            f"{'tree':>8} {'archive':>8} {'ours MB/s':>10} {'rclone MB/s':>12} {'ratio':>6} {'drill remote':>13} {'local':>7}"
+            f"{'tree':>8} {'archive':>8} {'ours MB/s':>10} {'rclone MB/s':>12} {'ratio':>6} "
+            f"{'drill remote':>13} {'local':>7}"
         )
         for r in rows:
             print(

@@ -8,7 +8,8 @@ Lines printed:
     when one is set (cronie and systemd-cron honour CRON_TZ; Debian's classic cron ignores it, and then
     the time is the host's local time);
   - the validation every system.validation.interval (`15m` -> `*/15 * * * *`), none when it is null;
-  - the update every system.update.interval, none when it is null.
+  - the update every system.update.interval, none when it is null;
+  - the restore drill weekly, on Sundays an hour after the backup (`02:00` -> `0 3 * * 0`).
 Each runs `cd <repo> && mkdir -p <run_dir> && make <target> >> <run_dir>/cron.log 2>&1`, after a
 PATH= line (cron's own PATH is minimal) and, when HELLO_CONFIG selects another file, a HELLO_CONFIG= line.
 Exit codes: 0 printed; 2 bad config.
@@ -37,6 +38,12 @@ def daily_at(time_of_day: str) -> str:
     """'02:00' -> '0 2 * * *'."""
     hours, minutes = (int(part) for part in time_of_day.split(":"))
     return f"{minutes} {hours} * * *"
+
+
+def weekly_after(time_of_day: str) -> str:
+    """'02:00' -> '0 3 * * 0': Sundays, an hour after the daily backup, so the drill gets a fresh archive."""
+    hours, minutes = (int(part) for part in time_of_day.split(":"))
+    return f"{minutes} {(hours + 1) % 24} * * 0"
 
 
 def every(seconds: float) -> str:
@@ -72,6 +79,9 @@ def entries(config: dict[str, Any]) -> list[dict[str, str]]:
     for target, interval in (("validate", config["validation"]["interval"]), ("update", config["update"]["interval"])):
         if interval is not None:
             found.append({"target": target, "schedule": every(interval), "command": command(target, log)})
+    found.append(
+        {"target": "drill", "schedule": weekly_after(config["backup"]["time"]), "command": command("drill", log)}
+    )
     return found
 
 
