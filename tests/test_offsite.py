@@ -589,3 +589,36 @@ def test_rebuilding_a_host_from_the_archive_and_the_git_remote(tmp_path: Path, s
     assert status == 200 and json.loads(body)["commit"] == commit
     stopped = subprocess.run([*make, "stop"], env=clean_env, capture_output=True, text=True, timeout=60)
     assert stopped.returncode == 0, stopped.stderr
+
+
+# --- config ---
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"offsite": {"remote": "relative/path"}}, "system.backup.offsite.remote: expected an rclone remote path"),
+        ({"offsite": {"remote": 7}}, "system.backup.offsite.remote: expected an rclone remote path"),
+        ({"offsite": {"remtoe": "x:"}}, "system.backup.offsite.remtoe: unknown key (did you mean 'remote'?)"),
+        ({"hooks": {"before": "echo hi"}}, "system.backup.hooks.before: expected a list of shell commands"),
+        ({"hooks": {"before": [""]}}, "system.backup.hooks.before: expected a list of shell commands"),
+    ],
+)
+def test_bad_offsite_and_hook_settings_exit_2_naming_the_key(tmp_path: Path, overrides: dict, message: str) -> None:
+    config = write_config(tmp_path, {"backup": overrides})
+    result = backup(config, "create")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_offsite_commands_without_a_remote_are_usage_errors(tmp_path: Path, sftp: Sftp) -> None:
+    env = setup(tmp_path, sftp, None)
+    for args in (("list", "--offsite"), ("verify", "--offsite"), ("restore", "--offsite", "x", "--target", "t")):
+        result = backup(env["config"], *args)
+        assert result.returncode == 2 and "system.backup.offsite.remote is null" in result.stderr, result.stderr
+
+
+def test_offsite_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"backup": {"offsite": {"remote": "/mnt/usb/hello", "rclone_config": "rc.conf"}}})
+    loaded = backup_script.load_config(config)["backup"]["offsite"]
+    assert loaded == {"remote": "/mnt/usb/hello", "rclone_config": str(tmp_path / "rc.conf")}
