@@ -6,6 +6,7 @@ remote over it, real archives, kill -9, a small tmpfs, a real Prometheus snapsho
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -144,6 +145,18 @@ def served(sftp: Sftp, folder: str) -> dict[str, Path]:
     return {p.name: p for p in directory.iterdir()} if directory.is_dir() else {}
 
 
+def group_members(pgid: int) -> list[int]:
+    """PIDs of the live processes in a process group (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    found.append(int(entry.name))
+    return found
+
+
 def final_names_check_out(files: dict[str, Path]) -> None:
     """Every final-named archive on the server has its sidecar and matches it byte for byte."""
     for name, path in files.items():
@@ -243,8 +256,12 @@ def test_kill_9_during_upload_leaves_no_bad_final_file_and_the_next_run_complete
         )
         try:
             wait_until(partial_at_least(share), 60, f"an upload {point}", interval=0.01)
+            os.kill(proc.pid, signal.SIGKILL)  # the script only: its rclone must die with it (PR_SET_PDEATHSIG)
+            proc.wait()
+            wait_until(lambda pgid=proc.pid: not group_members(pgid), 30, "rclone to die with the killed backup")
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)  # the script and its rclone (which would die with it anyway)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         final_names_check_out(served(sftp, folder))
     local = archives(env["destination"])
