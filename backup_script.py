@@ -509,11 +509,13 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
     if source.resolve() == destination.resolve():
         raise UsageError("system.backup.destination: must not be the source directory itself")
     hooks = backup["hooks"]["before"]
+    prepare_destination(destination)
+    remove_leftovers(destination)
     try:
+        check_room(destination, expected_size(destination, source, backup["exclude"], None))  # at once
         with staged(hooks, cwd=Path(config["config_file"]).parent, parent=Path(config["run_dir"])) as staging:
-            prepare_destination(destination)
-            remove_leftovers(destination)
-            check_room(destination, expected_size(destination, source, backup["exclude"], staging))
+            if staging is not None:  # and again with what the hooks staged
+                check_room(destination, expected_size(destination, source, backup["exclude"], staging))
             return _write(config, source, destination, progress, staging, header(config, hooks))
     except (HookFailed, NoRoom) as exc:
         raise BackupError(str(exc)) from None
@@ -1167,6 +1169,8 @@ def _scheduled_run(config: dict[str, Any]) -> None:
     else:
         if code == EXIT_LOCKED:
             log.warning("scheduled backup skipped: another run holds the lock")
+        elif code == EXIT_FAILED:
+            log.warning("scheduled backup done, but its off-host copy failed (the next run retries it)")
         else:
             log.info("scheduled backup done")
 

@@ -170,10 +170,10 @@ def final_names_check_out(files: dict[str, Path]) -> None:
 # --- round trip ---
 
 
-@pytest.mark.parametrize("kind", ["sftp", "crypt"])
+@pytest.mark.parametrize("kind", ["sftp", "crypt", "path"])
 def test_round_trip_create_offsite_restore_is_byte_exact(tmp_path: Path, sftp: Sftp, kind: str) -> None:
     folder = f"trip-{kind}"
-    remote = f"offsite:{folder}" if kind == "sftp" else f"secret:{folder}"
+    remote = {"sftp": f"offsite:{folder}", "crypt": f"secret:{folder}", "path": str(tmp_path / "usb-disk")}[kind]
     env = setup(tmp_path, sftp, remote)
     before = snapshot(env["source"])
     result = backup(env["config"], "create")
@@ -181,8 +181,8 @@ def test_round_trip_create_offsite_restore_is_byte_exact(tmp_path: Path, sftp: S
     (archive,) = archives(env["destination"])
     assert f"copied 1 archive(s) to {remote}" in result.stdout
 
-    if kind == "sftp":
-        on_server = served(sftp, folder)
+    if kind in ("sftp", "path"):  # a plain path: a second disk, mounted
+        on_server = served(sftp, folder) if kind == "sftp" else {p.name: p for p in (tmp_path / "usb-disk").iterdir()}
         assert sorted(on_server) == [archive.name, archive.name + ".sha256"]
         assert on_server[archive.name].read_bytes() == archive.read_bytes()
     else:  # encrypted: neither the names nor the bytes are readable on the server
