@@ -54,6 +54,18 @@ START_TIMEOUT = 30.0  # seconds for rclone rcd to answer
 CALL_TIMEOUT = 300.0  # seconds for one quick call (a listing, a stat with a server-side hash, a rename)
 POLL = 0.2  # seconds between job/status polls of a transfer shown with progress
 _PR_SET_PDEATHSIG = 1
+# Every API call this module makes (tests/test_offsite.py checks the installed rclone offers them all).
+RC_COMMANDS = (
+    "core/version",
+    "core/stats",
+    "job/status",
+    "operations/list",
+    "operations/fsinfo",
+    "operations/stat",
+    "operations/copyfile",
+    "operations/movefile",
+    "operations/deletefile",
+)
 
 
 class OffsiteError(Exception):

@@ -608,6 +608,21 @@ def test_rebuilding_a_host_from_the_archive_and_the_git_remote(tmp_path: Path, s
     assert stopped.returncode == 0, stopped.stderr
 
 
+# --- rclone itself ---
+
+
+def test_the_installed_rclone_offers_every_call_offsite_makes(tmp_path: Path) -> None:
+    require_tool("rclone")
+    with offsite.connect(str(tmp_path)) as remote:
+        offered = {command["Path"] for command in remote.daemon.call("rc/list")["commands"]}
+        (tmp_path / "f").write_text("x\n")
+        assert remote.files() == {"f": 2}
+        assert "sha256" in remote.hash_kinds and remote.remote_hash("f", "sha256") == hashlib.sha256(b"x\n").hexdigest()
+        assert remote.sha256("f") == hashlib.sha256(b"x\n").hexdigest()  # --rc-serve streams files
+    missing = set(offsite.RC_COMMANDS) - offered
+    assert not missing, f"rclone rcd lacks {sorted(missing)}: hello/offsite.py was written for 1.60"
+
+
 # --- config ---
 
 
