@@ -785,7 +785,8 @@ def run_drill(config: dict[str, Any]) -> int:
 def _drill_newest(config: dict[str, Any], run_dir: Path):
     connection = configured_remote(config)
     scratch = run_dir / "drill"
-    steps = Steps(verify=verify_archive, restore=_drill_restore, remove_tree=_remove_tree)
+    # Checksum first; the full read of `verify` would be done twice: the restore reads every byte (scan, extract).
+    steps = Steps(verify=check_checksum, restore=_drill_restore, remove_tree=_remove_tree)
     if connection is None:
         found = find_archives(Path(config["backup"]["destination"]))
         if not found:

@@ -1,11 +1,12 @@
 """The restore drill: proof that an archive restores to exactly what it recorded.
 
-    result = drill(archive, scratch_parent, steps)    # DrillResult(members, problems, seconds)
+    result = drill(archive, scratch_parent, steps)    # DrillResult(archive, entries, commit, seconds)
 
 Steps, each the project's own (handed in by backup_script.py, so the drill runs the code a real restore runs):
-verify the archive (checksum, full read), restore it into a fresh private folder under scratch_parent, compare
-every restored path with the archive's manifest (hello/manifest.py: type, mode, size, sha256, link target, and
-nothing extra), then remove the scratch folder whatever happened.
+verify the archive (its checksum; the restore then reads every byte, gzip CRC included), restore it into a
+fresh private folder under scratch_parent, compare every restored path with the archive's manifest
+(hello/manifest.py: type, mode, size, sha256, link target, and nothing extra), then remove the scratch folder
+whatever happened. Raises DrillFailed naming the paths that differ.
 """
 
 from __future__ import annotations
