@@ -694,15 +694,8 @@ def run_list_offsite(config: dict[str, Any], as_json: bool) -> int:
         }
         for name, created in offsite.archives_on(files, NAMING).items()
     ]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    for row in rows:
-        sidecar = "sidecar ok" if row["has_checksum"] else "NO SIDECAR"
-        print(f"{row['name']}  {row['time']}  {row['size']:>12}  {sidecar}")
-    if not rows:
-        print(f"no archives on {remote.spec}")
-    return EXIT_OK
+    status = {True: "sidecar ok", False: "NO SIDECAR"}
+    return _print_listing(rows, as_json, lambda row: status[row["has_checksum"]], f"no archives on {remote.spec}")
 
 
 def run_verify_offsite(config: dict[str, Any], name: str | None) -> int:
@@ -832,7 +825,8 @@ def run_verify(config: dict[str, Any], archive: str | None) -> int:
 
 def run_list(config: dict[str, Any], as_json: bool) -> int:
     rows = []
-    for archive in find_archives(Path(config["backup"]["destination"])):
+    destination = config["backup"]["destination"]
+    for archive in find_archives(Path(destination)):
         try:
             check_checksum(archive.path)
             verified, problem = True, None
@@ -848,14 +842,19 @@ def run_list(config: dict[str, Any], as_json: bool) -> int:
                 "problem": problem,
             }
         )
+    status = {True: "checksum ok", False: "checksum BAD"}
+    return _print_listing(rows, as_json, lambda row: status[row["checksum_ok"]], f"no archives in {destination}")
+
+
+def _print_listing(rows: list[dict[str, Any]], as_json: bool, status, nothing: str) -> int:
+    """list's output: JSON, or one line per archive (name, time, size, status), or what says there is none."""
     if as_json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     for row in rows:
-        ok = "ok" if row["checksum_ok"] else "BAD"
-        print(f"{row['name']}  {row['time']}  {row['size']:>12}  checksum {ok}")
+        print(f"{row['name']}  {row['time']}  {row['size']:>12}  {status(row)}")
     if not rows:
-        print(f"no archives in {config['backup']['destination']}")
+        print(nothing)
     return EXIT_OK
 
 

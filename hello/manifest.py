@@ -35,7 +35,6 @@ MANIFEST_DIR = ".hello-backup"  # reserved: a source folder of this name at any 
 MANIFEST_NAME = f"{MANIFEST_DIR}/manifest.json"
 STAGING_NAME = f"{MANIFEST_DIR}/staging"
 FORMAT = 1
-CHUNK = 1 << 20
 
 
 class ManifestError(Exception):
@@ -159,11 +158,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _problem(root: Path, record: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> str | None:
