@@ -574,7 +574,8 @@ def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
     after: a prune that fails is only a warning, since the backup itself succeeded (exit 0, success 1).
     """
     try:
-        with job_lock(Path(config["run_dir"]) / "backup.lock"):
+        # rclone (when a remote is configured) starts beside the archive's writing, ready when the copy begins.
+        with job_lock(Path(config["run_dir"]) / "backup.lock"), _session(config, show_progress) as remote:
             started = time.time()
             try:
                 archive, size = create(config, progress=Progress(show_progress))
@@ -588,7 +589,7 @@ def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
                 record_job(config, JOB, success=False, started=started, finished=finished, extra=extra)
                 raise
             record_job(config, JOB, success=True, started=started, finished=time.time(), extra=extra)
-            copied = copy_offsite(config, show_progress=show_progress, fresh=archive.path)
+            copied = copy_offsite(config, remote, fresh=archive.path)
             try:
                 prune(config, dry_run=False, known_good=archive.path)
             except Terminated:
@@ -648,23 +649,25 @@ def _keep(config: dict[str, Any]) -> offsite.Keep:
     return keep
 
 
-def copy_offsite(config: dict[str, Any], *, show_progress: bool = False, fresh: Path | None = None) -> bool:
+def _session(config: dict[str, Any], show_progress: bool) -> contextlib.AbstractContextManager[offsite.Remote | None]:
+    return configured_remote(config, show_progress=show_progress) or contextlib.nullcontext(None)
+
+
+def copy_offsite(config: dict[str, Any], remote: offsite.Remote | None, *, fresh: Path | None = None) -> bool:
     """Copy the archives the remote lacks, then prune it; record the outcome; False when it failed.
 
-    No remote configured: nothing to do (True, and no offsite metrics). A failure leaves every local archive;
-    the next run retries what is missing."""
-    connection = configured_remote(config, show_progress=show_progress)
-    if connection is None:
+    No remote configured (None): nothing to do (True, and no offsite metrics). A failure leaves every local
+    archive; the next run retries what is missing."""
+    if remote is None:
         return True
     started = time.time()
-    spec = config["backup"]["offsite"]["remote"]
+    spec = remote.spec
     try:
-        with connection as remote:
-            local = [a.path for a in find_archives(Path(config["backup"]["destination"]))]
-            uploaded = offsite.sync(remote, local, NAMING, _keep(config), fresh=fresh)
-            files = remote.files()
-            newest = list(offsite.archives_on(files, NAMING))[-1]
-            offsite.prune(remote, NAMING, _keep(config), dry_run=False)
+        local = [a.path for a in find_archives(Path(config["backup"]["destination"]))]
+        uploaded = offsite.sync(remote, local, NAMING, _keep(config), fresh=fresh)
+        files = remote.files()
+        newest = list(offsite.archives_on(files, NAMING))[-1]
+        offsite.prune(remote, NAMING, _keep(config), dry_run=False)
     except (offsite.OffsiteError, BackupError, IndexError) as exc:
         problem = "no archive reached the remote" if isinstance(exc, IndexError) else str(exc)
         record_job(config, OFFSITE_JOB, success=False, started=started, finished=time.time())

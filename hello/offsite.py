@@ -110,24 +110,26 @@ class Daemon:
         # rename: rclone's own check after each transfer would hash the file on the remote a second time.
         command.append("--ignore-checksum")
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        try:
+        self.ready = False
+        self.proc: subprocess.Popen | None = None
+        # Starting never fails (a missing rclone is the first call's error): a backup starts rclone before its
+        # archive, and the archive must not depend on it.
+        with contextlib.suppress(FileNotFoundError):
             self.proc = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, preexec_fn=_die_with_parent
             )
-        except FileNotFoundError:
-            self.log.close()
-            raise OffsiteError("rclone is not installed (Debian package rclone)") from None
-        self._wait_ready()
 
     def _wait_ready(self) -> None:
+        if self.proc is None:
+            raise OffsiteError("rclone is not installed (Debian package rclone)")
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                self.call("core/version", timeout=2)
+                self._post("core/version", 2, {})
+                self.ready = True
                 return
             except OffsiteError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.close()
                     raise OffsiteError(f"rclone rcd did not start: {self.errors()}") from None
                 time.sleep(0.02)
 
@@ -140,7 +142,12 @@ class Daemon:
         return urllib.request.Request(f"{self.url}/{path}", data=body, headers=headers)
 
     def call(self, command: str, timeout: float | None = CALL_TIMEOUT, **params: Any) -> dict[str, Any]:
-        """POST one API call; OffsiteError with rclone's error message when it fails."""
+        """POST one API call (the first waits until rclone answers); OffsiteError with rclone's message on failure."""
+        if not self.ready:
+            self._wait_ready()
+        return self._post(command, timeout, params)
+
+    def _post(self, command: str, timeout: float | None, params: dict[str, Any]) -> dict[str, Any]:
         request = self._request(command, json.dumps(params).encode())
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -184,6 +191,8 @@ class Daemon:
 
     def stream(self, fs: str, remote: str):
         """A response streaming a remote file's bytes (rcd --rc-serve)."""
+        if not self.ready:
+            self._wait_ready()
         path = "[" + urllib.parse.quote(fs, safe=":/") + "]/" + urllib.parse.quote(remote)
         try:
             return urllib.request.urlopen(self._request(path), timeout=CALL_TIMEOUT)
@@ -194,7 +203,7 @@ class Daemon:
 
     def close(self) -> None:
         """Stop the daemon; every call has returned by now, so nothing is cut short (core/quit takes 1.5 s)."""
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
@@ -324,7 +333,9 @@ class Remote:
 
 @contextlib.contextmanager
 def connect(spec: str, rclone_config: str | None = None, *, progress: bool = False) -> Iterator[Remote]:
-    """The remote at spec, through a private rclone rcd stopped when the block ends."""
+    """The remote at spec, through a private rclone rcd stopped when the block ends.
+
+    rclone starts in the background: entering never fails, and the first call waits for it (or raises)."""
     daemon = Daemon(rclone_config, progress)
     try:
         yield Remote(spec, daemon)
