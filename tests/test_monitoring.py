@@ -49,6 +49,9 @@ ALERTS = [
     "HelloWorldBackupStale",
     "HelloWorldBackupFailed",
     "HelloWorldUpdateFailed",
+    "HelloWorldOffsiteBackupStale",  # issue 13
+    "HelloWorldBackupDrillStale",
+    "HelloWorldBackupDrillFailed",
 ]
 
 
