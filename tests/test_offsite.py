@@ -37,6 +37,7 @@ from conftest import (
     free_port,
     http_get,
     require_tool,
+    start_ready,
     wait_until,
     write_config,
 )
@@ -333,7 +334,7 @@ def test_retention_on_the_remote_over_100_simulated_days(tmp_path: Path, sftp: S
         (folder / f"{name}.sha256").write_text(f"{hashlib.sha256(real.read_bytes()).hexdigest()}  {name}\n")
         placed.append(backup_script.Archive(Path(name), when))
         offsite.prune(remote, backup_script.NAMING, backup_script._keep(config), dry_run=False)
-        expected = {p.name for p in backup_script.plan_retention(placed, keep, ZONE_UTC)}
+        expected = {p.name for p in backup_script.plan_retention(placed, keep, UTC)}
         names = {p.name for p in folder.iterdir()}
         assert {n for n in names if backup_script.ARCHIVE_RE.match(n)} == expected, f"day {day}"
         assert {n + ".sha256" for n in expected} <= names, f"day {day}: a kept archive lost its sidecar"
@@ -344,9 +345,6 @@ def test_retention_on_the_remote_over_100_simulated_days(tmp_path: Path, sftp: S
     offsite.prune(remote, backup_script.NAMING, backup_script._keep(config), dry_run=False)
     left = sorted(p.name for p in folder.iterdir() if backup_script.ARCHIVE_RE.match(p.name))
     assert left == [name], "never the newest good copy"
-
-
-ZONE_UTC = UTC
 
 
 # --- the drill ---
@@ -488,8 +486,6 @@ def test_readme_hook_puts_a_prometheus_snapshot_and_pushgateway_state_into_the_a
 ) -> None:
     prometheus_bin = require_tool("prometheus")
     pushgateway_bin = require_tool("prometheus-pushgateway")
-    from conftest import start_ready
-
     push_port = free_port()
     store = tmp_path / "pushgateway.store"
     push_url = f"http://127.0.0.1:{push_port}"
