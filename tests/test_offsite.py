@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
 from test_backup import archives, backup, make_tree, small_fs, snapshot  # noqa: F401 - small_fs is a fixture
 
@@ -500,10 +501,9 @@ def test_readme_hook_puts_a_prometheus_snapshot_and_pushgateway_state_into_the_a
         push_url,
         tmp_path / "pushgateway.log",
     )
-    request = subprocess.run(  # a pushed metric, so the persistence file gets written
-        ["curl", "-sf", "--data-binary", "@-", f"{push_url}/metrics/job/hooktest"], input="hook_test 1\n", text=True
-    )
-    assert request.returncode == 0
+    registry = CollectorRegistry()  # a pushed metric, so the persistence file gets written
+    Gauge("hook_test", "pushed by the hook test", registry=registry).set(1)
+    push_to_gateway(push_url, job="hooktest", registry=registry)
     wait_until(store.exists, 30, "the Pushgateway's persistence file")
     prom_port = free_port()
     prom_url = f"http://127.0.0.1:{prom_port}"
