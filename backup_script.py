@@ -667,7 +667,7 @@ def copy_offsite(config: dict[str, Any], remote: offsite.Remote | None, *, fresh
         uploaded = offsite.sync(remote, local, NAMING, _keep(config), fresh=fresh)
         files = remote.files()
         newest = list(offsite.archives_on(files, NAMING))[-1]
-        offsite.prune(remote, NAMING, _keep(config), dry_run=False)
+        offsite.prune(remote, NAMING, _keep(config), dry_run=False, files=files)
     except (offsite.OffsiteError, BackupError, IndexError) as exc:
         problem = "no archive reached the remote" if isinstance(exc, IndexError) else str(exc)
         record_job(config, OFFSITE_JOB, success=False, started=started, finished=time.time())

@@ -420,11 +420,14 @@ def verify(remote: Remote, name: str, naming: Naming) -> str:
     return actual
 
 
-def prune(remote: Remote, naming: Naming, keep: Keep, *, dry_run: bool) -> list[str]:
+def prune(
+    remote: Remote, naming: Naming, keep: Keep, *, dry_run: bool, files: dict[str, int] | None = None
+) -> list[str]:
     """Delete the remote archives retention does not keep, never the newest with its sidecar; return them.
 
-    Only names matching the archive naming are touched (and the sidecars of those deleted)."""
-    files = remote.files()
+    Only names matching the archive naming are touched (and the sidecars of those deleted). files: a listing
+    made just before, to save one."""
+    files = remote.files() if files is None else files
     archives = archives_on(files, naming)
     kept = keep(archives)
     complete = [name for name in archives if naming.sidecar(name) in files]
