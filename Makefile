@@ -12,7 +12,8 @@ DEV_STAMP := $(VENV)/.dev-installed
 SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: help run test start stop status reload backup backup-schedule restore update validate \
-        monitor monitor-stop up down cron bench bench-metrics bench-backup bench-update bench-alerting lint k8s-render check-config clean
+        monitor monitor-stop up down cron bench bench-metrics bench-backup bench-update bench-alerting lint k8s-render check-config clean \
+        drill bench-offsite
 .PHONY: bench-config
 
 help: ## list the targets (the default goal)
@@ -56,6 +57,9 @@ backup-schedule: $(RUNTIME_STAMP) ## run the backup loop: one backup a day at sy
 restore: $(RUNTIME_STAMP) ## restore a backup: make restore ARCHIVE=path TARGET=dir [FORCE=1] [KEEP_SETUID=1]
 	@[ -n "$(ARCHIVE)" ] && [ -n "$(TARGET)" ] || { echo "usage: make restore ARCHIVE=path TARGET=dir [FORCE=1]" >&2; exit 2; }
 	@$(PY) backup_script.py restore "$(ARCHIVE)" --target "$(TARGET)" $(if $(FORCE),--force) $(if $(KEEP_SETUID),--keep-setuid)
+
+drill: $(RUNTIME_STAMP) ## restore the newest archive (off-host when configured) into a scratch folder, compare its manifest
+	@$(PY) backup_script.py drill
 
 update: $(RUNTIME_STAMP) ## run the update protocol (DRY_RUN=1 prints the plan and changes nothing)
 	@$(PY) update_protocol.py $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
@@ -108,6 +112,9 @@ bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
 
 bench-restart: $(RUNTIME_STAMP) ## time the way back after a supervisor SIGKILL under load (cron's start line)
 	$(PY) scripts/bench_restart.py $(BENCH_ARGS)
+
+bench-offsite: $(DEV_STAMP) ## off-host upload against plain rclone copy, and the drill, on a local SFTP server
+	$(PY) scripts/bench_backup.py --offsite $(BENCH_ARGS)
 
 bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deployment
 	$(PY) scripts/bench_update.py $(BENCH_ARGS)

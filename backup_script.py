@@ -6,6 +6,8 @@
     python backup_script.py restore ARCHIVE --target DIR [--force] [--keep-setuid]
     python backup_script.py prune [--dry-run]          apply system.backup.keep
     python backup_script.py schedule [--at HH:MM[:SS] | --every SECONDS]   the daily loop (make backup-schedule)
+    python backup_script.py drill                      restore the newest archive into a scratch folder, compare
+    python backup_script.py list|verify [NAME] --offsite, restore NAME --offsite --target DIR   the off-host copies
 
 Settings come from config.yaml (system.backup, run_dir, monitoring.pushgateway) via hello_config.py.
 Exit codes: 0 done; 1 the job failed (nothing partial left); 2 bad usage or config; 75 another run holds
@@ -28,6 +30,16 @@ under another spelling), and every file or directory whose name matches a system
 (fnmatch: `.git`, `*.pyc`) at any depth; an excluded directory is skipped with all it contains.
 Symbolic links are stored as links. Compression is gzip-compatible, by ISA-L (python-isal) in a
 background thread, so `tar xzf` and `gzip -t` read the archives.
+
+Each archive ends with its manifest (.hello-backup/manifest.json, hello/manifest.py): every member's name, type,
+size, mode and sha256, the commit being served and the config used; what system.backup.hooks.before wrote to
+$HELLO_BACKUP_STAGING is under .hello-backup/staging/ (hello/backup_hooks.py). A failing hook, or a destination with
+less free space than the last archive's size plus a margin (hello/disk_guard.py), fails the run before anything is
+written. With system.backup.offsite.remote set, create then copies every archive the remote lacks (hello/offsite.py,
+through rclone: temporary name, checksum checked there, rename) and prunes the remote by the same plan; a failed
+copy keeps the local archives, records hello_world_backup_offsite_success 0 and exits 1. `drill` verifies the newest
+archive (off-host when configured), restores it into <run_dir>/drill/ and compares it with its manifest
+(hello/drill.py), recording hello_world_backup_drill_success.
 """
 
 from __future__ import annotations
@@ -43,10 +55,12 @@ import logging
 import os
 import pwd
 import re
+import shutil
 import signal
 import stat
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -58,13 +72,19 @@ from zoneinfo import ZoneInfo
 
 from isal import igzip_threaded
 
-from hello import restore
+from hello import offsite, restore
+from hello.backup_hooks import HookFailed, staged
+from hello.disk_guard import NoRoom, check_room
+from hello.drill import DrillFailed, Steps, drill
+from hello.manifest import MANIFEST_DIR, STAGING_NAME, HashingReader, ManifestWriter, folder_member, header
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
 from hello_jobs import LockHeld, fsync_dir, job_lock, record_job
 
 log = logging.getLogger("backup")
 
 JOB = "hello_world_backup"
+OFFSITE_JOB = "hello_world_backup_offsite"  # its own Pushgateway group: a push replaces the whole group
+DRILL_JOB = "hello_world_backup_drill"
 PREFIX, SUFFIX, SIDECAR, PARTIAL = "hello-world-", ".tar.gz", ".sha256", ".partial"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 ARCHIVE_RE = re.compile(r"^hello-world-(\d{8}T\d{6}Z)\.tar\.gz$")
@@ -386,8 +406,10 @@ def tar_info(path: str, arcname: str, info: os.stat_result, seen: dict[tuple[int
     return member
 
 
-def _add(tar: tarfile.TarFile, path: str, arcname: str, seen: dict[tuple[int, int], str]) -> int:
-    """Add one entry; return the bytes of file data read."""
+def _add(
+    tar: tarfile.TarFile, path: str, arcname: str, seen: dict[tuple[int, int], str], manifest: ManifestWriter
+) -> int:
+    """Add one entry (and its manifest entry); return the bytes of file data read."""
     try:
         info = tar_info(path, arcname, os.lstat(path), seen)
     except FileNotFoundError:
@@ -400,11 +422,14 @@ def _add(tar: tarfile.TarFile, path: str, arcname: str, seen: dict[tuple[int, in
         return 0
     if not info.isreg():
         tar.addfile(info)
+        manifest.add(info, None)
         return 0
     try:
         # O_NOFOLLOW: a file swapped for a symlink since the lstat above is refused, never followed.
         with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as handle:
-            tar.addfile(info, handle)
+            reader = HashingReader(handle)
+            tar.addfile(info, reader)
+            manifest.add(info, reader.hexdigest())
     except FileNotFoundError:
         log.warning("%s vanished while the backup ran; not archived", path)
         return 0
@@ -413,8 +438,17 @@ def _add(tar: tarfile.TarFile, path: str, arcname: str, seen: dict[tuple[int, in
     return info.size
 
 
-def write_archive(source: Path, temp: Path, patterns: list[str], skip: set[tuple[int, int]], progress: Progress):
-    """Stream the tree into temp (created 0600, fsynced); return (sha256 hex, size in bytes)."""
+def write_archive(
+    source: Path,
+    temp: Path,
+    patterns: list[str],
+    skip: set[tuple[int, int]],
+    progress: Progress,
+    staging: Path | None = None,
+    head: dict[str, Any] | None = None,
+):
+    """Stream the tree (then the hooks' staging folder, then the manifest) into temp (created 0600, fsynced);
+    return (sha256 hex, size in bytes)."""
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with open(fd, "wb", buffering=CHUNK) as handle:
         os.fchmod(fd, 0o600)
@@ -424,9 +458,20 @@ def write_archive(source: Path, temp: Path, patterns: list[str], skip: set[tuple
             stream = _TellWriter(gz)
             with tarfile.open(fileobj=stream, mode="w:", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
                 seen: dict[tuple[int, int], str] = {}
-                for path, arcname in walk_source(source, patterns, skip):
-                    progress.add(_add(tar, path, arcname, seen))
-                    tar.members.clear()  # tarfile keeps every TarInfo otherwise: memory would grow per file
+                manifest = ManifestWriter()
+                trees = [(source, "")]
+                for folder in (MANIFEST_DIR, STAGING_NAME) if staging is not None else (MANIFEST_DIR,):
+                    tar.addfile(folder_member(folder))
+                    manifest.add(folder_member(folder), None)
+                if staging is not None:
+                    trees.append((staging, STAGING_NAME + "/"))
+                for tree, prefix in trees:
+                    for path, arcname in walk_source(tree, [*patterns, MANIFEST_DIR] if not prefix else [], skip):
+                        progress.add(_add(tar, path, prefix + arcname, seen, manifest))
+                        tar.members.clear()  # tarfile keeps every TarInfo otherwise: memory would grow per file
+                info, data = manifest.finish(head or {})
+                with data:
+                    tar.addfile(info, data)
         finally:
             gz.close()
         handle.flush()
@@ -460,8 +505,35 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
         raise UsageError(f"system.backup.source: {source} is not a directory")
     if source.resolve() == destination.resolve():
         raise UsageError("system.backup.destination: must not be the source directory itself")
+    hooks = backup["hooks"]["before"]
     prepare_destination(destination)
     remove_leftovers(destination)
+    try:
+        check_room(destination, expected_size(destination, source, backup["exclude"], None))  # at once
+        with staged(hooks, cwd=Path(config["config_file"]).parent, parent=Path(config["run_dir"])) as staging:
+            if staging is not None:  # and again with what the hooks staged
+                check_room(destination, expected_size(destination, source, backup["exclude"], staging))
+            return _write(config, source, destination, progress, staging, header(config, hooks))
+    except (HookFailed, NoRoom) as exc:
+        raise BackupError(str(exc)) from None
+
+
+def expected_size(destination: Path, source: Path, patterns: list[str], staging: Path | None) -> int:
+    """What the next archive may take: the last archive's size, else the source's (plus the hooks' output)."""
+    found = find_archives(destination)
+    trees = ([] if found else [source]) + ([staging] if staging else [])
+    total = found[-1].path.stat().st_size if found else 0
+    for tree in trees:
+        for path, _arcname in walk_source(tree, patterns if tree == source else [], set()):
+            with contextlib.suppress(OSError):
+                info = os.lstat(path)
+                total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
+
+
+def _write(config: dict[str, Any], source: Path, destination: Path, progress: Progress, staging, head):
+    """Write the archive: partial file, sidecar, rename (see the module docstring)."""
+    patterns = config["backup"]["exclude"]
     dest_stat = destination.stat()
     final = _free_name(destination)
     sidecar = sidecar_path(final)
@@ -469,7 +541,8 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
     temp_sidecar = final.with_name(f".{sidecar.name}{PARTIAL}")
     writing = temp
     try:
-        digest, size = write_archive(source, temp, backup["exclude"], {(dest_stat.st_dev, dest_stat.st_ino)}, progress)
+        skip = {(dest_stat.st_dev, dest_stat.st_ino)}
+        digest, size = write_archive(source, temp, patterns, skip, progress, staging, head)
         # The sidecar gets its final name first: then every final-named archive has one.
         writing = temp_sidecar
         fd = os.open(temp_sidecar, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -512,12 +585,15 @@ def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
                 stack.enter_context(job_lock(lock))
             except OSError as exc:
                 raise BackupError(f"cannot take the lock {lock}: {exc.strerror or exc}") from None
+            # rclone (when a remote is configured) starts beside the archive's writing, ready when the copy begins.
+            remote = stack.enter_context(_session(config, show_progress))
             archive, size = create(config, progress=Progress(show_progress))
             written = time.time()
             extra = {f"{JOB}_size_bytes": float(size), f"{JOB}_duration_seconds": written - started}
             print(f"created {archive.path}")
             print(f"  size {size} bytes ({size / 1e6:.1f} MB), took {written - started:.2f} s")
             record_job(config, JOB, success=True, started=started, finished=written, extra=extra)
+            copied = copy_offsite(config, remote, fresh=archive.path)
             try:
                 prune(config, dry_run=False, known_good=archive.path)
             except Terminated:
@@ -533,7 +609,201 @@ def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
         extra[f"{JOB}_duration_seconds"] = finished - started
         record_job(config, JOB, success=False, started=started, finished=finished, extra=extra, last_success=written)
         raise
+    return EXIT_OK if copied else EXIT_FAILED
+
+
+# --- off-host copies (hello/offsite.py does the rclone part) ---
+
+
+def _sidecar_digest(text: str, name: str) -> str:
+    """The sha256 a sidecar's text gives for the archive name; ValueError when it is not such a line."""
+    match = CHECKSUM_LINE_RE.match(text.strip())
+    if not match or match.group(2) != name:
+        raise ValueError(f"expected '<sha256>  {name}', got {text.strip()[:100]!r}")
+    return match.group(1).lower()
+
+
+NAMING = offsite.Naming(
+    created=lambda name: archive.created if (archive := parse_archive(Path(name))) else None,
+    sidecar=lambda name: name + SIDECAR,
+    temp=lambda name: f".{name}{PARTIAL}",
+    is_temp=lambda name: bool(PARTIAL_RE.match(name)),
+    sidecar_digest=_sidecar_digest,
+)
+
+
+def configured_remote(
+    config: dict[str, Any], *, show_progress: bool = False
+) -> contextlib.AbstractContextManager[offsite.Remote] | None:
+    """`with` it for the remote of system.backup.offsite (None when there is none)."""
+    settings = config["backup"]["offsite"]
+    if not settings["remote"]:
+        return None
+    return offsite.connect(settings["remote"], settings["rclone_config"], progress=show_progress)
+
+
+def _require_remote(config: dict[str, Any]) -> contextlib.AbstractContextManager[offsite.Remote]:
+    remote = configured_remote(config, show_progress=sys.stderr.isatty())
+    if remote is None:
+        raise UsageError("--offsite: system.backup.offsite.remote is null in the config (no off-host copies)")
+    return remote
+
+
+def _keep(config: dict[str, Any]) -> offsite.Keep:
+    """The retention plan of system.backup.keep over archive names (the same plan as for local archives)."""
+
+    def keep(archives: dict[str, datetime]) -> set[str]:
+        found = [Archive(Path(name), created) for name, created in archives.items()]
+        return {path.name for path in plan_retention(found, config["backup"]["keep"], _zone(config))}
+
+    return keep
+
+
+def _session(config: dict[str, Any], show_progress: bool) -> contextlib.AbstractContextManager[offsite.Remote | None]:
+    return configured_remote(config, show_progress=show_progress) or contextlib.nullcontext(None)
+
+
+def copy_offsite(config: dict[str, Any], remote: offsite.Remote | None, *, fresh: Path | None = None) -> bool:
+    """Copy the archives the remote lacks, then prune it; record the outcome; False when it failed.
+
+    No remote configured (None): nothing to do (True, and no offsite metrics). A failure leaves every local
+    archive; the next run retries what is missing."""
+    if remote is None:
+        return True
+    started = time.time()
+    spec = remote.spec
+    try:
+        local = [a.path for a in find_archives(Path(config["backup"]["destination"]))]
+        uploaded = offsite.sync(remote, local, NAMING, _keep(config), fresh=fresh)
+        files = remote.files()
+        newest = list(offsite.archives_on(files, NAMING))[-1]
+        offsite.prune(remote, NAMING, _keep(config), dry_run=False, files=files)
+    except (offsite.OffsiteError, BackupError, IndexError) as exc:
+        problem = "no archive reached the remote" if isinstance(exc, IndexError) else str(exc)
+        record_job(config, OFFSITE_JOB, success=False, started=started, finished=time.time())
+        print(f"backup_script.py: off-host copy to {spec} failed: {problem}", file=sys.stderr)
+        print("  the local archives are kept; the next run copies what the remote lacks", file=sys.stderr)
+        return False
+    size = files[newest]
+    extra = {f"{OFFSITE_JOB}_size_bytes": float(size)}
+    record_job(config, OFFSITE_JOB, success=True, started=started, finished=time.time(), extra=extra)
+    print(
+        f"off-host: copied {len(uploaded)} archive(s) to {spec} in {time.time() - started:.2f} s; "
+        f"newest there {newest} ({size} bytes)"
+    )
+    return True
+
+
+def run_list_offsite(config: dict[str, Any], as_json: bool) -> int:
+    with _require_remote(config) as remote:
+        files = remote.files()
+    rows = [
+        {
+            "name": name,
+            "path": remote.path(name),
+            "time": created.isoformat(),
+            "size": files[name],
+            "has_checksum": NAMING.sidecar(name) in files,
+        }
+        for name, created in offsite.archives_on(files, NAMING).items()
+    ]
+    status = {True: "sidecar ok", False: "NO SIDECAR"}
+    return _print_listing(rows, as_json, lambda row: status[row["has_checksum"]], f"no archives on {remote.spec}")
+
+
+def run_verify_offsite(config: dict[str, Any], name: str | None) -> int:
+    with _require_remote(config) as remote:
+        names = [name] if name else list(offsite.archives_on(remote.files(), NAMING))
+        if not names:
+            log.error("no archives on %s to verify", remote.spec)
+            return EXIT_FAILED
+        failed = 0
+        for each in names:
+            started = time.monotonic()
+            try:
+                offsite.verify(remote, each, NAMING)
+            except offsite.OffsiteError as exc:
+                failed += 1
+                print(f"FAIL {exc}")
+            else:
+                print(f"OK   {remote.path(each)} (every byte matches its sidecar, {time.monotonic() - started:.2f} s)")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+@contextlib.contextmanager
+def fetched(config: dict[str, Any], remote: offsite.Remote, name: str) -> Iterator[Path]:
+    """An off-host archive downloaded with its sidecar into a private folder under run_dir, checked, then removed."""
+    if parse_archive(Path(name)) is None or "/" in name:
+        raise UsageError(f"--offsite {name}: not an archive name (hello-world-<UTC YYYYmmddTHHMMSSZ>.tar.gz)")
+    run_dir = Path(config["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="offsite-download-", dir=run_dir))  # 0700: nobody else reads it
+    try:
+        path = offsite.fetch(remote, name, folder, NAMING)
+        check_checksum(path)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_restore_offsite(config: dict[str, Any], name: str, target: str, force: bool, keep_setid: bool) -> int:
+    with _require_remote(config) as remote, fetched(config, remote, name) as path:
+        return run_restore(str(path), target, force, keep_setid)
+
+
+def run_prune_offsite(config: dict[str, Any], dry_run: bool) -> None:
+    connection = configured_remote(config)
+    if connection is not None:
+        with connection as remote:
+            doomed = offsite.prune(remote, NAMING, _keep(config), dry_run=dry_run)
+        print(f"prune: {'would delete' if dry_run else 'deleted'} {len(doomed)} archive(s) on {remote.spec}")
+
+
+# --- the restore drill (hello/drill.py) ---
+
+
+def _drill_restore(archive: Path, target: Path) -> None:
+    run_restore(str(archive), str(target), False)
+
+
+def run_drill(config: dict[str, Any]) -> int:
+    """Restore the newest archive (off-host when configured) into a scratch folder and compare it with its manifest."""
+    run_dir = Path(config["run_dir"])
+    try:
+        with job_lock(run_dir / "backup.lock"):  # no prune deletes the archive under the drill
+            started = time.time()
+            try:
+                result = _drill_newest(config, run_dir)
+            except (BackupError, offsite.OffsiteError, DrillFailed, OSError, tarfile.TarError) as exc:
+                record_job(config, DRILL_JOB, success=False, started=started, finished=time.time())
+                raise BackupError(f"drill failed: {exc}") from None
+            record_job(config, DRILL_JOB, success=True, started=started, finished=time.time())
+    except LockHeld as exc:
+        log.error("another backup run holds %s (PID %s); no drill now", exc.path, exc.pid)
+        return EXIT_LOCKED
+    print(
+        f"drill passed: {result.archive.name} restored {result.entries} entries exactly as its manifest lists "
+        f"(commit {result.commit[:12]}) in {result.seconds:.2f} s"
+    )
     return EXIT_OK
+
+
+def _drill_newest(config: dict[str, Any], run_dir: Path):
+    connection = configured_remote(config)
+    scratch = run_dir / "drill"
+    # Checksum first; the full read of `verify` would be done twice: the restore reads every byte (scan, extract).
+    steps = Steps(verify=check_checksum, restore=_drill_restore, remove_tree=restore.remove_tree)
+    if connection is None:
+        found = find_archives(Path(config["backup"]["destination"]))
+        if not found:
+            raise BackupError(f"no archives in {config['backup']['destination']} to drill")
+        return drill(found[-1].path, scratch, steps)
+    with connection as remote:
+        names = list(offsite.archives_on(remote.files(), NAMING))
+        if not names:
+            raise BackupError(f"no archives on {remote.spec} to drill")
+        with fetched(config, remote, names[-1]) as path:
+            return drill(path, scratch, steps)
 
 
 # --- verify and list ---
@@ -568,7 +838,8 @@ def run_verify(config: dict[str, Any], archive: str | None) -> int:
 
 def run_list(config: dict[str, Any], as_json: bool) -> int:
     rows = []
-    for archive in find_archives(Path(config["backup"]["destination"])):
+    destination = config["backup"]["destination"]
+    for archive in find_archives(Path(destination)):
         try:
             check_checksum(archive.path)
             verified, problem = True, None
@@ -584,14 +855,19 @@ def run_list(config: dict[str, Any], as_json: bool) -> int:
                 "problem": problem,
             }
         )
+    status = {True: "checksum ok", False: "checksum BAD"}
+    return _print_listing(rows, as_json, lambda row: status[row["checksum_ok"]], f"no archives in {destination}")
+
+
+def _print_listing(rows: list[dict[str, Any]], as_json: bool, status, nothing: str) -> int:
+    """list's output: JSON, or one line per archive (name, time, size, status), or what says there is none."""
     if as_json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     for row in rows:
-        ok = "ok" if row["checksum_ok"] else "BAD"
-        print(f"{row['name']}  {row['time']}  {row['size']:>12}  checksum {ok}")
+        print(f"{row['name']}  {row['time']}  {row['size']:>12}  {status(row)}")
     if not rows:
-        print(f"no archives in {config['backup']['destination']}")
+        print(nothing)
     return EXIT_OK
 
 
@@ -692,6 +968,7 @@ def run_prune(config: dict[str, Any], dry_run: bool) -> int:
     try:
         with job_lock(Path(config["run_dir"]) / "backup.lock"):
             doomed = prune(config, dry_run=dry_run)
+            run_prune_offsite(config, dry_run)
     except LockHeld as exc:
         log.error("another backup run holds %s (PID %s); not pruning", exc.path, exc.pid)
         return EXIT_LOCKED
@@ -715,6 +992,8 @@ def _scheduled_run(config: dict[str, Any]) -> None:
     else:
         if code == EXIT_LOCKED:
             log.warning("scheduled backup skipped: another run holds the lock")
+        elif code == EXIT_FAILED:
+            log.warning("scheduled backup done, but its off-host copy failed (the next run retries it)")
         else:
             log.info("scheduled backup done")
 
@@ -770,10 +1049,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     commands.add_parser("create", help="one backup now, then prune (the default)")
     verify = commands.add_parser("verify", help="check the checksum, then read the whole archive")
     verify.add_argument("archive", nargs="?", help="one archive (default: every archive in the destination)")
+    verify.add_argument("--offsite", action="store_true", help="download and check the copies on the remote")
     listing = commands.add_parser("list", help="archives with time, size and checksum status")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument("--offsite", action="store_true", help="the copies on system.backup.offsite.remote")
     restore_cmd = commands.add_parser("restore", help="restore an archive into a directory")
-    restore_cmd.add_argument("archive")
+    restore_cmd.add_argument("archive", help="a local archive path, or with --offsite an archive name on the remote")
+    restore_cmd.add_argument("--offsite", action="store_true", help="download ARCHIVE from the remote, check, restore")
     restore_cmd.add_argument("--target", required=True, help="the directory to restore into")
     restore_cmd.add_argument("--force", action="store_true", help="restore into a non-empty directory")
     restore_cmd.add_argument(
@@ -781,6 +1063,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     prune_cmd = commands.add_parser("prune", help="delete archives beyond system.backup.keep")
     prune_cmd.add_argument("--dry-run", action="store_true", help="print what would be deleted")
+    commands.add_parser("drill", help="restore the newest archive into a scratch folder and compare its manifest")
     sched = commands.add_parser("schedule", help="the loop: one backup a day at system.backup.time")
     when = sched.add_mutually_exclusive_group()
     when.add_argument("--at", metavar="HH:MM[:SS]", help="another time of day than system.backup.time")
@@ -799,11 +1082,15 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "create":
         return run_create(config, show_progress=sys.stderr.isatty())
     if args.command == "verify":
-        return run_verify(config, args.archive)
+        return run_verify_offsite(config, args.archive) if args.offsite else run_verify(config, args.archive)
     if args.command == "list":
-        return run_list(config, args.json)
+        return run_list_offsite(config, args.json) if args.offsite else run_list(config, args.json)
+    if args.command == "restore" and args.offsite:
+        return run_restore_offsite(config, args.archive, args.target, args.force, args.keep_setuid)
     if args.command == "restore":
         return run_restore(args.archive, args.target, args.force, args.keep_setuid)
+    if args.command == "drill":
+        return run_drill(config)
     if args.command == "prune":
         return run_prune(config, args.dry_run)
     return run_schedule(config, args.at, args.every)
@@ -822,7 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"backup_script.py: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except BackupError as exc:
+    except (BackupError, offsite.OffsiteError) as exc:
         print(f"backup_script.py: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (OSError, tarfile.TarError) as exc:  # one line naming the problem, never a traceback

@@ -185,6 +185,7 @@ def _path(value: Any) -> str:
 
 
 def _path_or_null(value: Any) -> str | None:
+    """A path or null; load_config resolves a path against the config file's folder."""
     return None if value is None else _path(value)
 
 
@@ -207,6 +208,23 @@ def _host_port_or_null(value: Any) -> str | None:
     if not match or not 1 <= int(match.group(2)) <= 65535:
         raise _Invalid(f"expected host:port such as smtp.example.com:587, or null, {_got(value)}")
     return value
+
+
+def _remote_or_null(value: Any) -> str | None:
+    """An rclone remote path (name:folder) or an absolute local path (a second disk), or null."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[\w.-][\w. -]*:\S*|/\S*", value):
+        raise _Invalid(
+            f"expected an rclone remote path such as offsite:hello-backups, an absolute path, or null, {_got(value)}"
+        )
+    return value
+
+
+def _command_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise _Invalid(f"expected a list of shell commands, {_got(value)}")
+    return list(value)
 
 
 # --- the schema: key -> (checker, default), or key -> nested schema ---
@@ -282,6 +300,13 @@ SCHEMA: Schema = {
                 "weekly": (_int_at_least(0), 4),
                 "monthly": (_int_at_least(0), 6),
             },
+            "offsite": {
+                "remote": (_remote_or_null, None),  # null: local archives only
+                "rclone_config": (_path_or_null, None),  # null: rclone's default config file
+            },
+            "hooks": {
+                "before": (_command_list, []),  # their $HELLO_BACKUP_STAGING goes into the archive
+            },
         },
         "update": {
             "protocol": (_string, "update_protocol.py"),
@@ -292,8 +317,8 @@ SCHEMA: Schema = {
             "interval": (_interval_or_null, None),  # null: no periodic update in `make cron`
             "backup_first": (_bool, True),  # a backup after the tests pass, before the deploy
             "hooks": {  # shell lines run in the new release's folder (hello/hooks.py)
-                "before_deploy": (_string_list, []),  # one fails: nothing deployed
-                "after_deploy": (_string_list, []),  # one fails: rolled back
+                "before_deploy": (_command_list, []),  # one fails: nothing deployed
+                "after_deploy": (_command_list, []),  # one fails: rolled back
             },
         },
         "kubernetes": {  # deploy/kubernetes and system.update.deploy: kubernetes (hello/deploy_kubernetes.py)

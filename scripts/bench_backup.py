@@ -1,6 +1,7 @@
 """Benchmark `backup_script.py create` side by side with GNU `tar czf` on generated trees.
 
     python scripts/bench_backup.py [--sizes 50,500] [--cache DIR] [--json]      (make bench-backup)
+    python scripts/bench_backup.py --offsite [--sizes 50,500] [--json]          (make bench-offsite)
 
 For each size (MB) it generates, once, a tree of mixed files under the cache folder (default
 /tmp/hello-bench-backup; it is reused by later runs): source-like text, already-compressed
@@ -12,6 +13,13 @@ archive size, peak RSS (of the child, from wait4), and the ratios against tar. I
 Goals (issue 4): at least 1.5x tar's throughput, an archive at most 1.15x tar's size, and peak RSS
 flat from the smallest to the largest tree. Exit 0 when all goals are met, 1 otherwise (or when tar is
 missing), 2 on bad usage.
+
+--offsite (issue 13): starts `rclone serve sftp` on a free 127.0.0.1 port (user and password), then for each tree
+runs `create` with that SFTP remote configured (3 times, alternating with the plain copy; medians) and times
+its off-host part (the "off-host: copied ... in X s" line:
+upload to a temporary name, checksum there, rename, sidecar), then a plain `rclone copy` of the same archive to
+another folder of the same server, and the `drill` (verify, download, restore, compare with the manifest) from the
+remote and from the local archive. Goal: the off-host upload's throughput at least 0.9x plain rclone copy's.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -29,8 +38,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hello.manifest import MANIFEST_DIR  # noqa: E402
+
 MB = 1_000_000
 GOAL_SPEED, GOAL_SIZE, GOAL_RSS_GROWTH = 1.5, 1.15, 1.5
+GOAL_UPLOAD = 0.9  # issue 13: off-host upload throughput against a plain rclone copy
+RUNS = 3  # of each upload, for medians
 
 
 def say(message: str) -> None:
@@ -95,9 +110,11 @@ def generate_tree(root: Path, megabytes: int) -> None:
 
 
 def tree_stats(root: Path) -> tuple[int, int]:
-    """(regular files, bytes) under root, without the cache marker."""
+    """(regular files, bytes) under root, without the cache marker and an archive's own manifest folder."""
     files = size = 0
-    for folder, _dirs, names in os.walk(root):
+    for folder, dirs, names in os.walk(root):
+        if folder == str(root) and MANIFEST_DIR in dirs:
+            dirs.remove(MANIFEST_DIR)
         for name in names:
             if name != ".complete":
                 files += 1
@@ -184,6 +201,121 @@ def bench_size(cache: Path, megabytes: int) -> dict[str, float]:
     return row
 
 
+def start_sftp(work: Path) -> tuple[subprocess.Popen, Path]:
+    """rclone serve sftp on a free port serving work/served; its process and an rclone.conf naming it `bench`."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    served = work / "served"
+    served.mkdir()
+    password = os.urandom(8).hex()
+    log = open(work / "serve.log", "wb")  # noqa: SIM115 - open for the server's life
+    server = subprocess.Popen(
+        ["rclone", "serve", "sftp", str(served), "--user", "bench", "--pass", password, "--addr", f"127.0.0.1:{port}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"rclone serve sftp did not start: {(work / 'serve.log').read_text()[-1000:]}")
+        time.sleep(0.05)
+    obscured = subprocess.run(["rclone", "obscure", password], capture_output=True, text=True, check=True).stdout
+    config = work / "rclone.conf"
+    config.write_text(
+        f"[bench]\ntype = sftp\nhost = 127.0.0.1\nport = {port}\nuser = bench\npass = {obscured.strip()}\n"
+    )
+    return server, config
+
+
+def bench_offsite(cache: Path, megabytes: int) -> dict[str, float]:
+    tree = cache / f"tree-{megabytes}mb"
+    say(f"[{megabytes} MB] generating the tree in {tree} (cached between runs)")
+    generate_tree(tree, megabytes)
+    warm(tree)
+    with tempfile.TemporaryDirectory(prefix="bench-offsite-", dir=cache) as scratch:
+        work = Path(scratch)
+        server, rclone_config = start_sftp(work)
+        try:
+            config = work / "config.yaml"
+            config.write_text(
+                "system:\n"
+                f"  run_dir: {work / 'run'}\n"
+                "  monitoring: {pushgateway: {url: null}}\n"
+                f"  backup: {{source: {tree}, destination: {work / 'backups'}, exclude: [],\n"
+                f"           offsite: {{remote: 'bench:hello', rclone_config: {rclone_config}}}}}\n"
+            )
+            env = {**os.environ, "HELLO_CONFIG": str(config)}
+            script = str(REPO / "backup_script.py")
+            ours_runs, plain_runs = [], []
+            for run in range(1, RUNS + 1):  # alternating, medians: a busy machine's noise hits both alike
+                say(f"[{megabytes} MB] run {run}/{RUNS}: create with the SFTP remote, then plain rclone copy")
+                created = subprocess.run([sys.executable, script, "create"], env=env, capture_output=True, text=True)
+                if created.returncode != 0:
+                    raise SystemExit(f"create failed: {created.stderr[-2000:]}")
+                line = next(x for x in created.stdout.splitlines() if x.startswith("off-host: copied 1 "))
+                ours_runs.append(float(line.split(" in ")[1].split(" s")[0]))
+                archive = sorted((work / "backups").glob("hello-world-*.tar.gz"))[-1]
+                copy = ["rclone", "--config", str(rclone_config), "copyto", str(archive), f"bench:plain/{run}"]
+                plain_runs.append(measure(copy, work)["seconds"])
+            ours, plain = statistics.median(ours_runs), {"seconds": statistics.median(plain_runs)}
+            size = archive.stat().st_size
+            say(f"[{megabytes} MB] drill from the remote, then from the local archive")
+            remote_drill = measure([sys.executable, script, "drill"], work, env=env)
+            local_config = work / "local.yaml"
+            local_config.write_text(config.read_text().replace("remote: 'bench:hello'", "remote: null"))
+            local_drill = measure(
+                [sys.executable, script, "drill"], work, env={**env, "HELLO_CONFIG": str(local_config)}
+            )
+        finally:
+            server.terminate()
+            server.wait()
+    row = {
+        "megabytes": megabytes,
+        "archive_mb": size / MB,
+        "offsite_seconds": ours,
+        "rclone_copy_seconds": plain["seconds"],
+        "offsite_mb_per_s": size / MB / ours,
+        "rclone_copy_mb_per_s": size / MB / plain["seconds"],
+        "drill_remote_seconds": remote_drill["seconds"],
+        "drill_local_seconds": local_drill["seconds"],
+    }
+    row["upload_ratio"] = row["offsite_mb_per_s"] / row["rclone_copy_mb_per_s"]
+    say(
+        f"[{megabytes} MB] archive {size / MB:.0f} MB: off-host {row['offsite_mb_per_s']:.1f} MB/s, rclone copy "
+        f"{row['rclone_copy_mb_per_s']:.1f} MB/s ({row['upload_ratio']:.2f}x); "
+        f"drill {row['drill_remote_seconds']:.2f} s from the remote, {row['drill_local_seconds']:.2f} s local"
+    )
+    return row
+
+
+def report_offsite(rows: list[dict], as_json: bool) -> int:
+    goals = {
+        f"off-host upload >= {GOAL_UPLOAD}x plain rclone copy": all(r["upload_ratio"] >= GOAL_UPLOAD for r in rows)
+    }
+    if as_json:
+        print(json.dumps({"rows": rows, "goals": goals}, indent=2))
+    else:
+        print(
+            f"{'tree':>8} {'archive':>8} {'ours MB/s':>10} {'rclone MB/s':>12} {'ratio':>6} "
+            f"{'drill remote':>13} {'local':>7}"
+        )
+        for r in rows:
+            print(
+                f"{r['megabytes']:>6.0f}MB {r['archive_mb']:>6.0f}MB {r['offsite_mb_per_s']:>10.1f} "
+                f"{r['rclone_copy_mb_per_s']:>12.1f} {r['upload_ratio']:>5.2f}x {r['drill_remote_seconds']:>12.2f}s "
+                f"{r['drill_local_seconds']:>6.2f}s"
+            )
+        for goal, met in goals.items():
+            print(f"{'PASS' if met else 'MISS'} {goal}")
+    return 0 if all(goals.values()) else 1
+
+
 def report(rows: list[dict], as_json: bool) -> int:
     growth = rows[-1]["ours_rss_mb"] / rows[0]["ours_rss_mb"]
     goals = {
@@ -213,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="50,500", help="tree sizes in MB, comma-separated (default 50,500)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "hello-bench-backup")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--offsite", action="store_true", help="the off-host copy and the drill (needs rclone)")
     args = parser.parse_args(argv)
+    if args.offsite and not shutil.which("rclone"):
+        print("bench_backup.py: --offsite needs rclone: apt-get install rclone", file=sys.stderr)
+        return 1
     if not shutil.which("tar"):
         print(
             "bench_backup.py: GNU tar is needed to compare with: apt-get install tar (Debian package tar)",
@@ -226,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_backup.py: --sizes: expected sizes in MB such as 50,500, got {args.sizes!r}", file=sys.stderr)
         return 2
     args.cache.mkdir(parents=True, exist_ok=True)
+    if args.offsite:
+        return report_offsite([bench_offsite(args.cache, size) for size in sizes], args.json)
     rows = [bench_size(args.cache, size) for size in sizes]
     return report(rows, args.json)
 

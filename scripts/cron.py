@@ -13,6 +13,7 @@ Lines printed:
     it is not running (silent and exit 0 when it is): a killed supervisor is back within a minute;
   - monitoring, when system.monitoring.prometheus.url is on this host (127.0.0.1, localhost, ::1):
     `@reboot make monitor`, and every minute `make monitor` when `monitor.py status` finds nothing running.
+  - the restore drill weekly, on Sundays an hour after the backup (`02:00` -> `0 3 * * 0`).
 Each runs `cd <repo> && mkdir -p <run_dir> && make <target> >> <run_dir>/cron.log 2>&1`, after a
 PATH= line (cron's own PATH is minimal) and, when HELLO_CONFIG selects another file, a HELLO_CONFIG= line.
 Exit codes: 0 printed; 2 bad config.
@@ -44,6 +45,12 @@ def daily_at(time_of_day: str) -> str:
     """'02:00' -> '0 2 * * *'."""
     hours, minutes = (int(part) for part in time_of_day.split(":"))
     return f"{minutes} {hours} * * *"
+
+
+def weekly_after(time_of_day: str) -> str:
+    """'02:00' -> '0 3 * * 0': Sundays, an hour after the daily backup, so the drill gets a fresh archive."""
+    hours, minutes = (int(part) for part in time_of_day.split(":"))
+    return f"{minutes} {(hours + 1) % 24} * * 0"
 
 
 def every(seconds: float) -> str:
@@ -99,6 +106,9 @@ def entries(config: dict[str, Any]) -> list[dict[str, str]]:
             {"target": "monitor", "schedule": "@reboot", "command": command("monitor", log)},
             {"target": "monitor", "schedule": EVERY_MINUTE, "command": command("monitor", log, unless=running)},
         ]
+    found.append(
+        {"target": "drill", "schedule": weekly_after(config["backup"]["time"]), "command": command("drill", log)}
+    )
     return found
 
 

@@ -403,6 +403,7 @@ def services(system: dict[str, Any], directory: Path, binaries: dict[str, str]) 
                 # Alerts of its first evaluations, before it has found Alertmanager, are dropped and sent again
                 # only after this delay (default 1m): the Watchdog reaches Alertmanager within seconds of a start.
                 f"--rules.alert.resend-delay={RESEND_DELAY}",
+                "--web.enable-admin-api",  # TSDB snapshots for the backup hook (scripts/backup_hook_monitoring.py)
             ],
         )
     )

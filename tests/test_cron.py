@@ -37,6 +37,7 @@ def test_repo_config_gives_backup_at_two_and_validation_every_15_minutes(tmp_pat
     assert job_lines(result.stdout) == [
         f"0 2 * * * cd {REPO} " + expected_tail.format("backup"),
         f"*/15 * * * * cd {REPO} " + expected_tail.format("validate"),
+        f"0 3 * * 0 cd {REPO} " + expected_tail.format("drill"),  # weekly, an hour after the backup
     ]
     path_line = next(line for line in result.stdout.splitlines() if line.startswith("PATH="))
     assert "/usr/bin" in path_line.split("=", 1)[1].split(":")
@@ -73,7 +74,7 @@ def test_timezone_intervals_and_json(tmp_path: Path) -> None:
     assert "CRON_TZ=Europe/Berlin" in lines
     assert lines.index("CRON_TZ=Europe/Berlin") < lines.index(job_lines(result.stdout)[0])
     schedules = [line.split(" cd ")[0] for line in job_lines(result.stdout)]
-    assert schedules == ["45 3 * * *", "0 */6 * * *"]
+    assert schedules == ["45 3 * * *", "0 */6 * * *", "45 4 * * 0"]
     assert "make validate" not in result.stdout and "make update" in result.stdout
 
     data = json.loads(cron(config, "--json").stdout)
@@ -81,6 +82,7 @@ def test_timezone_intervals_and_json(tmp_path: Path) -> None:
     assert [(e["target"], e["schedule"]) for e in data["entries"] if e["target"] not in KEEP_UP] == [
         ("backup", "45 3 * * *"),
         ("update", "0 */6 * * *"),
+        ("drill", "45 4 * * 0"),
     ]
 
 

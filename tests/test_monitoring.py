@@ -63,6 +63,9 @@ ALERTS = [
     "HostDiskAlmostFull",
     "HostMemoryPressure",
     "HostNodeDown",
+    "HelloWorldOffsiteBackupStale",  # issue 13
+    "HelloWorldBackupDrillStale",
+    "HelloWorldBackupDrillFailed",
 ]
 ALWAYS_FIRING = {"Watchdog"}
 

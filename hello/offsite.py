@@ -1,0 +1,464 @@
+"""Off-host copies on an rclone remote: upload to a temporary name, check there, rename; list, verify, prune, fetch.
+
+    with connect("offsite:hello-backups", rclone_config="/etc/hello/rclone.conf") as remote:   # or a plain path
+        remote.upload(Path("backups/x.tar.gz"), "x.tar.gz", temp=".x.tar.gz.partial")
+        remote.files()                 # {"x.tar.gz": 1234, ...}: the files at the remote's top level
+        remote.sha256("x.tar.gz")      # every byte downloaded and hashed
+
+rclone does the transport and any encryption (a `crypt` remote): this module only drives it. One `rclone rcd` runs
+for the life of a `connect` block, listening on 127.0.0.1 with a random user and password, and every operation is
+a call of its remote-control API, so the SFTP (or S3, ...) connection is made once and reused: an rclone process
+per step costs about 0.2 s here, more than a whole upload of a small archive. Written against rclone 1.60
+(Debian 12): rcd with --rc-serve (GET /[fs]/file streams a file), operations/list, stat (showHash), fsinfo,
+copyfile, movefile, deletefile, job/status, core/quit; tests/test_offsite.py runs them against `rclone serve sftp`.
+
+Why the temporary name: rclone 1.60 writes in place, so an interrupted upload would leave a partial file under the
+final name. upload() writes to `temp`, compares the remote's own hash of it with the local file's (a hash both
+sides compute, so nothing is downloaded; a remote without hashes, such as crypt, is read back in full), and only
+then renames it to its final name. The daemon runs with PR_SET_PDEATHSIG: it dies with us on a kill -9, so no
+upload goes on that nobody checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import contextlib
+import ctypes
+import functools
+import hashlib
+import json
+import logging
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("offsite")
+
+RCLONE = "rclone"
+CHUNK = 1 << 20
+HASHES = ("sha256", "sha1", "md5")  # those hashlib computes, best first
+START_TIMEOUT = 30.0  # seconds for rclone rcd to answer
+CALL_TIMEOUT = 300.0  # seconds for one quick call (a listing, a stat with a server-side hash, a rename)
+POLL = 0.2  # seconds between job/status polls of a transfer shown with progress
+_PR_SET_PDEATHSIG = 1
+# Every API call this module makes (tests/test_offsite.py checks the installed rclone offers them all).
+RC_COMMANDS = (
+    "core/version",
+    "core/stats",
+    "job/status",
+    "operations/list",
+    "operations/fsinfo",
+    "operations/stat",
+    "operations/copyfile",
+    "operations/movefile",
+    "operations/deletefile",
+)
+
+
+class OffsiteError(Exception):
+    """rclone failed or a copy did not check; str() names the remote and the file."""
+
+
+def _die_with_parent() -> None:
+    """In the rclone child before exec: get SIGKILL when the parent dies, so no orphan upload runs on."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def local_digests(path: Path, kinds: set[str]) -> dict[str, str]:
+    """The hex digests of a local file for each hash kind, in one read."""
+    digests = {kind: hashlib.new(kind) for kind in kinds}
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            for digest in digests.values():
+                digest.update(block)
+    return {kind: digest.hexdigest() for kind, digest in digests.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Daemon:
+    """A private `rclone rcd` on 127.0.0.1 and calls of its API."""
+
+    def __init__(self, rclone_config: str | None, progress: bool) -> None:
+        self.progress = progress
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        user, password = "hello", secrets.token_hex(16)
+        self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        config = ["--config", rclone_config] if rclone_config else []
+        command = [RCLONE, "rcd", *config, "--rc-addr", f"127.0.0.1:{self.port}", "--rc-serve"]
+        command += ["--rc-user", user, "--rc-pass", password, "--log-level", "ERROR"]
+        # Remote.upload checks every copy itself (remote hash of the temporary file against ours) before the
+        # rename: rclone's own check after each transfer would hash the file on the remote a second time.
+        command.append("--ignore-checksum")
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self.ready = False
+        self.proc: subprocess.Popen | None = None
+        # Starting never fails (a missing rclone is the first call's error): a backup starts rclone before its
+        # archive, and the archive must not depend on it.
+        with contextlib.suppress(FileNotFoundError):
+            self.proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, preexec_fn=_die_with_parent
+            )
+
+    def _wait_ready(self) -> None:
+        if self.proc is None:
+            raise OffsiteError("rclone is not installed (Debian package rclone)")
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                self._post("core/version", 2, {})
+                self.ready = True
+                return
+            except OffsiteError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise OffsiteError(f"rclone rcd did not start: {self.errors()}") from None
+                time.sleep(0.02)
+
+    def errors(self) -> str:
+        self.log.seek(0)
+        return _last_line(self.log.read().decode(errors="replace"))
+
+    def _request(self, path: str, body: bytes | None = None) -> urllib.request.Request:
+        headers = {"Authorization": self.auth, "Content-Type": "application/json"}
+        return urllib.request.Request(f"{self.url}/{path}", data=body, headers=headers)
+
+    def call(self, command: str, timeout: float | None = CALL_TIMEOUT, **params: Any) -> dict[str, Any]:
+        """POST one API call (the first waits until rclone answers); OffsiteError with rclone's message on failure."""
+        if not self.ready:
+            self._wait_ready()
+        return self._post(command, timeout, params)
+
+    def _post(self, command: str, timeout: float | None, params: dict[str, Any]) -> dict[str, Any]:
+        request = self._request(command, json.dumps(params).encode())
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error") or exc.reason
+            except ValueError:
+                message = exc.reason
+            raise OffsiteError(str(message)) from None
+        except (OSError, ValueError) as exc:
+            raise OffsiteError(f"rclone rcd did not answer {command}: {exc}") from None
+
+    def job(self, command: str, what: str, **params: Any) -> dict[str, Any]:
+        """Run a long call (a transfer) and wait for it; on a terminal as an rclone job, showing progress.
+
+        Without progress the call simply blocks until rclone is done (rclone's own --timeout bounds a stalled
+        connection), so a transfer costs no polling delay."""
+        if not self.progress:
+            try:
+                return self.call(command, timeout=None, **params)
+            except OffsiteError as exc:
+                raise OffsiteError(f"{what}: {exc}") from None
+        jobid = self.call(command, _async=True, **params)["jobid"]
+        shown = False
+        while True:
+            status = self.call("job/status", jobid=jobid)
+            if status.get("finished"):
+                break
+            if self.progress:
+                stats = self.call("core/stats", group=f"job/{jobid}")
+                done, total = stats.get("bytes", 0), sum(t.get("size", 0) for t in stats.get("transferring") or [])
+                sys.stderr.write(f"\r  {what}: {done / 1e6:.1f} of {total / 1e6:.1f} MB ")
+                shown = True
+            time.sleep(POLL)
+        if shown:
+            sys.stderr.write("\r" + " " * 70 + "\r")
+        if not status.get("success"):
+            raise OffsiteError(f"{what}: {status.get('error') or 'failed'}")
+        return status.get("output") or {}
+
+    def stream(self, fs: str, remote: str):
+        """A response streaming a remote file's bytes (rcd --rc-serve)."""
+        if not self.ready:
+            self._wait_ready()
+        path = "[" + urllib.parse.quote(fs, safe=":/") + "]/" + urllib.parse.quote(remote)
+        try:
+            return urllib.request.urlopen(self._request(path), timeout=CALL_TIMEOUT)
+        except urllib.error.HTTPError as exc:
+            raise OffsiteError(f"HTTP {exc.code} {exc.reason}") from None
+        except OSError as exc:
+            raise OffsiteError(f"rclone rcd did not answer: {exc}") from None
+
+    def close(self) -> None:
+        """Stop the daemon; every call has returned by now, so nothing is cut short (core/quit takes 1.5 s)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@dataclass(frozen=True)
+class Remote:
+    """An rclone remote path (`name:folder`, or a plain local path such as a mounted USB disk), through a Daemon."""
+
+    spec: str
+    daemon: Daemon
+
+    def path(self, name: str = "") -> str:
+        """The rclone path of a file at the remote's top level, for messages."""
+        if not name:
+            return self.spec
+        return self.spec + name if self.spec.endswith((":", "/")) else f"{self.spec}/{name}"
+
+    def _call(self, command: str, what: str, **params: Any) -> dict[str, Any]:
+        try:
+            return self.daemon.call(command, **params)
+        except OffsiteError as exc:
+            raise OffsiteError(f"{what}: {exc}") from None
+
+    # --- reading ---
+
+    def files(self) -> dict[str, int]:
+        """name -> size of the files at the remote's top level ({} when its folder does not exist yet)."""
+        opt = {"filesOnly": True, "noMimeType": True, "noModTime": True}
+        try:
+            listing = self.daemon.call("operations/list", fs=self.spec, remote="", opt=opt)
+        except OffsiteError as exc:
+            if "directory not found" in str(exc):
+                return {}
+            raise OffsiteError(f"listing {self.spec}: {exc}") from None
+        return {entry["Name"]: int(entry["Size"]) for entry in listing.get("list") or []}
+
+    @functools.cached_property
+    def hash_kinds(self) -> list[str]:
+        """The hashes the remote computes itself, among those we compute locally (none for crypt)."""
+        info = self._call("operations/fsinfo", f"features of {self.spec}", fs=self.spec)
+        found = {kind.lower() for kind in info.get("Hashes") or []}
+        return [kind for kind in HASHES if kind in found]
+
+    def remote_hash(self, name: str, kind: str) -> str:
+        """The remote's own hash of a file (computed there: nothing is downloaded)."""
+        opt = {"showHash": True, "hashTypes": [kind]}
+        item = self._call("operations/stat", f"{kind} of {self.path(name)}", fs=self.spec, remote=name, opt=opt)
+        return ((item.get("item") or {}).get("Hashes") or {}).get(kind, "").lower()
+
+    def sha256(self, name: str) -> str:
+        """The sha256 of every byte of a remote file, downloaded as a stream (through crypt: the plaintext)."""
+        digest = hashlib.sha256()
+        try:
+            with self.daemon.stream(self.spec, name) as response:
+                while block := response.read(CHUNK):
+                    digest.update(block)
+        except OffsiteError as exc:
+            raise OffsiteError(f"reading {self.path(name)}: {exc}") from None
+        except OSError as exc:
+            raise OffsiteError(f"reading {self.path(name)}: {exc}") from None
+        return digest.hexdigest()
+
+    def read_text(self, name: str) -> str:
+        """A small remote file's text (a sidecar)."""
+        try:
+            with self.daemon.stream(self.spec, name) as response:
+                return response.read(1 << 16).decode("utf-8", errors="replace")
+        except OffsiteError as exc:
+            raise OffsiteError(f"reading {self.path(name)}: {exc}") from None
+
+    # --- writing ---
+
+    def upload(self, local: Path, name: str, *, temp: str, sha256: str | None = None) -> None:
+        """Copy local to the remote as `name`: to `temp` first, checked there, then renamed.
+
+        The local file is hashed while it uploads (a second core): with sha256 given, a local file that no longer
+        has that sha256 fails the upload too. On any failure the temporary file is deleted (best effort) and
+        OffsiteError raised; no file ever has the final name unless its checksum matched.
+        """
+        kind = self.hash_kinds[0] if self.hash_kinds else "sha256"
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            local_hashes = pool.submit(local_digests, local, {kind} | ({"sha256"} if sha256 else set()))
+            what = f"uploading {local} to {self.path(temp)}"
+            params = {"srcFs": str(local.parent), "srcRemote": local.name, "dstFs": self.spec, "dstRemote": temp}
+            self.daemon.job("operations/copyfile", what, **params)
+            digests = local_hashes.result()
+        try:
+            if sha256 is not None and digests["sha256"] != sha256:
+                raise OffsiteError(f"{local}: does not match its checksum file (sha256 {digests['sha256'][:12]}...)")
+            self.check_copy(temp, kind, digests[kind])
+            self.rename(temp, name)
+        except OffsiteError:
+            self.delete_quietly(temp)
+            raise
+
+    def check_copy(self, name: str, kind: str, expected: str) -> None:
+        """Raise OffsiteError unless the remote file's hash of this kind is expected."""
+        actual = self.remote_hash(name, kind) if kind in self.hash_kinds else self.sha256(name)
+        if actual != expected:
+            raise OffsiteError(
+                f"{self.path(name)}: {kind} after upload is {actual[:12]}..., expected {expected[:12]}... (not kept)"
+            )
+
+    def rename(self, old: str, new: str) -> None:
+        params = {"srcFs": self.spec, "srcRemote": old, "dstFs": self.spec, "dstRemote": new}
+        self.daemon.job("operations/movefile", f"renaming {self.path(old)} to {new}", **params)
+
+    def download(self, name: str, local: Path) -> None:
+        """Copy a remote file to local (the caller picks a private temporary path)."""
+        params = {"srcFs": self.spec, "srcRemote": name, "dstFs": str(local.parent), "dstRemote": local.name}
+        self.daemon.job("operations/copyfile", f"downloading {self.path(name)}", **params)
+
+    def delete(self, name: str) -> None:
+        self._call("operations/deletefile", f"deleting {self.path(name)}", fs=self.spec, remote=name)
+
+    def delete_quietly(self, name: str) -> None:
+        try:
+            self.delete(name)
+        except OffsiteError as exc:
+            log.warning("%s", exc)
+
+
+@contextlib.contextmanager
+def connect(spec: str, rclone_config: str | None = None, *, progress: bool = False) -> Iterator[Remote]:
+    """The remote at spec, through a private rclone rcd stopped when the block ends.
+
+    rclone starts in the background: entering never fails, and the first call waits for it (or raises)."""
+    daemon = Daemon(rclone_config, progress)
+    try:
+        yield Remote(spec, daemon)
+    finally:
+        daemon.close()
+
+
+# --- the archives on a remote ---
+
+
+@dataclass(frozen=True)
+class Naming:
+    """The archive naming, handed in by backup_script.py (where those facts are defined)."""
+
+    created: Callable[[str], datetime | None]  # an archive's time from its name; None: not an archive name
+    sidecar: Callable[[str], str]  # archive name -> its checksum file's name
+    temp: Callable[[str], str]  # final name -> the dot-named name it has while unchecked
+    is_temp: Callable[[str], bool]
+    sidecar_digest: Callable[[str, str], str]  # (sidecar text, archive name) -> sha256; ValueError if malformed
+
+
+Keep = Callable[[dict[str, datetime]], set[str]]  # archives (name -> time) -> the names retention keeps
+
+
+def archives_on(files: dict[str, int], naming: Naming) -> dict[str, datetime]:
+    """name -> time of the archive names among a remote's files, oldest first."""
+    found = {name: naming.created(name) for name in files}
+    return dict(sorted(((n, t) for n, t in found.items() if t is not None), key=lambda item: item[1]))
+
+
+def remove_leftovers(remote: Remote, files: dict[str, int], naming: Naming) -> None:
+    """Delete the unchecked temporary files of an interrupted upload (never a final name)."""
+    for name in files:
+        if naming.is_temp(name):
+            log.warning("removing %s, left by an interrupted upload", remote.path(name))
+            remote.delete(name)
+
+
+def sync(remote: Remote, local: list[Path], naming: Naming, keep: Keep, fresh: Path | None = None) -> list[str]:
+    """Upload each local archive (with its sidecar) that the remote lacks and retention keeps; return their names.
+
+    Each is checked against its local sidecar on the way, except `fresh`, the archive this run just wrote (its
+    sidecar holds the sha256 of the very bytes written: reading it again would only slow the upload). The sidecar
+    goes first, the archive last: a final-named archive on the remote always has its sidecar.
+    """
+    files = remote.files()
+    remove_leftovers(remote, files, naming)
+    local_by_name = {path.name: path for path in local}
+    wanted = keep({**archives_on(files, naming), **{name: naming.created(name) for name in local_by_name}})
+    uploaded = []
+    for name, path in local_by_name.items():
+        sidecar = naming.sidecar(name)
+        if name not in wanted or (name in files and sidecar in files):
+            continue
+        try:
+            expected = naming.sidecar_digest(path.with_name(sidecar).read_text(encoding="utf-8"), name)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise OffsiteError(f"{path}: its checksum file cannot be used ({exc}); not copied") from None
+        log.info("copying %s to %s", name, remote.spec)
+        remote.upload(path.with_name(sidecar), sidecar, temp=naming.temp(sidecar))
+        remote.upload(path, name, temp=naming.temp(name), sha256=None if path == fresh else expected)
+        uploaded.append(name)
+    return uploaded
+
+
+def verify(remote: Remote, name: str, naming: Naming) -> str:
+    """Download every byte of a remote archive and compare with its remote sidecar; return the sha256.
+
+    Raises OffsiteError naming the file on a mismatch or a missing sidecar."""
+    sidecar = naming.sidecar(name)
+    try:
+        expected = naming.sidecar_digest(remote.read_text(sidecar), name)
+    except OffsiteError as exc:
+        raise OffsiteError(f"{remote.path(name)}: its checksum file {sidecar} cannot be read ({exc})") from None
+    except ValueError as exc:
+        raise OffsiteError(f"{remote.path(sidecar)}: {exc}") from None
+    actual = remote.sha256(name)
+    if actual != expected:
+        raise OffsiteError(
+            f"{remote.path(name)}: checksum mismatch (sidecar {expected[:12]}..., remote file {actual[:12]}...)"
+        )
+    return actual
+
+
+def prune(
+    remote: Remote, naming: Naming, keep: Keep, *, dry_run: bool, files: dict[str, int] | None = None
+) -> list[str]:
+    """Delete the remote archives retention does not keep, never the newest with its sidecar; return them.
+
+    Only names matching the archive naming are touched (and the sidecars of those deleted). files: a listing
+    made just before, to save one."""
+    files = remote.files() if files is None else files
+    archives = archives_on(files, naming)
+    kept = keep(archives)
+    complete = [name for name in archives if naming.sidecar(name) in files]
+    if complete:
+        kept.add(complete[-1])  # the newest good copy: every final name was checked when it was uploaded
+    doomed = [name for name in archives if name not in kept]
+    if dry_run:
+        for name in doomed:
+            print(f"would delete {remote.path(name)}")
+        return doomed
+    for name in doomed:
+        remote.delete(name)  # the archive first, its sidecar after, as locally
+        if naming.sidecar(name) in files:
+            remote.delete(naming.sidecar(name))
+        log.info("pruned %s", remote.path(name))
+    return doomed
+
+
+def fetch(remote: Remote, name: str, folder: Path, naming: Naming) -> Path:
+    """Download an archive and its sidecar into folder (the caller's private temporary folder); the local path.
+
+    The caller checks the download with its sidecar before use."""
+    files = remote.files()
+    if name not in files:
+        raise OffsiteError(f"{remote.path(name)}: no such archive on the remote")
+    sidecar = naming.sidecar(name)
+    remote.download(sidecar, folder / sidecar)
+    remote.download(name, folder / name)
+    return folder / name
+
+
+def _last_line(stderr: str | None) -> str:
+    lines = [line for line in (stderr or "").strip().splitlines() if line.strip()]
+    return lines[-1][-300:] if lines else "no error message"

@@ -1,0 +1,120 @@
+"""A system.backup.hooks.before command: the monitoring state into the backup's staging folder.
+
+    hooks: {before: [".venv/bin/python scripts/backup_hook_monitoring.py"]}      (config.yaml, system.backup)
+    python scripts/backup_hook_monitoring.py [--prometheus URL] [--pushgateway URL] [--alertmanager URL]
+
+Writes into $HELLO_BACKUP_STAGING (set by backup_script.py):
+  prometheus/    a TSDB snapshot through Prometheus' admin API (POST /api/v1/admin/tsdb/snapshot; `make monitor`
+                 runs Prometheus with --web.enable-admin-api), moved out of <tsdb path>/snapshots/, whose path
+                 Prometheus reports in /api/v1/status/flags. Restore: stop Prometheus, put the snapshot's blocks
+                 into its --storage.tsdb.path, start it.
+  pushgateway/   a copy of the Pushgateway's --persistence.file (from its /api/v1/status), when it has one.
+  alertmanager/silences.json   the silences (GET /api/v2/silences); restore with `amtool silence import`.
+URLs default to system.monitoring.* in config.yaml; a service set to null (or not configured) is skipped.
+Exit codes: 0 done; 1 a configured service did not answer or refused (the backup then fails, naming this hook);
+2 bad usage or config, or HELLO_BACKUP_STAGING not set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hello.backup_hooks import STAGING_ENV  # noqa: E402
+from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
+
+TIMEOUT = 60.0  # a snapshot of a large TSDB takes a while
+
+
+class HookError(Exception):
+    """A service failed; str() names it."""
+
+
+def call(url: str, method: str = "GET") -> Any:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+        raise HookError(f"{method} {url}: {exc}") from None
+
+
+def prometheus_snapshot(url: str, staging: Path) -> Path:
+    answer = call(f"{url}/api/v1/admin/tsdb/snapshot", "POST")
+    name = answer.get("data", {}).get("name")
+    if answer.get("status") != "success" or not name:
+        raise HookError(f"{url}: no snapshot (is Prometheus running with --web.enable-admin-api?): {answer}")
+    tsdb = call(f"{url}/api/v1/status/flags")["data"]["storage.tsdb.path"]
+    snapshot = Path(tsdb) / "snapshots" / name
+    if not snapshot.is_dir():
+        raise HookError(f"{snapshot}: the snapshot Prometheus reported is not there (is it on another host?)")
+    destination = staging / "prometheus"
+    shutil.move(str(snapshot), destination)  # out of the TSDB folder: snapshots there only grow
+    return destination
+
+
+def pushgateway_state(url: str, staging: Path) -> Path | None:
+    flags = call(f"{url}/api/v1/status").get("data", {}).get("flags", {})
+    store = flags.get("persistence.file")
+    if not store or not Path(store).is_file():
+        return None  # no persistence file configured, or none written yet
+    destination = staging / "pushgateway"
+    destination.mkdir(exist_ok=True)
+    shutil.copy2(store, destination / Path(store).name)
+    return destination
+
+
+def alertmanager_silences(url: str, staging: Path) -> Path:
+    silences = call(f"{url}/api/v2/silences")
+    destination = staging / "alertmanager"
+    destination.mkdir(exist_ok=True)
+    (destination / "silences.json").write_text(json.dumps(silences, indent=1) + "\n")
+    return destination
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("prometheus", "pushgateway", "alertmanager"):
+        parser.add_argument(f"--{name}", metavar="URL", help=f"default: system.monitoring.{name}.url")
+    args = parser.parse_args(argv)
+    staging_dir = os.environ.get(STAGING_ENV)
+    if not staging_dir or not Path(staging_dir).is_dir():
+        print(
+            f"backup_hook_monitoring.py: {STAGING_ENV} is not set to a folder (run me as a backup hook)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        monitoring = load_config()["monitoring"]
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    staging = Path(staging_dir)
+    steps = (
+        ("prometheus", prometheus_snapshot),
+        ("pushgateway", pushgateway_state),
+        ("alertmanager", alertmanager_silences),
+    )
+    try:
+        for name, step in steps:
+            url = getattr(args, name) or (monitoring.get(name) or {}).get("url")
+            if url:
+                written = step(url.rstrip("/"), staging)
+                print(f"{name}: {written or 'nothing to save'}")
+    except HookError as exc:
+        print(f"backup_hook_monitoring.py: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

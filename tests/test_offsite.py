@@ -1,0 +1,652 @@
+"""Backups that survive the host (issue 13): off-host copies, the drill, the manifest, hooks and the disk guard.
+
+Everything real: `rclone serve sftp` on 127.0.0.1 with a user and password (started here, once per module), a crypt
+remote over it, real archives, kill -9, a small tmpfs, a real Prometheus snapshot, `make start` of a rebuilt host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+from prometheus_client.parser import text_string_to_metric_families
+from test_backup import archives, backup, make_tree, small_fs, snapshot  # noqa: F401 - small_fs is a fixture
+
+import backup_script
+from conftest import (
+    PYTHON,
+    REPO,
+    ProcessRegistry,
+    free_port,
+    http_get,
+    require_tool,
+    start_ready,
+    wait_until,
+    write_config,
+)
+from hello import offsite
+from hello.manifest import MANIFEST_NAME
+
+MANIFEST_DIR = MANIFEST_NAME.split("/")[0]
+
+
+# --- the SFTP server and the remotes ---
+
+
+@dataclass
+class Sftp:
+    root: Path  # the folder the server serves: what is on the "other host"
+    port: int
+    rclone_config: Path
+
+
+def _obscure(rclone: str, secret: str) -> str:
+    return subprocess.run([rclone, "obscure", secret], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def sftp(tmp_path_factory: pytest.TempPathFactory):
+    rclone = require_tool("rclone")
+    base = tmp_path_factory.mktemp("sftp")
+    root = base / "served"
+    root.mkdir()
+    port = free_port()
+    user, password = "hello", "pw-" + os.urandom(6).hex()
+    registry = ProcessRegistry()
+    with open(base / "serve.log", "wb") as log:
+        server = registry.start(
+            [
+                rclone,
+                "serve",
+                "sftp",
+                str(root),
+                "--user",
+                user,
+                "--pass",
+                password,
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--dir-cache-time",
+                "0s",
+            ],  # the tests change the served folder behind the server's back
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def listening() -> bool:
+        if server.poll() is not None:
+            raise AssertionError(f"rclone serve sftp exited: {(base / 'serve.log').read_text()[-2000:]}")
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_until(listening, 30, f"rclone serve sftp on port {port}")
+        config = base / "rclone.conf"
+        config.write_text(
+            f"[offsite]\ntype = sftp\nhost = 127.0.0.1\nport = {port}\nuser = {user}\n"
+            f"pass = {_obscure(rclone, password)}\n\n"
+            f"[secret]\ntype = crypt\nremote = offsite:encrypted\n"
+            f"password = {_obscure(rclone, 'crypt-' + password)}\n\n"
+            f"[down]\ntype = sftp\nhost = 127.0.0.1\nport = {free_port()}\nuser = {user}\n"
+            f"pass = {_obscure(rclone, password)}\n"
+        )
+        config.chmod(0o600)
+        yield Sftp(root, port, config)
+    finally:
+        registry.cleanup()
+
+
+def setup(tmp_path: Path, sftp: Sftp, remote: str | None, *, source: Path | None = None, **backup) -> dict:
+    """A source tree, a destination and a config using the remote; returns the paths."""
+    if source is None:
+        source = tmp_path / "src"
+        source.mkdir()
+        make_tree(source)
+    destination = tmp_path / "backups"
+    overrides = {
+        "monitoring": {"pushgateway": {"url": None}},
+        "backup": {
+            "source": str(source),
+            "destination": str(destination),
+            "timezone": "UTC",
+            "exclude": [".git", "__pycache__", "*.log"],
+            "offsite": {"remote": remote, "rclone_config": str(sftp.rclone_config)},
+            **backup,
+        },
+    }
+    config = write_config(tmp_path / "cfg", overrides)
+    return {"source": source, "destination": destination, "config": config, "run": tmp_path / "cfg" / "run"}
+
+
+def metrics(run_dir: Path, job: str) -> dict[str, float]:
+    text = (run_dir / "metrics" / f"{job}.prom").read_text()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def served(sftp: Sftp, folder: str) -> dict[str, Path]:
+    """What the SFTP server holds in a folder: name -> path."""
+    directory = sftp.root / folder
+    return {p.name: p for p in directory.iterdir()} if directory.is_dir() else {}
+
+
+def group_members(pgid: int) -> list[int]:
+    """PIDs of the live processes in a process group (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    found.append(int(entry.name))
+    return found
+
+
+def final_names_check_out(files: dict[str, Path]) -> None:
+    """Every final-named archive on the server has its sidecar and matches it byte for byte."""
+    for name, path in files.items():
+        if backup_script.ARCHIVE_RE.match(name):
+            sidecar = files.get(name + ".sha256")
+            assert sidecar is not None, f"{name} on the remote without its sidecar"
+            expected = sidecar.read_text().split()[0]
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == expected, f"{name} on the remote is corrupt"
+
+
+# --- round trip ---
+
+
+@pytest.mark.parametrize("kind", ["sftp", "crypt", "path"])
+def test_round_trip_create_offsite_restore_is_byte_exact(tmp_path: Path, sftp: Sftp, kind: str) -> None:
+    folder = f"trip-{kind}"
+    remote = {"sftp": f"offsite:{folder}", "crypt": f"secret:{folder}", "path": str(tmp_path / "usb-disk")}[kind]
+    env = setup(tmp_path, sftp, remote)
+    before = snapshot(env["source"])
+    result = backup(env["config"], "create")
+    assert result.returncode == 0, result.stderr
+    (archive,) = archives(env["destination"])
+    assert f"copied 1 archive(s) to {remote}" in result.stdout
+
+    if kind in ("sftp", "path"):  # a plain path: a second disk, mounted
+        on_server = served(sftp, folder) if kind == "sftp" else {p.name: p for p in (tmp_path / "usb-disk").iterdir()}
+        assert sorted(on_server) == [archive.name, archive.name + ".sha256"]
+        assert on_server[archive.name].read_bytes() == archive.read_bytes()
+    else:  # encrypted: neither the names nor the bytes are readable on the server
+        stored = [p for p in (sftp.root / "encrypted").rglob("*") if p.is_file()]
+        assert len(stored) == 2 and not any("hello-world" in p.name for p in stored)
+        assert not any(archive.read_bytes()[:4096] in p.read_bytes() for p in stored)
+    offsite_metrics = metrics(env["run"], "hello_world_backup_offsite")
+    assert offsite_metrics["hello_world_backup_offsite_success"] == 1
+    assert offsite_metrics["hello_world_backup_offsite_size_bytes"] == archive.stat().st_size
+    assert offsite_metrics["hello_world_backup_offsite_last_success_timestamp_seconds"] > time.time() - 120
+
+    listing = backup(env["config"], "list", "--offsite", "--json")
+    assert listing.returncode == 0, listing.stderr
+    assert [(row["name"], row["size"], row["has_checksum"]) for row in json.loads(listing.stdout)] == [
+        (archive.name, archive.stat().st_size, True)
+    ]
+    verified = backup(env["config"], "verify", "--offsite")
+    assert verified.returncode == 0 and f"OK   {remote}/{archive.name}" in verified.stdout, verified.stdout
+
+    archive.unlink()  # the host lost its disk: only the remote has it
+    archive.with_name(archive.name + ".sha256").unlink()
+    target = tmp_path / "restored"
+    restored = backup(env["config"], "restore", "--offsite", archive.name, "--target", str(target))
+    assert restored.returncode == 0, restored.stderr
+    excluded = re.compile(r"(^|/)(\.git|__pycache__)(/|$)|\.log$")
+    assert snapshot(target, skip=(MANIFEST_DIR,)) == {k: v for k, v in before.items() if not excluded.search(k)}
+    assert not list(env["run"].glob("offsite-download-*")), "the private download folder is removed"
+
+
+def test_restore_offsite_of_a_missing_name_fails_and_changes_nothing(tmp_path: Path, sftp: Sftp) -> None:
+    env = setup(tmp_path, sftp, "offsite:missing")
+    target = tmp_path / "target"
+    result = backup(
+        env["config"], "restore", "--offsite", "hello-world-20200101T000000Z.tar.gz", "--target", str(target)
+    )
+    assert result.returncode == 1 and "no such archive on the remote" in result.stderr
+    assert not target.exists()
+    bad = backup(env["config"], "restore", "--offsite", "../etc/passwd", "--target", str(target))
+    assert bad.returncode == 2 and "not an archive name" in bad.stderr
+
+
+# --- interruptions and damage ---
+
+
+def test_kill_9_during_upload_leaves_no_bad_final_file_and_the_next_run_completes(tmp_path: Path, sftp: Sftp) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "random.bin").write_bytes(random.Random(13).randbytes(3_000_000))  # incompressible: a 3 MB archive
+    folder = "killed"
+    env = setup(tmp_path, sftp, f"offsite:{folder}", source=source)
+    slow = {**os.environ, "HELLO_CONFIG": str(env["config"]), "RCLONE_BWLIMIT": "3M"}  # about a second per upload
+
+    def partial_at_least(share: float):
+        def check() -> bool:
+            for name, path in served(sftp, folder).items():
+                if backup_script.PARTIAL_RE.match(name) and name.endswith(".tar.gz.partial"):
+                    size = path.stat().st_size
+                    return size >= share * 3_000_000 and (share == 0 or size > 0)
+            return False
+
+        return check
+
+    for point, share in (("as the upload starts", 0.0), ("half way", 0.5), ("near the end", 0.9)):
+        proc = subprocess.Popen(
+            [PYTHON, str(REPO / "backup_script.py"), "create"],
+            env=slow,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_until(partial_at_least(share), 60, f"an upload {point}", interval=0.01)
+            os.kill(proc.pid, signal.SIGKILL)  # the script only: its rclone must die with it (PR_SET_PDEATHSIG)
+            proc.wait()
+            wait_until(lambda pgid=proc.pid: not group_members(pgid), 30, "rclone to die with the killed backup")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        final_names_check_out(served(sftp, folder))
+    local = archives(env["destination"])
+    assert len(local) == 3, "each killed run left its local archive"
+
+    result = backup(env["config"], "create")
+    assert result.returncode == 0, result.stderr
+    files = served(sftp, folder)
+    final_names_check_out(files)
+    assert not [name for name in files if name.endswith(".partial")], "the leftovers are removed"
+    assert {a.name for a in archives(env["destination"])} <= set(files), "the archives the remote lacked are copied"
+    assert backup(env["config"], "verify", "--offsite").returncode == 0
+
+
+def test_one_flipped_byte_on_the_remote_fails_verify_naming_the_file(tmp_path: Path, sftp: Sftp) -> None:
+    env = setup(tmp_path, sftp, "offsite:flipped")
+    assert backup(env["config"]).returncode == 0
+    (archive,) = archives(env["destination"])
+    stored = served(sftp, "flipped")[archive.name]
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    for args in (("verify", "--offsite"), ("verify", "--offsite", archive.name)):
+        result = backup(env["config"], *args)
+        assert result.returncode == 1
+        assert f"FAIL offsite:flipped/{archive.name}: checksum mismatch" in result.stdout, result.stdout
+    assert backup(env["config"], "verify").returncode == 0, "the local archive is fine"
+
+
+def test_unreachable_remote_keeps_the_local_archive_and_metrics_say_offsite_failed(tmp_path: Path, sftp: Sftp) -> None:
+    env = setup(tmp_path, sftp, "down:nowhere")
+    environment = {**os.environ, "HELLO_CONFIG": str(env["config"]), "RCLONE_LOW_LEVEL_RETRIES": "1"}
+    result = subprocess.run(
+        [PYTHON, str(REPO / "backup_script.py"), "create"], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert "off-host copy to down:nowhere failed" in result.stderr and "local archives are kept" in result.stderr
+    (archive,) = archives(env["destination"])
+    assert backup(env["config"], "verify", str(archive)).returncode == 0
+    assert metrics(env["run"], "hello_world_backup")["hello_world_backup_success"] == 1
+    failed = metrics(env["run"], "hello_world_backup_offsite")
+    assert failed["hello_world_backup_offsite_success"] == 0
+    assert "hello_world_backup_offsite_last_success_timestamp_seconds" not in failed
+
+
+# --- retention on the remote ---
+
+
+def test_retention_on_the_remote_over_100_simulated_days(tmp_path: Path, sftp: Sftp, request) -> None:
+    keep = {"daily": 7, "weekly": 4, "monthly": 6}
+    env = setup(tmp_path, sftp, "offsite:retention", keep=keep)
+    assert backup(env["config"]).returncode == 0
+    (real,) = archives(env["destination"])
+    config = backup_script.load_config(env["config"])
+    connection = backup_script.configured_remote(config)
+    remote = connection.__enter__()
+    request.addfinalizer(lambda: connection.__exit__(None, None, None))
+    folder = sftp.root / "retention"
+    for path in folder.iterdir():
+        path.unlink()
+    (folder / "notes.txt").write_text("not ours\n")
+    (folder / "hello-world-backup-plan.tar.gz").write_text("not our naming\n")
+    start = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
+    placed: list[backup_script.Archive] = []
+    for day in range(100):
+        when = start + timedelta(days=day, minutes=random.Random(day).randint(0, 90))
+        name = backup_script.archive_name(when)
+        shutil.copyfile(real, folder / name)  # as a completed upload leaves it
+        (folder / f"{name}.sha256").write_text(f"{hashlib.sha256(real.read_bytes()).hexdigest()}  {name}\n")
+        placed.append(backup_script.Archive(Path(name), when))
+        offsite.prune(remote, backup_script.NAMING, backup_script._keep(config), dry_run=False)
+        expected = {p.name for p in backup_script.plan_retention(placed, keep, UTC)}
+        names = {p.name for p in folder.iterdir()}
+        assert {n for n in names if backup_script.ARCHIVE_RE.match(n)} == expected, f"day {day}"
+        assert {n + ".sha256" for n in expected} <= names, f"day {day}: a kept archive lost its sidecar"
+    assert len(expected) <= 7 + 4 + 6 and name in expected
+    assert {"notes.txt", "hello-world-backup-plan.tar.gz"} <= {p.name for p in folder.iterdir()}
+
+    config["backup"]["keep"] = {"daily": 0, "weekly": 0, "monthly": 0}
+    offsite.prune(remote, backup_script.NAMING, backup_script._keep(config), dry_run=False)
+    left = sorted(p.name for p in folder.iterdir() if backup_script.ARCHIVE_RE.match(p.name))
+    assert left == [name], "never the newest good copy"
+
+
+# --- the drill ---
+
+
+def _tampered(archive: Path, member: str) -> bytes:
+    """The archive with one file's content changed but its manifest as it was."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(archive, "r:gz") as old,
+        gzip.GzipFile(fileobj=out, mode="wb") as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as new,
+    ):
+        for info in old:
+            data = old.extractfile(info) if info.isreg() else None
+            if info.name == member:
+                content = data.read()
+                data = io.BytesIO(bytes([content[0] ^ 0x20]) + content[1:])
+            new.addfile(info, data)
+    return out.getvalue()
+
+
+def test_drill_passes_then_fails_when_a_restored_file_differs(tmp_path: Path, sftp: Sftp) -> None:
+    env = setup(tmp_path, sftp, "offsite:drill")
+    assert backup(env["config"]).returncode == 0
+    (archive,) = archives(env["destination"])
+    passed = backup(env["config"], "drill")
+    assert passed.returncode == 0, passed.stderr
+    assert f"drill passed: {archive.name}" in passed.stdout
+    good = metrics(env["run"], "hello_world_backup_drill")
+    assert good["hello_world_backup_drill_success"] == 1
+    assert not any((env["run"] / "drill").iterdir()), "the scratch folder is removed"
+
+    # Archive and sidecar changed together (so checksum and restore pass): only the manifest catches it.
+    data = _tampered(archive, "hello.py")
+    digest = hashlib.sha256(data).hexdigest()
+    for folder in (env["destination"], sftp.root / "drill"):
+        (folder / archive.name).write_bytes(data)
+        (folder / f"{archive.name}.sha256").write_text(f"{digest}  {archive.name}\n")
+    assert backup(env["config"], "verify", "--offsite").returncode == 0
+    failed = backup(env["config"], "drill")
+    assert failed.returncode == 1
+    assert "hello.py: content differs (sha256)" in failed.stderr, failed.stderr
+    bad = metrics(env["run"], "hello_world_backup_drill")
+    assert bad["hello_world_backup_drill_success"] == 0
+    assert (
+        bad["hello_world_backup_drill_last_success_timestamp_seconds"]
+        == good["hello_world_backup_drill_last_success_timestamp_seconds"]
+    )
+    assert not any((env["run"] / "drill").iterdir())
+
+
+def test_drill_without_a_remote_uses_the_newest_local_archive(tmp_path: Path, sftp: Sftp) -> None:
+    env = setup(tmp_path, sftp, None)
+    assert backup(env["config"], "drill").returncode == 1  # nothing to drill yet
+    assert backup(env["config"]).returncode == 0
+    (archive,) = archives(env["destination"])
+    result = backup(env["config"], "drill")
+    assert result.returncode == 0 and f"drill passed: {archive.name}" in result.stdout, result.stderr
+    assert not (env["run"] / "metrics" / "hello_world_backup_offsite.prom").exists(), "no remote: no offsite metrics"
+
+
+# --- the manifest, hooks, the disk guard ---
+
+
+def test_manifest_lists_every_member_the_commit_and_the_config(tmp_path: Path, sftp: Sftp) -> None:
+    env = setup(tmp_path, sftp, None)
+    git = require_tool("git")
+    subprocess.run([git, "init", "-q", str(env["source"])], check=True)
+    subprocess.run(
+        [
+            git,
+            "-C",
+            str(env["source"]),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ],
+        check=True,
+    )
+    commit = subprocess.run([git, "-C", str(env["source"]), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert backup(env["config"]).returncode == 0
+    (archive,) = archives(env["destination"])
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        manifest = json.load(tar.extractfile(MANIFEST_NAME))
+    assert names[-1] == MANIFEST_NAME, "the manifest comes last, after every file was hashed"
+    assert manifest["commit"] == commit.stdout.strip()
+    assert manifest["config"] == env["config"].read_text() and manifest["config_file"] == str(env["config"])
+    listed = {entry["name"]: entry for entry in manifest["entries"]}
+    assert set(listed) == set(names) - {MANIFEST_NAME}
+    data = listed["sub/data.bin"]
+    source_file = env["source"] / "sub" / "data.bin"
+    assert (data["type"], data["size"], data["mode"]) == ("file", source_file.stat().st_size, 0o644)
+    assert data["sha256"] == hashlib.sha256(source_file.read_bytes()).hexdigest()
+    assert listed["link-to-hello"] == {"name": "link-to-hello", "mode": 0o777, "type": "symlink", "target": "hello.py"}
+
+
+def test_a_failing_hook_fails_the_run_before_anything_is_written(tmp_path: Path, sftp: Sftp) -> None:
+    hooks = {"before": ['echo kept > "$HELLO_BACKUP_STAGING/first.txt"', "echo 'dump refused' >&2; exit 3"]}
+    env = setup(tmp_path, sftp, None, hooks=hooks)
+    result = backup(env["config"])
+    assert result.returncode == 1
+    assert "system.backup.hooks.before[2] \"echo 'dump refused' >&2; exit 3\" failed (exit 3): dump refused" in (
+        result.stderr
+    ), result.stderr
+    assert not env["destination"].exists() or not list(env["destination"].iterdir())
+    assert not list(env["run"].glob("backup-staging-*")), "the staging folder is removed"
+    assert metrics(env["run"], "hello_world_backup")["hello_world_backup_success"] == 0
+
+
+def test_the_disk_guard_refuses_at_once_on_a_small_tmpfs(tmp_path: Path, sftp: Sftp, small_fs: Path) -> None:  # noqa: F811
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "big.bin").write_bytes(random.Random(5).randbytes(3_000_000))
+    env = setup(tmp_path, sftp, None, source=source)
+    config = yaml.safe_load(env["config"].read_text())
+    config["system"]["backup"]["destination"] = str(small_fs / "backups")
+    env["config"].write_text(yaml.safe_dump(config))
+    result = backup(env["config"])
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert "\n" not in line, "one line"
+    free = int(line.split(" bytes free")[0].rsplit(" ", 1)[1])
+    assert f"{small_fs / 'backups'}: not enough free space" in line and free <= 1 << 20
+    assert "needed" in line and int(line.split(" needed")[0].rsplit(" ", 1)[1]) > 3_000_000
+    assert list((small_fs / "backups").iterdir()) == []
+    assert metrics(env["run"], "hello_world_backup")["hello_world_backup_success"] == 0
+
+
+def test_readme_hook_puts_a_prometheus_snapshot_and_pushgateway_state_into_the_archive(
+    tmp_path: Path, sftp: Sftp, processes
+) -> None:
+    prometheus_bin = require_tool("prometheus")
+    pushgateway_bin = require_tool("prometheus-pushgateway")
+    push_port = free_port()
+    store = tmp_path / "pushgateway.store"
+    push_url = f"http://127.0.0.1:{push_port}"
+    start_ready(
+        processes,
+        [
+            pushgateway_bin,
+            f"--web.listen-address=127.0.0.1:{push_port}",
+            f"--persistence.file={store}",
+            "--persistence.interval=1s",
+        ],
+        push_url,
+        tmp_path / "pushgateway.log",
+    )
+    registry = CollectorRegistry()  # a pushed metric, so the persistence file gets written
+    Gauge("hook_test", "pushed by the hook test", registry=registry).set(1)
+    push_to_gateway(push_url, job="hooktest", registry=registry)
+    wait_until(store.exists, 30, "the Pushgateway's persistence file")
+    prom_port = free_port()
+    prom_url = f"http://127.0.0.1:{prom_port}"
+    prom_config = tmp_path / "prometheus.yml"
+    prom_config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s"},
+                "scrape_configs": [{"job_name": "self", "static_configs": [{"targets": [f"127.0.0.1:{prom_port}"]}]}],
+            }
+        )
+    )
+    start_ready(
+        processes,
+        [
+            prometheus_bin,
+            f"--config.file={prom_config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+            "--web.enable-admin-api",
+        ],
+        prom_url,
+        tmp_path / "prometheus.log",
+    )
+
+    def scraped() -> bool:
+        answer = json.loads(http_get(f"{prom_url}/api/v1/query?query=up")[2])
+        return bool(answer["data"]["result"])
+
+    wait_until(scraped, 30, "Prometheus to scrape itself")
+    hook = f"{PYTHON} {REPO / 'scripts' / 'backup_hook_monitoring.py'}"
+    env = setup(tmp_path, sftp, None, hooks={"before": [hook]})
+    config = yaml.safe_load(env["config"].read_text())
+    config["system"]["monitoring"] = {"prometheus": {"url": prom_url}, "pushgateway": {"url": push_url}}
+    env["config"].write_text(yaml.safe_dump(config))
+    result = backup(env["config"])
+    assert result.returncode == 0, result.stderr
+    (archive,) = archives(env["destination"])
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    staged = [n for n in names if n.startswith(".hello-backup/staging/")]
+    assert f".hello-backup/staging/pushgateway/{store.name}" in staged
+    assert any(n.startswith(".hello-backup/staging/prometheus/") and n.endswith("/meta.json") for n in staged), staged
+    assert not list((tmp_path / "tsdb" / "snapshots").iterdir()), "the snapshot was moved out of the TSDB folder"
+    assert backup(env["config"], "drill").returncode == 0, "the staged files restore as their manifest says"
+
+
+# --- rebuilding a host ---
+
+
+def test_rebuilding_a_host_from_the_archive_and_the_git_remote(tmp_path: Path, sftp: Sftp, processes) -> None:
+    """README "Rebuilding a host", command by command: empty folder, restore, git, make start, /version."""
+    git = require_tool("git")
+    remote_repo = tmp_path / "origin.git"
+    subprocess.run([git, "clone", "-q", "--bare", str(REPO), str(remote_repo)], check=True)
+    old_host = tmp_path / "old-host"
+    subprocess.run([git, "clone", "-q", str(remote_repo), str(old_host)], check=True)
+    commit = subprocess.run(
+        [git, "-C", str(old_host), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    env = setup(
+        tmp_path,
+        sftp,
+        "offsite:rebuild",
+        source=old_host,
+        exclude=[".git", ".venv", "__pycache__", "backups", "run", ".pytest_cache", ".ruff_cache"],
+    )
+    assert backup(env["config"]).returncode == 0
+    (archive,) = archives(env["destination"])
+    shutil.rmtree(old_host)  # the host is gone; the remote and the git remote are left
+
+    new_host = tmp_path / "new-host"
+    new_host.mkdir()
+    restored = backup(env["config"], "restore", "--offsite", archive.name, "--target", str(new_host))
+    assert restored.returncode == 0, restored.stderr
+    recorded = json.loads((new_host / MANIFEST_NAME).read_text())["commit"]
+    assert recorded == commit
+    for args in (
+        ["init", "-q"],
+        ["remote", "add", "origin", str(remote_repo)],
+        ["fetch", "-q", "origin"],
+        ["reset", "-q", recorded],
+    ):
+        subprocess.run([git, "-C", str(new_host), *args], check=True)
+    port = free_port()
+    clean_env = {k: v for k, v in os.environ.items() if k not in ("HELLO_CONFIG", "MAKEFLAGS", "MAKELEVEL")}
+    make = [require_tool("make"), "-C", str(new_host), f"VENV={REPO / '.venv'}"]
+    started = subprocess.run(
+        [*make, "start", f"PORT={port}"], env=clean_env, capture_output=True, text=True, timeout=60
+    )
+    pidfile = new_host / "run" / "hello_world.pid"
+    if pidfile.exists():
+        processes.adopt(int(pidfile.read_text()))
+    assert started.returncode == 0, started.stdout + started.stderr
+    status, _, body = http_get(f"http://127.0.0.1:{port}/version")
+    assert status == 200 and json.loads(body)["commit"] == commit
+    stopped = subprocess.run([*make, "stop"], env=clean_env, capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+
+
+# --- rclone itself ---
+
+
+def test_the_installed_rclone_offers_every_call_offsite_makes(tmp_path: Path) -> None:
+    require_tool("rclone")
+    with offsite.connect(str(tmp_path)) as remote:
+        offered = {command["Path"] for command in remote.daemon.call("rc/list")["commands"]}
+        (tmp_path / "f").write_text("x\n")
+        assert remote.files() == {"f": 2}
+        assert "sha256" in remote.hash_kinds and remote.remote_hash("f", "sha256") == hashlib.sha256(b"x\n").hexdigest()
+        assert remote.sha256("f") == hashlib.sha256(b"x\n").hexdigest()  # --rc-serve streams files
+    missing = set(offsite.RC_COMMANDS) - offered
+    assert not missing, f"rclone rcd lacks {sorted(missing)}: hello/offsite.py was written for 1.60"
+
+
+# --- config ---
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"offsite": {"remote": "relative/path"}}, "system.backup.offsite.remote: expected an rclone remote path"),
+        ({"offsite": {"remote": 7}}, "system.backup.offsite.remote: expected an rclone remote path"),
+        ({"offsite": {"remtoe": "x:"}}, "system.backup.offsite.remtoe: unknown key (did you mean 'remote'?)"),
+        ({"hooks": {"before": "echo hi"}}, "system.backup.hooks.before: expected a list of shell commands"),
+        ({"hooks": {"before": [""]}}, "system.backup.hooks.before: expected a list of shell commands"),
+    ],
+)
+def test_bad_offsite_and_hook_settings_exit_2_naming_the_key(tmp_path: Path, overrides: dict, message: str) -> None:
+    config = write_config(tmp_path, {"backup": overrides})
+    result = backup(config, "create")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_offsite_commands_without_a_remote_are_usage_errors(tmp_path: Path, sftp: Sftp) -> None:
+    env = setup(tmp_path, sftp, None)
+    for args in (("list", "--offsite"), ("verify", "--offsite"), ("restore", "--offsite", "x", "--target", "t")):
+        result = backup(env["config"], *args)
+        assert result.returncode == 2 and "system.backup.offsite.remote is null" in result.stderr, result.stderr
+
+
+def test_offsite_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"backup": {"offsite": {"remote": "/mnt/usb/hello", "rclone_config": "rc.conf"}}})
+    loaded = backup_script.load_config(config)["backup"]["offsite"]
+    assert loaded == {"remote": "/mnt/usb/hello", "rclone_config": str(tmp_path / "rc.conf")}
