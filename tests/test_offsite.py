@@ -28,7 +28,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
-from test_backup import archives, backup, make_tree, small_fs, snapshot  # noqa: F401 - small_fs is a fixture
+from test_backup import archives, backup, make_tree, snapshot
 
 import backup_script
 from conftest import (
@@ -38,6 +38,7 @@ from conftest import (
     free_port,
     http_get,
     require_tool,
+    start_alertmanager,
     start_ready,
     wait_until,
     write_config,
@@ -463,7 +464,7 @@ def test_a_failing_hook_fails_the_run_before_anything_is_written(tmp_path: Path,
     assert metrics(env["run"], "hello_world_backup")["hello_world_backup_success"] == 0
 
 
-def test_the_disk_guard_refuses_at_once_on_a_small_tmpfs(tmp_path: Path, sftp: Sftp, small_fs: Path) -> None:  # noqa: F811
+def test_the_disk_guard_refuses_at_once_on_a_small_tmpfs(tmp_path: Path, sftp: Sftp, small_fs: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
     (source / "big.bin").write_bytes(random.Random(5).randbytes(3_000_000))
@@ -537,7 +538,13 @@ def test_readme_hook_puts_a_prometheus_snapshot_and_pushgateway_state_into_the_a
     hook = f"{PYTHON} {REPO / 'scripts' / 'backup_hook_monitoring.py'}"
     env = setup(tmp_path, sftp, None, hooks={"before": [hook]})
     config = yaml.safe_load(env["config"].read_text())
-    config["system"]["monitoring"] = {"prometheus": {"url": prom_url}, "pushgateway": {"url": push_url}}
+    system = backup_script.load_config(env["config"])
+    am_url = start_alertmanager(processes, tmp_path / "alertmanager", system, free_port())
+    config["system"]["monitoring"] = {
+        "prometheus": {"url": prom_url},
+        "pushgateway": {"url": push_url},
+        "alertmanager": {"url": am_url},
+    }
     env["config"].write_text(yaml.safe_dump(config))
     result = backup(env["config"])
     assert result.returncode == 0, result.stderr
@@ -546,6 +553,7 @@ def test_readme_hook_puts_a_prometheus_snapshot_and_pushgateway_state_into_the_a
         names = tar.getnames()
     staged = [n for n in names if n.startswith(".hello-backup/staging/")]
     assert f".hello-backup/staging/pushgateway/{store.name}" in staged
+    assert ".hello-backup/staging/alertmanager/silences.json" in staged
     assert any(n.startswith(".hello-backup/staging/prometheus/") and n.endswith("/meta.json") for n in staged), staged
     assert not list((tmp_path / "tsdb" / "snapshots").iterdir()), "the snapshot was moved out of the TSDB folder"
     assert backup(env["config"], "drill").returncode == 0, "the staged files restore as their manifest says"

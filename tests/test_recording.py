@@ -63,10 +63,20 @@ def config_for(folder: Path, source: Path, destination: Path, *, run_dir: Path |
     return write_config(folder / "cfg", overrides)
 
 
-def source_tree(folder: Path) -> Path:
+def source_tree(folder: Path, size: int = 20_000) -> Path:
     folder.mkdir()
-    (folder / "data.bin").write_bytes(random.Random(9).randbytes(20_000))
+    (folder / "data.bin").write_bytes(random.Random(9).randbytes(size))  # random: the archive is as large
     return folder
+
+
+def small_last_archive(destination: Path) -> None:
+    """An old 100-byte archive: the disk guard expects the next one that small, and lets it run into a full disk."""
+    destination.mkdir(mode=0o700, exist_ok=True)
+    (destination / "hello-world-20200101T000000Z.tar.gz").write_bytes(b"x" * 100)
+
+
+def new_archives(destination: Path) -> list[str]:
+    return sorted(p.name for p in destination.iterdir() if not p.name.startswith("hello-world-2020"))
 
 
 def test_a_backup_failing_at_its_lock_on_a_full_disk_is_pushed(tmp_path: Path, small_fs: Path, processes) -> None:
@@ -87,33 +97,36 @@ def test_a_backup_failing_at_its_lock_on_a_full_disk_is_pushed(tmp_path: Path, s
 
 def test_a_backup_failing_at_its_archive_on_a_full_disk_is_pushed(tmp_path: Path, small_fs: Path, processes) -> None:
     url = start_pushgateway(processes, tmp_path)
-    config = config_for(tmp_path, source_tree(tmp_path / "src"), small_fs / "backups", pushgateway=url)
-    fill(small_fs)
+    small_last_archive(small_fs / "backups")
+    config = config_for(tmp_path, source_tree(tmp_path / "src", 200_000), small_fs / "backups", pushgateway=url)
+    fill(small_fs, leave_pages=20)  # room enough for the disk guard's estimate, not for the archive
     result = run("backup_script.py", config)
     assert result.returncode == 1 and "No space left on device" in result.stderr, result.stderr
     assert pushed(url, "hello_world_backup")["hello_world_backup_success"] == 0
     textfile = (tmp_path / "cfg" / "run" / "metrics" / "hello_world_backup.prom").read_text()
     assert "hello_world_backup_success 0.0" in textfile
-    assert sorted(p.name for p in (small_fs / "backups").iterdir()) == []
+    assert new_archives(small_fs / "backups") == []
 
 
 def test_a_backup_failing_at_its_sidecar_on_a_full_disk_is_pushed(tmp_path: Path, small_fs: Path, processes) -> None:
-    source = source_tree(tmp_path / "src")
-    measured = config_for(tmp_path / "measure", source, tmp_path / "measure" / "backups")
-    assert run("backup_script.py", measured).returncode == 0
-    (archive,) = archives(tmp_path / "measure" / "backups")
-    pages = -(-archive.stat().st_size // PAGE)  # the same tree makes an archive of the same size
-
+    source = source_tree(tmp_path / "src", 100_000)  # its archive is larger than the disk guard's margin
     url = start_pushgateway(processes, tmp_path)
     destination = small_fs / "backups"
-    destination.mkdir(mode=0o700)
+    small_last_archive(destination)
     config = config_for(tmp_path, source, destination, pushgateway=url)
+    # The same tree and config make an archive of the same size (its manifest too): measure it, remove it.
+    assert run("backup_script.py", config).returncode == 0
+    (archive,) = [path for path in archives(destination) if path.name in new_archives(destination)]
+    pages = -(-archive.stat().st_size // PAGE)
+    archive.unlink()
+    backup_script.sidecar_path(archive).unlink()
+
     fill(small_fs, leave_pages=pages)  # room for the archive, not one page more
     result = run("backup_script.py", config)
     assert result.returncode == 1, result.stderr
     assert re.search(r"writing \S+\.sha256\.partial: No space left on device", result.stderr), result.stderr
     assert pushed(url, "hello_world_backup")["hello_world_backup_success"] == 0
-    assert sorted(p.name for p in destination.iterdir()) == [], "no partial archive or sidecar left"
+    assert new_archives(destination) == [], "no partial archive or sidecar left"
 
 
 def test_a_failing_prune_fails_the_run_and_is_pushed(tmp_path: Path, processes, monkeypatch) -> None:
