@@ -51,6 +51,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end update (a whole nested suite) first: under xdist one worker runs it beside all the rest."""
+    items.sort(key=lambda item: item.get_closest_marker("update_e2e") is None)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
