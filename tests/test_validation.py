@@ -105,6 +105,7 @@ class Deployment:
     backups: Path
     registry: ProcessRegistry
     prometheus_server: Prometheus | None = None
+    alertmanager: str = ""
 
     def validate(self, *args: str) -> tuple[int, dict[str, tuple[str, str]]]:
         """Run the checkout's validation_test.py --json; (exit code, {check function name: (status, detail)})."""
@@ -203,6 +204,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             registry, root / "alertmanager", load_config(checkout / "config.yaml"), alertmanager_port
         )
         node = start_node_exporter(registry, root, root / "run" / "metrics", node_port)
+        deployment.alertmanager = alertmanager
         deployment.prometheus_server = start_prometheus(
             registry,
             root,
@@ -333,6 +335,8 @@ def test_prometheus_scraping_a_wrong_port_fails_the_target_check(deployment: Dep
             15,
             "Prometheus to scrape the wrong port",
         )
+        # A reload restarts Prometheus's rule groups: the Watchdog is sent again within the resend delay.
+        wait_until(lambda: watchdog_in(deployment.alertmanager), 30, "the Watchdog back in Alertmanager")
         code, results = deployment.validate()
         # The dashboard loses its request series with the target; HelloWorldDown may begin to fire.
         assert_only_failing(results, {"check_target"}, frozenset({"check_dashboard", "check_alerts"}))
