@@ -41,7 +41,7 @@ DEFAULT_PATH = Path(__file__).resolve().with_name("config.yaml")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
 # Hostile or broken files are refused before they can cost time or memory (a YAML alias bomb of 496 bytes
 # expands to billions of values): the shipped file is about 2 KiB and 90 values.
-MAX_CONFIG_BYTES = 32 << 10
+MAX_CONFIG_BYTES = 64 << 10
 MAX_YAML_VALUES = 10_000  # scalars, lists and mappings, every alias counted as what it stands for
 
 
