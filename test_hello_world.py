@@ -33,6 +33,9 @@ PROJECT_FILES = (
     "requirements-dev.txt",
     "scripts/service.py",
     "hello_jobs.py",
+    "hello/__init__.py",
+    "hello/protocol.py",
+    "hello/logfile.py",
 )
 
 
@@ -368,6 +371,7 @@ def checkout(tmp_path: Path, processes) -> dict:
     work = tmp_path / "checkout"
     work.mkdir()
     (work / "scripts").mkdir()
+    (work / "hello").mkdir()
     for name in PROJECT_FILES:
         shutil.copy2(REPO / name, work / name)  # copy2 keeps mtimes: make sees the venv as up to date
     (work / ".venv").symlink_to(REPO / ".venv")

@@ -51,7 +51,7 @@ def start(config: dict, files: RunFiles, server_args: list[str]) -> int:
     files.run_dir.mkdir(parents=True, exist_ok=True)
     with open(files.logfile, "ab") as logfile:
         proc = subprocess.Popen(
-            [sys.executable, str(REPO_DIR / "hello_world.py"), *server_args],
+            [sys.executable, str(REPO_DIR / "hello_world.py"), *server_args, "--log-file", str(files.logfile)],
             stdin=subprocess.DEVNULL,
             stdout=logfile,
             stderr=subprocess.STDOUT,
