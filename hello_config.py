@@ -190,6 +190,7 @@ SCHEMA: Schema = {
             "drain_timeout": (parse_duration, "10s"),
             "reload_timeout": (parse_duration, "30s"),
             "body_timeout": (parse_duration, "10s"),  # longest wait between two reads of a request body
+            "write_timeout": (parse_duration, "30s"),  # answers left unread this long: the connection is dropped
             "max_header_count": (_int_at_least(1, 10000), 100),  # headers in one request, else 431
             "log_max_size": (parse_size, "10MiB"),  # background log: rotated past this; 0: never (logrotate)
             "log_keep": (_int_at_least(1, 1000), 5),  # rotated logs kept: hello_world.log.1 ... .N

@@ -193,6 +193,7 @@ def worker_main(listen_fd: int, ready_fd: int) -> int:
         direct=None if server_config["access_log"] else DirectAnswers(app.static),
         header_timeout=server_config["header_timeout"],
         body_timeout=server_config["body_timeout"],
+        write_timeout=server_config["write_timeout"],
         max_header_count=server_config["max_header_count"],
         max_connections=connection_limit(),
     )

@@ -22,7 +22,8 @@ What it adds to uvicorn, per connection:
   request resets, not stray bytes (a lone CRLF).
 - Limits: header count and bytes checked as each header arrives (431 before the worker holds more), pending
   header bytes on the wire; idle connections are closed first when the worker nears its file limit.
-- Back-pressure: reading pauses while the transport's write buffer is over its high-water mark.
+- Back-pressure: reading pauses while the transport's write buffer is over its high-water mark (a big read
+  is parsed in slices, the rest held), and a client that leaves its answers unread for write_timeout is dropped.
 - Upgrade requests are answered as plain HTTP and what is pipelined behind them is parsed on.
 - Warnings a client can cause (malformed requests, the file limit) are rate-limited.
 """
@@ -49,12 +50,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 TESTED_WITH = {"uvicorn": "0.54.0", "httptools": "0.9.0", "prometheus-client": "0.26.0"}
 
 MAX_HEADER_BYTES = 32 * 1024  # a request line and headers, as nginx's default large_client_header_buffers
+READ_SLICE = 16 * 1024  # a read is parsed in slices this big, so a paused write stops the answers soon
 MAX_PENDING_HEADER_BYTES = 64 * 1024  # wire bytes of headers that never end, beyond the read they began in
 FILE_RESERVE = 32  # descriptors kept free beyond those at start (metric files, logs, pipes, libuv's spare)
 WARNING_INTERVAL = 60.0  # seconds: one line per kind of client-caused warning, then a count
 
 IDLE, HEADERS, BODY = "idle", "headers", "body"  # where a connection is in its current request
-HTTP09_LINE = re.compile(rb"(?:^|\n)[A-Z]+ \S+\r?\n?$")  # a request line without a version, at the end of a read
+HTTP09_LINE = re.compile(rb"(?:^|\n)[A-Z]+ \S+(?:\r\n?|\n)$")  # a request line without a version, at the end of a read
 
 log = logging.getLogger("hello_world.protocol")
 
@@ -187,6 +189,7 @@ class ProtocolSettings:
     direct: DirectAnswers | None  # None: every request goes through the app (the access log needs that)
     header_timeout: float
     body_timeout: float
+    write_timeout: float
     max_header_count: int
     max_connections: int
     warnings: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
@@ -211,6 +214,8 @@ class HelloProtocol(HttpToolsProtocol):
         self.pending_bytes = self.header_bytes = self.body_bytes = 0
         self.request_timer: asyncio.TimerHandle | None = None
         self.timer_body_bytes = 0
+        self.held = b""  # read but not parsed yet: the client is not reading its answers
+        self.write_timer: asyncio.TimerHandle | None = None
 
     # the connection
 
@@ -223,6 +228,8 @@ class HelloProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_request_timer()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
         super().connection_lost(exc)
 
     def arm_keep_alive(self) -> None:
@@ -257,24 +264,45 @@ class HelloProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         self.flow.pause_reading()  # a client that does not read its answers gets no more of them made
+        # uvicorn resumes reading after each ASGI answer; data_received holds what it reads meanwhile.
+        self.write_timer = self.loop.call_later(self.settings.write_timeout, self.write_timed_out)
+
+    def write_timed_out(self) -> None:
+        self.settings.warnings.warning("unread", "dropped a connection whose answers went unread too long")
+        self.transport.abort()  # close() would wait for the unread answers to be sent: forever
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
         if not self.pipeline:  # uvicorn pauses reading for pipelined requests too: it resumes those itself
             self.flow.resume_reading()
+        if self.held and not self.transport.is_closing():
+            self.data_received(b"")
 
     # bytes in
 
     def data_received(self, data: bytes) -> None:
+        """Parse a read; a big one (pipelined requests) in slices, holding the rest while writes wait."""
+        if self.held:  # uvicorn resumed reading (after an ASGI answer) before the held bytes were parsed
+            data, self.held = self.held + data, b""
+        while len(data) > READ_SLICE and not self.transport.is_closing():
+            self.parse(data[:READ_SLICE])
+            data = data[READ_SLICE:]
+            if self.flow.write_paused:
+                self.held = data  # parsed when the client has read enough of its answers (resume_writing)
+                self.flow.pause_reading()
+                self._unset_keepalive_if_required()  # not idle: write_timeout watches it now
+                return
+        if not self.transport.is_closing():
+            self.parse(data)
+
+    def parse(self, data: bytes) -> None:
         # uvicorn's data_received, except: only a request (on_message_begin) stops the keep-alive timer, not
         # any bytes; warnings are rate-limited; an upgrade request is answered as plain HTTP and parsing goes on.
-        if self.flow.write_paused:
-            self.flow.pause_reading()  # uvicorn resumes reading after an ASGI answer; not while writes wait
-        if self.phase == HEADERS:  # headers that keep coming: bound what the parser buffers for them
+        if self.phase == HEADERS:  # on_message_begin resets it: the bytes of reads since the headers began
             self.pending_bytes += len(data)
-            if self.pending_bytes > MAX_PENDING_HEADER_BYTES:
-                self.reject(431, "Request Header Fields Too Large")
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -286,6 +314,9 @@ class HelloProtocol(HttpToolsProtocol):
             else:
                 self.settings.warnings.warning("malformed", "invalid HTTP request received: %s", exc)
                 self.send_400_response("Invalid HTTP request received.")
+            return
+        if self.phase == HEADERS and self.pending_bytes > MAX_PENDING_HEADER_BYTES:
+            self.reject(431, "Request Header Fields Too Large")  # a header that never ends: llhttp buffers it
             return
         # Most requests arrive whole; only an unfinished one starts a clock (a timer per request costs).
         if self.phase != IDLE and self.request_timer is None and not self.transport.is_closing():
