@@ -2,7 +2,7 @@
 
 Run it:
 
-    python hello_world.py [--host H] [--port N] [--workers N]     # foreground (make run)
+    python hello_world.py [--host H] [--port N] [--workers N] [--log-file PATH]    # foreground (make run)
 
 In the background (make start, stop, status, reload) it is run by scripts/service.py.
 
@@ -12,6 +12,8 @@ How it is built: a small supervisor process binds the listening socket and
 runs N worker processes that share it. Each worker is uvicorn (uvloop and
 httptools) serving the plain ASGI app below, with prometheus_client in
 multiprocess mode so that /metrics sums every worker, past and present.
+hello/protocol.py extends uvicorn (direct answers, deadlines, limits,
+back-pressure) and counts requests in the shared metric files.
 
 Reload (SIGHUP, `make reload`): the supervisor starts a new generation of
 workers from the code now on disk and waits until each says it is ready.
@@ -22,7 +24,7 @@ import or to get ready within reload_timeout is stopped, and the old
 generation keeps serving. SIGTERM and SIGINT drain every worker the same way.
 
 Files in system.run_dir: hello_world.pid (the supervisor), hello_world.log
-(background mode), hello_world.state.json (URL, commit, last reload result),
+(background mode: --log-file, rotated by hello/logfile.py), hello_world.state.json (URL, commit, last reload result),
 multiproc/ (the metric files of the workers, emptied at start).
 
 Exit codes: 0 success; 1 failed (the port is taken, the workers cannot start);
@@ -48,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hello.logfile import LogPipe
 from hello_config import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -58,7 +61,6 @@ from hello_config import (
     load_config,
     server_url,
 )
-from hello.logfile import LogPipe
 from hello_jobs import write_atomically
 
 VERSION = "1.0.0"
