@@ -24,8 +24,9 @@ import or to get ready within reload_timeout is stopped, and the old
 generation keeps serving. SIGTERM and SIGINT drain every worker the same way.
 
 Files in system.run_dir: hello_world.pid (the supervisor), hello_world.log
-(background mode: --log-file, rotated by hello/logfile.py), hello_world.state.json (URL, commit, last reload result),
-multiproc/ (the metric files of the workers, emptied at start).
+(background mode: --log-file, rotated by hello/logfile.py), hello_world.state.json
+(URL, commit, last reload result), multiproc/ (the metric files of the workers,
+emptied at start).
 
 Exit codes: 0 success; 1 failed (the port is taken, the workers cannot start);
 2 bad usage or config.

@@ -245,7 +245,6 @@ class HelloProtocol(HttpToolsProtocol):
                 other
                 for other in self.connections
                 if other is not self
-                and isinstance(other, HelloProtocol)
                 and (other.cycle is None or other.cycle.response_complete)
                 and not other.transport.is_closing()
             ),
