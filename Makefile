@@ -12,10 +12,10 @@ DEV_STAMP := $(VENV)/.dev-installed
 SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: help run test start stop status reload backup backup-schedule restore update validate \
-        monitor monitor-stop up down cron bench bench-backup bench-update lint check-config clean
+        monitor monitor-stop up down cron bench bench-backup bench-update bench-alerting lint k8s-render check-config clean
 
 help: ## list the targets (the default goal)
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
 
 # The venv is rebuilt only when a requirements file is newer than its stamp.
 $(RUNTIME_STAMP): requirements.txt
@@ -34,8 +34,8 @@ run: $(RUNTIME_STAMP) ## serve in the foreground on http://127.0.0.1:8000 (PORT=
 test: $(DEV_STAMP) ## run the whole test suite (exit 0 only if all pass)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-start: $(RUNTIME_STAMP) ## start the server in the background (pidfile and log in run/)
-	@$(PY) scripts/service.py start $(SERVER_ARGS)
+start: $(RUNTIME_STAMP) ## start the server in the background (pidfile and log in run/); QUIET=1: silent if it runs
+	@$(PY) scripts/service.py start $(SERVER_ARGS) $(if $(QUIET),--quiet)
 
 stop: $(RUNTIME_STAMP) ## stop the background server gracefully
 	@$(PY) scripts/service.py stop
@@ -62,14 +62,16 @@ update: $(RUNTIME_STAMP) ## run the update protocol (DRY_RUN=1 prints the plan a
 validate: $(RUNTIME_STAMP) ## check the live system (exit 0 only if no check failed)
 	@$(PY) validation_test.py $(if $(ONLY),--only $(ONLY))
 
-monitor: $(RUNTIME_STAMP) ## run Prometheus and Pushgateway from the host's binaries; prints their URLs
+monitor: $(RUNTIME_STAMP) ## run Prometheus, Alertmanager, Pushgateway, node_exporter from the host's binaries
 	@$(PY) scripts/monitor.py start
 
 monitor-stop: $(RUNTIME_STAMP) ## stop what `make monitor` started
 	@$(PY) scripts/monitor.py stop
 
-up: ## start the docker compose stack (needs a Docker engine and .env)
-	HELLO_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) docker compose up -d --build
+up: $(RUNTIME_STAMP) ## start the docker compose stack (needs a Docker engine and .env)
+	@$(PY) scripts/monitor.py render alertmanager && mkdir -p run/monitor/alertmanager-compose-data run/metrics
+	HELLO_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) HELLO_UID=$$(id -u) HELLO_GID=$$(id -g) \
+		docker compose up -d --build
 
 down: ## stop the docker compose stack
 	GF_ADMIN_PASSWORD=$${GF_ADMIN_PASSWORD:-unused} docker compose down
@@ -77,19 +79,40 @@ down: ## stop the docker compose stack
 cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml
 	@$(PY) scripts/cron.py
 
+.PHONY: systemd systemd-install systemd-uninstall bench-restart
+systemd: $(RUNTIME_STAMP) ## print the systemd units derived from config.yaml (DESTDIR=dir writes them there)
+	@$(PY) scripts/systemd.py render $(if $(DESTDIR),--destdir "$(DESTDIR)")
+
+systemd-install: $(RUNTIME_STAMP) ## install the units in /etc/systemd/system, enable and start them (DESTDIR=root: only write and enable)
+	@$(PY) scripts/systemd.py install $(if $(DESTDIR),--root "$(DESTDIR)")
+
+systemd-uninstall: $(RUNTIME_STAMP) ## stop, disable and remove the installed units (DESTDIR= as for systemd-install)
+	@$(PY) scripts/systemd.py uninstall $(if $(DESTDIR),--root "$(DESTDIR)")
+
 bench: $(DEV_STAMP) ## benchmark the server side by side with nginx (wrk); prints ratios
 	$(PY) scripts/bench_server.py $(BENCH_ARGS)
 
 bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
 	$(PY) scripts/bench_backup.py $(BENCH_ARGS)
 
+bench-restart: $(RUNTIME_STAMP) ## time the way back after a supervisor SIGKILL under load (cron's start line)
+	$(PY) scripts/bench_restart.py $(BENCH_ARGS)
+
 bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deployment
 	$(PY) scripts/bench_update.py $(BENCH_ARGS)
 
-lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint
+bench-alerting: $(DEV_STAMP) ## time from a stopped server to the webhook's HelloWorldDown notification
+	$(PY) scripts/bench_alerting.py $(BENCH_ARGS)
+
+lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint, systemd-analyze on the units, deploy/kubernetes checks
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) scripts/lint_monitoring.py
+	$(PY) scripts/systemd.py check
+	$(PY) scripts/k8s.py lint
+
+k8s-render: $(DEV_STAMP) ## regenerate deploy/kubernetes/**/generated/ from config.yaml, the alert rules and the dashboard
+	$(PY) scripts/k8s.py render
 
 check-config: $(RUNTIME_STAMP) ## check config.yaml (or HELLO_CONFIG) and print it normalised
 	@$(PY) hello_config.py

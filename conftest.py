@@ -30,6 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "scripts"))  # tests import the scripts' functions too (e.g. `import service`)
 import monitor  # noqa: E402 - scripts/monitor.py: the one source of the Prometheus config
+from hello.webhook_sink import WebhookSink  # noqa: E402, F401 - the webhook receiver of the alerting tests
 
 PYTHON = sys.executable
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -195,9 +196,9 @@ def hello_server(processes: ProcessRegistry, tmp_path: Path) -> Callable[..., He
 
 
 def start_ready(
-    registry: ProcessRegistry, args: list[str], url: str, log_path: Path, timeout: float = 30
+    registry: ProcessRegistry, args: list[str], url: str, log_path: Path, timeout: float = 30, path: str = "/-/ready"
 ) -> subprocess.Popen:
-    """Start a program logging to log_path and wait until url/-/ready answers 200; fail at once if it exits."""
+    """Start a program logging to log_path and wait until url+path answers 200; fail at once if it exits."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as out:
         proc = registry.start(args, stdout=out, stderr=subprocess.STDOUT)
@@ -205,9 +206,9 @@ def start_ready(
     def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"{args[0]} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        return http_get(url + "/-/ready", timeout=1)[0] == 200
+        return http_get(url + path, timeout=1)[0] == 200
 
-    wait_until(ready, timeout, f"{url}/-/ready")
+    wait_until(ready, timeout, url + path)
     return proc
 
 
@@ -220,6 +221,10 @@ def start_pushgateway(registry: ProcessRegistry, directory: Path, port: int | No
     return url
 
 
+def netloc(url: str | None) -> str | None:
+    return urllib.parse.urlsplit(url).netloc if url else None
+
+
 def write_prometheus_config(
     path: Path,
     scrape_interval: float,
@@ -227,15 +232,18 @@ def write_prometheus_config(
     pushgateway_url: str | None,
     prometheus_port: int,
     rules_dir: Path = RULES_DIR,
+    alertmanager_url: str | None = None,
+    node_url: str | None = None,
 ) -> Path:
     """A local Prometheus config at path, built by monitor.prometheus_config (the one source)."""
-    pushgateway_target = urllib.parse.urlsplit(pushgateway_url).netloc if pushgateway_url else None
     config = monitor.prometheus_config(
         scrape_interval,
         f"127.0.0.1:{hello_port}",
-        pushgateway_target,
+        netloc(pushgateway_url),
         f"127.0.0.1:{prometheus_port}",
         [str(rules_dir / monitor.RULES_GLOB)],
+        netloc(alertmanager_url),
+        netloc(node_url),
     )
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -251,11 +259,20 @@ class Prometheus:
     scrape_interval: float
     pushgateway_url: str | None
     rules_dir: Path
+    alertmanager_url: str | None = None
+    node_url: str | None = None
 
     def reload(self, hello_port: int) -> None:
         """Rewrite the config to scrape the service on hello_port and POST /-/reload."""
         write_prometheus_config(
-            self.config_path, self.scrape_interval, hello_port, self.pushgateway_url, self.port, self.rules_dir
+            self.config_path,
+            self.scrape_interval,
+            hello_port,
+            self.pushgateway_url,
+            self.port,
+            self.rules_dir,
+            self.alertmanager_url,
+            self.node_url,
         )
         assert http_get(f"{self.url}/-/reload", method="POST")[0] == 200
 
@@ -268,20 +285,40 @@ def start_prometheus(
     scrape_interval: float,
     rules_dir: Path = RULES_DIR,
     port: int | None = None,
+    alertmanager_url: str | None = None,
+    node_url: str | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Prometheus:
     """A ready Prometheus (lifecycle API on, for reload) with its config and data in directory."""
     binary = require_tool("prometheus")
     port = port or free_port()
     prometheus = Prometheus(
-        f"http://127.0.0.1:{port}", port, directory / "prometheus.yml", scrape_interval, pushgateway_url, rules_dir
+        f"http://127.0.0.1:{port}",
+        port,
+        directory / "prometheus.yml",
+        scrape_interval,
+        pushgateway_url,
+        rules_dir,
+        alertmanager_url,
+        node_url,
     )
-    write_prometheus_config(prometheus.config_path, scrape_interval, hello_port, pushgateway_url, port, rules_dir)
+    write_prometheus_config(
+        prometheus.config_path,
+        scrape_interval,
+        hello_port,
+        pushgateway_url,
+        port,
+        rules_dir,
+        alertmanager_url,
+        node_url,
+    )
     args = [
         binary,
         f"--config.file={prometheus.config_path}",
         f"--storage.tsdb.path={directory / 'prometheus-data'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--web.enable-lifecycle",
+        *extra_args,
     ]
     start_ready(registry, args, prometheus.url, directory / "prometheus.log")
     return prometheus
@@ -293,3 +330,45 @@ def prometheus_query(url: str, expr: str, timeout: float = 5.0) -> list[dict[str
     answer = json.loads(body)
     assert status == 200 and answer["status"] == "success", f"{expr}: {body[:300]!r}"
     return answer["data"]["result"]
+
+
+# --- Alertmanager, node_exporter and the receivers they deliver to (issue 12) ---
+
+
+def start_node_exporter(registry: ProcessRegistry, directory: Path, textfile_dir: Path, port: int | None = None) -> str:
+    """A ready node_exporter on port (a free one by default) reading textfile_dir (the run dir's metrics/); its URL."""
+    binary = require_tool("prometheus-node-exporter")
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    textfile_dir.mkdir(parents=True, exist_ok=True)
+    args = [binary, f"--web.listen-address=127.0.0.1:{port}", f"--collector.textfile.directory={textfile_dir}"]
+    start_ready(registry, args, url, directory / "node_exporter.log", path="/metrics")  # 1.5 has no /-/ready
+    return url
+
+
+def start_alertmanager(registry: ProcessRegistry, directory: Path, system: dict[str, Any], port: int) -> str:
+    """A ready Alertmanager on port with the config hello/alerting.py renders from system; its URL."""
+    from hello import alerting
+
+    binary = require_tool("prometheus-alertmanager")
+    url = f"http://127.0.0.1:{port}"
+    directory.mkdir(parents=True, exist_ok=True)
+    config = alerting.write_alertmanager_config(system, directory)
+    args = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.path={directory / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    start_ready(registry, args, url, directory / "alertmanager.log")
+    return url
+
+
+@pytest.fixture
+def webhook_sink() -> Iterator[WebhookSink]:
+    sink = WebhookSink()
+    try:
+        yield sink
+    finally:
+        sink.close()

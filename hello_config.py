@@ -127,6 +127,10 @@ def _url_or_null(value: Any) -> str | None:
     return value.rstrip("/")
 
 
+def _string_or_null(value: Any) -> str | None:
+    return None if value is None else _string(value)
+
+
 def _one_of(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -168,9 +172,43 @@ def _interval_or_null(value: Any) -> float | None:
     return seconds
 
 
+def _user_or_null(value: Any) -> str | None:
+    """A Unix account name for systemd's User= (never root: the service needs no privileges), or null."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value) or value == "root":
+        raise _Invalid(f"expected a non-root user name such as hello, or null, {_got(value)}")
+    return value
+
+
 def _path(value: Any) -> str:
     """A path; load_config resolves it against the config file's folder."""
     return _string(value)
+
+
+def _path_or_null(value: Any) -> str | None:
+    return None if value is None else _path(value)
+
+
+def _string_or_null(value: Any) -> str | None:
+    return None if value is None else _string(value)
+
+
+def _email_or_null(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[^@\s,]+@[^@\s,]+", value):
+        raise _Invalid(f"expected an e-mail address such as ops@example.com, or null, {_got(value)}")
+    return value
+
+
+def _host_port_or_null(value: Any) -> str | None:
+    if value is None:
+        return None
+    match = re.fullmatch(r"([^\s:/]+|\[[0-9a-fA-F:]+\]):(\d{1,5})", value) if isinstance(value, str) else None
+    if not match or not 1 <= int(match.group(2)) <= 65535:
+        raise _Invalid(f"expected host:port such as smtp.example.com:587, or null, {_got(value)}")
+    return value
 
 
 # --- the schema: key -> (checker, default), or key -> nested schema ---
@@ -194,6 +232,7 @@ SCHEMA: Schema = {
             "max_header_count": (_int_at_least(1, 10000), 100),  # headers in one request, else 431
             "log_max_size": (parse_size, "10MiB"),  # background log: rotated past this; 0: never (logrotate)
             "log_keep": (_int_at_least(1, 1000), 5),  # rotated logs kept: hello_world.log.1 ... .N
+            "user": (_user_or_null, None),  # systemd units run as this user (make systemd); null: root
         },
         "monitoring": {
             "prometheus": {
@@ -206,6 +245,33 @@ SCHEMA: Schema = {
             },
             "pushgateway": {
                 "url": (_url_or_null, "http://127.0.0.1:9091"),
+            },
+            # Alert delivery (hello/alerting.py renders Alertmanager's config from these; README "Alerts").
+            "alertmanager": {
+                "url": (_url_or_null, "http://127.0.0.1:9093"),  # null: no alert delivery
+                "receivers": {
+                    "webhook_url": (_url_or_null, None),  # env HELLO_ALERT_WEBHOOK_URL overrides
+                    "email": {
+                        "to": (_email_or_null, None),
+                        "from": (_email_or_null, None),
+                        "smarthost": (_host_port_or_null, None),  # host:port of the SMTP server
+                        "username": (_string_or_null, None),  # password: env HELLO_SMTP_PASSWORD
+                        "require_tls": (_bool, True),  # STARTTLS before sending
+                    },
+                },
+                "heartbeat_url": (_url_or_null, None),  # the always-firing Watchdog pings it
+                "secrets_file": (_path_or_null, None),  # NAME=value lines, as .env; the environment wins
+                "timing": {
+                    "critical_wait": (parse_duration, "10s"),  # critical alerts: sent this soon
+                    "group_wait": (parse_duration, "1m"),  # warnings: collected this long into one message
+                    "group_interval": (parse_duration, "5m"),  # changes to a notified group: sent this often
+                    "critical_repeat": (parse_duration, "4h"),  # a still-firing critical alert: repeated
+                    "warning_repeat": (parse_duration, "24h"),
+                    "heartbeat_interval": (parse_duration, "5m"),  # the Watchdog's ping period
+                },
+            },
+            "node_exporter": {
+                "url": (_url_or_null, "http://127.0.0.1:9100"),  # null: no host metrics
             },
         },
         "backup": {
@@ -229,8 +295,15 @@ SCHEMA: Schema = {
             "remote": (_string, "origin"),
             "branch": (_string, "main"),
             "test_command": (_string, "make test"),
-            "deploy": (_one_of("local", "compose"), "local"),
+            "deploy": (_one_of("local", "compose", "kubernetes"), "local"),
             "interval": (_interval_or_null, None),  # null: no periodic update in `make cron`
+        },
+        "kubernetes": {  # deploy/kubernetes and system.update.deploy: kubernetes (hello/deploy_kubernetes.py)
+            "registry": (_string_or_null, None),  # images go to <registry>/hello-world:<commit>; needed to deploy
+            "context": (_string_or_null, None),  # kubectl --context; null: kubectl's current context
+            "namespace": (_string, "hello-world"),
+            "rollout_timeout": (parse_duration, "5m"),
+            "pushgateway_url": (_url_or_null, "http://pushgateway.monitoring.svc:9091"),  # the validation CronJob's
         },
         "validation": {
             "timeout": (parse_duration, "5s"),  # every network wait of validation_test.py
@@ -262,7 +335,7 @@ def _check(raw: Any, schema: Schema, key_path: str, base_dir: Path) -> dict[str,
             value = checker(raw.get(key, default))
         except _Invalid as exc:
             raise _KeyError(where, str(exc)) from None
-        if checker is _path:
+        if checker in (_path, _path_or_null) and value is not None:
             value = str((base_dir / value).resolve())
         result[key] = value
     return result

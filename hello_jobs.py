@@ -48,7 +48,10 @@ PUSH_TIMEOUT = 5.0  # seconds: a slow Pushgateway must not hold up a backup
 EXTRA_HELP = {
     "hello_world_backup_size_bytes": "Size of the archive written by the last backup run, in bytes.",
     "hello_world_backup_duration_seconds": "Duration of the last backup run, in seconds.",
+    "hello_world_validation_check_success": "1 if the check passed in the last validation run, 0 if it failed.",
 }
+# A labelled gauge of a job: metric name -> (label names, {label values: value}).
+LabelledSeries = dict[str, tuple[tuple[str, ...], dict[tuple[str, ...], float]]]
 
 
 class LockHeld(Exception):
@@ -188,11 +191,16 @@ def _previous_value(path: Path, name: str) -> float | None:
     return None
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace path with data in one step: readers see the old file or the new one, never a part."""
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace path with data in one step: readers see the old file or the new one, never a part.
+
+    mode (less the umask) is the new file's from its creation on: 0o600 keeps a secret unreadable throughout.
+    """
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temp, "wb") as handle:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()  # a leftover of a killed run would keep its old mode
+        with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -203,7 +211,14 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _registry(job: str, success: bool, finished: float, last_success: float | None, extra: dict[str, float]):
+def _registry(
+    job: str,
+    success: bool,
+    finished: float,
+    last_success: float | None,
+    extra: dict[str, float],
+    series: LabelledSeries,
+):
     registry = CollectorRegistry()
     what = job.removeprefix("hello_world_")
     values: dict[str, tuple[str, float | None]] = {
@@ -219,6 +234,10 @@ def _registry(job: str, success: bool, finished: float, last_success: float | No
     for name, (help_text, value) in values.items():
         if value is not None:
             Gauge(name, help_text, registry=registry).set(value)
+    for name, (labelnames, samples) in series.items():
+        gauge = Gauge(name, EXTRA_HELP.get(name, name), labelnames, registry=registry)
+        for labelvalues, value in samples.items():
+            gauge.labels(*labelvalues).set(value)
     return registry
 
 
@@ -230,13 +249,17 @@ def record_job(
     started: float,
     finished: float,
     extra: dict[str, float] | None = None,
+    series: LabelledSeries | None = None,
 ) -> Path:
-    """Write the job's outcome to <run_dir>/metrics/<job>.prom and push it; return the textfile path."""
+    """Write the job's outcome to <run_dir>/metrics/<job>.prom and push it; return the textfile path.
+
+    extra: more unlabelled gauges; series: labelled ones (e.g. one per validation check).
+    """
     directory = Path(config["run_dir"]) / "metrics"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{job}.prom"
     last_success = finished if success else _previous_value(path, f"{job}_last_success_timestamp_seconds")
-    registry = _registry(job, success, finished, last_success, dict(extra or {}))
+    registry = _registry(job, success, finished, last_success, dict(extra or {}), dict(series or {}))
     write_atomically(path, generate_latest(registry))
     log.debug("%s finished in %.3fs; metrics in %s", job, finished - started, path)
     url = config.get("monitoring", {}).get("pushgateway", {}).get("url")

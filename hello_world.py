@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hello import restarts, sdnotify
 from hello.logfile import LogPipe
 from hello_config import (
     EXIT_CONFIG,
@@ -350,9 +351,9 @@ class Supervisor:
         return f"version {parts[1]} commit {parts[2]}" if len(parts) == 3 else "nothing"
 
     def save_state(self, **changes: Any) -> None:
-        if self.workers:
-            _, version, commit = self.workers[0].message.split()
-            self.state.update(version=version, commit=commit, workers=len(self.workers))
+        parts = self.workers[0].message.split() if self.workers else []
+        if len(parts) == 3:  # "ready <version> <commit>"; a failed replacement worker says otherwise
+            self.state.update(version=parts[1], commit=parts[2], workers=len(self.workers))
         self.state.update(changes)
         write_atomically(self.files.statefile, json.dumps(self.state, indent=2).encode() + b"\n")
 
@@ -363,8 +364,11 @@ class Supervisor:
         if error:
             self.workers = []
             return error
-        self.save_state(started=time.time())
+        now = time.time()
+        history = restarts.starts_after(self.files.read_state(), now, os.getpid())  # before it is overwritten
+        self.save_state(started=now, **{restarts.STARTS: history})
         log.info("started %s on %s with %d worker(s)", self.serving(), self.url, len(self.workers))
+        sdnotify.notify(sdnotify.READY, sdnotify.status(f"serving {self.serving()} on {self.url}"))
         return None
 
     def reread_config(self) -> str | None:
@@ -470,13 +474,17 @@ class Supervisor:
                 if sig in (signal.SIGTERM, signal.SIGINT):
                     return self.stop(signal.Signals(sig).name)
                 if sig == signal.SIGHUP:
+                    sdnotify.notify(sdnotify.reloading())
                     self.reload()
+                    sdnotify.notify(sdnotify.READY, sdnotify.status(f"serving {self.serving()} on {self.url}"))
             self.reap()
 
     def stop(self, reason: str) -> int:
         log.info("stopping (%s): draining %d worker(s), serving %s", reason, len(self.workers), self.serving())
+        sdnotify.notify(sdnotify.STOPPING)
         self.listener.close()
         self.stop_workers(self.workers + self.retiring, timeout=self.server["drain_timeout"] + 5)
+        self.save_state(**{restarts.STOPPED: time.time()})
         log.info("stopped")
         return EXIT_OK
 

@@ -33,9 +33,6 @@ PROJECT_FILES = (
     "requirements-dev.txt",
     "scripts/service.py",
     "hello_jobs.py",
-    "hello/__init__.py",
-    "hello/protocol.py",
-    "hello/logfile.py",
 )
 
 
@@ -371,9 +368,9 @@ def checkout(tmp_path: Path, processes) -> dict:
     work = tmp_path / "checkout"
     work.mkdir()
     (work / "scripts").mkdir()
-    (work / "hello").mkdir()
     for name in PROJECT_FILES:
         shutil.copy2(REPO / name, work / name)  # copy2 keeps mtimes: make sees the venv as up to date
+    shutil.copytree(REPO / "hello", work / "hello", ignore=shutil.ignore_patterns("__pycache__"))  # shared modules
     (work / ".venv").symlink_to(REPO / ".venv")
     git(work, "init", "-q", "-b", "main")
     git(work, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")

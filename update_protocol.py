@@ -21,6 +21,9 @@ Steps, each printed with its outcome and duration; the first failure stops the r
   deploy     local: `python scripts/service.py reload` (zero-downtime; new code that cannot start leaves the old
              serving); compose: `docker compose up -d --no-deps hello-world` with HELLO_COMMIT=<sha>, then
              wait until `docker compose ps` says healthy (rollback: the old commit's image, rebuilt if gone)
+             kubernetes: hello/deploy_kubernetes.py builds and pushes <system.kubernetes.registry>/hello-world:<sha>,
+             `kubectl set image`, `kubectl rollout status`, verifies through `kubectl port-forward`; its rollback
+             is `kubectl rollout undo` to the revision before, verified the same way
   verify     /version serves the new commit, /readyz is 200, `validation_test.py --only service` passes
   rollback   (after a failed deploy or verify) reset to the serving commit, redeploy it unless it still
              serves, verify it; exit 1
@@ -55,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from hello.deploy_kubernetes import DeployError, KubernetesDeploy, check_config
 from hello_config import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -217,6 +221,7 @@ class Updater:
         self.target = ""
         self.pending = self.run_dir / "update.pending.json"
         self.recovering: dict[str, Any] = {}
+        self.kube = KubernetesDeploy(config, repo) if self.mode == "kubernetes" else None
 
     # the whole run
 
@@ -301,6 +306,9 @@ class Updater:
             changed = changed_requirements(self.repo, self.serving, self.target)
             build = f"pip install -r {', '.join(changed)}" if changed else "nothing: requirements unchanged"
             deploy = "python scripts/service.py reload"
+        elif self.kube:
+            build = f"docker (or podman) build --build-arg COMMIT=... and push {self.kube.image(short(self.target))}..."
+            deploy = "kubectl set image deployment/hello-world; kubectl rollout status (failure: rollout undo)"
         else:
             build = f"HELLO_COMMIT={short(self.target)} docker compose build --build-arg COMMIT=... {SERVICE}"
             deploy = f"HELLO_COMMIT={short(self.target)} docker compose up -d --no-deps {SERVICE}; wait until healthy"
@@ -335,7 +343,9 @@ class Updater:
         self.head = git_out(self.repo, "rev-parse", "HEAD")
         remote_tip = self.ls_remote()
         try:
-            self.serving = serving_commit(self.url, self.timeout)
+            self.serving = (
+                self.kubernetes(self.kube.serving_commit) if self.kube else serving_commit(self.url, self.timeout)
+            )
         except UpdateError as exc:
             raise Refused(f"{exc}: nothing to roll back to; start the server first (make start)") from None
         self.recover_pending()
@@ -458,6 +468,9 @@ class Updater:
                 note.detail += f"; reinstalled {', '.join(changed)}"
 
     def build(self, note: Note, old: str, new: str) -> None:
+        if self.kube:
+            note.detail = self.kubernetes(self.kube.build, new)
+            return
         if self.mode == "compose":
             note.detail = f"{self.compose_build(new)} built from {short(new)}"
             return
@@ -488,6 +501,9 @@ class Updater:
                 stamp.touch()  # so make does not reinstall what is installed
 
     def deploy(self, note: Note, commit: str) -> None:
+        if self.kube:
+            note.detail = self.kubernetes(self.kube.deploy, commit)
+            return
         if self.mode == "compose":
             self.compose_up(commit)
             note.detail = f"HELLO_COMMIT={short(commit)} docker compose up -d --no-deps {SERVICE}: healthy"
@@ -506,6 +522,9 @@ class Updater:
         note.detail = said[-1] if said else "reloaded"
 
     def verify(self, note: Note, commit: str) -> None:
+        if self.kube:
+            note.detail = self.kubernetes(self.kube.verify, commit, self.validate_service)
+            return
         deadline = time.monotonic() + VERSION_WAIT
         while True:
             try:
@@ -528,11 +547,11 @@ class Updater:
         self.validate_service()
         note.detail = f"serving {short(commit)}, /readyz 200, validation_test.py --only service passed"
 
-    def validate_service(self) -> None:
+    def validate_service(self, config_file: Path | None = None) -> None:
         script = self.repo / "validation_test.py"
         if not script.exists():
             raise UpdateError(f"{script} not found: cannot validate the service")
-        env = {**os.environ, "HELLO_CONFIG": self.config["config_file"]}
+        env = {**os.environ, "HELLO_CONFIG": str(config_file or self.config["config_file"])}
         command = [sys.executable, str(script), "--only", "service"]
         try:
             result = subprocess.run(
@@ -553,6 +572,9 @@ class Updater:
         """Back to the serving commit: checkout, dependencies, then what serves (if it changed), verified."""
         self.reset_checkout(note, deployed=True)
         done = [note.detail]
+        if self.kube:
+            note.detail += "; " + self.kubernetes(self.kube.rollback, self.serving, self.validate_service)
+            return
         if self.mode == "compose":
             done.append(self.compose_restore_image(self.serving))
         try:
@@ -567,6 +589,13 @@ class Updater:
         self.verify(Note(), self.serving)
         done.append("verified")
         note.detail = "; ".join(done)
+
+    def kubernetes(self, step: Callable[..., Any], *args: Any) -> Any:
+        """A step of hello/deploy_kubernetes.py, its DeployError as an UpdateError of this step."""
+        try:
+            return step(*args)
+        except DeployError as exc:
+            raise UpdateError(str(exc)) from None
 
     # compose mode: every compose command runs with HELLO_COMMIT=<commit> in its environment, which
     # docker-compose.yml interpolates into the image tag (hello-world:${HELLO_COMMIT:-latest}) and the
@@ -701,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     repo = args.repo.resolve()
     try:
         config = load_config(None if os.environ.get("HELLO_CONFIG") or repo == REPO_DIR else repo / "config.yaml")
+        check_config(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

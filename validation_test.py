@@ -8,14 +8,22 @@
 Groups (validation_steps.md says what each check proves and what to do when it fails):
   service     the server at system.server answers /, /healthz, /readyz, /metrics and counts requests
   monitoring  Prometheus is ready, scrapes the service, answers every dashboard query, has our alert
-              rules loaded with none firing; Grafana when system.monitoring.grafana.url is set
+              rules loaded with none firing; Grafana when system.monitoring.grafana.url is set;
+              Alertmanager ready, Prometheus connected to it, a receiver configured, the Watchdog
+              in it; node_exporter scraped
   backup      the newest archive is fresh, matches its checksum, reads back, agrees with the backup
-              metric, and a scheduler (crontab line or `backup_script.py schedule` loop) exists
+              metric, and a scheduler (crontab line, systemd timer or `backup_script.py schedule` loop) exists
   update      /version serves the checkout's HEAD and the last update succeeded
+  restarts    the supervisor was not restarted after a crash since the last run (its state file); not in
+              the update protocol's `--only service`, so a crash an hour ago never rolls back a good deploy
 
 Each check prints PASS, FAIL or SKIP with its reason. Every network wait is bounded by
 system.validation.timeout; a component that is down fails its checks at once with a reason naming
 it. Exit codes: 0 no check failed, 1 some check failed, 2 bad usage or bad config.
+
+Each run also records its results as metrics (hello_world_validation_success, ..._last_run_timestamp_seconds,
+..._check_success{group,check}) in <run_dir>/metrics/hello_world_validation.prom and on the Pushgateway
+(job hello_world_validation) when system.monitoring.pushgateway.url is set.
 
 Not a pytest module despite its name (the user's design card names it): pytest collects only
 test_*.py here, and nothing in this file is named test*.
@@ -47,14 +55,16 @@ from typing import Any
 
 import yaml
 
+from hello import alerting, restarts, units
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
+from hello_jobs import record_job
 from update_protocol import UpdateError, git
 
 log = logging.getLogger("validation")
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: 10x faster
 
 CHECKOUT = Path(__file__).resolve().parent  # the deployed code: `make validate` runs the checkout's own copy
-GROUPS = ("service", "monitoring", "backup", "update")
+GROUPS = ("service", "monitoring", "backup", "update", "restarts")
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 ARCHIVE_RE = re.compile(r"^hello-world-(\d{8}T\d{6}Z)\.tar\.gz$")
@@ -481,10 +491,14 @@ def check_rules_loaded(ctx: Context) -> str:
     return f"{len(expected)} loaded: {', '.join(expected)}"
 
 
+# Firing, but no fault of the system: the Watchdog always fires; the validation alerts report on this very run.
+NOT_FAULTS = {alerting.WATCHDOG, "HelloWorldValidationFailed", "HelloWorldValidationStale"}
+
+
 @check("monitoring", "none of our alerts is firing")
 def check_alerts(ctx: Context) -> str:
     prom = ctx.need_prometheus()
-    ours = set(expected_alerts())
+    ours = set(expected_alerts()) - NOT_FAULTS
     alerts = prometheus_api(prom, "/api/v1/alerts").get("alerts", [])
     mine = [a for a in alerts if a.get("labels", {}).get("alertname", "") in ours]
     firing = sorted({a["labels"]["alertname"] for a in mine if a.get("state") == "firing"})
@@ -518,6 +532,110 @@ def check_grafana(ctx: Context) -> str:
             raise CheckFailed(f"Grafana datasource {source.get('name')!r} is unhealthy ({status}): {text}")
     names = ", ".join(repr(s.get("name")) for s in sources)
     return f"{grafana.base} {health.get('version', '?')}: database ok, dashboard {uid}, datasource {names} healthy"
+
+
+# --- alert delivery: Alertmanager, its receivers, the Watchdog, node_exporter (issue 12) ----------
+
+ALERTING_KEY = "system.monitoring.alertmanager"
+
+
+def need_alertmanager(ctx: Context) -> Endpoint:
+    url = ctx.config["monitoring"]["alertmanager"]["url"]
+    if not url:
+        raise CheckSkipped(f"{ALERTING_KEY}.url is null: no alert delivery")
+    return ctx.once("alertmanager endpoint", lambda: Endpoint("Alertmanager", url, ctx.timeout))
+
+
+@check("monitoring", "Alertmanager is ready")
+def check_alertmanager_ready(ctx: Context) -> str:
+    alertmanager = need_alertmanager(ctx)
+    alertmanager.ok("/-/ready")
+    return f"{alertmanager.base}/-/ready 200"
+
+
+@check("monitoring", "Prometheus sends its alerts to Alertmanager")
+def check_prometheus_alertmanager(ctx: Context) -> str:
+    alertmanager, prom = need_alertmanager(ctx), ctx.need_prometheus()
+    active = [a.get("url", "") for a in prometheus_api(prom, "/api/v1/alertmanagers").get("activeAlertmanagers", [])]
+    wanted = urllib.parse.urlsplit(alertmanager.base).port
+    if not any(urllib.parse.urlsplit(url).port == wanted for url in active):
+        raise CheckFailed(
+            f"Prometheus at {prom.base} sends alerts to {', '.join(active) or 'no Alertmanager'}, "
+            f"not {alertmanager.base} (its alerting: section; make monitor renders it)"
+        )
+    return f"Prometheus -> {', '.join(active)}"
+
+
+@check("monitoring", "a receiver is configured")
+def check_receiver(ctx: Context) -> str:
+    what_to_set = (
+        f"set {ALERTING_KEY}.receivers.webhook_url (or env {alerting.WEBHOOK_ENV}) "
+        "or receivers.email.to/from/smarthost, then make monitor"
+    )
+    if not ctx.config["monitoring"]["alertmanager"]["url"]:
+        raise CheckFailed(f"{ALERTING_KEY}.url is null: alerts reach nobody; set it and {what_to_set}")
+    status = need_alertmanager(ctx).json("/api/v2/status")
+    try:
+        running = yaml.load((status.get("config") or {}).get("original") or "", Loader=SAFE_LOADER) or {}
+    except yaml.YAMLError:
+        raise CheckFailed("Alertmanager's /api/v2/status holds no readable config") from None
+    kinds = alerting.configured_receivers(running)
+    if not kinds:
+        raise CheckFailed(
+            f"Alertmanager tells nobody: its {alerting.NOTIFY_RECEIVER!r} receiver is empty; {what_to_set}"
+        )
+    return f"alerts go to {' and '.join(kinds)}"
+
+
+@check("monitoring", "the Watchdog is in Alertmanager")
+def check_watchdog(ctx: Context) -> str:
+    alertmanager = need_alertmanager(ctx)
+    body = alertmanager.ok("/api/v2/alerts", {"filter": f'alertname="{alerting.WATCHDOG}"', "active": "true"})
+    try:
+        alerts = json.loads(body)
+    except ValueError:
+        raise CheckFailed("Alertmanager /api/v2/alerts answered with invalid JSON") from None
+    if not alerts:
+        raise CheckFailed(
+            f"Alertmanager at {alertmanager.base} has no {alerting.WATCHDOG} alert: Prometheus's rules are not loaded "
+            "or its alerts do not arrive (Prometheus sends a new alert within --rules.alert.resend-delay of starting)"
+        )
+    heartbeat = ctx.config["monitoring"]["alertmanager"]["heartbeat_url"]
+    where = f"pinging {urllib.parse.urlsplit(heartbeat).netloc}" if heartbeat else f"no {ALERTING_KEY}.heartbeat_url"
+    return f"{alerting.WATCHDOG} active since {alerts[0].get('startsAt', '?')[:19]} ({where})"
+
+
+@check("monitoring", "node_exporter is scraped")
+def check_node_exporter(ctx: Context) -> str:
+    if not ctx.config["monitoring"]["node_exporter"]["url"]:
+        raise CheckSkipped("system.monitoring.node_exporter.url is null: no host metrics")
+    prom = ctx.need_prometheus()
+    data = prometheus_api(prom, "/api/v1/targets", {"state": "active"})
+    targets = [t for t in data.get("activeTargets", []) if t.get("labels", {}).get("job") == "node"]
+    if not targets:
+        raise CheckFailed(f'Prometheus at {prom.base} has no target with job="node" (make monitor adds it)')
+    down = [
+        f"{t.get('scrapeUrl')}: {t.get('lastError') or t.get('health')}" for t in targets if t.get("health") != "up"
+    ]
+    if down:
+        raise CheckFailed("node_exporter not scraped: " + "; ".join(down))
+    return ", ".join(f"{t.get('scrapeUrl')} up" for t in targets)
+
+
+VALIDATION_JOB = "hello_world_validation"  # metric prefix and Pushgateway job of each run's results
+
+
+def record_results(config: dict[str, Any], results: list[Result], started: float) -> Path:
+    """This run as metrics (textfile and Pushgateway, via hello_jobs.record_job); SKIPped checks are left out."""
+    checks = {(r.group, r.check): 1.0 if r.status == PASS else 0.0 for r in results if r.status != SKIP}
+    return record_job(
+        config,
+        VALIDATION_JOB,
+        success=not any(r.status == FAIL for r in results),
+        started=started,
+        finished=time.time(),
+        series={f"{VALIDATION_JOB}_check_success": (("group", "check"), checks)},
+    )
 
 
 # --- backup ---------------------------------------------------------------------------------------
@@ -726,13 +844,16 @@ def check_scheduler(ctx: Context) -> str:
     cron, why_not = _cron_lines()
     if cron:
         return f"crontab line: {cron[0]}"
+    timer = units.enabled_timer(CHECKOUT, "backup")
+    if timer:
+        return f"systemd timer: {timer} (enabled)"
     loops = schedule_loops({CHECKOUT, Path(ctx.config["config_file"]).parent})
     if loops:
         pid, command = loops[0]
         return f"schedule loop: PID {pid} ({command})"
     raise CheckFailed(
         f"no scheduler: {why_not}, and no `backup_script.py schedule` process of {CHECKOUT} runs "
-        "(install the `make cron` lines, or run `make backup-schedule`)"
+        "(install the `make cron` lines or `make systemd-install`, or run `make backup-schedule`)"
     )
 
 
@@ -809,6 +930,20 @@ def check_last_update(ctx: Context) -> str:
     return f"succeeded{when} ({source})"
 
 
+# --- restarts -------------------------------------------------------------------------------------
+
+
+@check("restarts", "no restart after a crash since the last run")
+def check_restarts(ctx: Context) -> str:
+    """The supervisor's start history (its state file) since validation last looked: a crash loop shows."""
+    ok, detail = restarts.look(ctx.run_dir, first_window=ctx.config["validation"]["interval"] or 900.0)
+    if ok is None:
+        raise CheckSkipped(detail)
+    if not ok:
+        raise CheckFailed(detail)
+    return detail
+
+
 # --- running and reporting ------------------------------------------------------------------------
 
 
@@ -882,7 +1017,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    started = time.time()
     results = run_checks(Context(config), args.groups)
+    record_results(config, results, started)
     if args.json:
         print(json.dumps([asdict(r) | {"duration": round(r.duration, 4)} for r in results], indent=2))
     else:

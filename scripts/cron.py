@@ -8,7 +8,11 @@ Lines printed:
     when one is set (cronie and systemd-cron honour CRON_TZ; Debian's classic cron ignores it, and then
     the time is the host's local time);
   - the validation every system.validation.interval (`15m` -> `*/15 * * * *`), none when it is null;
-  - the update every system.update.interval, none when it is null.
+  - the update every system.update.interval, none when it is null;
+  - the server: `@reboot make start`, and every minute `make start QUIET=1`, which starts it only when
+    it is not running (silent and exit 0 when it is): a killed supervisor is back within a minute;
+  - monitoring, when system.monitoring.prometheus.url is on this host (127.0.0.1, localhost, ::1):
+    `@reboot make monitor`, and every minute `make monitor` when `monitor.py status` finds nothing running.
 Each runs `cd <repo> && mkdir -p <run_dir> && make <target> >> <run_dir>/cron.log 2>&1`, after a
 PATH= line (cron's own PATH is minimal) and, when HELLO_CONFIG selects another file, a HELLO_CONFIG= line.
 Exit codes: 0 printed; 2 bad config.
@@ -24,6 +28,7 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -31,6 +36,8 @@ sys.path.insert(0, str(REPO))
 from hello_config import EXIT_CONFIG, EXIT_OK, ConfigError, load_config  # noqa: E402
 
 BASE_PATH = ["/usr/local/bin", "/usr/bin", "/bin"]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+EVERY_MINUTE = "* * * * *"
 
 
 def daily_at(time_of_day: str) -> str:
@@ -54,10 +61,19 @@ def _cron_escape(text: str) -> str:
     return text.replace("%", r"\%")  # cron turns an unescaped % into a newline
 
 
-def command(target: str, log: Path) -> str:
+def command(target: str, log: Path, unless: str = "") -> str:
+    """cd to the repo and run `make <target>` into the log; `unless`: a shell test that skips it when true."""
     # run_dir must exist before the shell opens the log, or the redirection fails and make never runs.
     folder, repo, log_file = (shlex.quote(str(p)) for p in (log.parent, REPO, log))
-    return _cron_escape(f"cd {repo} && mkdir -p {folder} && make {target} >> {log_file} 2>&1")
+    run = f"make {target} >> {log_file} 2>&1"
+    if unless:
+        run = f"{{ {unless} || {run}; }}"  # braces: a failed cd must not fall through to make
+    return _cron_escape(f"cd {repo} && mkdir -p {folder} && {run}")
+
+
+def monitoring_is_local(config: dict[str, Any]) -> bool:
+    url = config["monitoring"]["prometheus"]["url"]
+    return bool(url) and urlsplit(url).hostname in LOOPBACK
 
 
 def search_path() -> str:
@@ -72,6 +88,17 @@ def entries(config: dict[str, Any]) -> list[dict[str, str]]:
     for target, interval in (("validate", config["validation"]["interval"]), ("update", config["update"]["interval"])):
         if interval is not None:
             found.append({"target": target, "schedule": every(interval), "command": command(target, log)})
+    # Back by itself: after a reboot, and within a minute of a crash (start is a no-op while it runs).
+    found += [
+        {"target": "start", "schedule": "@reboot", "command": command("start", log)},
+        {"target": "start", "schedule": EVERY_MINUTE, "command": command("start QUIET=1", log)},
+    ]
+    if monitoring_is_local(config):
+        running = f"{shlex.quote(str(REPO / '.venv' / 'bin' / 'python'))} scripts/monitor.py status >/dev/null 2>&1"
+        found += [
+            {"target": "monitor", "schedule": "@reboot", "command": command("monitor", log)},
+            {"target": "monitor", "schedule": EVERY_MINUTE, "command": command("monitor", log, unless=running)},
+        ]
     return found
 
 

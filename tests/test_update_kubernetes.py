@@ -1,0 +1,213 @@
+"""update_protocol.py with `system.update.deploy: kubernetes`, against real git and a real server.
+
+No cluster runs here: tests/bin/kubectl stands in for kubectl (a Deployment with revisions; `rollout
+status` reloads the real local server of the scratch deployment, as new pods would serve the new commit;
+`port-forward` relays to that server) and tests/bin/docker for the image build and push. The deployment
+is scripts/bench_update.py's ScratchDeployment, as in tests/test_update.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool
+
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_update import ScratchDeployment, git  # noqa: E402 - scripts/ is not a package
+
+STAND_INS = Path(__file__).resolve().parent / "bin"
+REGISTRY = "registry.test/team"
+KUBE = {"registry": REGISTRY, "context": "kind-test", "namespace": "hello-ns", "rollout_timeout": "2m"}
+SCOPE = ["--context", "kind-test", "--namespace", "hello-ns"]
+START_REVISION = 4
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
+    require_tool("git")
+    registry = ProcessRegistry()
+    site = ScratchDeployment(tmp_path_factory.mktemp("update-k8s"), python=PYTHON)
+    try:
+        site.server("start")
+        registry.adopt(site.pid())
+        yield site, registry
+    finally:
+        site.server("stop", check=False)
+        registry.cleanup()
+
+
+@pytest.fixture
+def site(deployment: tuple[ScratchDeployment, ProcessRegistry], tmp_path: Path) -> ScratchDeployment:
+    """The deployment at its served commit, and a Deployment whose image is that commit's, at START_REVISION."""
+    site, registry = deployment
+    if site.server("status", check=False).returncode != 0:
+        site.server("start")
+        registry.adopt(site.pid())
+    git(site.deploy, "checkout", "-q", "-f", "main")
+    served = site.served()
+    git(site.deploy, "reset", "-q", "--hard", served)
+    git(site.deploy, "clean", "-q", "-fd")
+    git(site.remote, "update-ref", "refs/heads/main", served)
+    for name in ("update.lock", "update.pending.json"):
+        (site.run_dir / name).unlink(missing_ok=True)
+    image = f"{REGISTRY}/hello-world:{served}"
+    history = {str(n): f"{REGISTRY}/hello-world:old{n}" for n in range(1, START_REVISION)} | {
+        str(START_REVISION): image
+    }
+    (tmp_path / "kubectl.json").write_text(json.dumps({"image": image, "revision": START_REVISION, "history": history}))
+    return site
+
+
+def kube_env(site: ScratchDeployment, tmp_path: Path, **extra: str) -> dict[str, str]:
+    config = site.write_config(tmp_path / "kube.yaml", {"update": {"deploy": "kubernetes"}, "kubernetes": KUBE})
+    return {
+        "HELLO_CONFIG": str(config),
+        "PATH": f"{STAND_INS}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FAKE_KUBECTL_LOG": str(tmp_path / "kubectl.log"),
+        "FAKE_KUBECTL_STATE": str(tmp_path / "kubectl.json"),
+        "FAKE_KUBECTL_TARGET": f"127.0.0.1:{site.port}",
+        "FAKE_KUBECTL_RELOAD": "1",
+        "FAKE_KUBECTL_PYTHON": PYTHON,
+        "FAKE_DOCKER_LOG": str(tmp_path / "docker.log"),
+        "FAKE_DOCKER_STATE": str(tmp_path / "docker.json"),
+        **extra,
+    }
+
+
+def calls(tmp_path: Path, tool: str) -> list[list[str]]:
+    path = tmp_path / f"{tool}.log"
+    return [entry["argv"] for entry in map(json.loads, path.read_text().splitlines())] if path.exists() else []
+
+
+def kubectl_calls(tmp_path: Path) -> list[tuple[str, ...]]:
+    """Each kubectl call without its scope flags, which every call must carry."""
+    out = []
+    for argv in calls(tmp_path, "kubectl"):
+        assert argv[:4] == SCOPE, argv
+        out.append(tuple(argv[4:]))
+    return out
+
+
+def state(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "kubectl.json").read_text())
+
+
+def shown(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def step(result: subprocess.CompletedProcess, name: str, outcome: str = "ok") -> None:
+    assert re.search(rf"^{name}\s+{outcome}\s+\d+\.\d\ds", result.stdout, re.MULTILINE), shown(result)
+
+
+def last_log(site: ScratchDeployment) -> dict:
+    return json.loads((site.run_dir / "update.log").read_text().splitlines()[-1])
+
+
+GET = ("get", "deployment/hello-world", "--output", "json")
+FORWARD = ("port-forward", "service/hello-world", ":80")
+STATUS = ("rollout", "status", "deployment/hello-world", "--timeout=120s")
+
+
+def test_update_builds_pushes_sets_the_image_and_verifies_through_the_service(
+    site: ScratchDeployment, tmp_path: Path
+) -> None:
+    commit = site.harmless_commit("kubernetes")
+    result = site.update(env=kube_env(site, tmp_path))
+    assert result.returncode == 0, shown(result)
+    for name in ("preflight", "fetch", "test", "build", "deploy", "verify", "record"):
+        step(result, name)
+    image = f"{REGISTRY}/hello-world:{commit}"
+    assert calls(tmp_path, "docker") == [
+        ["build", "--build-arg", f"COMMIT={commit}", "--tag", image, str(site.deploy)],
+        ["push", image],
+    ]
+    assert kubectl_calls(tmp_path) == [
+        FORWARD,  # preflight: the serving commit, the rollback point
+        GET,
+        ("set", "image", "deployment/hello-world", f"hello-world={image}"),
+        STATUS,
+        FORWARD,  # verify
+    ]
+    assert state(tmp_path)["image"] == image and state(tmp_path)["revision"] == START_REVISION + 1
+    assert site.served() == commit == site.head()
+    assert last_log(site)["outcome"] == "updated"
+
+
+def test_failed_rollout_ends_in_rollout_undo_and_a_verified_old_commit(site: ScratchDeployment, tmp_path: Path) -> None:
+    served = site.served()
+    commit = site.harmless_commit("kubernetes, rollout fails")
+    result = site.update(env=kube_env(site, tmp_path, FAKE_KUBECTL_FAIL_ROLLOUT=commit))
+    assert result.returncode == 1, shown(result)
+    step(result, "deploy", "FAILED")
+    assert "exceeded its progress deadline" in result.stdout
+    step(result, "rollback")
+    assert kubectl_calls(tmp_path)[2:] == [
+        ("set", "image", "deployment/hello-world", f"hello-world={REGISTRY}/hello-world:{commit}"),
+        STATUS,  # fails
+        ("rollout", "undo", "deployment/hello-world", f"--to-revision={START_REVISION}"),
+        STATUS,
+        FORWARD,  # the old commit verified through the Service
+    ]
+    assert state(tmp_path)["image"] == f"{REGISTRY}/hello-world:{served}"
+    assert site.served() == served == site.head()
+    assert last_log(site)["outcome"] == "rolled-back"
+
+
+def test_failed_verify_is_undone_and_the_old_commit_verified(site: ScratchDeployment, tmp_path: Path) -> None:
+    served = site.served()
+    text = (site.deploy / "hello_world.py").read_text()
+    assert "Hello, World!" in text, "the test needs the greeting literal in hello_world.py"
+    site.commit("kubernetes: a different greeting", {"hello_world.py": text.replace("Hello, World!", "Goodbye!")})
+    result = site.update(env=kube_env(site, tmp_path))
+    assert result.returncode == 1, shown(result)
+    step(result, "deploy")
+    step(result, "verify", "FAILED")
+    assert "validation_test.py --only service exited 1" in result.stdout
+    step(result, "rollback")
+    assert kubectl_calls(tmp_path)[-3:] == [
+        ("rollout", "undo", "deployment/hello-world", f"--to-revision={START_REVISION}"),
+        STATUS,
+        FORWARD,
+    ]
+    assert site.served() == served == site.head()
+    assert http_get(site.url + "/")[2] == b"Hello, World!\n"
+
+
+def test_dry_run_changes_nothing_in_the_cluster(site: ScratchDeployment, tmp_path: Path) -> None:
+    site.harmless_commit("kubernetes, dry run")
+    before = state(tmp_path)
+    result = site.update("--dry-run", env=kube_env(site, tmp_path))
+    assert result.returncode == 0, shown(result)
+    assert "kubectl set image deployment/hello-world" in result.stdout
+    assert kubectl_calls(tmp_path) == [FORWARD]
+    assert calls(tmp_path, "docker") == []
+    assert state(tmp_path) == before
+
+
+def test_unreachable_service_is_refused_before_anything_changes(site: ScratchDeployment, tmp_path: Path) -> None:
+    head = site.head()
+    site.harmless_commit("kubernetes, no cluster")
+    result = site.update(env=kube_env(site, tmp_path, FAKE_KUBECTL_TARGET=f"127.0.0.1:{free_port()}"))
+    assert result.returncode == 1, shown(result)
+    step(result, "preflight", "FAILED")
+    assert "nothing to roll back to" in result.stdout
+    assert kubectl_calls(tmp_path) == [FORWARD]
+    assert site.head() == head
+
+
+def test_kubernetes_mode_without_a_registry_is_a_config_error(site: ScratchDeployment, tmp_path: Path) -> None:
+    env = kube_env(site, tmp_path)
+    config = site.write_config(tmp_path / "no-registry.yaml", {"update": {"deploy": "kubernetes"}})
+    result = site.update(env={**env, "HELLO_CONFIG": str(config)})
+    assert result.returncode == 2, shown(result)
+    assert "system.kubernetes.registry: expected the registry" in result.stderr
+    assert calls(tmp_path, "kubectl") == []
