@@ -12,7 +12,8 @@ DEV_STAMP := $(VENV)/.dev-installed
 SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: help run test start stop status reload backup backup-schedule restore update validate \
-        monitor monitor-stop up down cron bench bench-backup bench-update bench-alerting lint k8s-render check-config clean
+        monitor monitor-stop up down cron bench bench-metrics bench-backup bench-update bench-alerting lint k8s-render check-config clean
+.PHONY: bench-config
 
 help: ## list the targets (the default goal)
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -52,12 +53,19 @@ backup: $(RUNTIME_STAMP) ## one backup now (what cron calls)
 backup-schedule: $(RUNTIME_STAMP) ## run the backup loop: one backup a day at system.backup.time
 	@$(PY) backup_script.py schedule
 
-restore: $(RUNTIME_STAMP) ## restore a backup: make restore ARCHIVE=path TARGET=dir [FORCE=1]
+restore: $(RUNTIME_STAMP) ## restore a backup: make restore ARCHIVE=path TARGET=dir [FORCE=1] [KEEP_SETUID=1]
 	@[ -n "$(ARCHIVE)" ] && [ -n "$(TARGET)" ] || { echo "usage: make restore ARCHIVE=path TARGET=dir [FORCE=1]" >&2; exit 2; }
-	@$(PY) backup_script.py restore "$(ARCHIVE)" --target "$(TARGET)" $(if $(FORCE),--force)
+	@$(PY) backup_script.py restore "$(ARCHIVE)" --target "$(TARGET)" $(if $(FORCE),--force) $(if $(KEEP_SETUID),--keep-setuid)
 
 update: $(RUNTIME_STAMP) ## run the update protocol (DRY_RUN=1 prints the plan and changes nothing)
 	@$(PY) update_protocol.py $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
+
+.PHONY: history rollback
+rollback: $(RUNTIME_STAMP) ## back to the previous good release, or TO=commit (NO_TEST=1: skip the tests, DRY_RUN=1)
+	@$(PY) update_protocol.py rollback $(TO) $(if $(NO_TEST),--no-test) $(if $(DRY_RUN),--dry-run)
+
+history: $(RUNTIME_STAMP) ## every deploy and rollback, newest first (JSON=1: as JSON, ALL=1: every run)
+	@$(PY) update_protocol.py history $(if $(JSON),--json) $(if $(ALL),--all)
 
 validate: $(RUNTIME_STAMP) ## check the live system (exit 0 only if no check failed)
 	@$(PY) validation_test.py $(if $(ONLY),--only $(ONLY))
@@ -89,8 +97,11 @@ systemd-install: $(RUNTIME_STAMP) ## install the units in /etc/systemd/system, e
 systemd-uninstall: $(RUNTIME_STAMP) ## stop, disable and remove the installed units (DESTDIR= as for systemd-install)
 	@$(PY) scripts/systemd.py uninstall $(if $(DESTDIR),--root "$(DESTDIR)")
 
-bench: $(DEV_STAMP) ## benchmark the server side by side with nginx (wrk); prints ratios
+bench: $(DEV_STAMP) ## benchmark the server beside nginx and the peers (granian, uvicorn, Go); prints ratios
 	$(PY) scripts/bench_server.py $(BENCH_ARGS)
+
+bench-metrics: $(DEV_STAMP) ## time /metrics after 10, 100 and 1000 reloads (RELOADS=10,100 to change)
+	$(PY) scripts/bench_server.py --reloads $(or $(RELOADS),10,100,1000) $(BENCH_ARGS)
 
 bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
 	$(PY) scripts/bench_backup.py $(BENCH_ARGS)
@@ -103,6 +114,9 @@ bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deploy
 
 bench-alerting: $(DEV_STAMP) ## time from a stopped server to the webhook's HelloWorldDown notification
 	$(PY) scripts/bench_alerting.py $(BENCH_ARGS)
+
+bench-config: $(RUNTIME_STAMP) ## time and peak memory of refusing hostile config files (alias bomb, huge, deep)
+	$(PY) scripts/bench_config.py $(BENCH_ARGS)
 
 lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint, systemd-analyze on the units, deploy/kubernetes checks
 	$(VENV)/bin/ruff check .

@@ -3,13 +3,18 @@
     python backup_script.py [create]                   one backup now (make backup, what cron calls)
     python backup_script.py verify [ARCHIVE]           checksum, then a full read (default: every archive)
     python backup_script.py list [--json]              name, time, size, checksum verified
-    python backup_script.py restore ARCHIVE --target DIR [--force]
+    python backup_script.py restore ARCHIVE --target DIR [--force] [--keep-setuid]
     python backup_script.py prune [--dry-run]          apply system.backup.keep
     python backup_script.py schedule [--at HH:MM[:SS] | --every SECONDS]   the daily loop (make backup-schedule)
 
 Settings come from config.yaml (system.backup, run_dir, monitoring.pushgateway) via hello_config.py.
 Exit codes: 0 done; 1 the job failed (nothing partial left); 2 bad usage or config; 75 another run holds
-<run_dir>/backup.lock.
+<run_dir>/backup.lock (for restore: another restore into that target holds .<target>.restore.lock).
+
+A restore (hello/restore.py) changes nothing outside its target, whatever the archive holds: members are
+written into a private folder beside the target without ever following a symbolic link, checked on disk,
+and the folder then takes the target's place. Setuid/setgid bits are dropped unless --keep-setuid. A
+`restore --force` killed between its two renames is completed by the next restore into that target.
 
 Archives are <destination>/hello-world-<UTC YYYYmmddTHHMMSSZ>.tar.gz (mode 0600, destination 0700), each
 with a sidecar <archive>.sha256 that `sha256sum -c` accepts. An archive is streamed to a dot-named
@@ -38,12 +43,10 @@ import logging
 import os
 import pwd
 import re
-import shutil
 import signal
 import stat
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -55,8 +58,9 @@ from zoneinfo import ZoneInfo
 
 from isal import igzip_threaded
 
+from hello import restore
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
-from hello_jobs import LockHeld, job_lock, record_job
+from hello_jobs import LockHeld, fsync_dir, job_lock, record_job
 
 log = logging.getLogger("backup")
 
@@ -122,14 +126,6 @@ def find_archives(destination: Path) -> list[Archive]:
         return []
     found = [parse_archive(destination / name) for name in os.listdir(destination)]
     return sorted((a for a in found if a is not None and a.path.is_file()), key=lambda a: a.created)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(*paths: Path) -> None:
@@ -471,9 +467,11 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
     sidecar = sidecar_path(final)
     temp = final.with_name(f".{final.name}{PARTIAL}")
     temp_sidecar = final.with_name(f".{sidecar.name}{PARTIAL}")
+    writing = temp
     try:
         digest, size = write_archive(source, temp, backup["exclude"], {(dest_stat.st_dev, dest_stat.st_ino)}, progress)
         # The sidecar gets its final name first: then every final-named archive has one.
+        writing = temp_sidecar
         fd = os.open(temp_sidecar, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with open(fd, "w", encoding="utf-8") as handle:
             handle.write(f"{digest}  {final.name}\n")
@@ -481,10 +479,11 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
             os.fsync(fd)
         os.rename(temp_sidecar, sidecar)
         fsync_dir(destination)
+        writing = final
         os.rename(temp, final)
         fsync_dir(destination)
     except OSError as exc:
-        raise BackupError(f"writing {temp}: {exc.strerror or exc}") from None
+        raise BackupError(f"writing {writing}: {exc.strerror or exc}") from None
     finally:
         # Whatever stopped us (an error, SIGTERM, Ctrl-C), leave no partial file; a sidecar goes only
         # when its archive never got its final name.
@@ -498,33 +497,42 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
 def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
     """One backup under the lock, then its metrics, then prune; return the exit code.
 
-    The job is recorded (success or failure) as soon as the archive is written or has failed. Pruning comes
-    after: a prune that fails is only a warning, since the backup itself succeeded (exit 0, success 1).
+    Every run that fails, whatever step failed (taking the lock, say on a full disk; the archive; its sidecar;
+    the prune), is recorded as failed: the textfile attempted, the Pushgateway pushed when configured. A run
+    is recorded as soon as its archive is written; a prune failing after that fails the run (exit 1) and is
+    recorded again: success 0, but the last success is that archive's (it exists and is good).
     """
+    started = time.time()
+    lock = Path(config["run_dir"]) / "backup.lock"
+    extra: dict[str, float] = {}
+    written: float | None = None  # when the archive got its final name
     try:
-        with job_lock(Path(config["run_dir"]) / "backup.lock"):
-            started = time.time()
+        with contextlib.ExitStack() as stack:
             try:
-                archive, size = create(config, progress=Progress(show_progress))
-                duration = time.time() - started
-                extra = {f"{JOB}_size_bytes": float(size), f"{JOB}_duration_seconds": duration}
-                print(f"created {archive.path}")
-                print(f"  size {size} bytes ({size / 1e6:.1f} MB), took {duration:.2f} s")
-            except BaseException:
-                finished = time.time()
-                extra = {f"{JOB}_duration_seconds": finished - started}  # a failed run: its duration, no size
-                record_job(config, JOB, success=False, started=started, finished=finished, extra=extra)
-                raise
-            record_job(config, JOB, success=True, started=started, finished=time.time(), extra=extra)
+                stack.enter_context(job_lock(lock))
+            except OSError as exc:
+                raise BackupError(f"cannot take the lock {lock}: {exc.strerror or exc}") from None
+            archive, size = create(config, progress=Progress(show_progress))
+            written = time.time()
+            extra = {f"{JOB}_size_bytes": float(size), f"{JOB}_duration_seconds": written - started}
+            print(f"created {archive.path}")
+            print(f"  size {size} bytes ({size / 1e6:.1f} MB), took {written - started:.2f} s")
+            record_job(config, JOB, success=True, started=started, finished=written, extra=extra)
             try:
                 prune(config, dry_run=False, known_good=archive.path)
             except Terminated:
                 raise
-            except Exception as exc:  # noqa: BLE001 - whatever stopped the prune, the backup stands
-                log.warning("backup %s succeeded, but pruning old archives failed: %s", archive.path, exc)
+            except Exception as exc:  # noqa: BLE001 - whatever stopped the prune, the archive stands
+                failed = f"backup {archive.path} was written, but pruning old archives failed"
+                raise BackupError(f"{failed}: {exc}") from None
     except LockHeld as exc:
         log.error("another backup run holds %s (PID %s); not starting", exc.path, exc.pid)
         return EXIT_LOCKED
+    except BaseException:
+        finished = time.time()
+        extra[f"{JOB}_duration_seconds"] = finished - started
+        record_job(config, JOB, success=False, started=started, finished=finished, extra=extra, last_success=written)
+        raise
     return EXIT_OK
 
 
@@ -587,215 +595,25 @@ def run_list(config: dict[str, Any], as_json: bool) -> int:
     return EXIT_OK
 
 
-# --- restore ---
+# --- restore (hello/restore.py: what is written where, and the checks) ---
 
 
-def _parts(name: str) -> list[str]:
-    return [part for part in name.split("/") if part not in ("", ".")]
-
-
-def _resolve(parts: list[str], links: dict[str, str], depth: int = 0) -> list[str] | None:
-    """Where a path inside the target really leads, following the archive's symlinks; None if it escapes."""
-    result: list[str] = []
-    for part in parts:
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not result:
-                return None
-            result.pop()
-            continue
-        result.append(part)
-        target = links.get("/".join(result))
-        if target is not None:
-            if depth > 40 or target.startswith("/"):
-                return None
-            resolved = _resolve(result[:-1] + target.split("/"), links, depth + 1)
-            if resolved is None:
-                return None
-            result = resolved
-    return result
-
-
-def unsafe_reason(member: tarfile.TarInfo, links: dict[str, str]) -> str | None:
-    """Why member must not be restored (given the symlinks seen so far), or None."""
-    name = member.name
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        return "absolute path"
-    if ".." in name.split("/"):
-        return "'..' in its path"
-    if member.ischr() or member.isblk():
-        return "device file"
-    if not (member.isreg() or member.isdir() or member.issym() or member.islnk() or member.isfifo()):
-        return "unsupported member type"
-    parts = _parts(name)
-    if parts and _resolve(parts[:-1], links) is None:
-        return "its folder leads outside the target through a symbolic link"
-    if member.issym():
-        if member.linkname.startswith("/"):
-            return f"symbolic link to an absolute path {member.linkname!r}"
-        if _resolve(parts[:-1] + member.linkname.split("/"), links) is None:
-            return f"symbolic link pointing outside the target ({member.linkname!r})"
-    if member.islnk() and (member.linkname.startswith("/") or _resolve(_parts(member.linkname), links) is None):
-        return f"hard link pointing outside the target ({member.linkname!r})"
-    return None
-
-
-def scan_archive(path: Path) -> int:
-    """Raise BackupError naming the first member that must not be restored; return the member count."""
-    links: dict[str, str] = {}
-    count = 0
-    try:
-        with open_tar_stream(path) as tar:
-            for member in iter_members(tar):
-                count += 1
-                reason = unsafe_reason(member, links)
-                if reason:
-                    raise BackupError(f"{path}: refusing to restore: member {member.name!r}: {reason}")
-                if member.issym():
-                    links["/".join(_parts(member.name))] = member.linkname
-    except BackupError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - gzip, tar and I/O errors all mean: unreadable
-        raise BackupError(f"{path}: unreadable archive: {exc}") from None
-    # Links seen later can redirect earlier links: check every link against all of them.
-    for name, target in links.items():
-        parts = _parts(name)
-        if _resolve(parts[:-1] + target.split("/"), links) is None:
-            raise BackupError(f"{path}: refusing to restore: symbolic link {name!r} leads outside the target")
-    return count
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def extract(path: Path, target: Path) -> int:
-    """Extract a scanned archive into the (new, empty) folder target, keeping modes, times, owners (as root)
-    and links."""
-    root = os.path.realpath(target)
-    directories: list[tarfile.TarInfo] = []
-    count = 0
-    with open_tar_stream(path) as tar:
-        for member in iter_members(tar):
-            destination = os.path.join(root, *_parts(member.name))
-            # Nothing already in the folder may redirect us either (a second safeguard after scan_archive).
-            if not _inside(os.path.realpath(os.path.dirname(destination)), root):
-                raise BackupError(f"{member.name}: its folder in {target} leads outside the target")
-            if not member.isdir() and os.path.lexists(destination) and not os.path.isdir(destination):
-                os.unlink(destination)  # replace links and files, never write through them
-            tar.extract(member, root, set_attrs=not member.isdir(), filter="fully_trusted")
-            if member.isdir():
-                directories.append(member)  # attributes last, so read-only folders can be filled first
-            count += 1
-        directories.sort(key=lambda m: m.name, reverse=True)
-        for member in directories:
-            directory = os.path.join(root, *_parts(member.name))
-            with contextlib.suppress(tarfile.ExtractError):
-                tar.chown(member, directory, numeric_owner=False)
-            tar.utime(member, directory)
-            tar.chmod(member, directory)
-    return count
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a folder and all it holds, restored read-only folders included."""
-    with contextlib.suppress(FileNotFoundError):
-        os.chmod(path, 0o700)
-    for folder, dirs, _files in os.walk(path):
-        for name in dirs:
-            inner = os.path.join(folder, name)
-            if not os.path.islink(inner):  # chmod follows links: never touch what a link points to
-                os.chmod(inner, 0o700)  # before os.walk goes in: it must list it, rmtree must empty it
-    shutil.rmtree(path)
-
-
-def _make_parents(folder: Path) -> list[Path]:
-    """mkdir -p folder; return the folders it made, deepest first (to remove them again on failure)."""
-    missing: list[Path] = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for made in reversed(missing):
-        made.mkdir()
-    return missing
-
-
-def restore_into(path: Path, target: Path, *, replace: bool) -> int:
-    """Restore a scanned archive as target, all or nothing; return the member count.
-
-    The archive is extracted into a dot-named folder beside target (same filesystem), which then takes
-    target's place: renamed over a missing or empty target, or, with replace, swapped in after the old target
-    was renamed aside to a dot-named folder, which is deleted last. On any failure the new folder is deleted
-    and target is left as it was.
-    """
-    parent = target.parent
-    old = target.stat() if target.is_dir() else None
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.restoring-", dir=parent))
-    aside: Path | None = None
-    moved_aside = placed = False
-    try:
-        count = extract(path, temp)
-        # The folder itself as the old target was (or as mkdir would make it), not mkdtemp's 0700.
-        if old is not None:
-            with contextlib.suppress(PermissionError):
-                os.chown(temp, old.st_uid, old.st_gid)
-            os.chmod(temp, stat.S_IMODE(old.st_mode))
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temp, 0o777 & ~umask)
-        if replace:
-            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=parent))
-            os.rename(target, aside)  # over the empty folder mkdtemp made
-            moved_aside = True
-        os.rename(temp, target)  # over a missing or empty target
-        placed = True
-    except BaseException:
-        try:
-            if moved_aside and not placed:
-                os.rename(aside, target)  # the old contents back in place
-        finally:
-            with contextlib.suppress(OSError):
-                _remove_tree(temp)
-            if aside is not None:
-                with contextlib.suppress(OSError):
-                    os.rmdir(aside)  # only ever removes it empty: mkdtemp's folder, never old contents
-        raise
-    with contextlib.suppress(OSError):
-        fsync_dir(parent)
-    if aside is not None:
-        try:
-            _remove_tree(aside)
-        except OSError as exc:
-            log.warning("restored into %s, but could not delete its old contents at %s: %s", target, aside, exc)
-    return count
-
-
-def run_restore(archive: str, target: str, force: bool) -> int:
+def run_restore(archive: str, target: str, force: bool, keep_setid: bool = False) -> int:
     path = _archive_arg(archive)
-    target_path = Path(target)
-    if target_path.exists() and not target_path.is_dir():
-        raise UsageError(f"--target {target}: not a directory")
-    replace = target_path.is_dir() and any(os.scandir(target_path))
-    if replace and not force:
-        raise UsageError(f"--target {target}: not empty (add --force to replace its contents)")
     started = time.monotonic()
     check_checksum(path)
-    scan_archive(path)
-    final = Path(os.path.realpath(target_path))  # a target given through a link: the folder it names
-    made: list[Path] = []
     try:
-        made = _make_parents(final.parent)
-        count = restore_into(path, final, replace=replace)
-    except BaseException as exc:
-        for folder in made:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        if isinstance(exc, OSError | tarfile.TarError):
-            raise BackupError(f"restoring {path} into {target} failed ({exc}); {target} was left as it was") from None
-        raise
-    print(f"restored {count} members of {path} into {target_path} in {time.monotonic() - started:.2f} s")
+        count = restore.restore(
+            functools.partial(open_tar_stream, path), Path(target), label=str(path), force=force, keep_setid=keep_setid
+        )
+    except restore.TargetError as exc:
+        raise UsageError(str(exc)) from None
+    except restore.RestoreError as exc:
+        raise BackupError(str(exc)) from None
+    except LockHeld as exc:
+        log.error("another restore into %s holds %s (PID %s); not starting", target, exc.path, exc.pid)
+        return EXIT_LOCKED
+    print(f"restored {count} members of {path} into {target} in {time.monotonic() - started:.2f} s")
     return EXIT_OK
 
 
@@ -954,10 +772,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     verify.add_argument("archive", nargs="?", help="one archive (default: every archive in the destination)")
     listing = commands.add_parser("list", help="archives with time, size and checksum status")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    restore = commands.add_parser("restore", help="restore an archive into a directory")
-    restore.add_argument("archive")
-    restore.add_argument("--target", required=True, help="the directory to restore into")
-    restore.add_argument("--force", action="store_true", help="restore into a non-empty directory")
+    restore_cmd = commands.add_parser("restore", help="restore an archive into a directory")
+    restore_cmd.add_argument("archive")
+    restore_cmd.add_argument("--target", required=True, help="the directory to restore into")
+    restore_cmd.add_argument("--force", action="store_true", help="restore into a non-empty directory")
+    restore_cmd.add_argument(
+        "--keep-setuid", action="store_true", help="keep setuid/setgid bits of restored files (dropped by default)"
+    )
     prune_cmd = commands.add_parser("prune", help="delete archives beyond system.backup.keep")
     prune_cmd.add_argument("--dry-run", action="store_true", help="print what would be deleted")
     sched = commands.add_parser("schedule", help="the loop: one backup a day at system.backup.time")
@@ -982,7 +803,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "list":
         return run_list(config, args.json)
     if args.command == "restore":
-        return run_restore(args.archive, args.target, args.force)
+        return run_restore(args.archive, args.target, args.force, args.keep_setuid)
     if args.command == "prune":
         return run_prune(config, args.dry_run)
     return run_schedule(config, args.at, args.every)

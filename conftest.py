@@ -27,6 +27,13 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+# The suite runs wherever an operator runs it: under `make update` (a parent make's MAKEFLAGS and MAKELEVEL make
+# every child make print "make[2]: Entering directory ..."), under cron, with HELLO_CONFIG naming a deployment's
+# file. Each test sets the environment it needs; nothing inherited steers the session.
+INHERITED_ENV = ("HELLO_CONFIG", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+for _name in INHERITED_ENV:
+    os.environ.pop(_name, None)
+
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "scripts"))  # tests import the scripts' functions too (e.g. `import service`)
 import monitor  # noqa: E402 - scripts/monitor.py: the one source of the Prometheus config
@@ -36,6 +43,12 @@ PYTHON = sys.executable
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 T = TypeVar("T")
 RULES_DIR = REPO / "monitoring" / "rules"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "update_e2e: the shipped `make update` end to end, one whole nested suite run (deselectable)"
+    )
 
 
 def free_port() -> int:
@@ -372,3 +385,19 @@ def webhook_sink() -> Iterator[WebhookSink]:
         yield sink
     finally:
         sink.close()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A 1 MiB tmpfs mount, or a skip saying why there can be none."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

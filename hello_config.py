@@ -9,7 +9,8 @@ normalised, and the defaults below for what the file leaves out.
     config["server"]["port"]          # 8000
 
 A file that cannot be used raises ConfigError with one line naming the file,
-the key path and what was expected, e.g.
+the key path and what was expected (files over MAX_CONFIG_BYTES, and YAML whose
+aliases expand past MAX_YAML_VALUES, are refused before anything is built), e.g.
 
     config.yaml: system.backup.time: expected HH:MM, got '25:00'
 
@@ -26,6 +27,7 @@ import difflib
 import json
 import os
 import re
+import reprlib
 import sys
 import zoneinfo
 from collections.abc import Callable
@@ -37,6 +39,10 @@ import yaml
 
 DEFAULT_PATH = Path(__file__).resolve().with_name("config.yaml")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
+# Hostile or broken files are refused before they can cost time or memory (a YAML alias bomb of 496 bytes
+# expands to billions of values): the shipped file is about 2 KiB and 90 values.
+MAX_CONFIG_BYTES = 32 << 10
+MAX_YAML_VALUES = 10_000  # scalars, lists and mappings, every alias counted as what it stands for
 
 
 class ConfigError(Exception):
@@ -54,8 +60,12 @@ _DURATION_PART_RE = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlevel = 120, 120, 2  # a bounded line, whatever the value
+
+
 def _got(value: Any) -> str:
-    return f"got {value!r}" if not isinstance(value, bool) else f"got {str(value).lower()}"
+    return f"got {_SHOWN.repr(value)}" if not isinstance(value, bool) else f"got {str(value).lower()}"
 
 
 def parse_duration(value: Any) -> float:
@@ -297,6 +307,11 @@ SCHEMA: Schema = {
             "test_command": (_string, "make test"),
             "deploy": (_one_of("local", "compose", "kubernetes"), "local"),
             "interval": (_interval_or_null, None),  # null: no periodic update in `make cron`
+            "backup_first": (_bool, True),  # a backup after the tests pass, before the deploy
+            "hooks": {  # shell lines run in the new release's folder (hello/hooks.py)
+                "before_deploy": (_string_list, []),  # one fails: nothing deployed
+                "after_deploy": (_string_list, []),  # one fails: rolled back
+            },
         },
         "kubernetes": {  # deploy/kubernetes and system.update.deploy: kubernetes (hello/deploy_kubernetes.py)
             "registry": (_string_or_null, None),  # images go to <registry>/hello-world:<commit>; needed to deploy
@@ -355,6 +370,70 @@ def _shown(path: Path) -> str:
     return relative if not relative.startswith("..") else str(path)
 
 
+class _Unbounded(Exception):
+    """YAML whose aliases expand too far, or into themselves."""
+
+
+def _expanded_values(root: yaml.Node) -> int:
+    """How many values root stands for once every alias is expanded; raise _Unbounded past MAX_YAML_VALUES.
+
+    Aliases share nodes, so the count is memoised per node (linear in the file, whatever it expands to);
+    an alias inside its own anchor (a recursive structure) is refused too.
+    """
+    sizes: dict[int, int] = {}
+    ancestors: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = [] if isinstance(node, yaml.ScalarNode) else node.value
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in children for part in pair]
+        if children_done:
+            ancestors.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_YAML_VALUES:
+                raise _Unbounded(f"more than {MAX_YAML_VALUES} YAML values, aliases expanded (an alias bomb?)")
+            continue
+        if id(node) in sizes:
+            continue
+        ancestors.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in ancestors:
+                raise _Unbounded("a YAML alias refers to the value that contains it")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _load(loader_class: type, text: str) -> Any:
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_values(node)  # before anything is built
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _parse_yaml(text: str) -> Any:
+    """yaml.safe_load, with the expansion of aliases bounded (_expanded_values).
+
+    Written against PyYAML 6.0 (with its bundled libyaml). libyaml parses first when present: it is fast and
+    refuses flow nesting deeper than 1000 levels, which PyYAML's pure-Python scanner takes quadratic time over.
+    Its other errors are left to the pure-Python parser, whose messages the docs and tests quote.
+    """
+    if getattr(yaml, "__with_libyaml__", False):
+        try:
+            return _load(yaml.CSafeLoader, text)
+        except yaml.YAMLError as exc:
+            if "maximum nesting depth" in str(exc):
+                raise
+    return _load(yaml.SafeLoader, text)
+
+
 def config_path() -> Path:
     """The file to read: HELLO_CONFIG when set, else config.yaml beside this module."""
     chosen = os.environ.get("HELLO_CONFIG")
@@ -366,20 +445,28 @@ def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     path = Path(path) if path is not None else config_path()
     shown = _shown(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)  # never more: HELLO_CONFIG may name /dev/zero
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{shown}: larger than {MAX_CONFIG_BYTES >> 10} KiB; a config file is a few KiB")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         via = " (named by HELLO_CONFIG)" if os.environ.get("HELLO_CONFIG") else ""
         raise ConfigError(f"{shown}: no such config file{via}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{shown}: cannot read: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _parse_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark else shown
         raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{shown}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{shown}: invalid YAML: nested too deeply") from None
+    except _Unbounded as exc:
+        raise ConfigError(f"{shown}: {exc}") from None
     try:
         checked = _check(raw, SCHEMA, "", path.resolve().parent)
     except _KeyError as exc:

@@ -19,9 +19,10 @@ that PID started after the file was written (the PID was reused).
 
 record_job writes <run_dir>/metrics/<job>.prom atomically (for node_exporter's
 textfile collector or a human) and pushes the same gauges to the Pushgateway
-when system.monitoring.pushgateway.url is set; a failed push is a warning only.
+when system.monitoring.pushgateway.url is set. Each is attempted whatever the
+other did (a full disk still pushes); a failure is one warning line, never raised.
 
-pid_alive, http_get and write_atomically are the small helpers every script
+pid_alive, http_get, fsync_dir and write_atomically are the small helpers every script
 needs the same way. This module is a library; it has no command line.
 """
 
@@ -191,6 +192,15 @@ def _previous_value(path: Path, name: str) -> float | None:
     return None
 
 
+def fsync_dir(directory: Path) -> None:
+    """Make the names in directory (a rename, a new file) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace path with data in one step: readers see the old file or the new one, never a part.
 
@@ -250,17 +260,29 @@ def record_job(
     finished: float,
     extra: dict[str, float] | None = None,
     series: LabelledSeries | None = None,
+    last_success: float | None = None,
 ) -> Path:
     """Write the job's outcome to <run_dir>/metrics/<job>.prom and push it; return the textfile path.
 
     extra: more unlabelled gauges; series: labelled ones (e.g. one per validation check).
+    Both are attempted, whatever the other did: a full disk must not keep a failure from the Pushgateway.
+    A failure of either is one warning line (on stderr), never an exception. last_success: the end of the last
+    success when the caller knows it (a run that failed after its main work succeeded); else taken from the
+    earlier textfile.
     """
     directory = Path(config["run_dir"]) / "metrics"
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{job}.prom"
-    last_success = finished if success else _previous_value(path, f"{job}_last_success_timestamp_seconds")
+    if success:
+        last_success = finished
+    elif last_success is None:
+        last_success = _previous_value(path, f"{job}_last_success_timestamp_seconds")
     registry = _registry(job, success, finished, last_success, dict(extra or {}), dict(series or {}))
-    write_atomically(path, generate_latest(registry))
+    unwritten = unpushed = ""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, generate_latest(registry))
+    except OSError as exc:
+        unwritten = f"{path} ({exc.strerror or exc})"
     log.debug("%s finished in %.3fs; metrics in %s", job, finished - started, path)
     url = config.get("monitoring", {}).get("pushgateway", {}).get("url")
     if url:
@@ -268,7 +290,14 @@ def record_job(
         try:
             push_to_gateway(url, job=job, registry=registry, timeout=PUSH_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - any push failure is only a warning
-            log.warning("could not push %s metrics to the Pushgateway at %s (%s); they are in %s", job, url, exc, path)
+            unpushed = f"the Pushgateway at {url} ({exc})"
         else:
             log.debug("pushed %s metrics to %s in %.3fs", job, url, time.monotonic() - push_started)
+    if unwritten and unpushed:
+        log.warning("could not record %s metrics: not written to %s, not pushed to %s", job, unwritten, unpushed)
+    elif unpushed:
+        log.warning("could not push %s metrics to %s; they are in %s", job, unpushed, path)
+    elif unwritten:
+        pushed = f"pushed to {url}" if url else "no Pushgateway is configured"
+        log.warning("could not write %s metrics to %s; %s", job, unwritten, pushed)
     return path

@@ -25,8 +25,8 @@ generation keeps serving. SIGTERM and SIGINT drain every worker the same way.
 
 Files in system.run_dir: hello_world.pid (the supervisor), hello_world.log
 (background mode: --log-file, rotated by hello/logfile.py), hello_world.state.json
-(URL, commit, last reload result), multiproc/ (the metric files of the workers,
-emptied at start).
+(URL, commit, last reload result), multiproc/ (the metric files of the workers, emptied at start;
+a dead worker's are merged into one file per type, so /metrics takes no longer after many reloads).
 
 Exit codes: 0 success; 1 failed (the port is taken, the workers cannot start);
 2 bad usage or config.
@@ -112,9 +112,10 @@ def _text(status: int, body: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -
 
 def make_app(build: BuildInfo, state: WorkerState):
     """The ASGI app: a dict of routes, each answer built once, counted in `app.metrics`."""
-    from prometheus_client import CollectorRegistry, Gauge, multiprocess
+    from prometheus_client import CollectorRegistry, Gauge
     from prometheus_client.exposition import choose_encoder
 
+    from hello.metrics_files import LockedCollector
     from hello.protocol import RequestMetrics
 
     routes = frozenset({"/", "/healthz", "/readyz", "/version", "/metrics"})
@@ -124,7 +125,7 @@ def make_app(build: BuildInfo, state: WorkerState):
     )
     build_info.labels(build.version, build.commit).set(1)
     exposition = CollectorRegistry()
-    multiprocess.MultiProcessCollector(exposition)
+    LockedCollector(exposition)  # the supervisor merges dead workers' files (hello/metrics_files.py)
 
     version_body = json.dumps({"version": build.version, "commit": build.commit}).encode() + b"\n"
     static = {
@@ -332,7 +333,10 @@ class Supervisor:
     def forget(self, worker: Worker) -> None:
         from prometheus_client import multiprocess
 
+        from hello.metrics_files import merge_dead_quietly
+
         multiprocess.mark_process_dead(worker.proc.pid, str(self.files.multiproc))
+        merge_dead_quietly(self.files.multiproc, worker.proc.pid)  # so /metrics stays flat over reloads
         with contextlib.suppress(OSError):
             os.close(worker.ready_pipe)
 

@@ -368,9 +368,10 @@ def checkout(tmp_path: Path, processes) -> dict:
     work = tmp_path / "checkout"
     work.mkdir()
     (work / "scripts").mkdir()
+    # The shared package whole (copytree keeps mtimes too), before the files: it may be named among them.
+    shutil.copytree(REPO / "hello", work / "hello", ignore=shutil.ignore_patterns("__pycache__"))
     for name in PROJECT_FILES:
         shutil.copy2(REPO / name, work / name)  # copy2 keeps mtimes: make sees the venv as up to date
-    shutil.copytree(REPO / "hello", work / "hello", ignore=shutil.ignore_patterns("__pycache__"))  # shared modules
     (work / ".venv").symlink_to(REPO / ".venv")
     git(work, "init", "-q", "-b", "main")
     git(work, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")

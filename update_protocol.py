@@ -3,6 +3,8 @@
 Run it:
 
     python update_protocol.py [--dry-run] [--force] [--json] [--repo DIR]     # make update [DRY_RUN=1] [FORCE=1]
+    python update_protocol.py history [--json] [--all] [--repo DIR]         # make history [JSON=1]
+    python update_protocol.py rollback [COMMIT] [--no-test] [--dry-run]     # make rollback [TO=commit]
 
 Steps, each printed with its outcome and duration; the first failure stops the run:
 
@@ -11,13 +13,20 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              tree, on system.update.branch, the remote answers `git ls-remote`, and the server answers
              /version: the commit it serves is the rollback point. A server that is not running is refused
              (exit 1): without a serving commit there is nothing to roll back to (`make start` first).
-  fetch      `git fetch` then `git merge --ff-only`; a remote that is not a fast-forward of the checkout (or of
-             the serving commit) is refused with nothing changed. Nothing new: exit 0, nothing else done.
-  test       system.update.test_command in the checkout; failure (or a command that cannot run) ->
-             `git reset --hard <serving>`, nothing deployed
-  build      local: `pip install -r` of the requirements files that changed (none changed: skipped);
+  fetch      `git fetch`; a remote that is not a fast-forward of the checkout (or of the serving commit) is
+             refused with nothing changed. Nothing new: exit 0, nothing else done.
+  test       in the release, an isolated copy of the new commit (hello/release.py: <run_dir>/release, a git
+             worktree with its own venv: the live one when no requirements file changed, else a copy of it with
+             the changed files pip-installed), system.update.test_command runs; the live checkout and venv
+             have not moved, so a worker the supervisor respawns meanwhile starts the serving code. Failure
+             (or a command that cannot run) -> nothing deployed, nothing to undo
+  backup     system.update.backup_first (default true): `backup_script.py create`, the normal backup under
+             its lock, of what serves now; a failed backup stops the update, nothing deployed (exit 1)
+  checkout   the tests passed: `git merge --ff-only` of the live checkout to the tested commit
+  build      local: `pip install -r` into the live venv of the requirements files that changed (none: skipped);
              compose: `docker compose build --build-arg COMMIT=<sha> hello-world` with HELLO_COMMIT=<sha>
              (docker-compose.yml tags the image hello-world:<sha>; a fixed image name is also tagged <sha>)
+  before-deploy  system.update.hooks.before_deploy (hello/hooks.py), if any: one fails -> rollback, nothing deployed
   deploy     local: `python scripts/service.py reload` (zero-downtime; new code that cannot start leaves the old
              serving); compose: `docker compose up -d --no-deps hello-world` with HELLO_COMMIT=<sha>, then
              wait until `docker compose ps` says healthy (rollback: the old commit's image, rebuilt if gone)
@@ -25,20 +34,31 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              `kubectl set image`, `kubectl rollout status`, verifies through `kubectl port-forward`; its rollback
              is `kubectl rollout undo` to the revision before, verified the same way
   verify     /version serves the new commit, /readyz is 200, `validation_test.py --only service` passes
+  after-deploy   system.update.hooks.after_deploy, if any: one fails -> rollback
   rollback   (after a failed deploy or verify) reset to the serving commit, redeploy it unless it still
              serves, verify it; exit 1
   record     SPEC update metrics (hello_jobs.record_job: textfile + Pushgateway) and one JSON line in
-             <run_dir>/update.log: time, from, to, outcome, exit code, step durations
+             <run_dir>/update.log: time, from, to, outcome, exit code, step durations, and `good`, the commit
+             left serving tested and verified (updated, redeployed: the new one; rolled back: the old one)
 
 A run killed half-way (kill -9) leaves <run_dir>/update.pending.json naming its rollback point. The next
 run takes over the stale lock, keeps that rollback point, and runs every step again even if the checkout
 already matches the remote, so that what serves has been tested and verified.
 
 --dry-run fetches (objects, FETCH_HEAD and the remote-tracking branch only, as `git fetch` does), prints
-the commits it would deploy and the steps, and changes nothing else: no merge, no reset, no reload.
+the commits it would deploy and the steps, and changes nothing else: no release, no merge, no reload.
 --force runs every step even when already up to date (redeploys the current commit).
 
-Exit codes: 0 updated or already up to date; 1 refused or failed (nothing changed, or rolled back);
+rollback: back to the previous good release (the newest `good` of update.log not serving now), or to COMMIT,
+which must be an ancestor of the checkout that once served as a good release: preflight (no remote needed),
+choose, then test (unless --no-test, recorded), backup, checkout (`git reset --hard`), build, deploy, verify as
+above. While the newest deploy is such a rollback and the remote still holds the commit rolled back from, an
+update is "held" (exit 0, nothing done) until --force.
+
+history: every deploy and rollback of <run_dir>/update.log (hello/history.py), newest first: time, user, from
+and to commit with their subject lines, outcome, each step's duration; --all: every run, up-to-date ones too.
+
+Exit codes: 0 updated or already up to date (history: printed); 1 refused or failed (nothing changed, or rolled back);
 2 bad usage or config; 75 another update holds the lock.
 """
 
@@ -59,6 +79,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hello.deploy_kubernetes import DeployError, KubernetesDeploy, check_config
+from hello.history import DEPLOYS, current_user, history, read_entries, render, update_log
+from hello.hooks import HookFailed, run_hooks
+from hello.release import RELEASE_DIR, REQUIREMENTS, Release, ReleaseError, live_venv, pip_install
 from hello_config import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -77,9 +100,8 @@ GIT_TIMEOUT = 120.0  # a local git command (fetch of a big history included)
 REMOTE_TIMEOUT = 20.0  # `git ls-remote`: an unreachable remote must fail fast, not hang
 TEST_TIMEOUT = 3600.0
 VALIDATION_TIMEOUT = 120.0
+BACKUP_TIMEOUT = 3600.0  # backup_script.py create of a big source
 VERSION_WAIT = 10.0  # after a deploy, how long /version may take to show the new commit
-REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
-MAKE_STAMPS = {"requirements.txt": ".runtime-installed", "requirements-dev.txt": ".dev-installed"}  # see Makefile
 
 log = logging.getLogger("update_protocol")
 
@@ -116,6 +138,7 @@ class Report:
     steps: dict[str, float] = field(default_factory=dict)
     outcome: str = ""
     reason: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # more fields for the update.log entry
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[Note]:
@@ -183,7 +206,8 @@ def changed_requirements(repo: Path, old: str, new: str) -> list[str]:
     if old == new:
         return []
     names = git_out(repo, "diff", "--name-only", old, new, "--", *REQUIREMENTS).splitlines()
-    return [name for name in REQUIREMENTS if name in names and (repo / name).exists()]
+    present = git_out(repo, "ls-tree", "--name-only", new, "--", *REQUIREMENTS).splitlines()
+    return [name for name in REQUIREMENTS if name in names and name in present]
 
 
 # --- the server -----------------------------------------------------------------------------------
@@ -225,7 +249,8 @@ class Updater:
 
     # the whole run
 
-    def run(self) -> int:
+    def run(self, body: Callable[[], int] | None = None) -> int:
+        """body (default: the update) under the update lock."""
         with contextlib.ExitStack() as stack:
             with self.report.step("lock") as note:
                 lock = self.run_dir / "update.lock"
@@ -236,7 +261,7 @@ class Updater:
                 except OSError as exc:
                     raise UpdateError(f"cannot take the lock {lock}: {exc}") from None
                 note.detail = str(lock)
-            return self.run_locked()
+            return (body or self.run_locked)()
 
     def run_locked(self) -> int:
         with self.report.step("preflight") as note:
@@ -245,24 +270,113 @@ class Updater:
             self.target = self.serving
             return EXIT_OK
         with self.report.step("fetch") as note:
-            self.fetch(note, merge=True)
-        try:
-            with self.report.step("test") as note:
-                self.test(note)
-        except UpdateError as exc:
-            return self.roll_back("tests-failed", exc, self.reset_checkout)
+            self.fetch(note)
+        if self.held_by_rollback():
+            return EXIT_OK
+        self.write_pending()  # before the first change: a run killed from here on is recovered
+        code = self.deliver(test=True)
+        if code == EXIT_OK:
+            self.report.outcome = "updated" if self.target != self.serving else "redeployed"
+        return code
+
+    def deliver(self, test: bool) -> int:
+        """Test self.target in a release, back up, move the checkout, build, deploy and verify; else roll back."""
+        if test:
+            release = Release(self.repo, self.run_dir, git)
+            try:
+                with self.report.step("test") as note:
+                    self.test(note, release)
+            except UpdateError as exc:
+                return self.roll_back("tests-failed", exc, self.reset_checkout)
+            finally:
+                self.remove_release(release)
+        if self.config["update"]["backup_first"]:
+            try:
+                with self.report.step("backup") as note:
+                    self.backup(note)
+            except UpdateError as exc:
+                return self.roll_back("backup-failed", exc, self.reset_checkout)
+        with self.report.step("checkout") as note:
+            self.checkout(note)
         try:
             with self.report.step("build") as note:
                 self.build(note, self.serving, self.target)
+            self.hooks("before_deploy")
             with self.report.step("deploy") as note:
                 self.deploy(note, self.target)
             with self.report.step("verify") as note:
                 self.verify(note, self.target)
+            self.hooks("after_deploy")
         except UpdateError as exc:
             return self.roll_back("rolled-back", exc, self.rollback)
-        self.report.outcome = "updated" if self.target != self.serving else "redeployed"
         self.pending.unlink(missing_ok=True)
         return EXIT_OK
+
+    def held_by_rollback(self) -> bool:
+        """The newest deploy was a rollback by hand away from a commit the remote still holds: stay (no --force)."""
+        deploys = [entry for entry in read_entries(self.run_dir) if entry.get("outcome") in DEPLOYS]
+        last = deploys[-1] if deploys else {}
+        away = last.get("from")
+        if self.args.force or last.get("outcome") != "rollback" or not isinstance(away, str):
+            return False
+        if not (has_commit(self.repo, away) and is_ancestor(self.repo, away, self.target)):
+            return False
+        self.report.outcome = "held"
+        self.report.say(
+            f"held: {short(away)} was rolled back by hand at {last.get('time', '?')} and "
+            f"{self.remote}/{self.branch} ({short(self.target)}) still holds it; make update FORCE=1 deploys it"
+        )
+        self.target = self.serving
+        return True
+
+    def rollback_by_hand(self) -> int:
+        """`rollback [COMMIT]`: back to the previous good release (or COMMIT), tested unless --no-test."""
+        with self.report.step("preflight") as note:
+            self.preflight(note, remote=False)
+        with self.report.step("choose") as note:
+            self.target = self.rollback_target(self.args.commit)
+            subject = git_out(self.repo, "log", "-1", "--format=%s", self.target)
+            note.detail = f"{short(self.serving)} -> {short(self.target)} ({subject})"
+        if self.args.no_test:
+            self.report.extra["tests"] = "skipped (--no-test)"
+            self.report.say("test: skipped (--no-test): an emergency rollback to a release that served before")
+        self.write_pending()
+        code = self.deliver(test=not self.args.no_test)
+        if code == EXIT_OK:
+            self.report.outcome = "rollback"
+        return code
+
+    def dry_rollback(self) -> int:
+        with self.report.step("preflight") as note:
+            self.preflight(note, remote=False)
+        self.target = self.rollback_target(self.args.commit)
+        self.report.say(f"would roll back {short(self.serving)} -> {short(self.target)}; would run:")
+        for name, what in self.plan():
+            if not (name == "test" and self.args.no_test):
+                self.report.say(f"  {name:<9} {what}")
+        self.report.outcome = "dry-run"
+        return EXIT_OK
+
+    def rollback_target(self, wanted: str | None) -> str:
+        """The commit to go back to: wanted, if it once served as a good release and is an ancestor of the
+        checkout, else the newest good release that is not serving now. Raises Refused."""
+        goods = [str(entry["good"]) for entry in reversed(read_entries(self.run_dir)) if entry.get("good")]
+        if wanted is None:
+            for commit in goods:
+                if commit != self.serving and has_commit(self.repo, commit):
+                    return commit
+            raise Refused(f"no earlier good release in {update_log(self.run_dir)} to roll back to")
+        result = git(self.repo, "rev-parse", "--verify", "--quiet", f"{wanted}^{{commit}}", check=False)
+        commit = result.stdout.strip()
+        if result.returncode != 0 or not commit:
+            raise Refused(f"{wanted!r} is not a commit of this checkout")
+        if commit == self.serving:
+            raise Refused(f"{short(commit)} is serving already")
+        if not is_ancestor(self.repo, commit, self.head):
+            raise Refused(f"{short(commit)} is not an ancestor of the checkout {short(self.head)}")
+        if commit not in goods:
+            raise Refused(f"{short(commit)} never served as a good release ({update_log(self.run_dir)})")
+        return commit
 
     def roll_back(self, outcome: str, cause: UpdateError, how: Callable[[Note], None]) -> int:
         """Run the rollback step after cause; the pending marker stays if the rollback itself fails."""
@@ -282,7 +396,10 @@ class Updater:
         if self.args.force or self.recovering or not remote_tip == self.head == self.serving:
             return False
         self.report.outcome = "up-to-date"
-        self.report.say(f"nothing new: {self.remote}/{self.branch} is {short(remote_tip)}, which is serving")
+        self.report.say(
+            f"nothing new: {self.remote}/{self.branch} is {short(remote_tip)}, which is serving "
+            "(no test, backup or deploy)"
+        )
         return True
 
     def dry_run(self) -> int:
@@ -291,7 +408,7 @@ class Updater:
         if self.up_to_date(remote_tip):
             return EXIT_OK
         with self.report.step("fetch") as note:
-            self.fetch(note, merge=False)
+            self.fetch(note)
         commits = git_out(self.repo, "log", "--oneline", f"{self.serving}..{self.target}")
         self.report.say(f"would deploy {short(self.serving)} -> {short(self.target)} (git log --oneline):")
         self.report.say("\n".join(f"  {line}" for line in commits.splitlines()) or "  (no new commits: redeploy)")
@@ -304,7 +421,7 @@ class Updater:
     def plan(self) -> list[tuple[str, str]]:
         if self.mode == "local":
             changed = changed_requirements(self.repo, self.serving, self.target)
-            build = f"pip install -r {', '.join(changed)}" if changed else "nothing: requirements unchanged"
+            build = f"pip install -r {', '.join(changed)} (live venv)" if changed else "nothing: requirements unchanged"
             deploy = "python scripts/service.py reload"
         elif self.kube:
             build = f"docker (or podman) build --build-arg COMMIT=... and push {self.kube.image(short(self.target))}..."
@@ -312,19 +429,25 @@ class Updater:
         else:
             build = f"HELLO_COMMIT={short(self.target)} docker compose build --build-arg COMMIT=... {SERVICE}"
             deploy = f"HELLO_COMMIT={short(self.target)} docker compose up -d --no-deps {SERVICE}; wait until healthy"
-        return [
-            ("fetch", f"git merge --ff-only {short(self.target)}"),
-            ("test", self.config["update"]["test_command"]),
+        update = self.config["update"]
+        steps = [
+            ("test", f"{update['test_command']}  (in {self.run_dir / RELEASE_DIR} at {short(self.target)})"),
+            ("backup", "backup_script.py create" if update["backup_first"] else ""),
+            ("checkout", f"git {'reset --hard' if self.args.rollback else 'merge --ff-only'} {short(self.target)}"),
             ("build", build),
+            ("before-deploy", "; ".join(update["hooks"]["before_deploy"])),
             ("deploy", deploy),
             ("verify", f"{self.url}/version = {short(self.target)}, /readyz 200, validation_test.py --only service"),
-            ("record", f"{self.run_dir / 'update.log'} and the {JOB} metrics"),
+            ("after-deploy", "; ".join(update["hooks"]["after_deploy"])),
+            ("record", f"{update_log(self.run_dir)} and the {JOB} metrics"),
         ]
+        return [(name, what) for name, what in steps if what]  # an empty one is off: no step
 
     # the steps
 
-    def preflight(self, note: Note) -> str:
-        """Check the test command, the checkout, the remote and the server; return the remote's tip. Raises Refused."""
+    def preflight(self, note: Note, remote: bool = True) -> str:
+        """Check the test command, the checkout, the remote (unless not remote) and the server; return the
+        remote's tip ("" without remote). Raises Refused."""
         self.test_argv()
         try:
             top = git_out(self.repo, "rev-parse", "--show-toplevel")
@@ -341,7 +464,7 @@ class Updater:
         if branch != self.branch:
             raise Refused(f"the checkout is on {branch or 'a detached HEAD'}, not {self.branch} (system.update.branch)")
         self.head = git_out(self.repo, "rev-parse", "HEAD")
-        remote_tip = self.ls_remote()
+        remote_tip = self.ls_remote() if remote else ""
         try:
             self.serving = (
                 self.kubernetes(self.kube.serving_commit) if self.kube else serving_commit(self.url, self.timeout)
@@ -392,7 +515,7 @@ class Updater:
         else:
             log.warning("an update by PID %s was interrupted: running every step again", pending.get("pid"))
 
-    def fetch(self, note: Note, merge: bool) -> None:
+    def fetch(self, note: Note) -> None:
         git(self.repo, "fetch", "--quiet", self.remote, self.branch, timeout=GIT_TIMEOUT)
         self.target = git_out(self.repo, "rev-parse", "FETCH_HEAD^{commit}")
         if not has_commit(self.repo, self.serving):
@@ -404,18 +527,21 @@ class Updater:
                     f"({short(commit)}): diverged history, refusing"
                 )
         count = git_out(self.repo, "rev-list", "--count", f"{self.serving}..{self.target}")
-        if merge:
-            self.write_pending()  # before the first change: a run killed from here on is recovered
-            if self.target != self.head:
-                try:
-                    git(self.repo, "merge", "--ff-only", "--quiet", self.target)
-                except UpdateError:
-                    if not self.recovering:  # nothing changed: no interrupted update for the next run to finish
-                        self.pending.unlink(missing_ok=True)
-                    raise
-                self.head = self.target
-        verb = "fast-forwarded" if merge else "would fast-forward"
-        note.detail = f"{verb} {short(self.serving)}..{short(self.target)} ({count} new commit(s))"
+        note.detail = f"{self.remote}/{self.branch} {short(self.serving)}..{short(self.target)} ({count} new commit(s))"
+
+    def checkout(self, note: Note) -> None:
+        """The tests passed: move the live checkout to the tested commit (back to it: a rollback by hand)."""
+        if self.target != self.head:
+            forward = is_ancestor(self.repo, self.head, self.target)
+            how = ("merge", "--ff-only", "--quiet") if forward else ("reset", "--hard", "--quiet")
+            try:
+                git(self.repo, *how, self.target)
+            except UpdateError:
+                if not self.recovering:  # nothing changed: no interrupted update for the next run to finish
+                    self.pending.unlink(missing_ok=True)
+                raise
+            self.head = self.target
+        note.detail = f"the checkout is at {short(self.target)}"
 
     def test_argv(self) -> list[str]:
         """system.update.test_command split as a shell would; Refused when it cannot be split or is empty."""
@@ -428,15 +554,21 @@ class Updater:
             raise Refused(f"system.update.test_command {command!r} names no command")
         return argv
 
-    def test(self, note: Note) -> None:
+    def test(self, note: Note, release: Release) -> None:
         command = self.config["update"]["test_command"]
         argv = self.test_argv()  # checked in preflight; a Refused here still fails the step (an UpdateError)
-        env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-        self.report.say(f"test: {command}  (in {self.repo})")
+        try:
+            made = release.create(self.target, changed_requirements(self.repo, self.serving, self.target))
+        except (ReleaseError, OSError) as exc:
+            raise UpdateError(f"cannot make the release to test: {exc}") from None
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = release.env({**os.environ, "PATH": path})
+        self.report.say(f"test: {made}")
+        self.report.say(f"test: {command}  (in {release.path})")
         try:
             result = subprocess.run(
                 argv,
-                cwd=self.repo,
+                cwd=release.path,
                 env=env,
                 stdout=self.report.out,
                 stderr=subprocess.STDOUT,
@@ -454,8 +586,47 @@ class Updater:
             raise UpdateError(f"`{command}` exited {result.returncode} on {short(self.target)}")
         note.detail = f"`{command}` passed on {short(self.target)}"
 
+    def backup(self, note: Note) -> None:
+        """One backup now, as `make backup` takes it (its own lock, metrics and pruning), before anything moves."""
+        note.detail = self.run_script("backup_script.py", "create", timeout=BACKUP_TIMEOUT) or "backup taken"
+
+    def run_script(self, script: str, command: str, timeout: float) -> str:
+        """`python <checkout>/<script> <command>` with this config; its last line. UpdateError when it fails."""
+        argv = [sys.executable, str(self.repo / script), command]
+        env = {**os.environ, "HELLO_CONFIG": self.config["config_file"]}
+        name = f"{Path(script).name} {command}"
+        try:
+            result = subprocess.run(argv, cwd=self.repo, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise UpdateError(f"{name} did not finish within {timeout:g}s") from None
+        said = (result.stdout.strip() + "\n" + result.stderr.strip()).strip().splitlines()
+        if result.returncode != 0:
+            raise UpdateError(f"{name} exited {result.returncode}: {said[-1] if said else ''}")
+        return said[-1] if said else ""
+
+    def hooks(self, kind: str) -> None:
+        """system.update.hooks.<kind>, as one step (none configured: no step)."""
+        commands = self.config["update"]["hooks"][kind]
+        if not commands:
+            return
+        with self.report.step(kind.replace("_", "-")) as note:
+            try:
+                count = run_hooks(kind, commands, self.repo, self.target, self.serving, self.report.out)
+            except HookFailed as exc:
+                raise UpdateError(str(exc)) from None
+            note.detail = f"{count} hook(s) passed"
+
+    def remove_release(self, release: Release) -> None:
+        try:
+            release.remove()
+        except (UpdateError, OSError) as exc:  # the next run removes it first anyway
+            log.warning("could not remove the release %s: %s", release.path, exc)
+
     def reset_checkout(self, note: Note, deployed: bool = False) -> None:
         """Back to the serving commit: the checkout, then its dependencies (local mode)."""
+        if not deployed and self.head == self.serving:
+            note.detail = f"nothing to undo: the live checkout and venv stayed on {short(self.serving)}"
+            return
         git(self.repo, "reset", "--hard", "--quiet", self.serving)
         self.head = self.serving
         note.detail = f"checkout reset to the serving commit {short(self.serving)}"
@@ -463,7 +634,7 @@ class Updater:
             note.detail += "; nothing deployed"
         if self.mode == "local":
             changed = changed_requirements(self.repo, self.target, self.serving)
-            if changed:  # the test command (e.g. make test) or the build may have installed the new pins
+            if changed:  # the build may have installed the new pins
                 self.pip_install(changed)
                 note.detail += f"; reinstalled {', '.join(changed)}"
 
@@ -479,26 +650,18 @@ class Updater:
             note.outcome, note.detail = "skipped", "requirements unchanged"
             return
         self.pip_install(changed)
-        note.detail = f"installed {', '.join(changed)}"
+        note.detail = f"installed {', '.join(changed)} into the live venv (tested in the release)"
 
     def pip_install(self, names: list[str]) -> None:
-        venv = Path(sys.prefix)
-        if sys.prefix == sys.base_prefix:
+        venv = live_venv()
+        if venv is None:
             raise UpdateError(
                 f"{sys.executable} is not a virtualenv: refusing to pip install into it (use make update)"
             )
-        for name in names:
-            command = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", name]
-            try:
-                result = subprocess.run(command, cwd=self.repo, capture_output=True, text=True, timeout=TEST_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                raise UpdateError(f"pip install -r {name} did not finish within {TEST_TIMEOUT:g}s") from None
-            if result.returncode != 0:
-                tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:]
-                raise UpdateError(f"pip install -r {name} failed: {tail[0] if tail else result.returncode}")
-            stamp = venv / MAKE_STAMPS[name]
-            if stamp.exists():
-                stamp.touch()  # so make does not reinstall what is installed
+        try:
+            pip_install(venv, self.repo, names)
+        except ReleaseError as exc:
+            raise UpdateError(str(exc)) from None
 
     def deploy(self, note: Note, commit: str) -> None:
         if self.kube:
@@ -508,18 +671,9 @@ class Updater:
             self.compose_up(commit)
             note.detail = f"HELLO_COMMIT={short(commit)} docker compose up -d --no-deps {SERVICE}: healthy"
             return
-        env = {**os.environ, "HELLO_CONFIG": self.config["config_file"]}
         # scripts/service.py, not the new hello_world.py: it reports why new code that cannot start was refused.
-        command = [sys.executable, str(self.repo / "scripts" / "service.py"), "reload"]
         timeout = self.config["server"]["reload_timeout"] + 60
-        try:
-            result = subprocess.run(command, cwd=self.repo, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise UpdateError(f"service.py reload did not finish within {timeout:g}s") from None
-        said = (result.stdout.strip() + "\n" + result.stderr.strip()).strip().splitlines()
-        if result.returncode != 0:
-            raise UpdateError(f"service.py reload exited {result.returncode}: {said[-1] if said else ''}")
-        note.detail = said[-1] if said else "reloaded"
+        note.detail = self.run_script("scripts/service.py", "reload", timeout=timeout) or "reloaded"
 
     def verify(self, note: Note, commit: str) -> None:
         if self.kube:
@@ -690,6 +844,7 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
         finished = time.time()
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
+            "user": current_user(),
             "from": updater.serving or None,
             "to": updater.target or None,
             "outcome": report.outcome or "failed",
@@ -698,6 +853,11 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
             "steps": report.steps,
             "seconds": round(finished - started, 3),
         }
+        entry.update(report.extra)
+        good = {"updated": updater.target, "redeployed": updater.target, "rolled-back": updater.serving}
+        good["rollback"] = updater.target
+        if good.get(report.outcome):  # what this run left serving, tested and verified (hello.release.good_release)
+            entry["good"] = good[report.outcome]
         try:
             path = record_job(
                 config,
@@ -707,7 +867,7 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
                 finished=finished,
                 extra={"hello_world_update_duration_seconds": finished - started},
             )
-            logfile = Path(config["run_dir"]) / "update.log"
+            logfile = update_log(Path(config["run_dir"]))
             with open(logfile, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
         except OSError as exc:
@@ -721,15 +881,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="run every step even when already up to date")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout (steps go to stderr)")
     parser.add_argument("--repo", type=Path, default=REPO_DIR, help="the deployment checkout (default: %(default)s)")
-    return parser.parse_args(argv)
+    return parser.parse_args(argv, argparse.Namespace(rollback=False, commit=None, no_test=False))
+
+
+def parse_rollback_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="update_protocol.py rollback", description="Back to a good release.")
+    parser.add_argument("commit", nargs="?", help="a commit that once served as a good release (default: the last)")
+    parser.add_argument("--no-test", action="store_true", help="an emergency: skip the tests (recorded as such)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commit and steps; change nothing")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout (steps go to stderr)")
+    parser.add_argument("--repo", type=Path, default=REPO_DIR, help="the deployment checkout (default: %(default)s)")
+    return parser.parse_args(argv, argparse.Namespace(rollback=True, force=False))
+
+
+def load_for(repo: Path) -> dict[str, Any]:
+    """HELLO_CONFIG, else the config.yaml of the checkout (--repo). Raises ConfigError."""
+    return load_config(None if os.environ.get("HELLO_CONFIG") or repo == REPO_DIR else repo / "config.yaml")
+
+
+def history_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="update_protocol.py history", description="Every deploy and rollback.")
+    parser.add_argument("--json", action="store_true", help="a JSON list, newest first")
+    parser.add_argument("--all", action="store_true", help="every run, not only deploys and rollbacks")
+    parser.add_argument("--repo", type=Path, default=REPO_DIR, help="the deployment checkout (default: %(default)s)")
+    args = parser.parse_args(argv)
+    repo = args.repo.resolve()
+    try:
+        config = load_for(repo)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    entries = history(Path(config["run_dir"]), repo, every_run=args.all)
+    print(json.dumps(entries, indent=2) if args.json else render(entries))
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["history"]:
+        return history_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="update: %(levelname)s %(message)s")
-    args = parse_args(argv)
+    args = parse_rollback_args(argv[1:]) if argv[:1] == ["rollback"] else parse_args(argv)
     repo = args.repo.resolve()
     try:
-        config = load_config(None if os.environ.get("HELLO_CONFIG") or repo == REPO_DIR else repo / "config.yaml")
+        config = load_for(repo)
         check_config(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -740,7 +935,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         report.say("dry run: changes nothing (git fetch moves only FETCH_HEAD and the remote-tracking branch)")
     try:
-        code = updater.dry_run() if args.dry_run else updater.run()
+        if args.rollback:
+            code = updater.run(updater.rollback_by_hand) if not args.dry_run else updater.dry_rollback()
+        else:
+            code = updater.dry_run() if args.dry_run else updater.run()
     except Locked as exc:
         code, report.outcome, report.reason = EXIT_LOCKED, "locked", str(exc)
     except UpdateError as exc:
@@ -748,8 +946,10 @@ def main(argv: list[str] | None = None) -> int:
         report.outcome = report.outcome or ("refused" if isinstance(exc, Refused) else "failed")
         report.reason = report.reason or str(exc)
     if not args.dry_run and code != EXIT_LOCKED:  # the run holding the lock records its own outcome
-        with contextlib.suppress(UpdateError):
+        try:
             record(config, updater, code, started)
+        except UpdateError as exc:  # one line on stderr; the metrics were attempted (pushed) whatever it was
+            print(f"update_protocol.py: {exc}", file=sys.stderr)
     summary = {
         "outcome": report.outcome,
         "exit": code,
@@ -762,9 +962,12 @@ def main(argv: list[str] | None = None) -> int:
     verdict = {
         "updated": f"updated {short(updater.serving)} -> {short(updater.target)}",
         "redeployed": f"redeployed {short(updater.target)}",
+        "rollback": f"rolled back by hand {short(updater.serving)} -> {short(updater.target)}",
+        "held": f"held at {short(updater.serving)} after a rollback by hand (FORCE=1 goes on)",
         "up-to-date": f"already up to date at {short(updater.serving)}",
         "dry-run": "dry run: nothing changed",
         "tests-failed": f"tests failed: nothing deployed, still serving {short(updater.serving)} ({report.reason})",
+        "backup-failed": f"backup failed: nothing deployed, still serving {short(updater.serving)} ({report.reason})",
         "rolled-back": f"rolled back to {short(updater.serving)}, which serves ({report.reason})",
         "rollback-failed": f"ROLLBACK FAILED, needs a human: {report.reason}",
         "locked": report.reason,

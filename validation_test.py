@@ -13,7 +13,7 @@ Groups (validation_steps.md says what each check proves and what to do when it f
               in it; node_exporter scraped
   backup      the newest archive is fresh, matches its checksum, reads back, agrees with the backup
               metric, and a scheduler (crontab line, systemd timer or `backup_script.py schedule` loop) exists
-  update      /version serves the checkout's HEAD and the last update succeeded
+  update      /version serves the checkout's HEAD and the last good release, and the last update succeeded
   restarts    the supervisor was not restarted after a crash since the last run (its state file); not in
               the update protocol's `--only service`, so a crash an hour ago never rolls back a good deploy
 
@@ -56,6 +56,7 @@ from typing import Any
 import yaml
 
 from hello import alerting, restarts, units
+from hello.history import good_release, update_log
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
 from hello_jobs import record_job
 from update_protocol import UpdateError, git
@@ -888,6 +889,20 @@ def check_served_commit(ctx: Context) -> str:
     if _git("merge-base", "--is-ancestor", head_commit, served).returncode == 0:
         raise CheckFailed(f"the server runs {served[:12]}, newer than the checkout's HEAD {head_commit[:12]}")
     raise CheckFailed(f"the server runs {served[:12]}, which is not an ancestor of HEAD {head_commit[:12]}")
+
+
+@check("update", "/version serves the last good release")
+def check_good_release(ctx: Context) -> str:
+    good, logfile = good_release(ctx.run_dir), update_log(ctx.run_dir)
+    if good is None:
+        raise CheckSkipped(f"no update has recorded a tested and verified release yet ({logfile})")
+    served = str(ctx.server.json("/version").get("commit", "unknown"))
+    if served != good:
+        raise CheckFailed(
+            f"the server runs {served[:12]}, not {good[:12]}, the release the last update tested and verified "
+            f"({logfile}): untested code may be serving (make update FORCE=1 tests and redeploys the checkout)"
+        )
+    return f"serving {good[:12]}, tested and verified by an update ({logfile})"
 
 
 def last_update_log(ctx: Context) -> dict[str, Any] | None:

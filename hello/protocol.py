@@ -7,7 +7,8 @@ Everything here relies on internals of other libraries, and only this module doe
   callbacks (`on_message_begin`, `on_header`, `on_headers_complete`, `on_body`, `on_message_complete`), its
   per-connection attributes (`parser`, `url`, `headers`, `cycle`, `pipeline`, `flow`, `transport`,
   `timeout_keep_alive_task`, `server_state`, `connections`) and `_unset_keepalive_if_required`.
-  `data_received` and `on_header` are replaced, not extended (their bodies are re-stated here).
+  `connection_made`, `on_message_begin`, `data_received` and `on_header` are replaced, not extended (their
+  bodies are re-stated here, trimmed: no addresses or ASGI scope unless a request goes to the app).
   `uvicorn.Server`: `startup`, `on_tick`, `shutdown`, `servers`, `server_state`, `force_exit`.
 - httptools 0.9.0: `HttpParserUpgrade.args[0]` is the offset of the bytes after the upgrade request's headers;
   an exception raised in a callback comes out of `feed_data` as `HttpParserCallbackError`.
@@ -19,7 +20,8 @@ What it adds to uvicorn, per connection:
 - GETs of static routes answered from prebuilt bytes, without an ASGI call (half the cost of a request).
 - Deadlines: request headers within header_timeout (408), a request body that keeps coming (body_timeout,
   between two reads, as nginx's client_body_timeout), and keep_alive_timeout between requests that only a
-  request resets, not stray bytes (a lone CRLF).
+  request resets, not stray bytes (a lone CRLF). Idle connections are closed by the server's 0.1 s tick
+  (close_idle), not by a timer per connection and answer.
 - Limits: header count and bytes checked as each header arrives (431 before the worker holds more), pending
   header bytes on the wire; idle connections are closed first when the worker nears its file limit.
 - Back-pressure: reading pauses while the transport's write buffer is over its high-water mark (a big read
@@ -45,7 +47,9 @@ from typing import Any
 
 import httptools
 import uvicorn
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr
 
 TESTED_WITH = {"uvicorn": "0.54.0", "httptools": "0.9.0", "prometheus-client": "0.26.0"}
 
@@ -220,11 +224,16 @@ class HelloProtocol(HttpToolsProtocol):
     # the connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:
-        super().connection_made(transport)
+        # uvicorn's connection_made without the two addresses (a socket object and two syscalls);
+        # app_scope() looks them up only for a request that goes to the app.
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = self.client = None
+        self.scheme = "http"  # the workers serve no TLS
         if len(self.connections) > self.settings.max_connections:
             self.shed_connections()
-        # uvicorn arms its idle timer only after a first response: a client that never sends is closed too.
-        self.arm_keep_alive()
+        self.idle_since: float | None = self.loop.time()  # close_idle closes it if no request comes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_request_timer()
@@ -232,9 +241,13 @@ class HelloProtocol(HttpToolsProtocol):
             self.write_timer.cancel()
         super().connection_lost(exc)
 
-    def arm_keep_alive(self) -> None:
-        self._unset_keepalive_if_required()
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+    @staticmethod
+    def close_idle(connections: set, now: float, timeout: float) -> None:
+        """Close the connections with no request begun since their last direct answer or their start."""
+        for connection in list(connections):
+            since = getattr(connection, "idle_since", None)
+            if since is not None and now - since > timeout and not connection.transport.is_closing():
+                connection.transport.close()
 
     def shed_connections(self) -> None:
         """Near the file limit: close idle connections first, then ones still sending a request, to 90%."""
@@ -292,7 +305,8 @@ class HelloProtocol(HttpToolsProtocol):
             if self.flow.write_paused:
                 self.held = data  # parsed when the client has read enough of its answers (resume_writing)
                 self.flow.pause_reading()
-                self._unset_keepalive_if_required()  # not idle: write_timeout watches it now
+                self.idle_since = None  # not idle: write_timeout watches it now
+                self._unset_keepalive_if_required()
                 return
         if not self.transport.is_closing():
             self.parse(data)
@@ -341,9 +355,30 @@ class HelloProtocol(HttpToolsProtocol):
     # the parser's callbacks
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._unset_keepalive_if_required()
+        # uvicorn's, without the ASGI scope: app_scope() builds it only for a request that goes to the app.
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.idle_since = None  # only a request ends idleness, not stray bytes
+        self._unset_keepalive_if_required()  # uvicorn's timer, armed after an ASGI answer
         self.phase, self.pending_bytes, self.header_bytes = HEADERS, 0, 0
+
+    def app_scope(self) -> None:
+        """uvicorn's per-request ASGI scope and the connection's addresses, for a request the app answers."""
+        if self.client is None:
+            self.server = get_local_addr(self.transport)
+            self.client = get_remote_addr(self.transport)
+        self.scope = {
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # uvicorn's on_header, with the limits checked before the worker holds more.
@@ -363,6 +398,7 @@ class HelloProtocol(HttpToolsProtocol):
         elif self.parser.get_http_version() == "0.9":
             self.reject_request(400, "Bad Request")  # a request line without a version: llhttp takes it
         elif not self.answer_directly():
+            self.app_scope()
             super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -420,7 +456,7 @@ class HelloProtocol(HttpToolsProtocol):
         self.settings.metrics.observe("GET", route, 200, time.perf_counter() - started)
         self.transport.write(data)
         if keep_alive:
-            self.arm_keep_alive()
+            self.idle_since = self.loop.time()
         else:
             self.transport.close()
         return True
@@ -457,6 +493,10 @@ class DrainingServer(uvicorn.Server):
         self.ready_fd, self.ready_message = ready
         self.parent = os.getppid()
 
+    @staticmethod
+    def loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
@@ -464,6 +504,7 @@ class DrainingServer(uvicorn.Server):
             os.close(self.ready_fd)
 
     async def on_tick(self, counter: int) -> bool:
+        HelloProtocol.close_idle(self.server_state.connections, self.loop_time(), self.config.timeout_keep_alive)
         if os.getppid() != self.parent:  # the supervisor is gone: do not serve on as an orphan
             self.should_exit = True
         return await super().on_tick(counter)
@@ -478,5 +519,7 @@ class DrainingServer(uvicorn.Server):
             sock.close()
         deadline = time.monotonic() + self.drain_timeout
         while self.server_state.connections and time.monotonic() < deadline and not self.force_exit:
+            # No ticks while draining: idle connections are closed here, as on a tick.
+            HelloProtocol.close_idle(self.server_state.connections, self.loop_time(), self.config.timeout_keep_alive)
             await asyncio.sleep(0.02)
         await super().shutdown()

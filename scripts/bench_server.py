@@ -1,30 +1,41 @@
-"""Benchmark hello_world.py side by side with nginx, using wrk: requests/s, p50, p99, RSS and the ratios.
+"""Benchmark hello_world.py side by side with nginx and the servers a user would pick instead, using wrk.
 
-    make bench                                  # 3 interleaved rounds of 8 s per target and mode (~2 minutes)
-    make bench BENCH_ARGS="--rounds 5 --json"   # or: .venv/bin/python scripts/bench_server.py --help
+    make bench                                   # 3 interleaved rounds of 8 s per server and mode (~5 minutes)
+    make bench BENCH_ARGS="--workers 2 --json"   # or: .venv/bin/python scripts/bench_server.py --help
 
-What runs: our server (`hello_world.py --workers 1`, full metrics, its own config and run dir in a temp dir)
-and, when installed, nginx with one worker answering `location = / { return 200 "Hello, World!"; }`
-(its own prefix, pid, logs and temp paths in the temp dir). Both are pinned to core 0 with taskset (the
-launcher is pinned, so every child inherits it), wrk to core 1. Each round runs, for each mode, wrk against
-both targets, alternating which goes first: keep-alive (`wrk -t1 -c64 -d8s --latency`) and a connection per
-request (the same with `-H 'Connection: close'`). The summary gives the median over rounds, the ratios
-ours/nginx (median of the per-round ratios: the rounds are paired, so drift in machine load cancels), the RSS
-of the server's processes (supervisor and each worker, from /proc/<pid>/status), and the goals of issue 2
-marked met or not met (the p99 goal is shown for both modes).
+What runs, each with --workers N (default 1) and its own temp dir:
+- ours: `hello_world.py` (full metrics, its own config and run dir, so a `make start` server is never touched);
+- nginx (when installed) answering `location = / { return 200 "Hello, World!"; }`;
+- the peers of scripts/bench_peers/, each serving / and /metrics and counting every request in a
+  prometheus_client (client_golang) counter and latency histogram named as ours: granian with a plain RSGI
+  app, uvicorn (uvloop, httptools) with a plain ASGI app, and a Go net/http server, built with `go build`
+  from its pinned go.mod/go.sum when `go` is installed (skipped with a line saying so when it is not).
+  `--peers granian,uvicorn` picks some, `--peers none` runs none.
 
-Two figures help read the others: the CPU time the target's processes spent per response (user + system, from
-/proc/<pid>/stat; it moves much less than requests/s when the machine is busy), and how much of the server
-core other processes took during each run (from /proc/stat). A run where other work took more than 10% of
-the server core is flagged: the numbers are then low and noisy, so run again on a quiet machine.
+Pinning: with one worker every server is on core 0 (taskset on the launcher, so every child inherits it)
+and wrk on core 1. With --workers 2 or more the servers get cores 0 and 1 and wrk shares them (wrk -t1 takes
+about one core's worth away from the servers: the report says so). Each round runs, for each mode, wrk
+against every server, rotating which goes first: keep-alive (`wrk -t1 -c64 -d8s --latency`) and a
+connection per request (the same with `-H 'Connection: close'`). The summary gives the median over rounds
+and, per server, the ratio to nginx and to ours (medians of the per-round ratios: the rounds are paired, so
+drift in machine load cancels), the CPU time the server's processes spent per response (user + system, from
+/proc; it moves much less than requests/s on a busy machine), the peak RSS per worker (a single-process
+server is its own worker), and the goals of issue 17 marked met or not met. How much of the server core(s)
+other processes took is shown per run; over 10% is flagged as noisy.
 
-Every response must be a 200: wrk counts statuses >= 400 ("Non-2xx or 3xx responses") and socket errors; for
-our server the bench also reads hello_world_requests_total{path="/"} before and after each run, so a response
-with any code other than 200 shows up even where wrk would not count it.
+Every response must be a 200: wrk counts statuses >= 400 and socket errors, and for every server that has
+/metrics (all but nginx) the bench reads hello_world_requests_total{path="/"} by code before and after each
+run, so a response with any other code shows up even where wrk would not count it.
+
+/metrics as work grows (`make bench-metrics`, `--reloads 10,100,1000`, no wrk): our server alone, reloaded
+(SIGHUP, as `make reload`) until it has had each number of reloads, a few GETs of / per generation; at each
+checkpoint the median and p90 time of `--samples` GETs of /metrics, the number of metric files in its
+multiproc dir, and whether hello_world_requests_total{path="/",code="200"} equals the GETs of / sent (it must,
+exactly, however many generations came and went).
 
 It is a benchmark, not a test: it exits 0 whatever the numbers. Exit 1 only when it cannot run (wrk missing,
-the server does not become ready or dies) or is interrupted, exit 2 on a config error. Progress goes to stderr,
-results to stdout (`--json` for a machine).
+our server does not become ready or a server dies) or is interrupted, exit 2 on a config error. A peer that
+cannot start is skipped with a warning. Progress goes to stderr, results to stdout (`--json` for a machine).
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,25 +64,36 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration  # noqa: E402
+from hello_config import (  # noqa: E402
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigError,
+    RunFiles,
+    load_config,
+    parse_duration,
+)
 from hello_jobs import http_get  # noqa: E402
 
 log = logging.getLogger("bench_server")
 
+PEERS_DIR = REPO / "scripts" / "bench_peers"
 MODES = {"keep-alive": [], "close": ["-H", "Connection: close"]}
 MODE_TITLES = {"keep-alive": "keep-alive", "close": "connection per request"}
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
-STOP_SIGNALS = {"ours": signal.SIGTERM, "nginx": signal.SIGQUIT}  # SIGQUIT: nginx's graceful stop
+PEERS = ("granian", "uvicorn", "go")
+PYTHON_PEERS = ("granian", "uvicorn")
+STOP_SIGNALS = {"nginx": signal.SIGQUIT}  # SIGQUIT: nginx's graceful stop; the others stop on SIGTERM
 
-# The goals of issue 2, section 5.
-GOAL_RATIO = {"keep-alive": 0.35, "close": 0.75}
+# The goals of issue 17, section 2.
+GOAL_PEER_RATIO = {"keep-alive": 1.10, "close": 1.0}  # ours / the best Python peer
 GOAL_P99_MS = 2.5
 GOAL_RSS_MIB = 40.0
 NOISY_PCT = 10.0  # more of the server core taken by other processes than this makes a run suspect
 
 NGINX_CONF = """\
-# Written by scripts/bench_server.py: one worker, everything inside this prefix.
-worker_processes 1;
+# Written by scripts/bench_server.py: everything inside this prefix.
+worker_processes {workers};
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 4096; }}
@@ -98,6 +121,10 @@ class WrkOutputError(BenchError):
     """wrk printed something the parser does not understand."""
 
 
+class PeerUnavailable(BenchError):
+    """A peer cannot run here (not installed, does not build or start): it is skipped."""
+
+
 @dataclass
 class WrkResult:
     rps: float
@@ -119,8 +146,8 @@ class Run:
     target: str
     result: WrkResult
     cpu_us_per_request: float  # CPU time of all the target's processes, per response wrk read
-    others_pct: float | None  # how busy the server core was with anything but the target (noise), % of the run
-    non_200: int | None = None  # from our /metrics; None for nginx
+    others_pct: float | None  # how busy the server cores were with anything but the target (noise), % of the run
+    non_200: int | None = None  # from the target's /metrics; None for nginx
     served_200: int | None = None
 
 
@@ -132,6 +159,7 @@ class Target:
     url: str
     proc: subprocess.Popen
     log_path: Path
+    has_metrics: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -167,13 +195,13 @@ def parse_wrk(text: str) -> WrkResult:
     )
 
 
-def pinned(core: int | None, args: list[str]) -> list[str]:
-    return ["taskset", "-c", str(core), *args] if core is not None else args
+def pinned(cores: str | None, args: list[str]) -> list[str]:
+    return ["taskset", "-c", cores, *args] if cores is not None else args
 
 
 def run_wrk(wrk: str, url: str, mode: str, args: argparse.Namespace, duration: float) -> WrkResult:
     command = pinned(
-        args.wrk_core,
+        args.wrk_cores,
         [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration:g}s", "--latency", *MODES[mode], url],
     )
     try:
@@ -213,14 +241,15 @@ def wait_ready(target: Target, path: str, timeout: float) -> None:
     )
 
 
-def ready_or_stopped(target: Target, path: str, timeout: float) -> None:
+def ready_or_stopped(target: Target, path: str, timeout: float) -> Target:
     """wait_ready, stopping the target when it fails: the caller has not yet put it among the ones to stop."""
     try:
         wait_ready(target, path, timeout)
     except BaseException:
         log.info("stopping %s (PID %d): it did not become ready", target.name, target.proc.pid)
-        stop_process(target, STOP_SIGNALS[target.name])
+        stop_process(target)
         raise
+    return target
 
 
 def tail(path: Path, chars: int = 600) -> str:
@@ -238,12 +267,12 @@ def start_process(name: str, command: list[str], log_path: Path, **kwargs: Any) 
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
 
 
-def stop_process(target: Target, sig: int, timeout: float = 15.0) -> None:
+def stop_process(target: Target, timeout: float = 15.0) -> None:
     """Stop the target's process by its PID, then kill whatever is left of its process group."""
     proc = target.proc
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
+            os.kill(proc.pid, STOP_SIGNALS.get(target.name, signal.SIGTERM))
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -273,7 +302,7 @@ def start_ours(directory: Path, args: argparse.Namespace) -> Target:
     port = free_port()
     config = write_server_config(directory, port, args.workers)
     command = pinned(
-        args.server_core,
+        args.server_cores,
         [sys.executable, str(args.script), "--host", "127.0.0.1", "--port", str(port)]
         + ["--workers", str(args.workers)],
     )
@@ -281,9 +310,7 @@ def start_ours(directory: Path, args: argparse.Namespace) -> Target:
     proc = start_process(
         args.script.name, command, log_path, cwd=args.script.parent, env={**os.environ, "HELLO_CONFIG": str(config)}
     )
-    target = Target("ours", f"http://127.0.0.1:{port}", proc, log_path)
-    ready_or_stopped(target, "/readyz", args.ready_timeout)
-    return target
+    return ready_or_stopped(Target("ours", f"http://127.0.0.1:{port}", proc, log_path), "/readyz", args.ready_timeout)
 
 
 def find_nginx() -> str | None:
@@ -298,16 +325,90 @@ def start_nginx(nginx: str, directory: Path, args: argparse.Namespace) -> Target
     (directory / "logs").mkdir(parents=True)
     port = free_port()
     conf = directory / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=directory, port=port))
-    command = pinned(args.server_core, [nginx, "-p", str(directory), "-c", str(conf), "-g", "daemon off;"])
+    conf.write_text(NGINX_CONF.format(prefix=directory, port=port, workers=args.workers))
+    command = pinned(args.server_cores, [nginx, "-p", str(directory), "-c", str(conf), "-g", "daemon off;"])
+    log_path = directory / "nginx.log"
     target = Target(
-        "nginx",
-        f"http://127.0.0.1:{port}",
-        start_process("nginx", command, directory / "nginx.log"),
-        directory / "nginx.log",
+        "nginx", f"http://127.0.0.1:{port}", start_process("nginx", command, log_path), log_path, has_metrics=False
     )
-    ready_or_stopped(target, "/", args.ready_timeout)
-    return target
+    return ready_or_stopped(target, "/", args.ready_timeout)
+
+
+# --- the peers: what a user would run instead ---
+
+
+def peer_env(directory: Path, args: argparse.Namespace) -> dict[str, str]:
+    """The peers' environment: with several workers, prometheus_client's multiprocess mode, as ours uses."""
+    env = {**os.environ, "PYTHONPATH": str(PEERS_DIR)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if args.workers > 1:
+        (directory / "multiproc").mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(directory / "multiproc")
+    return env
+
+
+def granian_command(directory: Path, port: int, args: argparse.Namespace) -> list[str]:
+    granian = Path(sys.executable).parent / "granian"
+    if not granian.exists():
+        raise PeerUnavailable("granian is not installed: `make bench` installs it from requirements-dev.txt")
+    return [
+        str(granian),
+        *("--interface", "rsgi", "--http", "1", "--no-ws", "--workers", str(args.workers)),
+        *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--working-dir", str(PEERS_DIR)),
+        "granian_app:app",
+    ]
+
+
+def uvicorn_command(directory: Path, port: int, args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable,
+        *("-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log"),
+        *("--workers", str(args.workers), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+        *("--app-dir", str(PEERS_DIR), "uvicorn_app:app"),
+    ]
+
+
+def go_command(directory: Path, port: int, args: argparse.Namespace) -> list[str]:
+    """Build the Go peer from its pinned modules (go.mod, go.sum) into the temp dir; GOMAXPROCS = workers."""
+    go = shutil.which("go")
+    if not go:
+        raise PeerUnavailable("go is not installed: the Go peer (scripts/bench_peers/go) is skipped")
+    binary = directory / "hello-peer"
+    log.info("building the Go peer: go build -o %s", binary)
+    try:
+        built = subprocess.run(
+            [go, "build", "-o", str(binary), "."],
+            cwd=PEERS_DIR / "go",
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise PeerUnavailable("go build took over 300 s") from None
+    if built.returncode != 0:
+        raise PeerUnavailable(f"go build failed: {built.stderr.strip()[-300:]}")
+    return ["env", f"GOMAXPROCS={args.workers}", str(binary), "-addr", f"127.0.0.1:{port}"]
+
+
+PEER_COMMANDS: dict[str, Callable[[Path, int, argparse.Namespace], list[str]]] = {
+    "granian": granian_command,
+    "uvicorn": uvicorn_command,
+    "go": go_command,
+}
+
+
+def start_peer(name: str, directory: Path, args: argparse.Namespace) -> Target:
+    directory.mkdir()
+    port = free_port()
+    command = pinned(args.server_cores, PEER_COMMANDS[name](directory, port, args))
+    log_path = directory / f"{name}.log"
+    env = peer_env(directory, args)
+    proc = start_process(name, command, log_path, cwd=directory, env=env)
+    try:
+        return ready_or_stopped(Target(name, f"http://127.0.0.1:{port}", proc, log_path), "/", args.ready_timeout)
+    except BenchError as exc:
+        raise PeerUnavailable(str(exc)) from None
 
 
 def children(pid: int) -> list[int]:
@@ -353,15 +454,18 @@ def cpu_seconds(target: Target) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def core_busy_seconds(core: int | None) -> float | None:
-    """Busy (not idle, not iowait) time of one core, from /proc/stat; None when not pinned."""
-    if core is None:
+def cores_busy_seconds(cores: str | None) -> float | None:
+    """Busy (not idle, not iowait) time of the given cores ("0" or "0,1"), from /proc/stat; None when unpinned."""
+    if cores is None:
         return None
+    wanted = {f"cpu{core}" for core in cores.split(",")}
+    busy = 0.0
     for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{core} "):
-            ticks = [int(v) for v in line.split()[1:]]
-            return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-    return None
+        name, _, rest = line.partition(" ")
+        if name in wanted:
+            ticks = [int(v) for v in rest.split()]
+            busy += sum(ticks[:8]) - ticks[3] - ticks[4]  # minus idle, iowait
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def memory(target: Target) -> dict[str, Any]:
@@ -381,17 +485,19 @@ def memory(target: Target) -> dict[str, Any]:
     root = one(target.proc.pid)
     workers = [one(pid) for pid in descendants(target.proc.pid)]
     total = root["rss_mib"] + sum(w["rss_mib"] for w in workers)
-    return {"root": root, "workers": workers, "total_rss_mib": round(total, 1)}
+    # The server is a supervisor and its workers; a single-process server is its own worker.
+    peak = max(w["peak_rss_mib"] for w in workers or [root])
+    return {"root": root, "workers": workers, "total_rss_mib": round(total, 1), "peak_worker_rss_mib": peak}
 
 
-# --- our metrics: every response a 200 ---
+# --- every response a 200 ---
 
 _REQUESTS_RE = re.compile(r"^hello_world_requests_total\{([^}]*)\}\s+([0-9.eE+-]+)", re.M)
 _LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def root_counts(url: str) -> dict[str, float]:
-    """hello_world_requests_total{path="/"} by code, read from our /metrics."""
+    """hello_world_requests_total{path="/"} by code, read from the target's /metrics."""
     status, body = http_get(url + "/metrics", timeout=5)
     if status != 200:
         raise BenchError(f"{url}/metrics answered {status}")
@@ -412,21 +518,25 @@ def run_rounds(targets: list[Target], args: argparse.Namespace, wrk: str) -> lis
     total = args.rounds * len(MODES) * len(targets)
     for number in range(1, args.rounds + 1):
         for mode in MODES:
-            # Alternate which target goes first, so neither always gets the warmer (or busier) slot.
-            order = targets if (number % 2) else list(reversed(targets))
-            for target in order:
+            # Rotate which target goes first, so none always gets the warmer (or busier) slot.
+            shift = (number - 1) % len(targets)
+            for target in targets[shift:] + targets[:shift]:
                 runs.append(one_run(target, mode, number, args, wrk))
                 log.info("[%d/%d] %s", len(runs), total, run_line(asdict(runs[-1])))
     return runs
 
 
 def one_run(target: Target, mode: str, number: int, args: argparse.Namespace, wrk: str) -> Run:
-    before = root_counts(target.url) if target.name == "ours" else None
-    cpu_before, core_before, wall_before = cpu_seconds(target), core_busy_seconds(args.server_core), time.monotonic()
+    before = root_counts(target.url) if target.has_metrics else None
+    cpu_before, core_before = cpu_seconds(target), cores_busy_seconds(args.server_cores)
+    wall_before = time.monotonic()
     result = run_wrk(wrk, target.url + "/", mode, args, args.duration)
     cpu = cpu_seconds(target) - cpu_before
-    core_after, wall = core_busy_seconds(args.server_core), time.monotonic() - wall_before
-    others = None if core_before is None or core_after is None else max(0.0, core_after - core_before - cpu) / wall
+    core_after, wall = cores_busy_seconds(args.server_cores), time.monotonic() - wall_before
+    others = None
+    if core_before is not None and core_after is not None:
+        # With shared cores wrk's own CPU time counts as "others"; args.wrk_shares says so.
+        others = max(0.0, core_after - core_before - cpu) / wall / len(args.server_cores.split(","))
     if target.proc.poll() is not None:
         raise BenchError(
             f"{target.name} died during the {mode} run (exit {target.proc.returncode}): {tail(target.log_path)}"
@@ -434,12 +544,12 @@ def one_run(target: Target, mode: str, number: int, args: argparse.Namespace, wr
     cpu_us = round(cpu * 1e6 / max(result.requests, 1), 1)
     run = Run(number, mode, target.name, result, cpu_us, None if others is None else round(others * 100, 1))
     if before is not None:
-        time.sleep(0.3)  # workers flush their metrics on a 0.1 s tick; the one answering /metrics flushes first
+        time.sleep(0.3)  # our workers flush their metrics on a 0.1 s tick; the one answering /metrics flushes first
         after = root_counts(target.url)
         delta = {code: after.get(code, 0.0) - before.get(code, 0.0) for code in after}
         run.served_200 = int(delta.get("200", 0))
         run.non_200 = int(sum(v for code, v in delta.items() if code != "200"))
-        target.extra["memory"] = memory(target)  # sampled right after load
+    target.extra["memory"] = memory(target)  # sampled right after load
     return run
 
 
@@ -452,6 +562,17 @@ def warm_up(targets: list[Target], args: argparse.Namespace, wrk: str) -> None:
 # --- the summary ---
 
 
+def paired_ratio(runs: list[Run], mode: str, name: str, base: str, value: Callable[[Run], float]) -> float | None:
+    """Median over rounds of value(name's run) / value(base's run) in the same round and mode."""
+    by_round = {(r.round, r.target): r for r in runs if r.mode == mode}
+    ratios = [
+        value(by_round[(n, name)]) / value(by_round[(n, base)])
+        for n, target in by_round
+        if target == name and (n, base) in by_round and value(by_round[(n, base)]) > 0
+    ]
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
 def summarise(runs: list[Run], targets: list[Target]) -> dict[str, Any]:
     names = [t.name for t in targets]
     modes: dict[str, Any] = {}
@@ -459,6 +580,7 @@ def summarise(runs: list[Run], targets: list[Target]) -> dict[str, Any]:
         per_target = {}
         for name in names:
             mine = [r for r in runs if r.mode == mode and r.target == name]
+            metrics = mine[0].non_200 is not None
             per_target[name] = {
                 "rps": round(statistics.median(r.result.rps for r in mine)),
                 "p50_ms": round(statistics.median(r.result.latency_ms["50"] for r in mine), 3),
@@ -466,37 +588,45 @@ def summarise(runs: list[Run], targets: list[Target]) -> dict[str, Any]:
                 "cpu_us_per_request": round(statistics.median(r.cpu_us_per_request for r in mine), 1),
                 "requests": sum(r.result.requests for r in mine),
                 "errors": sum(r.result.errors for r in mine),
-                "non_200": sum(r.non_200 for r in mine) if name == "ours" else None,
-                "counted_200": sum(r.served_200 for r in mine) if name == "ours" else None,
+                "non_200": sum(r.non_200 for r in mine) if metrics else None,
+                "counted_200": sum(r.served_200 for r in mine) if metrics else None,
+                "x_nginx": paired_ratio(runs, mode, name, "nginx", lambda r: r.result.rps)
+                if "nginx" in names
+                else None,
+                "x_ours": paired_ratio(runs, mode, name, "ours", lambda r: r.result.rps),
+                # CPU per response moves less than requests/s on a busy machine: theirs / ours, > 1: ours is cheaper.
+                "cpu_x_ours": paired_ratio(runs, mode, name, "ours", lambda r: r.cpu_us_per_request),
             }
-        ratio = cpu_ratio = None
-        if "nginx" in names:
-            pairs = [
-                (a, b)
-                for a in runs
-                for b in runs
-                if a.mode == b.mode == mode and a.round == b.round and a.target == "ours" and b.target == "nginx"
-            ]
-            ratio = round(statistics.median(a.result.rps / b.result.rps for a, b in pairs), 3)
-            # Moves less than requests/s on a busy machine; nginx is wrk-bound, not CPU-bound, so this one is lower.
-            cpu = [b.cpu_us_per_request / a.cpu_us_per_request for a, b in pairs if a.cpu_us_per_request > 0]
-            cpu_ratio = round(statistics.median(cpu), 3) if cpu else None
-        modes[mode] = {"targets": per_target, "ratio": ratio, "cpu_ratio": cpu_ratio}
+        modes[mode] = {"targets": per_target}
     memories = {t.name: t.extra.get("memory") or memory(t) for t in targets}
     noise = [r.others_pct for r in runs if r.others_pct is not None]
     summary = {"modes": modes, "memory": memories, "others_pct": statistics.median(noise) if noise else None}
-    summary["goals"] = goals(modes, memories["ours"])
+    summary["goals"] = goals(modes, memories)
     return summary
 
 
-def goals(modes: dict[str, Any], mem: dict[str, Any]) -> list[dict[str, Any]]:
+def goals(modes: dict[str, Any], memories: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
-    for mode, minimum in GOAL_RATIO.items():
-        ratio = modes[mode]["ratio"]
+    for mode, minimum in GOAL_PEER_RATIO.items():
+        targets = modes[mode]["targets"]
+        peers = [name for name in PYTHON_PEERS if name in targets]
+        if not peers:
+            out.append(
+                {
+                    "goal": f"{MODE_TITLES[mode]} rps >= {minimum}x the best Python peer",
+                    "value": "n/a (no peers)",
+                    "met": None,
+                }
+            )
+            continue
+        best = max(peers, key=lambda name: targets[name]["rps"])
+        ratio = 1 / targets[best]["x_ours"] if targets[best]["x_ours"] else None
+        by_cpu = targets[best]["cpu_x_ours"]  # theirs / ours per response: steadier on a busy machine
         out.append(
             {
-                "goal": f"{MODE_TITLES[mode]} rps >= {minimum}x nginx",
-                "value": f"{ratio:.2f}x" if ratio is not None else "n/a (no nginx)",
+                "goal": f"{MODE_TITLES[mode]} rps >= {minimum:.2f}x the best Python peer ({best})",
+                "value": (f"{ratio:.2f}x" if ratio is not None else "n/a")
+                + (f" (by CPU time per response: {by_cpu:.2f}x)" if by_cpu else ""),
                 "met": None if ratio is None else ratio >= minimum,
             }
         )
@@ -509,9 +639,7 @@ def goals(modes: dict[str, Any], mem: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": p99 <= GOAL_P99_MS,
             }
         )
-    # The server is a supervisor and its workers; a single-process server is its own worker.
-    workers = mem["workers"] or [mem["root"]]
-    peak = max(w["peak_rss_mib"] for w in workers)
+    peak = memories["ours"]["peak_worker_rss_mib"]
     out.append(
         {
             "goal": f"RSS <= {GOAL_RSS_MIB:g} MiB per worker (peak)",
@@ -519,18 +647,32 @@ def goals(modes: dict[str, Any], mem: dict[str, Any]) -> list[dict[str, Any]]:
             "met": peak <= GOAL_RSS_MIB,
         }
     )
-    errors = sum(m["targets"]["ours"]["errors"] + (m["targets"]["ours"]["non_200"] or 0) for m in modes.values())
-    out.append({"goal": "every response a 200, no socket errors", "value": f"{errors} bad", "met": errors == 0})
-    # wrk counts the responses it read; the server also answered the requests in flight when wrk stopped.
-    received = sum(m["targets"]["ours"]["requests"] for m in modes.values())
-    counted = sum(m["targets"]["ours"]["counted_200"] for m in modes.values())
-    out.append(
-        {
-            "goal": "hello_world_requests_total counted every response wrk received",
-            "value": f"{counted} counted, {received} received",
-            "met": counted >= received,
-        }
-    )
+    for mode in MODES:
+        go = modes[mode]["targets"].get("go")
+        if go and go["x_ours"]:
+            out.append(
+                {
+                    "goal": f"{MODE_TITLES[mode]}: ours / Go (the far anchor)",
+                    "value": f"{1 / go['x_ours']:.2f}x",
+                    "met": None,
+                }
+            )
+    for name in modes["keep-alive"]["targets"]:
+        per_mode = [m["targets"][name] for m in modes.values()]
+        bad = sum(t["errors"] + (t["non_200"] or 0) for t in per_mode)
+        what = "wrk errors and non-200 in its /metrics" if per_mode[0]["non_200"] is not None else "wrk errors"
+        out.append({"goal": f"{name}: every response a 200 ({what})", "value": f"{bad} bad", "met": bad == 0})
+        if per_mode[0]["counted_200"] is not None:
+            # wrk counts the responses it read; the server also answered the requests in flight when wrk stopped.
+            received = sum(t["requests"] for t in per_mode)
+            counted = sum(t["counted_200"] for t in per_mode)
+            out.append(
+                {
+                    "goal": f"{name}: hello_world_requests_total counted every response wrk received",
+                    "value": f"{counted} counted, {received} received",
+                    "met": counted >= received,
+                }
+            )
     return out
 
 
@@ -544,49 +686,182 @@ def run_line(run: dict[str, Any]) -> str:
     line = figures(r["rps"], r["latency_ms"]["50"], r["latency_ms"]["99"], run["cpu_us_per_request"], errors)
     extra = f"  non-200 {run['non_200']}" if run["non_200"] is not None else ""
     if run["others_pct"] is not None:
-        extra += f"  core busy with others {run['others_pct']:.0f}%"
-    return f"round {run['round']}  {run['mode']:<10} {run['target']:<5} {line}{extra}"
+        extra += f"  cores busy with others {run['others_pct']:.0f}%"
+    return f"round {run['round']}  {run['mode']:<10} {run['target']:<7} {line}{extra}"
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "-"
+
+
+def table(summary: dict[str, Any]) -> list[str]:
+    """The peer table: one block per mode, one row per server."""
+    header = (
+        f"    {'server':<8} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/resp':>11} {'RSS MiB':>8} "
+        f"{'x nginx':>8} {'x ours':>7}  bad"
+    )
+    lines = []
+    for mode, data in summary["modes"].items():
+        lines += [f"  {MODE_TITLES[mode]}:", header]
+        for name, t in data["targets"].items():
+            rss = summary["memory"][name]["peak_worker_rss_mib"]
+            bad = t["errors"] + (t["non_200"] or 0)
+            lines.append(
+                f"    {name:<8} {t['rps']:>7} {t['p50_ms']:>7.2f} {t['p99_ms']:>7.2f} {t['cpu_us_per_request']:>11.1f} "
+                f"{rss:>8.1f} {_ratio(t['x_nginx']):>8} {_ratio(t['x_ours']):>7}  {bad}"
+            )
+    return lines
 
 
 def render(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [
         f"wrk -t{s['threads']} -c{s['connections']} -d{s['duration']:g}s --latency, {s['rounds']} rounds, "
-        f"{s['workers']} worker(s); servers on core {s['server_core']}, wrk on core {s['wrk_core']}",
-        "",
-        "Per round:",
+        f"{s['workers']} worker(s) each; servers on cores {s['server_cores']}, wrk on cores {s['wrk_cores']}"
+        + (" (shared: wrk takes part of the servers' cores)" if s["wrk_shares"] else ""),
     ]
+    lines += [f"  skipped {name}: {why}" for name, why in s["skipped"].items()]
+    lines += ["", "Per round:"]
     lines += [f"  {run_line(run)}" for run in report["runs"]]
     summary = report["summary"]
-    lines += ["", "Summary (median over rounds):"]
-    for mode, data in summary["modes"].items():
-        lines.append(f"  {MODE_TITLES[mode]}:")
-        for name, t in data["targets"].items():
-            numbers = figures(t["rps"], t["p50_ms"], t["p99_ms"], t["cpu_us_per_request"], t["errors"])
-            lines.append(f"    {name:<6} {numbers}")
-        if data["ratio"] is not None:
-            by_cpu = f"; {data['cpu_ratio']:.2f}x by CPU time per response" if data["cpu_ratio"] is not None else ""
-            lines.append(f"    ratio ours/nginx {data['ratio']:.2f}x by requests/s{by_cpu}")
+    lines += ["", "Summary (median over rounds; RSS is the peak per worker; x = median of per-round rps ratios):"]
+    lines += table(summary)
     lines.append("  memory (after load):")
     for name, mem in summary["memory"].items():
         parts = [
             f"{p['name']} {p['pid']} {p['rss_mib']:.1f} MiB (peak {p['peak_rss_mib']:.1f}, cpus {p['cpus']})"
             for p in [mem["root"], *mem["workers"]]
         ]
-        lines.append(f"    {name:<6} total {mem['total_rss_mib']:.1f} MiB: " + "; ".join(parts))
+        lines.append(f"    {name:<8} total {mem['total_rss_mib']:.1f} MiB: " + "; ".join(parts))
     if (summary["others_pct"] or 0) > NOISY_PCT:
         lines.append(
-            f"  WARNING: core {s['server_core']} was busy with other processes {summary['others_pct']:.0f}% of the "
+            f"  WARNING: the server cores were busy with other processes {summary['others_pct']:.0f}% of the "
             "time (median): the figures are low and noisy; run again on a quiet machine"
         )
-    lines += ["", "Goals (issue 2):"]
+    lines += ["", "Goals (issue 17):"]
     for goal in summary["goals"]:
         mark = "n/a" if goal["met"] is None else ("met" if goal["met"] else "NOT MET")
         lines.append(f"  [{mark:>7}] {goal['goal']}: {goal['value']}")
     return "\n".join(lines)
 
 
+# --- /metrics after many reloads ---
+
+
+def parse_checkpoints(text: str) -> list[int]:
+    try:
+        numbers = sorted({int(n) for n in text.split(",") if n.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected reload counts like 10,100,1000, got {text!r}") from None
+    if not numbers or numbers[0] < 0:
+        raise argparse.ArgumentTypeError(f"expected reload counts >= 0, got {text!r}")
+    return numbers
+
+
+def reload_once(target: Target, files: RunFiles, number: int, timeout: float) -> None:
+    """SIGHUP the supervisor and wait until its state file records reload `number`, and that it worked."""
+    os.kill(target.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = files.read_state()
+        if state.get("reloads", 0) >= number:
+            if not state.get("last_reload", {}).get("ok"):
+                raise BenchError(f"reload {number} failed: {state.get('last_reload')}")
+            return
+        if target.proc.poll() is not None:
+            raise BenchError(f"ours exited during reload {number}: {tail(target.log_path)}")
+        time.sleep(0.02)
+    raise BenchError(f"reload {number} not done within {timeout:.0f}s: {tail(target.log_path)}")
+
+
+def wait_workers(target: Target, workers: int, timeout: float) -> None:
+    """Wait until the old generation has left: the supervisor has exactly `workers` children."""
+    deadline = time.monotonic() + timeout
+    while len(children(target.proc.pid)) != workers:
+        if time.monotonic() > deadline:
+            raise BenchError(f"old workers still there {timeout:.0f}s after a reload: {children(target.proc.pid)}")
+        time.sleep(0.05)
+
+
+def time_metrics(url: str, samples: int) -> list[float]:
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        status, _ = http_get(url + "/metrics", timeout=30)
+        times.append(time.perf_counter() - started)
+        if status != 200:
+            raise BenchError(f"{url}/metrics answered {status}")
+    return times
+
+
+def bench_reloads(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    target = start_ours(workdir / "ours", args)
+    files = RunFiles(workdir / "ours" / "run")
+    checkpoints, done, sent = [], 0, 0
+    try:
+        for goal in args.reloads:
+            while done < goal:
+                for _ in range(args.requests_per_reload):
+                    status, _ = http_get(target.url + "/", timeout=10)
+                    sent += 1
+                    if status != 200:
+                        raise BenchError(f"GET / answered {status} after {done} reloads")
+                done += 1
+                reload_once(target, files, done, timeout=args.ready_timeout + 30)
+                if done % 50 == 0:
+                    log.info("%d reloads of %d", done, args.reloads[-1])
+            wait_workers(target, args.workers, timeout=60)
+            time.sleep(0.3)  # the new workers flush their counts on their 0.1 s tick
+            times = time_metrics(target.url, args.samples)
+            counted = root_counts(target.url).get("200", 0.0)
+            point = {
+                "reloads": done,
+                "metrics_ms_median": round(statistics.median(times) * 1000, 2),
+                "metrics_ms_p90": round(sorted(times)[int(0.9 * (len(times) - 1))] * 1000, 2),
+                "metric_files": len(list(files.multiproc.glob("*.db"))),
+                "sent": sent,
+                "counted": int(counted),
+                "exact": int(counted) == sent,
+            }
+            checkpoints.append(point)
+            log.info("%s", reload_line(point))
+    finally:
+        log.info("stopping ours (PID %d)", target.proc.pid)
+        stop_process(target)
+    settings = {"workers": args.workers, "samples": args.samples, "requests_per_reload": args.requests_per_reload}
+    return {"settings": {**settings, "script": str(args.script)}, "checkpoints": checkpoints}
+
+
+def reload_line(point: dict[str, Any]) -> str:
+    exact = "exact" if point["exact"] else "NOT EXACT"
+    return (
+        f"after {point['reloads']:>5} reloads: /metrics {point['metrics_ms_median']:8.2f} ms median, "
+        f"{point['metrics_ms_p90']:8.2f} ms p90; {point['metric_files']:>5} metric files; "
+        f"GET / sent {point['sent']}, counted {point['counted']} ({exact})"
+    )
+
+
+def render_reloads(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [
+        f"/metrics answer time after reloads: {s['script']}, {s['workers']} worker(s), "
+        f"{s['requests_per_reload']} GETs of / per generation, {s['samples']} GETs of /metrics per checkpoint",
+    ]
+    lines += [f"  {reload_line(point)}" for point in report["checkpoints"]]
+    return "\n".join(lines)
+
+
 # --- main ---
+
+
+def parse_peers(text: str) -> list[str]:
+    names = [] if text == "none" else [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(PEERS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown peer(s) {', '.join(unknown)}: choose from {', '.join(PEERS)} or none"
+        )
+    return names
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -596,10 +871,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=parse_duration, default=2.0, help="keep-alive warm-up per target (default 2s)")
     parser.add_argument("--connections", type=int, default=64, help="wrk -c (default 64)")
     parser.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
-    parser.add_argument("--workers", type=int, default=1, help="our server's workers (default 1)")
-    parser.add_argument("--no-nginx", action="store_true", help="benchmark our server alone")
-    parser.add_argument("--server-core", type=int, default=0, help="core for the servers (default 0)")
-    parser.add_argument("--wrk-core", type=int, default=1, help="core for wrk (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="workers of every server (default 1)")
+    parser.add_argument("--no-nginx", action="store_true", help="leave nginx out")
+    parser.add_argument(
+        "--peers", type=parse_peers, default=list(PEERS), help=f"peers to run (default {','.join(PEERS)}; none)"
+    )
+    parser.add_argument("--server-cores", help="cores for the servers (default 0; 0,1 with --workers 2 or more)")
+    parser.add_argument("--wrk-cores", help="cores for wrk (default 1; 0,1 with --workers 2 or more)")
     parser.add_argument(
         "--ready-timeout", type=float, default=30.0, help="seconds a server gets to answer (default 30)"
     )
@@ -609,6 +887,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=REPO / "hello_world.py",
         help="the server to run (default: the repo's hello_world.py)",
     )
+    parser.add_argument(
+        "--reloads",
+        type=parse_checkpoints,
+        help="instead of wrk: time /metrics after this many reloads of ours (e.g. 10,100,1000)",
+    )
+    parser.add_argument("--samples", type=int, default=20, help="GETs of /metrics per checkpoint (default 20)")
+    parser.add_argument("--requests-per-reload", type=int, default=5, help="GETs of / per generation (default 5)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs) and print its path")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
@@ -618,52 +903,69 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def plan_cores(args: argparse.Namespace) -> None:
-    """Pin only when taskset exists and both cores are ours to use; else say so and run unpinned."""
+    """Pin only when taskset exists and the cores are ours to use; else say so and run unpinned."""
+    several = args.workers > 1
+    args.server_cores = args.server_cores or ("0,1" if several else "0")
+    args.wrk_cores = args.wrk_cores or ("0,1" if several else "1")
     usable = os.sched_getaffinity(0)
+    wanted = {int(c) for c in f"{args.server_cores},{args.wrk_cores}".split(",")}
     if not shutil.which("taskset"):
         log.warning("taskset not found (Debian package util-linux): running unpinned")
-    elif {args.server_core, args.wrk_core} <= usable and args.server_core != args.wrk_core:
+    elif wanted <= usable:
+        args.wrk_shares = bool(set(args.server_cores.split(",")) & set(args.wrk_cores.split(",")))
         return
     else:
-        log.warning(
-            "cores %d and %d are not both usable (have %s): running unpinned",
-            args.server_core,
-            args.wrk_core,
-            sorted(usable),
-        )
-    args.server_core = args.wrk_core = None
+        log.warning("cores %s are not all usable (have %s): running unpinned", sorted(wanted), sorted(usable))
+    args.server_cores = args.wrk_cores = None
+    args.wrk_shares = True
 
 
-def check_pinning(targets: list[Target], core: int | None) -> None:
-    if core is None:
+def check_pinning(targets: list[Target], cores: str | None) -> None:
+    if cores is None:
         return
+    expected = {cores, cores.replace(",", "-")}  # /proc writes 0,1 as 0-1
     for target in targets:
         mem = memory(target)
         for proc in [mem["root"], *mem["workers"]]:
-            if proc["cpus"] != str(core):
+            if proc["cpus"] not in expected:
                 log.warning(
-                    "%s process %d (%s) may run on cpus %s, not only %d",
+                    "%s process %d (%s) may run on cpus %s, not only %s",
                     target.name,
                     proc["pid"],
                     proc["name"],
                     proc["cpus"],
-                    core,
+                    cores,
                 )
+
+
+def start_targets(args: argparse.Namespace, workdir: Path, targets: list[Target]) -> dict[str, str]:
+    """Start ours, nginx and the peers into targets (so the caller stops them); what was skipped and why."""
+    skipped: dict[str, str] = {}
+    targets.append(start_ours(workdir / "ours", args))
+    nginx = None if args.no_nginx else find_nginx()
+    if nginx:
+        targets.append(start_nginx(nginx, workdir / "nginx", args))
+    elif not args.no_nginx:
+        skipped["nginx"] = "not installed (Debian package nginx-light): no ratios to nginx"
+    for name in args.peers:
+        try:
+            targets.append(start_peer(name, workdir / name, args))
+        except PeerUnavailable as exc:
+            skipped[name] = str(exc)
+    for name, why in skipped.items():
+        log.warning("skipping %s: %s", name, why)
+    return skipped
 
 
 def bench(args: argparse.Namespace, wrk: str, workdir: Path) -> dict[str, Any]:
     targets: list[Target] = []
     try:
-        targets.append(start_ours(workdir / "ours", args))
-        nginx = None if args.no_nginx else find_nginx()
-        if nginx:
-            targets.append(start_nginx(nginx, workdir / "nginx", args))
-        elif not args.no_nginx:
-            log.warning("nginx not installed (Debian package nginx-light): no ratios, our figures only")
-        check_pinning(targets, args.server_core)
-        status, body = http_get(targets[0].url + "/", timeout=1.0)
-        if status != 200:
-            raise BenchError(f"GET {targets[0].url}/ answered {status} {body[:80]!r}")
+        skipped = start_targets(args, workdir, targets)
+        check_pinning(targets, args.server_cores)
+        for target in targets:
+            status, body = http_get(target.url + "/", timeout=1.0)
+            if status != 200:
+                raise BenchError(f"{target.name}: GET {target.url}/ answered {status} {body[:80]!r}")
         warm_up(targets, args, wrk)
         started = time.monotonic()
         runs = run_rounds(targets, args, wrk)
@@ -672,12 +974,13 @@ def bench(args: argparse.Namespace, wrk: str, workdir: Path) -> dict[str, Any]:
     finally:
         for target in targets:
             log.info("stopping %s (PID %d)", target.name, target.proc.pid)
-            stop_process(target, STOP_SIGNALS[target.name])
+            stop_process(target)
     settings = {
         k: getattr(args, k)
-        for k in ("rounds", "duration", "connections", "threads", "workers", "server_core", "wrk_core")
+        for k in ("rounds", "duration", "connections", "threads", "workers", "server_cores", "wrk_cores", "wrk_shares")
     }
-    settings["nginx"] = "nginx" in [t.name for t in targets]
+    settings["targets"] = [t.name for t in targets]
+    settings["skipped"] = skipped
     settings["server_config"] = yaml.safe_load((workdir / "ours" / "config.yaml").read_text())["system"]["server"]
     return {"settings": settings, "runs": [asdict(r) for r in runs], "summary": summary}
 
@@ -690,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s", stream=sys.stderr)
     args = parse_args(argv)
     wrk = shutil.which("wrk")
-    if not wrk:
+    if not wrk and args.reloads is None:
         print("bench: wrk not found: install the Debian package wrk (apt-get install wrk)", file=sys.stderr)
         return EXIT_FAILED
     args.script = args.script.resolve()
@@ -701,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="hello-bench-"))
     try:
-        report = bench(args, wrk, workdir)
+        report = bench_reloads(args, workdir) if args.reloads is not None else bench(args, wrk, workdir)
     except ConfigError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -716,7 +1019,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("kept %s", workdir)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(report, indent=2) if args.json else render(report))
+    text = render_reloads(report) if args.reloads is not None else render(report)
+    print(json.dumps(report, indent=2) if args.json else text)
     return EXIT_OK
 
 

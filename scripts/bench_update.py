@@ -12,10 +12,11 @@ What it measures, over --rounds rounds, with a keep-alive and a connection-per-r
 (--no-load: without them):
   no-op      `python update_protocol.py` with nothing new, process start to exit (goal: under 2 s)
   full       `python update_protocol.py` deploying a new commit, process start to exit
-  serving    from the test step passing to the new version serving: build + deploy (the reload returns
+  serving    from the test step passing to the new version serving: checkout + build + deploy (the reload returns
              once the new code answers) (goal: under 5 s); "verified" adds the verify step
   load       requests answered, failed and with a wrong body during all updates (failed must be 0)
-The deployment's test step is one tiny pytest file; it is timed apart and excluded from the goals.
+The deployment's test step is one tiny pytest file; it and the backup step (system.update.backup_first, a
+backup of the deployment checkout) are timed apart and excluded from the goals.
 
 Exit 0 when every request during the updates was answered with the right 200 (whatever the timings), 1 when
 any failed or had a wrong body (a zero-downtime regression) or the bench could not run, 2 on a bad argument.
@@ -116,6 +117,7 @@ class ScratchDeployment:
         system["server"].update({"host": "127.0.0.1", "port": self.port, "workers": 1})
         system["monitoring"]["pushgateway"]["url"] = None
         system["update"].update({"test_command": self.test_command, "deploy": "local", "interval": None})
+        system["backup"].update({"source": str(self.deploy), "destination": str(self.root / "backups")})
         for key, value in overrides.items():  # a section's keys are merged, a top-level key replaced
             if isinstance(value, dict):
                 system[key].update(value)
@@ -325,6 +327,7 @@ def bench(rounds: int, workers: int, load_on: bool = True) -> dict[str, Any]:
         after_tests: list[float] = []
         verified: list[float] = []
         tests: list[float] = []
+        backups: list[float] = []
         try:
             site.server("start")
             pid = site.pid()
@@ -343,8 +346,9 @@ def bench(rounds: int, workers: int, load_on: bool = True) -> dict[str, Any]:
                         raise RuntimeError(f"update failed: {result.stdout}{result.stderr}")
                     steps = step_seconds(result.stdout)
                     tests.append(steps["test"])
-                    after_tests.append(steps["build"] + steps["deploy"])
-                    verified.append(steps["build"] + steps["deploy"] + steps["verify"])
+                    backups.append(steps.get("backup", 0.0))
+                    after_tests.append(steps["checkout"] + steps["build"] + steps["deploy"])
+                    verified.append(after_tests[-1] + steps["verify"])
             counts = dict(load.counts)
         finally:
             if pid is None:
@@ -359,6 +363,7 @@ def bench(rounds: int, workers: int, load_on: bool = True) -> dict[str, Any]:
         "noop_seconds": summary(noop),
         "full_update_seconds": summary(full),
         "test_step_seconds": summary(tests),
+        "backup_step_seconds": summary(backups),
         "tests_passed_to_serving_seconds": summary(after_tests),
         "tests_passed_to_verified_seconds": summary(verified),
         "load": counts,
@@ -400,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         ("noop_seconds", "goal < 2 s"),
         ("full_update_seconds", ""),
         ("test_step_seconds", ""),
+        ("backup_step_seconds", "(system.update.backup_first)"),
         ("tests_passed_to_serving_seconds", "goal < 5 s"),
         ("tests_passed_to_verified_seconds", "(+ verify)"),
     ):

@@ -363,6 +363,9 @@ def test_rule_tests_fail_when_the_servicemonitor_job_differs(overlay: list, tmp_
         km.promtool("test", "rules", *map(str, tests))
 
 
+HOST_LABELS = {"job": "node", "instance": "host:9100", "fstype": "ext4", "mountpoint": "/"}
+
+
 def dashboard_series() -> list[dict[str, str]]:
     """Input series for every metric a dashboard query names, labelled as the static scrape config does."""
     pushed = {"hello_world_backup": "hello_world_backup", "hello_world_update": "hello_world_update"}
@@ -371,9 +374,13 @@ def dashboard_series() -> list[dict[str, str]]:
         {
             m
             for _, _, expr in lint_monitoring.panel_queries(lint_monitoring.load_dashboard())
-            for m in re.findall(r"\b(hello_world_\w+|up)\b", expr)
+            for m in re.findall(r"\b(hello_world_\w+|up|node_\w+|ALERTS)\b", expr)
         }
     ):
+        if name == "ALERTS" or name.startswith("node_"):  # not scraped from the service: the same on both
+            labels = {"alertname": "Watchdog", "alertstate": "firing"} if name == "ALERTS" else HOST_LABELS
+            series.append({"series": km.format_series(name, labels), "values": "1+10x80"})
+            continue
         job = next((job for prefix, job in pushed.items() if name.startswith(prefix)), None)
         if job is None and name.startswith("hello_world_validation"):
             job = "hello_world_validation"

@@ -19,6 +19,7 @@ import textwrap
 import httptools
 import pytest
 import uvicorn
+import uvicorn.protocols.utils
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -28,6 +29,8 @@ from hello import protocol
 
 # uvicorn methods whose bodies hello/protocol.py re-states rather than extends: a change must be carried over.
 REPLACED = {
+    "connection_made": "ba1915817ccf6c1b7d6d9982ca74b6fb9e43eebbd3f588fff1e1f8f17af5e161",
+    "on_message_begin": "0efab6f9456c4987cb366d90c1d3f4a36f28a271cf9b5b2d276c631d387e55ea",
     "data_received": "02c2572f1df559070eba7f206a3f7e251782f5af4aaae194fc1ffb67f24c3873",
     "on_header": "374f1e380c062750017f779f155889a6b9dc6340be49861d3640aafb337b30ca",
 }
@@ -74,6 +77,8 @@ def test_uvicorn_protocol_methods_have_the_signatures_used():
         method = getattr(HttpToolsProtocol, name, None)
         assert method is not None, f"uvicorn's HttpToolsProtocol has no {name} any more"
         assert list(inspect.signature(method).parameters) == parameters, f"HttpToolsProtocol.{name} changed"
+    for name in ("get_local_addr", "get_remote_addr"):
+        assert list(inspect.signature(getattr(uvicorn.protocols.utils, name)).parameters) == ["transport"], name
     for name in ("startup", "on_tick", "shutdown"):
         assert hasattr(uvicorn.Server, name), f"uvicorn.Server has no {name} any more"
     assert list(inspect.signature(uvicorn.Server.on_tick).parameters) == ["self", "counter"]
@@ -98,6 +103,8 @@ def test_uvicorn_protocol_and_server_have_the_attributes_used():
         for name in ("parser", "headers", "cycle", "pipeline", "flow", "transport", "loop", "server_state"):
             assert hasattr(proto, name), f"HttpToolsProtocol instances have no {name} any more"
         for name in ("timeout_keep_alive_task", "timeout_keep_alive", "connections", "expect_100_continue"):
+            assert hasattr(proto, name), f"HttpToolsProtocol instances have no {name} any more"
+        for name in ("asgi_version", "root_path", "app_state", "server", "client", "scheme"):
             assert hasattr(proto, name), f"HttpToolsProtocol instances have no {name} any more"
         assert proto.connections is state.connections and isinstance(state.default_headers, list)
         for name in ("read_paused", "write_paused", "pause_reading", "resume_reading"):

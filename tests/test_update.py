@@ -109,8 +109,9 @@ def test_nothing_new_exits_0_and_restarts_nothing(site: ScratchDeployment) -> No
     result = site.update()
     assert result.returncode == 0, shown(result)
     assert "nothing new" in result.stdout
-    for name in ("test", "build", "deploy", "verify"):
+    for name in ("test", "backup", "build", "deploy", "verify"):
         assert not re.search(rf"^{name}\s", result.stdout, re.MULTILINE), shown(result)
+    assert "(no test, backup or deploy)" in result.stdout
     assert snapshot(site) == before
     assert log_lines(site)[-1]["outcome"] == "up-to-date"
     assert metric(site, "hello_world_update_success") == 1
@@ -118,19 +119,22 @@ def test_nothing_new_exits_0_and_restarts_nothing(site: ScratchDeployment) -> No
 
 def test_good_commit_is_deployed_with_zero_failed_requests(site: ScratchDeployment) -> None:
     before = snapshot(site)
+    archives = set(site.root.glob("backups/hello-world-*.tar.gz"))
     commit = site.harmless_commit("good")
     with Load(site.port, limit=5000) as load:
         result = site.update()
     assert result.returncode == 0, shown(result)
-    for name in ("lock", "preflight", "fetch", "test", "deploy", "verify", "record"):
+    for name in ("lock", "preflight", "fetch", "test", "backup", "checkout", "deploy", "verify", "record"):
         assert_step(result, name)
+    assert len(set(site.root.glob("backups/hello-world-*.tar.gz")) - archives) == 1  # backup_first, of the old code
     assert_step(result, "build", "skipped")  # requirements did not change
     assert site.served() == commit == site.head()
     assert site.pid() == before["pid"] and reloads(site) == before["reloads"] + 1
     assert_quiet_load(load)
     entry = log_lines(site)[-1]
     assert (entry["from"], entry["to"], entry["outcome"], entry["exit"]) == (before["served"], commit, "updated", 0)
-    assert set(entry["steps"]) >= {"lock", "preflight", "fetch", "test", "build", "deploy", "verify"}
+    assert set(entry["steps"]) >= {"lock", "preflight", "fetch", "test", "checkout", "build", "deploy", "verify"}
+    assert entry["good"] == commit
     assert metric(site, "hello_world_update_success") == 1
     assert metric(site, "hello_world_update_last_success_timestamp_seconds") > 0
     assert not (site.run_dir / "update.pending.json").exists()
@@ -168,10 +172,12 @@ def test_commit_whose_tests_fail_is_not_deployed(site: ScratchDeployment) -> Non
     assert result.returncode == 1, shown(result)
     assert_step(result, "test", "FAILED")
     assert_step(result, "rollback")
-    assert not re.search(r"^(deploy|build)\s", result.stdout, re.MULTILINE), shown(result)
-    assert snapshot(site) == before  # checkout back on the serving commit, no reload
+    assert "nothing to undo" in result.stdout, shown(result)
+    assert not re.search(r"^(checkout|deploy|build)\s", result.stdout, re.MULTILINE), shown(result)
+    assert snapshot(site) == before  # the checkout never left the serving commit, no reload
     assert (site.deploy / "SMOKE").read_text() == "ok\n"
     assert log_lines(site)[-1]["outcome"] == "tests-failed"
+    assert "good" not in log_lines(site)[-1]
     assert metric(site, "hello_world_update_success") == 0
 
 
@@ -296,15 +302,77 @@ def test_failed_merge_leaves_no_pending_marker(site: ScratchDeployment) -> None:
     finally:
         lock.unlink()
     assert result.returncode == 1, shown(result)
-    assert_step(result, "fetch", "FAILED")
+    assert_step(result, "test")  # in the release: the live index is not touched until the tests passed
+    assert_step(result, "checkout", "FAILED")
     assert "`git merge --ff-only" in result.stdout, shown(result)
-    assert not re.search(r"^(test|build|deploy)\s", result.stdout, re.MULTILINE), shown(result)
+    assert not re.search(r"^(build|deploy)\s", result.stdout, re.MULTILINE), shown(result)
     assert snapshot(site) == before
     assert not (site.run_dir / "update.pending.json").exists()  # the next run is not a recovery
     assert log_lines(site)[-1]["outcome"] == "failed"
     again = site.update()
     assert again.returncode == 0, shown(again)
     assert "interrupted" not in again.stderr, shown(again)
+
+
+def test_failed_backup_first_stops_the_update_with_nothing_deployed(site: ScratchDeployment, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the backups should go\n")
+    config = site.write_config(tmp_path / "config.yaml", {"backup": {"destination": str(blocked)}})
+    before = snapshot(site)
+    site.harmless_commit("behind a failing backup")
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    assert result.returncode == 1, shown(result)
+    assert_step(result, "test")
+    assert_step(result, "backup", "FAILED")
+    assert "backup_script.py create exited 1" in result.stdout, shown(result)
+    assert not re.search(r"^(checkout|build|deploy)\s", result.stdout, re.MULTILINE), shown(result)
+    assert snapshot(site) == before
+    entry = log_lines(site)[-1]
+    assert (entry["outcome"], entry["exit"]) == ("backup-failed", 1) and "backup_script.py" in entry["reason"]
+    assert not (site.run_dir / "update.pending.json").exists()
+
+
+def test_backup_first_off_takes_no_backup(site: ScratchDeployment, tmp_path: Path) -> None:
+    config = site.write_config(tmp_path / "config.yaml", {"update": {"backup_first": False}})
+    archives = set(site.root.glob("backups/hello-world-*.tar.gz"))
+    commit = site.harmless_commit("without a backup first")
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    assert result.returncode == 0, shown(result)
+    assert not re.search(r"^backup\s", result.stdout, re.MULTILINE), shown(result)
+    assert set(site.root.glob("backups/hello-world-*.tar.gz")) == archives
+    assert site.served() == commit
+
+
+def test_hooks_run_in_the_new_release_with_both_commits(site: ScratchDeployment, tmp_path: Path) -> None:
+    seen = tmp_path / "hooks.log"
+    line = f'echo "$0 $(pwd) $HELLO_PREVIOUS_COMMIT $HELLO_COMMIT $(cat CHANGES)" >> {seen}'
+    hooks = {"before_deploy": [line.replace("$0", "before")], "after_deploy": [line.replace("$0", "after")]}
+    config = site.write_config(tmp_path / "config.yaml", {"update": {"hooks": hooks}})
+    before = site.served()
+    commit = site.harmless_commit("with hooks")
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    assert result.returncode == 0, shown(result)
+    assert_step(result, "before-deploy")
+    assert_step(result, "after-deploy")
+    assert seen.read_text().splitlines() == [
+        f"{kind} {site.deploy} {before} {commit} with hooks" for kind in ("before", "after")
+    ]
+    assert result.stdout.index("before-deploy") < result.stdout.index("\ndeploy ") < result.stdout.index("after-deploy")
+
+
+@pytest.mark.parametrize("kind", ["before_deploy", "after_deploy"])
+def test_a_failing_hook_rolls_back(site: ScratchDeployment, tmp_path: Path, kind: str) -> None:
+    config = site.write_config(tmp_path / "config.yaml", {"update": {"hooks": {kind: ["true", "exit 3"]}}})
+    before = snapshot(site)
+    site.harmless_commit(f"a failing {kind} hook")
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    assert result.returncode == 1, shown(result)
+    assert_step(result, kind.replace("_", "-"), "FAILED")
+    assert f"system.update.hooks.{kind}[1] `exit 3` exited 3" in result.stdout, shown(result)
+    assert_step(result, "rollback")
+    assert bool(re.search(r"^deploy\s", result.stdout, re.MULTILINE)) == (kind == "after_deploy"), shown(result)
+    assert site.served() == before["served"] == site.head()
+    assert log_lines(site)[-1]["outcome"] == "rolled-back"
 
 
 # --- refusals: exit 1, nothing changed ---------------------------------------------------------------
@@ -433,8 +501,8 @@ def test_kill_9_mid_update_then_a_new_run_recovers(site: ScratchDeployment, proc
     first = start_held_update(site, processes, hold)
     kill_group(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
-    # Killed inside the test step: merged, not deployed, the lock and the pending marker left behind.
-    assert site.head() == commit and site.served() == before["served"]
+    # Killed inside the test step: the live checkout not moved, the lock and the pending marker left behind.
+    assert site.head() == before["served"] == site.served()
     assert (site.run_dir / "update.lock").read_text().strip() == str(first.pid)
     assert json.loads((site.run_dir / "update.pending.json").read_text())["from"] == before["served"]
     result = site.update()
@@ -445,6 +513,232 @@ def test_kill_9_mid_update_then_a_new_run_recovers(site: ScratchDeployment, proc
     assert site.served() == commit == site.head()
     assert not (site.run_dir / "update.pending.json").exists()
     assert not (site.run_dir / "update.lock").exists()
+
+
+# --- untested code never serves: the tests run in an isolated release --------------------------------
+
+
+def workers(site: ScratchDeployment) -> set[int]:
+    """The PIDs of the supervisor's worker processes."""
+    pid = site.pid()
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children.update(int(child) for child in (task / "children").read_text().split())
+    return children
+
+
+def validate_update(site: ScratchDeployment) -> tuple[int, dict[str, dict]]:
+    """`validation_test.py --only update --json` of the deployment: exit code and results by check name."""
+    result = subprocess.run(
+        [PYTHON, "validation_test.py", "--only", "update", "--json"],
+        cwd=site.deploy,
+        env=site.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip().startswith("["), shown(result)
+    return result.returncode, {entry["check"]: entry for entry in json.loads(result.stdout)}
+
+
+GOOD_RELEASE = "/version serves the last good release"
+
+
+def test_worker_killed_while_a_failing_update_tests_respawns_the_serving_code(
+    site: ScratchDeployment, processes, tmp_path: Path
+) -> None:
+    good = site.harmless_commit("the recorded good release")
+    assert site.update().returncode == 0 and site.served() == good
+    text = (site.deploy / "hello_world.py").read_text()
+    rejected = site.commit(
+        "a new greeting whose tests fail",
+        {"hello_world.py": text.replace("Hello, World!", "Goodbye, World!"), "SMOKE": "broken\n"},
+    )
+    hold = tmp_path / "hold"
+    update = start_held_update(site, processes, hold)
+    # Inside the test step: the new commit is checked out in the release only.
+    release = site.run_dir / "release"
+    assert git(release, "rev-parse", "HEAD") == rejected
+    assert site.head() == good
+    old_workers = workers(site)
+    kill_group(next(iter(old_workers)), signal.SIGKILL)  # a worker dies (OOM, kill -9) during the tests
+
+    def respawned() -> bool:
+        fresh = workers(site) - old_workers
+        return bool(fresh) and http_get(site.url + "/", timeout=2)[0] == 200
+
+    wait_until(respawned, 60, "the supervisor to respawn the killed worker")
+    assert http_get(site.url + "/")[2] == b"Hello, World!\n"
+    assert site.served() == good
+    Path(f"{hold}.release").touch()
+    output, _ = update.communicate(timeout=120)
+    assert update.returncode == 1, output
+    assert f"tests failed: nothing deployed, still serving {good[:10]}" in output
+    assert http_get(site.url + "/")[2] == b"Hello, World!\n" and site.served() == good == site.head()
+    assert not release.exists()
+    # The next run tests the rejected commit again and again does not deploy it.
+    again = site.update()
+    assert again.returncode == 1, shown(again)
+    assert_step(again, "test", "FAILED")
+    assert "nothing new" not in again.stdout
+    assert http_get(site.url + "/")[2] == b"Hello, World!\n" and site.served() == good == site.head()
+    code, checks = validate_update(site)
+    assert checks[GOOD_RELEASE]["status"] == "PASS", checks
+    assert checks["the last update succeeded"]["status"] == "FAIL" and code == 1, checks
+
+
+def test_validate_update_fails_while_the_served_commit_is_not_the_recorded_good_one(site: ScratchDeployment) -> None:
+    good = site.harmless_commit("tested and verified")
+    assert site.update().returncode == 0
+    code, checks = validate_update(site)
+    assert checks[GOOD_RELEASE]["status"] == "PASS" and code == 0, checks
+    # Code no update tested goes live: a local commit and a reload, by hand.
+    (site.deploy / "CHANGES").write_text("edited on the server\n")
+    git(site.deploy, "commit", "-q", "-am", "a change nobody tested")
+    try:
+        site.server("reload")
+        untested = site.served()
+        assert untested == site.head() != good
+        code, checks = validate_update(site)
+        assert code == 1, checks
+        assert checks[GOOD_RELEASE]["status"] == "FAIL", checks
+        assert f"the server runs {untested[:12]}, not {good[:12]}" in checks[GOOD_RELEASE]["detail"]
+        assert checks["/version serves the checkout's HEAD"]["status"] == "PASS", checks
+    finally:
+        git(site.deploy, "reset", "-q", "--hard", good)
+        site.server("reload")
+    assert site.served() == good
+
+
+def test_changed_requirements_are_installed_in_the_release_venv_only(
+    site: ScratchDeployment, processes, tmp_path: Path
+) -> None:
+    live = Path(sys.prefix)
+    stamp = live / ".dev-installed"
+    stamp_before = stamp.stat().st_mtime_ns if stamp.exists() else None
+    dev = (site.deploy / "requirements-dev.txt").read_text()
+    site.commit("changed requirements, failing tests", {"requirements-dev.txt": dev + "# changed\n", "SMOKE": "no\n"})
+    before = snapshot(site)
+    hold = tmp_path / "hold"
+    update = start_held_update(site, processes, hold)
+    venv = site.run_dir / "release" / ".venv"
+    assert venv.is_dir() and not venv.is_symlink() and (venv / "pyvenv.cfg").exists()
+    Path(f"{hold}.release").touch()
+    output, _ = update.communicate(timeout=300)
+    assert update.returncode == 1, output
+    assert "a copy of the live venv with requirements-dev.txt installed" in output
+    assert snapshot(site) == before
+    assert (stamp.stat().st_mtime_ns if stamp.exists() else None) == stamp_before  # the live venv untouched
+    assert not venv.exists()
+
+
+# --- history ---------------------------------------------------------------------------------------
+
+
+def history(site: ScratchDeployment, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "update_protocol.py", "history", *args],
+        cwd=site.deploy,
+        env=site.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_history_lists_deploys_and_rollbacks_newest_first(site: ScratchDeployment) -> None:
+    before = site.served()
+    commit = site.harmless_commit("for the history")
+    assert site.update().returncode == 0
+    assert site.update().returncode == 0  # nothing new: not a deploy
+    assert site.update("--force").returncode == 0
+    result = history(site, "--json")
+    assert result.returncode == 0, shown(result)
+    newest, second = json.loads(result.stdout)[:2]
+    assert (newest["outcome"], newest["from"], newest["to"]) == ("redeployed", commit, commit)
+    assert (second["outcome"], second["from"], second["to"]) == ("updated", before, commit)
+    assert second["to_subject"] == "harmless change for the history"
+    assert second["user"] and set(second["steps"]) >= {"test", "checkout", "deploy", "verify"}
+    every = json.loads(history(site, "--json", "--all").stdout)
+    assert [entry["outcome"] for entry in every[:3]] == ["redeployed", "up-to-date", "updated"]
+    text = history(site)
+    assert text.returncode == 0, shown(text)
+    assert re.search(r"^\S+Z  redeployed .* by \S+", text.stdout, re.MULTILINE), text.stdout
+    assert f"    to    {commit[:10]}  harmless change for the history" in text.stdout
+
+
+# --- rollback by hand ------------------------------------------------------------------------------
+
+
+def rollback(site: ScratchDeployment, *args: str) -> subprocess.CompletedProcess:
+    return site.update("rollback", *args)
+
+
+def test_rollback_by_hand_two_commits_back_then_update_holds_until_forced(site: ScratchDeployment) -> None:
+    released = []
+    for label in ("one", "two", "three"):
+        released.append(site.harmless_commit(f"release {label}"))
+        assert site.update().returncode == 0 and site.served() == released[-1]
+    dry = rollback(site, released[0], "--dry-run")
+    assert dry.returncode == 0 and f"would roll back {released[2][:10]} -> {released[0][:10]}" in dry.stdout, shown(dry)
+    assert site.served() == released[2]
+    with Load(site.port, limit=5000) as load:
+        result = rollback(site, released[0][:12])
+    assert result.returncode == 0, shown(result)
+    for name in ("preflight", "choose", "test", "checkout", "deploy", "verify"):
+        assert_step(result, name)
+    assert site.served() == released[0] == site.head()
+    assert_quiet_load(load)
+    entry = log_lines(site)[-1]
+    assert (entry["outcome"], entry["from"], entry["to"], entry["good"]) == (
+        "rollback",
+        released[2],
+        released[0],
+        released[0],
+    )
+    # The remote still holds the commits rolled back from: update stays, and says how to go on.
+    held = site.update()
+    assert held.returncode == 0, shown(held)
+    assert "make update FORCE=1 deploys it" in held.stdout and log_lines(site)[-1]["outcome"] == "held"
+    assert not re.search(r"^(test|deploy)\s", held.stdout, re.MULTILINE), shown(held)
+    assert site.served() == released[0]
+    forced = site.update("--force")
+    assert forced.returncode == 0, shown(forced)
+    assert site.served() == released[2] == site.head()
+    assert site.update().returncode == 0  # no longer held
+
+
+def test_rollback_without_a_commit_goes_to_the_previous_good_release_and_may_skip_tests(
+    site: ScratchDeployment,
+) -> None:
+    first = site.harmless_commit("good one")
+    assert site.update().returncode == 0
+    site.harmless_commit("good two")
+    assert site.update().returncode == 0
+    result = rollback(site, "--no-test")
+    assert result.returncode == 0, shown(result)
+    assert "test: skipped (--no-test)" in result.stdout
+    assert not re.search(r"^test\s", result.stdout, re.MULTILINE), shown(result)
+    assert site.served() == first == site.head()
+    entry = log_lines(site)[-1]
+    assert (entry["outcome"], entry["to"], entry["tests"]) == ("rollback", first, "skipped (--no-test)")
+
+
+def test_rollback_to_a_commit_that_never_served_is_refused(site: ScratchDeployment) -> None:
+    skipped = site.harmless_commit("never served alone")
+    site.harmless_commit("deployed together with the one before")
+    assert site.update().returncode == 0
+    before = snapshot(site)
+    for wanted, reason in (
+        (skipped, "never served as a good release"),
+        (before["served"], "is serving already"),
+        ("no-such-ref", "'no-such-ref' is not a commit of this checkout"),
+    ):
+        result = rollback(site, wanted)
+        assert result.returncode == 1, shown(result)
+        assert reason in result.stdout, shown(result)
+        assert snapshot(site) == before
+        assert log_lines(site)[-1]["outcome"] == "refused"
 
 
 # --- compose mode, with the recording docker stand-in ---------------------------------------------------

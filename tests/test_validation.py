@@ -358,7 +358,7 @@ def test_a_stopped_server_fails_the_service_checks_and_the_served_commit(deploym
     deployment.hello("stop")
     try:
         code, results = deployment.validate()
-        must = GROUP["service"] | {"check_served_commit"}
+        must = GROUP["service"] | {"check_served_commit", "check_good_release"}
         # Prometheus notices within a scrape interval or two: its checks may or may not fail yet.
         assert_only_failing(results, must, frozenset({"check_target", "check_dashboard", "check_alerts"}))
         assert code == 1
