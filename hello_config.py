@@ -77,6 +77,18 @@ def parse_duration(value: Any) -> float:
     raise _Invalid(f"expected a duration such as 15s, 5m or 1h30m, {_got(value)}")
 
 
+_SIZE_RE = re.compile(r"^(\d+)(B|KiB|MiB|GiB)?$")
+_UNIT_BYTES = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a size such as 10MiB, 512KiB or a plain number of bytes."""
+    match = _SIZE_RE.match(str(value)) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+    if not match:
+        raise _Invalid(f"expected a size such as 10MiB, 512KiB or a number of bytes, {_got(value)}")
+    return int(match.group(1)) * _UNIT_BYTES[match.group(2) or "B"]
+
+
 def parse_time_of_day(value: Any) -> str:
     """'HH:MM' from a string, or from the integer YAML 1.1 makes of an unquoted 23:30 (1410)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -243,6 +255,11 @@ SCHEMA: Schema = {
             "header_timeout": (parse_duration, "10s"),
             "drain_timeout": (parse_duration, "10s"),
             "reload_timeout": (parse_duration, "30s"),
+            "body_timeout": (parse_duration, "10s"),  # longest wait between two reads of a request body
+            "write_timeout": (parse_duration, "30s"),  # answers left unread this long: the connection is dropped
+            "max_header_count": (_int_at_least(1, 10000), 100),  # headers in one request, else 431
+            "log_max_size": (parse_size, "10MiB"),  # background log: rotated past this; 0: never (logrotate)
+            "log_keep": (_int_at_least(1, 1000), 5),  # rotated logs kept: hello_world.log.1 ... .N
             "user": (_user_or_null, None),  # systemd units run as this user (make systemd); null: root
         },
         "monitoring": {

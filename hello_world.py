@@ -2,7 +2,7 @@
 
 Run it:
 
-    python hello_world.py [--host H] [--port N] [--workers N]     # foreground (make run)
+    python hello_world.py [--host H] [--port N] [--workers N] [--log-file PATH]    # foreground (make run)
 
 In the background (make start, stop, status, reload) it is run by scripts/service.py.
 
@@ -12,6 +12,8 @@ How it is built: a small supervisor process binds the listening socket and
 runs N worker processes that share it. Each worker is uvicorn (uvloop and
 httptools) serving the plain ASGI app below, with prometheus_client in
 multiprocess mode so that /metrics sums every worker, past and present.
+hello/protocol.py extends uvicorn (direct answers, deadlines, limits,
+back-pressure) and counts requests in the shared metric files.
 
 Reload (SIGHUP, `make reload`): the supervisor starts a new generation of
 workers from the code now on disk and waits until each says it is ready.
@@ -22,9 +24,9 @@ import or to get ready within reload_timeout is stopped, and the old
 generation keeps serving. SIGTERM and SIGINT drain every worker the same way.
 
 Files in system.run_dir: hello_world.pid (the supervisor), hello_world.log
-(background mode), hello_world.state.json (URL, commit, last reload result),
-multiproc/ (the metric files of the workers, emptied at start; a dead worker's are merged into one
-file per type, so /metrics takes no longer after many reloads).
+(background mode: --log-file, rotated by hello/logfile.py), hello_world.state.json
+(URL, commit, last reload result), multiproc/ (the metric files of the workers, emptied at start;
+a dead worker's are merged into one file per type, so /metrics takes no longer after many reloads).
 
 Exit codes: 0 success; 1 failed (the port is taken, the workers cannot start);
 2 bad usage or config.
@@ -33,10 +35,8 @@ Exit codes: 0 success; 1 failed (the port is taken, the workers cannot start);
 from __future__ import annotations
 
 import argparse
-import asyncio
-import bisect
 import contextlib
-import http
+import functools
 import json
 import logging
 import os
@@ -47,12 +47,12 @@ import socket
 import subprocess
 import sys
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hello import restarts, sdnotify
+from hello.logfile import LogPipe
 from hello_config import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -68,8 +68,6 @@ from hello_jobs import write_atomically
 VERSION = "1.0.0"
 REPO_DIR = Path(__file__).resolve().parent
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"
-MAX_HEADER_BYTES = 32 * 1024  # a request line and headers, as nginx's default large_client_header_buffers
-MAX_PENDING_HEADER_BYTES = 1024 * 1024  # what httptools may buffer for headers that never end
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 
@@ -112,63 +110,16 @@ def _text(status: int, body: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -
     return status, headers, data
 
 
-class RequestMetrics:
-    """The request counter and latency histogram, kept in plain dicts on the request path.
-
-    In multiprocess mode every prometheus_client update writes a shared memory-mapped file
-    (about 9 us a request for a counter and a histogram here). Requests add to dicts instead
-    (well under 1 us) and flush() writes the sums: on the server's 0.1 s tick, before this
-    worker answers /metrics, and when it stops. Every request is counted exactly once; another
-    worker's last 0.1 s may show up one tick later.
-    """
-
-    def __init__(self, routes: tuple[str, ...]) -> None:
-        from prometheus_client import Counter, Histogram
-
-        self.requests_total = Counter(
-            "hello_world_requests", "Requests answered, by method, route and status code.", ["method", "path", "code"]
-        )
-        duration = Histogram(
-            "hello_world_request_duration_seconds", "Time to answer a request.", ["path"], buckets=LATENCY_BUCKETS
-        )
-        self.bounds = (*LATENCY_BUCKETS, float("inf"))
-        self.histograms = {route: duration.labels(route) for route in routes}
-        self.counts: dict[tuple[str, str, int], int] = {}
-        self.latency = {route: [0.0] + [0] * len(self.bounds) for route in routes}  # [sum, bucket counts...]
-
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        pending = self.latency[route]
-        pending[0] += seconds
-        pending[1 + bisect.bisect_left(self.bounds, seconds)] += 1
-
-    def flush(self) -> None:
-        counts, self.counts = self.counts, {}
-        for (method, route, status), count in counts.items():
-            self.requests_total.labels(method, route, str(status)).inc(count)
-        for route, pending in self.latency.items():
-            if not any(pending[1:]):
-                continue
-            # The histogram child's own parts: observe() would cost a file write per sample again.
-            # In multiprocess mode each bucket holds its own count; the collector accumulates them.
-            child = self.histograms[route]
-            child._sum.inc(pending[0])
-            for index, count in enumerate(pending[1:]):
-                if count:
-                    child._buckets[index].inc(count)
-            self.latency[route] = [0.0] + [0] * len(self.bounds)
-
-
 def make_app(build: BuildInfo, state: WorkerState):
     """The ASGI app: a dict of routes, each answer built once, counted in `app.metrics`."""
     from prometheus_client import CollectorRegistry, Gauge
     from prometheus_client.exposition import choose_encoder
 
     from hello.metrics_files import LockedCollector
+    from hello.protocol import RequestMetrics
 
     routes = frozenset({"/", "/healthz", "/readyz", "/version", "/metrics"})
-    metrics = RequestMetrics((*routes, "other"))
+    metrics = RequestMetrics((*routes, "other"), LATENCY_BUCKETS)
     build_info = Gauge(
         "hello_world_build_info", "The running version and commit.", ["version", "commit"], multiprocess_mode="livemax"
     )
@@ -192,7 +143,6 @@ def make_app(build: BuildInfo, state: WorkerState):
     connection_close = (b"connection", b"close")
 
     def metrics_answer(scope: dict) -> tuple[int, list, bytes]:
-        metrics.flush()
         accept = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"accept"), None)
         encoder, content_type = choose_encoder(accept)
         body = encoder(exposition)
@@ -217,186 +167,46 @@ def make_app(build: BuildInfo, state: WorkerState):
         if state.draining:
             # uvicorn closes the connection after a response that says so: the client knows to reconnect.
             headers = [*headers, connection_close]
+        # Counted before it is written (a worker killed after the write must not lose it).
+        metrics.observe(method if method in KNOWN_METHODS else "other", route, status, time.perf_counter() - started)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        if method not in KNOWN_METHODS:
-            method = "other"  # a client must not be able to grow the label set
-        metrics.observe(method, route, status, time.perf_counter() - started)
 
     app.metrics = metrics
     app.static = static  # answers that never change while serving: the protocol may write them directly
     return app
 
 
-# --- the worker: uvicorn with a drain step and the limits httptools lacks -------------------------
-
-
-def _guarded_protocol(app: Any, state: WorkerState, header_timeout: float, access_log: bool):
-    from uvicorn.protocols.http.flow_control import FlowControl
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    from uvicorn.protocols.utils import get_local_addr, get_remote_addr
-
-    # A GET of a static route is answered from bytes built once a second (uvicorn renews its date
-    # header every second), without the ASGI call: that call's task, events and messages are half the
-    # cost of a request to / here. The access log needs the ASGI path, so it turns this off.
-    direct_routes = {} if access_log else {path.encode(): path for path in app.static}
-    prebuilt: dict[tuple[str, bool], tuple[list, bytes]] = {}
-    answered = types.SimpleNamespace(response_complete=True, message_event=asyncio.Event())
-
-    def direct_answer(route: str, keep_alive: bool, default_headers: list) -> bytes:
-        cached = prebuilt.get((route, keep_alive))
-        if cached is not None and cached[0] is default_headers:
-            return cached[1]
-        status, headers, body = app.static[route]
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode())]
-        lines += [b"%s: %s\r\n" % header for header in (*default_headers, *headers)]
-        if not keep_alive:
-            lines.append(b"connection: close\r\n")
-        data = b"".join(lines) + b"\r\n" + body
-        prebuilt[(route, keep_alive)] = (default_headers, data)
-        return data
-
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol plus a header size cap (431), a deadline for request headers (408),
-        direct answers to GETs of static routes and a connection set-up trimmed to what they need
-        (written against uvicorn 0.54.0: its connection_made and on_message_begin, less the addresses,
-        the ASGI scope and the idle timer)."""
-
-        def connection_made(self, transport: asyncio.Transport) -> None:
-            # uvicorn's connection_made without the two addresses (a socket object and two syscalls);
-            # they are looked up only for a request that goes to the app.
-            self.connections.add(self)
-            self.transport = transport
-            self.flow = FlowControl(transport)
-            self.server = self.client = None
-            self.scheme = "http"  # the workers serve no TLS
-            self.reading_headers, self.pending_bytes, self.header_timer = False, 0, None
-            # No timer per connection (or per response below): the worker's tick closes connections idle too long.
-            self.idle_since = self.loop.time()
-
-        def data_received(self, data: bytes) -> None:
-            self.idle_since = None
-            if self.reading_headers:  # headers that keep coming: bound what the parser buffers for them
-                self.pending_bytes += len(data)
-                if self.pending_bytes > MAX_PENDING_HEADER_BYTES:
-                    self.reject(431, "Request Header Fields Too Large")
-                    return
-            super().data_received(data)
-            # Most requests arrive whole; only a partial one starts the clock (a timer per request costs).
-            if self.reading_headers and self.header_timer is None and not self.transport.is_closing():
-                self.header_timer = self.loop.call_later(header_timeout, self.reject, 408, "Request Timeout")
-
-        def on_message_begin(self) -> None:
-            # uvicorn's, without the ASGI scope: app_scope() builds it only for a request that goes to the app.
-            self.url = b""
-            self.expect_100_continue = False
-            self.headers = []
-            self.reading_headers, self.pending_bytes = True, 0
-
-        def app_scope(self) -> None:
-            """uvicorn's per-request ASGI scope and the connection's addresses, for a request the app answers."""
-            if self.client is None:
-                self.server = get_local_addr(self.transport)
-                self.client = get_remote_addr(self.transport)
-            self.scope = {
-                "type": "http",
-                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
-                "http_version": "1.1",
-                "server": self.server,
-                "client": self.client,
-                "scheme": self.scheme,
-                "root_path": self.root_path,
-                "headers": self.headers,
-                "state": self.app_state.copy(),
-            }
-
-        def on_headers_complete(self) -> None:
-            self.reading_headers = False
-            if self.header_timer is not None:
-                self.header_timer.cancel()
-                self.header_timer = None
-            if len(self.url) + sum(len(name) + len(value) for name, value in self.headers) > MAX_HEADER_BYTES:
-                self.reject_request(431, "Request Header Fields Too Large")
-            elif self.parser.get_http_version() == "0.9":
-                self.reject_request(400, "Bad Request")  # a request line without a version: llhttp takes it
-            elif not self.answer_directly():
-                self.app_scope()
-                super().on_headers_complete()
-
-        def reject_request(self, status: int, reason: str) -> None:
-            self.cycle = answered  # uvicorn's callbacks for the rest of this request see it finished
-            self.reject(status, reason)
-
-        def answer_directly(self) -> bool:
-            """Write the prebuilt answer to a GET of a static route; False leaves the request to the app.
-
-            The app keeps everything else: other methods and routes, a query string, draining (its answers
-            say `Connection: close`), and a request pipelined behind one whose answer is not complete.
-            """
-            route = direct_routes.get(self.url)
-            if (
-                route is None
-                or state.draining
-                or self.parser.get_method() != b"GET"
-                or (self.cycle is not None and not self.cycle.response_complete)
-            ):
-                return False
-            started = time.perf_counter()
-            keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-            self.transport.write(direct_answer(route, keep_alive, self.server_state.default_headers))
-            self.cycle = answered  # what uvicorn's other callbacks look at: this request's answer is complete
-            self.server_state.total_requests += 1
-            if keep_alive:
-                self.idle_since = self.loop.time()
-            else:
-                self.transport.close()
-            app.metrics.observe("GET", route, 200, time.perf_counter() - started)
-            return True
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self.header_timer is not None:
-                self.header_timer.cancel()
-            super().connection_lost(exc)
-
-        @staticmethod
-        def close_idle(connections: set, now: float, timeout: float) -> None:
-            """Close the connections idle (no byte since their last answer or their start) for over timeout."""
-            for protocol in list(connections):
-                since = getattr(protocol, "idle_since", None)
-                if since is not None and now - since > timeout and not protocol.transport.is_closing():
-                    protocol.transport.close()
-
-        def send_400_response(self, msg: str) -> None:
-            app.metrics.observe("other", "other", 400, 0.0)
-            super().send_400_response(msg)
-
-        def reject(self, status: int, reason: str) -> None:
-            if self.transport.is_closing():
-                return
-            app.metrics.observe("other", "other", status, 0.0)
-            body = reason.encode() + b"\n"
-            self.transport.write(
-                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
-            )
-            self.transport.close()
-
-    return GuardedHttpToolsProtocol
+# --- the worker: uvicorn with hello/protocol.py's protocol and server ---------------------------------
 
 
 def worker_main(listen_fd: int, ready_fd: int) -> int:
     """Serve on the inherited listening socket until told to stop; say 'ready' on ready_fd once serving."""
     import uvicorn
 
+    from hello.protocol import DirectAnswers, DrainingServer, HelloProtocol, ProtocolSettings, connection_limit
+
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     server_config = json.loads(os.environ[SETTINGS_ENV])  # checked by the supervisor, never re-read here
     build, state = read_build_info(), WorkerState()
     app = make_app(build, state)
-    protocol = _guarded_protocol(app, state, server_config["header_timeout"], server_config["access_log"])
+    settings = ProtocolSettings(
+        metrics=app.metrics,
+        state=state,
+        # A GET of a static route is answered from prebuilt bytes, without the ASGI call. The access log
+        # needs the ASGI path, so it turns this off.
+        direct=None if server_config["access_log"] else DirectAnswers(app.static),
+        header_timeout=server_config["header_timeout"],
+        body_timeout=server_config["body_timeout"],
+        write_timeout=server_config["write_timeout"],
+        max_header_count=server_config["max_header_count"],
+        max_connections=connection_limit(),
+    )
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http=protocol,
+        http=functools.partial(HelloProtocol, settings=settings),
+        ws="none",
         lifespan="off",
         interface="asgi3",
         proxy_headers=False,
@@ -407,42 +217,9 @@ def worker_main(listen_fd: int, ready_fd: int) -> int:
         timeout_keep_alive=max(1, round(server_config["keep_alive_timeout"])),
         timeout_graceful_shutdown=max(1, round(server_config["drain_timeout"])),
     )
-    parent = os.getppid()
-
-    class DrainingServer(uvicorn.Server):
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets)
-            if self.started:
-                os.write(ready_fd, f"ready {build.version} {build.commit}".encode())
-                os.close(ready_fd)
-
-        async def on_tick(self, counter: int) -> bool:
-            app.metrics.flush()
-            protocol.close_idle(
-                self.server_state.connections, asyncio.get_running_loop().time(), config.timeout_keep_alive
-            )
-            if os.getppid() != parent:  # the supervisor is gone: do not serve on as an orphan
-                self.should_exit = True
-            return await super().on_tick(counter)
-
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            # Drain before uvicorn's own shutdown, which closes idle keep-alive connections
-            # without a word and so loses a request that is on its way.
-            state.draining = True
-            for server in self.servers:
-                server.close()
-            for sock in sockets or []:
-                sock.close()
-            deadline, loop = time.monotonic() + server_config["drain_timeout"], asyncio.get_running_loop()
-            while self.server_state.connections and time.monotonic() < deadline and not self.force_exit:
-                # No ticks while draining: idle connections are closed here, as on a tick.
-                protocol.close_idle(self.server_state.connections, loop.time(), config.timeout_keep_alive)
-                await asyncio.sleep(0.02)
-            await super().shutdown()
-            app.metrics.flush()
-
-    listener = socket.socket(fileno=listen_fd)
-    DrainingServer(config).run(sockets=[listener])
+    ready = (ready_fd, f"ready {build.version} {build.commit}")
+    server = DrainingServer(config, state, ready, server_config["drain_timeout"])
+    server.run(sockets=[socket.socket(fileno=listen_fd)])
     return EXIT_OK
 
 
@@ -729,7 +506,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(config: dict, flags: dict) -> int:
+def serve(config: dict, flags: dict, log_file: Path | None = None) -> int:
     server, files = config["server"], RunFiles(Path(config["run_dir"]))
     files.run_dir.mkdir(parents=True, exist_ok=True)
     pid = files.running_pid()
@@ -744,10 +521,15 @@ def serve(config: dict, flags: dict) -> int:
     shutil.rmtree(files.multiproc, ignore_errors=True)
     files.multiproc.mkdir()
     files.pidfile.write_text(f"{os.getpid()}\n")
+    log_pipe = LogPipe(log_file, server["log_max_size"], server["log_keep"]) if log_file else None
+    if log_pipe:
+        log_pipe.start()
     supervisor = Supervisor(config, flags, listener, files)
     try:
         return supervisor.run()
     finally:
+        if log_pipe:
+            log_pipe.close()
         if files.running_pid() == os.getpid():
             files.pidfile.unlink(missing_ok=True)
         shutil.rmtree(files.multiproc, ignore_errors=True)
@@ -759,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="address to listen on (system.server.host)")
     parser.add_argument("--port", type=int, help="port to listen on (system.server.port)")
     parser.add_argument("--workers", type=int, help="worker processes (system.server.workers)")
+    parser.add_argument("--log-file", type=Path, help="log there, rotated (system.server.log_max_size, log_keep)")
     options = parser.parse_args(argv)
     try:
         config = load_config()
@@ -766,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    return serve(config, flags)
+    return serve(config, flags, options.log_file)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def start_unlocked(config: dict, files: RunFiles, server_args: list[str], quiet:
         return EXIT_OK
     with open(files.logfile, "ab") as logfile:
         proc = subprocess.Popen(
-            [sys.executable, str(REPO_DIR / "hello_world.py"), *server_args],
+            [sys.executable, str(REPO_DIR / "hello_world.py"), *server_args, "--log-file", str(files.logfile)],
             stdin=subprocess.DEVNULL,
             stdout=logfile,
             stderr=subprocess.STDOUT,
