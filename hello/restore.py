@@ -283,7 +283,8 @@ class Extractor:
 
 def leads_inside(root: Path, link: tuple[str, ...]) -> bool:
     """Whether the symbolic link root/link, followed on disk step by step as the kernel would, stays inside root
-    at every step. Past a missing name the rest is judged by its name alone (stricter than the kernel)."""
+    at every step and ends (a loop does not). Past a missing name the rest is judged by its name alone (stricter
+    than the kernel)."""
     target = os.readlink(os.path.join(root, *link))
     if target.startswith("/"):
         return False
@@ -309,7 +310,7 @@ def leads_inside(root: Path, link: tuple[str, ...]) -> bool:
             continue
         hops += 1
         if hops > MAX_LINK_HOPS:
-            return True  # the kernel gives up here (ELOOP): the link leads nowhere at all
+            return False  # the kernel gives up here (ELOOP): refused, so every restored link resolves inside
         inner = os.readlink(os.path.join(root, *resolved, part))
         if inner.startswith("/"):
             return False
@@ -333,7 +334,7 @@ def check_tree(root: Path, *, keep_setid: bool) -> None:
             info = os.lstat(path)
             if stat.S_ISLNK(info.st_mode):
                 if not leads_inside(root, tuple(rel.split("/"))):
-                    raise Refused(f"symbolic link {rel!r} -> {os.readlink(path)!r} leads outside the target")
+                    raise Refused(f"symbolic link {rel!r} -> {os.readlink(path)!r} leads outside the target or loops")
                 continue
             if not keep_setid and info.st_mode & SETID:
                 raise Refused(f"{rel!r} is setuid or setgid")  # never: Extractor drops those bits
