@@ -110,6 +110,43 @@ class Terminated(Exception):
     """SIGTERM during a one-shot command: clean up and exit 1."""
 
 
+class Termination:
+    """SIGTERM raised as Terminated: at once, except while isal's threaded compressor runs.
+
+    An exception raised between the steps of its queue bookkeeping leaves its close() waiting forever in
+    Queue.join (seen: a SIGTERMed backup that never ended). While the archive is written the signal is only
+    noted, and raised at the next read of the source or between members (check): in the main thread, outside
+    isal, so the compressor is closed cleanly and the partial file removed.
+    """
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self.pending = False
+
+    def handler(self, _signum: int, _frame: object) -> None:
+        if self.deferring:
+            self.pending = True
+            return
+        raise Terminated("terminated by SIGTERM")
+
+    def check(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise Terminated("terminated by SIGTERM")
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        self.check()
+
+
+TERMINATION = Termination()
+
+
 @dataclass(frozen=True)
 class Archive:
     path: Path
@@ -410,6 +447,7 @@ def _add(
     tar: tarfile.TarFile, path: str, arcname: str, seen: dict[tuple[int, int], str], manifest: ManifestWriter
 ) -> int:
     """Add one entry (and its manifest entry); return the bytes of file data read."""
+    TERMINATION.check()
     try:
         info = tar_info(path, arcname, os.lstat(path), seen)
     except FileNotFoundError:
@@ -427,7 +465,7 @@ def _add(
     try:
         # O_NOFOLLOW: a file swapped for a symlink since the lstat above is refused, never followed.
         with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as handle:
-            reader = HashingReader(handle)
+            reader = HashingReader(handle, before_read=TERMINATION.check)
             tar.addfile(info, reader)
             manifest.add(info, reader.hexdigest())
     except FileNotFoundError:
@@ -450,7 +488,7 @@ def write_archive(
     """Stream the tree (then the hooks' staging folder, then the manifest) into temp (created 0600, fsynced);
     return (sha256 hex, size in bytes)."""
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb", buffering=CHUNK) as handle:
+    with TERMINATION.deferred(), open(fd, "wb", buffering=CHUNK) as handle:
         os.fchmod(fd, 0o600)
         writer = _HashingWriter(handle)
         gz = igzip_threaded.open(writer, "wb", compresslevel=COMPRESS_LEVEL, threads=COMPRESS_THREADS)
@@ -1073,10 +1111,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _on_sigterm(_signum: int, _frame: object) -> None:
-    raise Terminated("terminated by SIGTERM")
-
-
 def dispatch(args: argparse.Namespace) -> int:
     config = load_config()
     if args.command == "create":
@@ -1100,7 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s backup %(levelname)s %(message)s", stream=sys.stderr)
     if args.command != "schedule":
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, TERMINATION.handler)
     try:
         return dispatch(args)
     except ConfigError as exc:

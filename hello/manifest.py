@@ -25,6 +25,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -44,11 +45,14 @@ class ManifestError(Exception):
 class HashingReader:
     """A file as tarfile reads it into the archive, hashed on the way."""
 
-    def __init__(self, handle: BinaryIO) -> None:
+    def __init__(self, handle: BinaryIO, before_read: Callable[[], None] | None = None) -> None:
         self.handle = handle
         self.digest = hashlib.sha256()
+        self.before_read = before_read  # e.g. raises when the run was told to stop
 
     def read(self, size: int = -1) -> bytes:
+        if self.before_read is not None:
+            self.before_read()
         data = self.handle.read(size)
         self.digest.update(data)
         return data

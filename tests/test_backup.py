@@ -380,15 +380,48 @@ def test_full_filesystem_fails_and_leaves_nothing_partial(tmp_path: Path, small_
     assert set(destination.iterdir()) == first
 
 
-def test_kill_9_at_random_moments_never_leaves_an_incomplete_final_archive(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    rng = random.Random(4)
+def _mixed_tree(source: Path, rng: random.Random) -> None:
     for index in range(300):  # many small files and two large ones
         folder = source / f"d{index // 50}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"f{index}.txt").write_text(f"line {index}\n" * rng.randint(10, 2000))
     (source / "big1.bin").write_bytes(rng.randbytes(8_000_000))
     (source / "big2.bin").write_bytes(rng.randbytes(8_000_000))
+
+
+def test_sigterm_at_random_moments_ends_the_run_promptly_and_leaves_nothing_partial(tmp_path: Path) -> None:
+    """SIGTERM raised inside isal's threaded compressor once left its close() waiting forever."""
+    source = tmp_path / "src"
+    rng = random.Random(5)
+    _mixed_tree(source, rng)
+    destination = tmp_path / "backups"
+    config = config_for(tmp_path, source, destination)
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    first = backup(config)
+    assert first.returncode == 0
+    took = float(re.search(r"took (\S+) s", first.stdout).group(1))
+    lock = config.parent / "run" / "backup.lock"
+    for _ in range(8):
+        proc = subprocess.Popen([PYTHON, SCRIPT, "create"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        wait_until(lambda p=proc: p.poll() is not None or _holder(lock) == p.pid, 20, "the run to take its lock")
+        time.sleep(rng.uniform(0, took))
+        proc.terminate()
+        try:
+            _out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("a SIGTERMed backup did not end within 60 s") from None
+        # 1: stopped and cleaned up; 0: it had finished; -SIGTERM: it was exiting, past its handler
+        assert proc.returncode in (0, 1, -signal.SIGTERM), err
+        assert [p.name for p in destination.iterdir() if not p.name.startswith("hello-world-")] == []
+        for archive in archives(destination):
+            backup_script.verify_archive(archive)
+
+
+def test_kill_9_at_random_moments_never_leaves_an_incomplete_final_archive(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    rng = random.Random(4)
+    _mixed_tree(source, rng)
     destination = tmp_path / "backups"
     config = config_for(tmp_path, source, destination)
     env = {**os.environ, "HELLO_CONFIG": str(config)}
