@@ -566,7 +566,10 @@ def test_rebuilding_a_host_from_the_archive_and_the_git_remote(tmp_path: Path, s
     """README "Rebuilding a host", command by command: empty folder, restore, git, make start, /version."""
     git = require_tool("git")
     remote_repo = tmp_path / "origin.git"
-    subprocess.run([git, "clone", "-q", "--bare", str(REPO), str(remote_repo)], check=True)
+    # The commit checked out here as the remote's main: under an update's test step REPO is a detached worktree,
+    # whose HEAD a plain `clone --bare` would not put on any branch.
+    subprocess.run([git, "init", "-q", "--bare", "-b", "main", str(remote_repo)], check=True)
+    subprocess.run([git, "-C", str(REPO), "push", "-q", str(remote_repo), "HEAD:refs/heads/main"], check=True)
     old_host = tmp_path / "old-host"
     subprocess.run([git, "clone", "-q", str(remote_repo), str(old_host)], check=True)
     commit = subprocess.run(
