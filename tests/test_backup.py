@@ -12,6 +12,7 @@ import stat
 import subprocess
 import tarfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -389,18 +390,34 @@ def _mixed_tree(source: Path, rng: random.Random) -> None:
     (source / "big2.bin").write_bytes(rng.randbytes(8_000_000))
 
 
-def test_sigterm_at_random_moments_ends_the_run_promptly_and_leaves_nothing_partial(tmp_path: Path) -> None:
-    """SIGTERM raised inside isal's threaded compressor once left its close() waiting forever."""
+@dataclass
+class Interrupted:
+    """A mixed tree backed up once, to be interrupted at random moments of further runs."""
+
+    config: Path
+    env: dict[str, str]
+    destination: Path
+    lock: Path
+    took: float  # how long a run holds its lock, about
+
+
+def _interrupted(tmp_path: Path, rng: random.Random) -> Interrupted:
     source = tmp_path / "src"
-    rng = random.Random(5)
     _mixed_tree(source, rng)
     destination = tmp_path / "backups"
     config = config_for(tmp_path, source, destination)
-    env = {**os.environ, "HELLO_CONFIG": str(config)}
     first = backup(config)
     assert first.returncode == 0
     took = float(re.search(r"took (\S+) s", first.stdout).group(1))
-    lock = config.parent / "run" / "backup.lock"
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    return Interrupted(config, env, destination, config.parent / "run" / "backup.lock", took)
+
+
+def test_sigterm_at_random_moments_ends_the_run_promptly_and_leaves_nothing_partial(tmp_path: Path) -> None:
+    """SIGTERM raised inside isal's threaded compressor once left its close() waiting forever."""
+    rng = random.Random(5)
+    run = _interrupted(tmp_path, rng)
+    env, destination, lock, took = run.env, run.destination, run.lock, run.took
     for _ in range(8):
         proc = subprocess.Popen([PYTHON, SCRIPT, "create"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
         wait_until(lambda p=proc: p.poll() is not None or _holder(lock) == p.pid, 20, "the run to take its lock")
@@ -419,17 +436,9 @@ def test_sigterm_at_random_moments_ends_the_run_promptly_and_leaves_nothing_part
 
 
 def test_kill_9_at_random_moments_never_leaves_an_incomplete_final_archive(tmp_path: Path) -> None:
-    source = tmp_path / "src"
     rng = random.Random(4)
-    _mixed_tree(source, rng)
-    destination = tmp_path / "backups"
-    config = config_for(tmp_path, source, destination)
-    env = {**os.environ, "HELLO_CONFIG": str(config)}
-    first = backup(config)
-    assert first.returncode == 0
-    took = float(re.search(r"took (\S+) s", first.stdout).group(1))  # the time the run holds its lock, about
-
-    lock = config.parent / "run" / "backup.lock"
+    run = _interrupted(tmp_path, rng)
+    config, env, destination, lock, took = run.config, run.env, run.destination, run.lock, run.took
     for _ in range(8):
         proc = subprocess.Popen(
             [PYTHON, SCRIPT, "create"], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
