@@ -476,7 +476,7 @@ def start_held_update(site: ScratchDeployment, processes, hold: Path) -> subproc
         stderr=subprocess.STDOUT,
         text=True,
     )
-    wait_until(lambda: Path(f"{hold}.started").exists() or proc.poll() is not None, 30, "the update's test step")
+    wait_until(lambda: Path(f"{hold}.started").exists() or proc.poll() is not None, 240, "the update's test step")
     assert proc.poll() is None, proc.stdout.read()
     return proc
 
