@@ -103,7 +103,10 @@ class ScratchDeployment:
         self.run_dir = root / "run"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.test_command = f"{python} -m pytest -q -p no:cacheprovider tests_smoke/test_smoke.py"
+        # One process, no plugins the smoke test does not use: the repo's `-n 4` would start four workers
+        # (about 8 s of CPU) for each of the suite's many updates.
+        unused_plugins = "-n 0 -p no:anyio -p no:hypothesispytest"
+        self.test_command = f"{python} -m pytest -q -p no:cacheprovider {unused_plugins} tests_smoke/test_smoke.py"
         self.config_path = self.write_config(root / "config.yaml", {})
         self.env = {**os.environ, "HELLO_CONFIG": str(self.config_path)}
         self.env.pop("SMOKE_HOLD", None)

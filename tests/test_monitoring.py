@@ -263,8 +263,9 @@ def test_rule_unit_tests_catch_a_wrong_rule(tmp_path: Path, old: str, new: str) 
     path = rules / "hello_world.rules.yml"
     assert old in path.read_text()
     path.write_text(path.read_text().replace(old, new))
-    proc = run([tool, "test", "rules", *map(str, sorted(rules.glob("*.test.yml")))])
-    assert proc.returncode != 0, proc.stdout
+    # One file at a time, stopping at the first that fails: the cheap files catch most changes.
+    outcomes = (run([tool, "test", "rules", str(test)]).returncode for test in sorted(rules.glob("*.test.yml")))
+    assert any(code != 0 for code in outcomes), f"no rule unit test fails when {old!r} becomes {new!r}"
 
 
 # --- Grafana ---

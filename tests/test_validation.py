@@ -442,7 +442,7 @@ def test_the_backup_line_of_make_cron_counts_as_a_scheduler() -> None:
 
 def test_pytest_collects_nothing_from_validation_test_py() -> None:
     done = run(
-        [PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "validation_test.py"],
+        [PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0", "validation_test.py"],
         REPO,
         dict(os.environ),
     )
