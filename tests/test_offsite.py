@@ -236,10 +236,11 @@ def test_kill_9_during_upload_leaves_no_bad_final_file_and_the_next_run_complete
     (source / "random.bin").write_bytes(random.Random(13).randbytes(3_000_000))  # incompressible: a 3 MB archive
     folder = "killed"
     env = setup(tmp_path, sftp, f"offsite:{folder}", source=source)
-    slow = {**os.environ, "HELLO_CONFIG": str(env["config"]), "RCLONE_BWLIMIT": "3M"}  # about a second per upload
+    slow = {**os.environ, "HELLO_CONFIG": str(env["config"]), "RCLONE_BWLIMIT": "1M"}  # about 3 s per upload
 
-    def partial_at_least(share: float):
+    def partial_at_least(share: float, proc: subprocess.Popen):
         def check() -> bool:
+            assert proc.poll() is None, f"the upload finished before reaching {share:.0%}: too fast to interrupt"
             for name, path in served(sftp, folder).items():
                 if backup_script.PARTIAL_RE.match(name) and name.endswith(".tar.gz.partial"):
                     size = path.stat().st_size
@@ -248,7 +249,7 @@ def test_kill_9_during_upload_leaves_no_bad_final_file_and_the_next_run_complete
 
         return check
 
-    for point, share in (("as the upload starts", 0.0), ("half way", 0.5), ("near the end", 0.9)):
+    for point, share in (("as the upload starts", 0.0), ("half way", 0.5), ("late", 0.8)):
         proc = subprocess.Popen(
             [PYTHON, str(REPO / "backup_script.py"), "create"],
             env=slow,
@@ -258,7 +259,7 @@ def test_kill_9_during_upload_leaves_no_bad_final_file_and_the_next_run_complete
             start_new_session=True,
         )
         try:
-            wait_until(partial_at_least(share), 60, f"an upload {point}", interval=0.01)
+            wait_until(partial_at_least(share, proc), 60, f"an upload {point}", interval=0.01)
             os.kill(proc.pid, signal.SIGKILL)  # the script only: its rclone must die with it (PR_SET_PDEATHSIG)
             proc.wait()
             wait_until(lambda pgid=proc.pid: not group_members(pgid), 30, "rclone to die with the killed backup")
