@@ -10,19 +10,19 @@ import http.client
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import PYTHON, REPO, free_port, http_get, wait_until, write_config
+from hello.git import git_out
 from hello_jobs import pid_alive
+from tests.support.load import LoadClient, count_progress, metric_value
 
 PROJECT_FILES = (
     "hello_world.py",
@@ -34,98 +34,6 @@ PROJECT_FILES = (
     "scripts/service.py",
     "hello_jobs.py",
 )
-
-
-def metric_value(url: str, name: str, labels: dict[str, str]) -> float:
-    """The value of one sample in the server's /metrics, 0 when absent."""
-    body = http_get(url + "/metrics")[2].decode()
-    for line in body.splitlines():
-        match = re.match(r"^(\w+)\{(.*)\} (\S+)$", line)
-        if match and match.group(1) == name:
-            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
-            if all(found.get(key) == value for key, value in labels.items()):
-                return float(match.group(3))
-    return 0.0
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-# --- load clients ---------------------------------------------------------------------------------
-
-
-class LoadClient(threading.Thread):
-    """Sends GET / in a loop until stopped or bounded out; counts answers and failures.
-
-    keep_alive=True reuses one connection and reconnects only when the server said `Connection: close`;
-    a connection the server drops without saying so fails the next request. keep_alive=False opens a
-    connection per request. `refused` counts new connections the server would not take (it stopped).
-    """
-
-    def __init__(self, port: int, keep_alive: bool, max_requests: int = 20000, max_seconds: float = 30) -> None:
-        super().__init__(daemon=True)
-        self.port, self.keep_alive = port, keep_alive
-        self.max_requests, self.deadline = max_requests, time.monotonic() + max_seconds
-        self.stopping = threading.Event()
-        self.ok = self.refused = 0
-        self.failures: list[str] = []
-        self.stopping_allowed = False  # set when the test stops the server: a refused new connection is no failure
-
-    def run(self) -> None:
-        connection: http.client.HTTPConnection | None = None
-        while not self.stopping.is_set() and self.ok < self.max_requests and time.monotonic() < self.deadline:
-            fresh = connection is None
-            if fresh:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                try:
-                    connection.connect()
-                except OSError as exc:
-                    connection = None
-                    if not self.stopping_allowed:
-                        self.failures.append(f"connect: {type(exc).__name__}: {exc}")
-                        continue
-                    self.refused += 1  # the server stops: it takes no new connections
-                    time.sleep(0.01)
-                    continue
-            headers = {} if self.keep_alive else {"Connection": "close"}
-            try:
-                connection.request("GET", "/", headers=headers)
-                response = connection.getresponse()
-                body = response.read()
-            except (ConnectionResetError, http.client.RemoteDisconnected) as exc:
-                # A fresh connection reset before any answer: the server stopped listening (stop, not reload).
-                if fresh and self.stopping_allowed:
-                    self.refused += 1
-                else:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-                connection.close()
-                connection = None
-                continue
-            except OSError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-                connection.close()
-                connection = None
-                continue
-            if response.status == 200 and body == b"Hello, World!\n":
-                self.ok += 1
-            else:
-                self.failures.append(f"status {response.status} body {body[:40]!r}")
-            if not self.keep_alive or response.getheader("connection", "").lower() == "close":
-                connection.close()
-                connection = None
-        if connection is not None:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(timeout=30)
-
-
-def count_progress(clients: list[LoadClient], more: int, timeout: float = 20) -> None:
-    """Wait until the clients have answered `more` requests beyond now: proof the load is flowing."""
-    target = sum(client.ok for client in clients) + more
-    wait_until(lambda: sum(client.ok for client in clients) >= target, timeout, f"{more} more answered requests")
 
 
 # --- the interface of SPEC ------------------------------------------------------------------------
@@ -146,7 +54,7 @@ def test_endpoints_answer_as_spec_says(hello_server):
     status, headers, body = http_get(server.url + "/version")
     version = json.loads(body)
     assert status == 200 and headers["content-type"] == "application/json"
-    assert version["commit"] == git(REPO, "rev-parse", "HEAD") and version["version"]
+    assert version["commit"] == git_out(REPO, "rev-parse", "HEAD") and version["version"]
 
     status, headers, body = http_get(server.url + "/nope?x=1")
     assert status == 404
@@ -373,9 +281,9 @@ def checkout(tmp_path: Path, processes) -> dict:
     for name in PROJECT_FILES:
         shutil.copy2(REPO / name, work / name)  # copy2 keeps mtimes: make sees the venv as up to date
     (work / ".venv").symlink_to(REPO / ".venv")
-    git(work, "init", "-q", "-b", "main")
-    git(work, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
-    git(work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    git_out(work, "init", "-q", "-b", "main")
+    git_out(work, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    git_out(work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
     port = free_port()
     config = write_config(tmp_path / "conf", {"server": {"port": port, "workers": 2, "reload_timeout": "20s"}})
     env = {**os.environ, "HELLO_CONFIG": str(config)}
@@ -404,8 +312,8 @@ def make(checkout: dict, *targets: str, timeout: float = 60) -> subprocess.Compl
 def commit_change(checkout: dict, old: str, new: str, message: str) -> str:
     path = checkout["dir"] / "hello_world.py"
     path.write_text(path.read_text().replace(old, new, 1))
-    git(checkout["dir"], "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", message)
-    return git(checkout["dir"], "rev-parse", "HEAD")
+    git_out(checkout["dir"], "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", message)
+    return git_out(checkout["dir"], "rev-parse", "HEAD")
 
 
 def served_commit(checkout: dict) -> str:
@@ -418,7 +326,7 @@ def test_make_start_status_stop(checkout):
     assert "started" in result.stdout and checkout["url"] in result.stdout
     assert make(checkout, "start").stdout.startswith("already running")
     status = make(checkout, "status")
-    assert status.returncode == 0 and git(checkout["dir"], "rev-parse", "HEAD") in status.stdout
+    assert status.returncode == 0 and git_out(checkout["dir"], "rev-parse", "HEAD") in status.stdout
     pid = int(checkout["pidfile"].read_text())
     assert make(checkout, "stop").returncode == 0
     assert not checkout["pidfile"].exists()
@@ -466,7 +374,7 @@ def test_reload_to_broken_code_keeps_the_old_code_serving(checkout):
         count_progress([client], 100)
 
         # New code that imports but never gets ready: refused at the timeout, old code serving.
-        git(checkout["dir"], "reset", "-q", "--hard", "HEAD~1")
+        git_out(checkout["dir"], "reset", "-q", "--hard", "HEAD~1")
         commit_change(checkout, "    import uvicorn\n", "    import uvicorn\n    time.sleep(3600)\n", "hangs")
         config = checkout["env"]["HELLO_CONFIG"]
         Path(config).write_text(Path(config).read_text().replace("reload_timeout: 20s", "reload_timeout: 2s"))

@@ -56,10 +56,10 @@ from typing import Any
 import yaml
 
 from hello import alerting, restarts, units
+from hello.git import GitError, git
 from hello.history import good_release, update_log
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
 from hello_jobs import record_job
-from update_protocol import UpdateError, git
 
 log = logging.getLogger("validation")
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: 10x faster
@@ -862,7 +862,7 @@ def check_scheduler(ctx: Context) -> str:
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[str]:
-    """update_protocol.git in the checkout, 30 s at most; UpdateError when git is missing or hangs."""
+    """hello.git.git in the checkout, 30 s at most; GitError when git is missing or hangs."""
     return git(CHECKOUT, *args, timeout=30, check=False)
 
 
@@ -871,7 +871,7 @@ def check_served_commit(ctx: Context) -> str:
     served = ctx.server.json("/version").get("commit", "unknown")
     try:
         head = _git("rev-parse", "HEAD")
-    except UpdateError as exc:
+    except GitError as exc:
         raise CheckFailed(f"cannot run git in {CHECKOUT}: {exc}") from None
     if head.returncode != 0:
         raise CheckFailed(f"{CHECKOUT} is not a git checkout: {head.stderr.strip()[:200]}")

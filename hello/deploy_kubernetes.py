@@ -1,9 +1,9 @@
 """`system.update.deploy: kubernetes`: the build, deploy, verify and rollback steps of update_protocol.py
 against the Deployment of deploy/kubernetes.
 
-    kube = KubernetesDeploy(config, repo)
+    kube = KubernetesDeploy(config, repo)  # the methods of hello/deploy.py's deploy modes
     kube.serving_commit()            # /version through `kubectl port-forward service/hello-world`
-    kube.build(commit)               # docker|podman build --build-arg COMMIT=<commit> --tag <image>; push
+    kube.build(old, commit)          # docker|podman build --build-arg COMMIT=<commit> --tag <image>; push
                                      # (<image> is <system.kubernetes.registry>/hello-world:<commit>)
     kube.deploy(commit)              # kubectl set image deployment/hello-world hello-world=<image>;
                                      # kubectl rollout status --timeout=<system.kubernetes.rollout_timeout>
@@ -12,7 +12,7 @@ against the Deployment of deploy/kubernetes.
 
 Every kubectl call carries --namespace (system.kubernetes.namespace) and --context when one is set; the
 kubectl and the build tool are the host's (first on PATH; docker before podman). A failure raises
-DeployError with one line. The rollback undoes only what deploy changed: nothing when `set image` never
+hello.deploy.DeployError with one line. The rollback undoes only what deploy changed: nothing when `set image` never
 ran, and back to the exact revision recorded before it (a plain `rollout undo` after a failed second
 attempt would go one revision too far).
 """
@@ -29,15 +29,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from hello.deploy import DeployError, Probe, Validate, run_tool
+from hello.git import short
 from hello.kubernetes_manifests import APP, SERVICE_PORT
 from hello_config import ConfigError
-from hello_jobs import http_get
 
 log = logging.getLogger("update_protocol")
 
@@ -47,10 +48,6 @@ FORWARD_WAIT = 20.0  # how long `kubectl port-forward` may take to say which por
 VERSION_WAIT = 30.0  # after a rollout, how long the Service may take to answer with the new commit
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 FORWARDING_RE = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+)")
-
-
-class DeployError(Exception):
-    """A kubernetes-mode step failed; str() is the reason, one line."""
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -63,9 +60,20 @@ def check_config(config: dict[str, Any]) -> None:
         )
 
 
-def _tail(result: subprocess.CompletedProcess) -> str:
-    lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
-    return lines[-1] if lines else f"exit {result.returncode}"
+class ForwardedProbe(Probe):
+    """The Service's /version and /readyz through a port-forward: messages name the Service, not the port."""
+
+    def where(self) -> str:
+        return f"service/{APP} "
+
+    def unanswered(self, exc: Exception) -> str:
+        return f"service/{APP} does not answer /version through the port-forward ({exc})"
+
+    def not_a_commit(self, status: int, commit: object) -> str:
+        return f"service/{APP} /version answered {status} with commit {commit!r}"
+
+    def other_commit(self, now: str, commit: str) -> str:
+        return f"service/{APP} serves {short(now)}, expected {short(commit)}"
 
 
 class KubernetesDeploy:
@@ -88,15 +96,7 @@ class KubernetesDeploy:
     # --- running the tools ---
 
     def run(self, argv: list[str], timeout: float) -> str:
-        try:
-            result = subprocess.run(argv, cwd=self.repo, capture_output=True, text=True, timeout=timeout)
-        except FileNotFoundError:
-            raise DeployError(f"{argv[0]} is not installed (system.update.deploy is kubernetes)") from None
-        except subprocess.TimeoutExpired:
-            raise DeployError(f"`{' '.join(argv)}` did not finish within {timeout:g}s") from None
-        if result.returncode != 0:
-            raise DeployError(f"`{' '.join(argv)}` failed: {_tail(result)}")
-        return result.stdout
+        return run_tool(argv, self.repo, timeout, "kubernetes")
 
     def kubectl(self, *args: str, timeout: float = KUBECTL_TIMEOUT) -> str:
         return self.run(["kubectl", *self.scope, *args], timeout)
@@ -163,27 +163,21 @@ class KubernetesDeploy:
                 raise DeployError(f"kubectl port-forward service/{APP} failed: {why[-1] if why else 'no output'}")
         raise DeployError(f"kubectl port-forward service/{APP} named no local port within {FORWARD_WAIT:g}s")
 
-    def version_at(self, url: str) -> str:
-        try:
-            status, body = http_get(f"{url}/version", self.timeout)
-            commit = json.loads(body).get("commit", "") if status == 200 else ""
-        except (OSError, ValueError, AttributeError) as exc:
-            raise DeployError(f"service/{APP} does not answer /version through the port-forward ({exc})") from None
-        if status != 200 or not re.fullmatch(r"[0-9a-f]{40}", str(commit)):
-            raise DeployError(f"service/{APP} /version answered {status} with commit {commit!r}")
-        return commit
-
     def serving_commit(self) -> str:
         with self.forward() as url:
-            return self.version_at(url)
+            return ForwardedProbe(url, self.timeout).version()
 
     # --- the steps ---
 
-    def build(self, commit: str) -> str:
-        tool, image = self.builder(), self.image(commit)
-        self.run([tool, "build", "--build-arg", f"COMMIT={commit}", "--tag", image, str(self.repo)], BUILD_TIMEOUT)
+    def plan(self, old: str, new: str) -> tuple[str, str]:
+        build = f"docker (or podman) build --build-arg COMMIT=... and push {self.image(short(new))}..."
+        return build, "kubectl set image deployment/hello-world; kubectl rollout status (failure: rollout undo)"
+
+    def build(self, old: str, new: str) -> tuple[str, str]:
+        tool, image = self.builder(), self.image(new)
+        self.run([tool, "build", "--build-arg", f"COMMIT={new}", "--tag", image, str(self.repo)], BUILD_TIMEOUT)
         self.run([tool, "push", image], BUILD_TIMEOUT)
-        return f"{tool}: built and pushed {image}"
+        return "ok", f"{tool}: built and pushed {image}"
 
     def deploy(self, commit: str) -> str:
         revision, image = self.current()
@@ -202,29 +196,16 @@ class KubernetesDeploy:
         limit = self.rollout_timeout
         self.kubectl("rollout", "status", f"deployment/{APP}", f"--timeout={limit:g}s", timeout=limit + KUBECTL_TIMEOUT)
 
-    def verify(self, commit: str, validate: Callable[[Path], None]) -> str:
+    def verify(self, commit: str, validate: Validate) -> str:
         """Through the Service: /version reports commit, /readyz is 200, then validate(a config naming it)."""
         with self.forward() as url:
-            deadline = time.monotonic() + VERSION_WAIT
-            while True:
-                try:
-                    now, why = self.version_at(url), ""
-                except DeployError as exc:
-                    now, why = "", str(exc)
-                if now == commit:
-                    break
-                if time.monotonic() > deadline:
-                    raise DeployError(why or f"service/{APP} serves {now[:10]}, expected {commit[:10]}")
-                time.sleep(0.2)
-            try:
-                status, _ = http_get(f"{url}/readyz", self.timeout)
-            except OSError as exc:
-                raise DeployError(f"service/{APP} /readyz does not answer: {exc}") from None
-            if status != 200:
-                raise DeployError(f"service/{APP} /readyz answered {status}")
+            ForwardedProbe(url, self.timeout).wait_for(commit, VERSION_WAIT, 0.2)
             with tempfile.TemporaryDirectory(prefix="hello-k8s-verify-") as tmp:
                 validate(self.forwarded_config(url, Path(tmp)))
         return f"service/{APP} serves {commit[:10]}, /readyz 200, validation_test.py --only service passed"
+
+    def restore_dependencies(self, new: str, old: str) -> str:
+        return ""  # the build changed nothing on this host
 
     def forwarded_config(self, url: str, directory: Path) -> Path:
         """The update's config file with system.server at the port-forward and a scratch run_dir."""
@@ -237,7 +218,7 @@ class KubernetesDeploy:
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return path
 
-    def rollback(self, commit: str, validate: Callable[[Path], None]) -> str:
+    def rollback(self, commit: str, validate: Validate) -> str:
         """Undo what deploy changed (if anything), wait for it, and verify that commit serves again."""
         done = []
         if self.revision_before is not None:

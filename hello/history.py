@@ -11,9 +11,10 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from hello.git import GitError, git
 
 UPDATE_LOG = "update.log"  # under system.run_dir
 DEPLOYS = frozenset({"updated", "redeployed", "rolled-back", "rollback-failed", "rollback"})  # rollback: by hand
@@ -73,13 +74,8 @@ def history(run_dir: Path, repo: Path, every_run: bool = False) -> list[dict[str
 def subject(repo: Path, commit: str) -> str:
     """The commit's subject line, or "" when git cannot tell (a commit no longer in the repository)."""
     try:
-        result = subprocess.run(
-            ["git", "-C", str(repo), "log", "-1", "--format=%s", commit, "--"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        result = git(repo, "log", "-1", "--format=%s", commit, "--", timeout=30, check=False)
+    except GitError:
         return ""
     return result.stdout.strip() if result.returncode == 0 else ""
 

@@ -21,8 +21,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
+
+from hello.git import changed_files, git
 
 RELEASE_DIR = "release"  # under system.run_dir
 REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
@@ -31,11 +32,14 @@ PIP_TIMEOUT = 3600.0
 
 log = logging.getLogger("hello.release")
 
-Git = Callable[..., subprocess.CompletedProcess]  # update_protocol.git: (repo, *args, check=True) -> result
-
 
 class ReleaseError(Exception):
     """The release could not be made or prepared; str() is the reason, one line."""
+
+
+def changed_requirements(repo: Path, old: str, new: str) -> list[str]:
+    """The requirements files that differ between two commits (and exist in the newer one)."""
+    return changed_files(repo, old, new, REQUIREMENTS)
 
 
 def live_venv() -> Path | None:
@@ -66,17 +70,17 @@ def pip_install(venv: Path, cwd: Path, names: list[str]) -> None:
 class Release:
     """The worktree <run_dir>/release of repo, at one commit, with its venv."""
 
-    def __init__(self, repo: Path, run_dir: Path, git: Git) -> None:
-        self.repo, self.git = repo, git
+    def __init__(self, repo: Path, run_dir: Path) -> None:
+        self.repo = repo
         self.path = Path(run_dir).resolve() / RELEASE_DIR
         self.venv = self.path / ".venv"
 
     def create(self, commit: str, changed: list[str]) -> str:
         """A fresh worktree at commit with its venv; changed: the requirements files that differ from the live
-        checkout's. Returns what was done, for the step line. Raises ReleaseError (or the git runner's error)."""
+        checkout's. Returns what was done, for the step line. Raises ReleaseError (or GitError)."""
         self.remove()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.git(self.repo, "worktree", "add", "--quiet", "--detach", "--force", str(self.path), commit)
+        git(self.repo, "worktree", "add", "--quiet", "--detach", "--force", str(self.path), commit)
         venv = live_venv()
         if venv is None:
             return f"worktree {self.path} at {commit[:10]}; no venv (not run from one)"
@@ -110,11 +114,11 @@ class Release:
         if self.venv.is_symlink():
             self.venv.unlink()
         if self.path.exists() or self.path.is_symlink():
-            result = self.git(self.repo, "worktree", "remove", "--force", "--force", str(self.path), check=False)
+            result = git(self.repo, "worktree", "remove", "--force", "--force", str(self.path), check=False)
             if result.returncode != 0 and (self.path.exists() or self.path.is_symlink()):
                 log.warning("git worktree remove %s failed; deleting it", self.path)
                 if self.path.is_symlink():
                     self.path.unlink()
                 else:
                     shutil.rmtree(self.path)
-        self.git(self.repo, "worktree", "prune", check=False)
+        git(self.repo, "worktree", "prune", check=False)

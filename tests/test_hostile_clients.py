@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, free_port, http_get, wait_until, write_config
-from test_hello_world import LoadClient, count_progress, metric_value
+from tests.support.load import LoadClient, count_progress, metric_value
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 HELLO = b"Hello, World!\n"

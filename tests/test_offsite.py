@@ -28,7 +28,6 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
-from test_backup import archives, backup, make_tree, snapshot
 
 import backup_script
 from conftest import (
@@ -45,6 +44,7 @@ from conftest import (
 )
 from hello import offsite
 from hello.manifest import MANIFEST_NAME
+from tests.support.backups import archives, backup, make_tree, snapshot
 
 MANIFEST_DIR = MANIFEST_NAME.split("/")[0]
 

@@ -13,10 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_backup import archives
 
 import backup_script
 from conftest import PYTHON, REPO, free_port, http_get, start_pushgateway, write_config
+from tests.support.backups import archives
 
 PAGE = 4096
 

@@ -1,6 +1,6 @@
 """update_protocol.py against real git and a real server.
 
-One scratch deployment per module (scripts/bench_update.py ScratchDeployment): a bare repository in a
+One scratch deployment per module (tests/support/scratch.py ScratchDeployment): a bare repository in a
 temp dir seeded from this working tree is the remote, a clone of it serves with `scripts/service.py start`
 on a free port, and a second clone pushes the commits each test needs. The deployment's test_command is
 a real pytest run of one small file (tests_smoke/test_smoke.py, which passes while SMOKE says ok), never
@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, kill_group, require_tool, wait_until
-
-sys.path.insert(0, str(REPO / "scripts"))
-from bench_update import Load, ScratchDeployment, git  # noqa: E402 - scripts/ is not a package
+from conftest import PYTHON, ProcessRegistry, free_port, http_get, kill_group, wait_until
+from tests.support.deployment import consistent, serving_deployment
+from tests.support.scratch import Load, ScratchDeployment, git
 
 FAKE_DOCKER_DIR = Path(__file__).resolve().parent / "bin"
 STEP_LINE = r"^{name}\s+{outcome}\s+\d+\.\d\ds"
@@ -32,34 +31,15 @@ STEP_LINE = r"^{name}\s+{outcome}\s+\d+\.\d\ds"
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
-    require_tool("git")
-    registry = ProcessRegistry()
-    site = ScratchDeployment(tmp_path_factory.mktemp("update"), python=PYTHON)
-    try:
-        site.server("start")
-        registry.adopt(site.pid())
-        yield site, registry
-    finally:
-        site.server("stop", check=False)
-        registry.cleanup()
+    with serving_deployment(tmp_path_factory.mktemp("update")) as pair:
+        yield pair
 
 
 @pytest.fixture
 def site(deployment: tuple[ScratchDeployment, ProcessRegistry]) -> ScratchDeployment:
     """The deployment, consistent: server up, checkout clean on main at the served commit, remote there too."""
-    site, registry = deployment
-    if site.server("status", check=False).returncode != 0:
-        site.server("start")
-        registry.adopt(site.pid())
-    git(site.deploy, "remote", "set-url", "origin", str(site.remote))
-    git(site.deploy, "checkout", "-q", "-f", "main")
-    served = site.served()
-    git(site.deploy, "reset", "-q", "--hard", served)
-    git(site.deploy, "clean", "-q", "-fd")
-    git(site.remote, "update-ref", "refs/heads/main", served)
-    for name in ("update.lock", "update.pending.json"):
-        (site.run_dir / name).unlink(missing_ok=True)
-    return site
+    consistent(deployment)
+    return deployment[0]
 
 
 def snapshot(site: ScratchDeployment) -> dict:

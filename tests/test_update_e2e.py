@@ -25,16 +25,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, ProcessRegistry, free_port, http_get, require_tool
+from hello.git import git as hello_git
 from hello.release import MAKE_STAMPS
+from tests.support.scratch import GIT_IDENTITY
 
 NESTED_ENV = "HELLO_UPDATE_E2E_NESTED"  # the recursion guard: set inside the nested suite of this test's update
 UPDATE_TIMEOUT = 1800.0  # one whole suite run on a busy 2-core machine, with room
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "e2e",
-    "GIT_AUTHOR_EMAIL": "e2e@example.invalid",
-    "GIT_COMMITTER_NAME": "e2e",
-    "GIT_COMMITTER_EMAIL": "e2e@example.invalid",
-}
 
 pytestmark = pytest.mark.update_e2e
 
@@ -44,7 +40,7 @@ def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -
 
 
 def git(cwd: Path, *args: str) -> str:
-    result = run(["git", *args], cwd, {**os.environ, **GIT_IDENTITY})
+    result = hello_git(cwd, *args, check=False, env=GIT_IDENTITY)
     assert result.returncode == 0, f"git {' '.join(args)}: {result.stderr}"
     return result.stdout.strip()
 

@@ -3,7 +3,7 @@
 No cluster runs here: tests/bin/kubectl stands in for kubectl (a Deployment with revisions; `rollout
 status` reloads the real local server of the scratch deployment, as new pods would serve the new commit;
 `port-forward` relays to that server) and tests/bin/docker for the image build and push. The deployment
-is scripts/bench_update.py's ScratchDeployment, as in tests/test_update.py.
+is tests/support/scratch.py's ScratchDeployment, as in tests/test_update.py.
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool
-
-sys.path.insert(0, str(REPO / "scripts"))
-from bench_update import ScratchDeployment, git  # noqa: E402 - scripts/ is not a package
+from conftest import PYTHON, ProcessRegistry, free_port, http_get
+from tests.support.deployment import consistent, serving_deployment
+from tests.support.scratch import ScratchDeployment
 
 STAND_INS = Path(__file__).resolve().parent / "bin"
 REGISTRY = "registry.test/team"
@@ -32,32 +30,14 @@ START_REVISION = 4
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
-    require_tool("git")
-    registry = ProcessRegistry()
-    site = ScratchDeployment(tmp_path_factory.mktemp("update-k8s"), python=PYTHON)
-    try:
-        site.server("start")
-        registry.adopt(site.pid())
-        yield site, registry
-    finally:
-        site.server("stop", check=False)
-        registry.cleanup()
+    with serving_deployment(tmp_path_factory.mktemp("update-k8s")) as pair:
+        yield pair
 
 
 @pytest.fixture
 def site(deployment: tuple[ScratchDeployment, ProcessRegistry], tmp_path: Path) -> ScratchDeployment:
     """The deployment at its served commit, and a Deployment whose image is that commit's, at START_REVISION."""
-    site, registry = deployment
-    if site.server("status", check=False).returncode != 0:
-        site.server("start")
-        registry.adopt(site.pid())
-    git(site.deploy, "checkout", "-q", "-f", "main")
-    served = site.served()
-    git(site.deploy, "reset", "-q", "--hard", served)
-    git(site.deploy, "clean", "-q", "-fd")
-    git(site.remote, "update-ref", "refs/heads/main", served)
-    for name in ("update.lock", "update.pending.json"):
-        (site.run_dir / name).unlink(missing_ok=True)
+    site, served = deployment[0], consistent(deployment)
     image = f"{REGISTRY}/hello-world:{served}"
     history = {str(n): f"{REGISTRY}/hello-world:old{n}" for n in range(1, START_REVISION)} | {
         str(START_REVISION): image
