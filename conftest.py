@@ -12,10 +12,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,6 +35,8 @@ for _name in INHERITED_ENV:
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "scripts"))  # tests import the scripts' functions too (e.g. `import service`)
 import monitor  # noqa: E402 - scripts/monitor.py: the one source of the Prometheus config
+from hello import proc as hello_proc  # noqa: E402
+from hello.proc import free_port  # noqa: E402, F401 - re-exported for the tests
 from hello.webhook_sink import WebhookSink  # noqa: E402, F401 - the webhook receiver of the alerting tests
 
 PYTHON = sys.executable
@@ -56,33 +56,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("update_e2e") is None)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll predicate until it returns something truthy; fail naming `what` at the deadline.
-
-    Exceptions from predicate count as "not yet", except AssertionError, which fails at once.
-    """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except AssertionError:
-            raise  # the predicate saw something that will not get better (e.g. the process died)
-        except Exception as exc:  # noqa: BLE001 - remembered for the failure message
-            last_error = exc
-        if time.monotonic() > deadline:
-            detail = f" (last error: {last_error!r})" if last_error else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
-        time.sleep(interval)
+    """hello.proc.wait_until, failing the test (AssertionError) naming `what` at the deadline."""
+    try:
+        return hello_proc.wait_until(predicate, timeout, what, interval)
+    except hello_proc.TimedOut as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def require_tool(name: str, package: str | None = None) -> str:

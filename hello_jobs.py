@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
-from prometheus_client.parser import text_string_to_metric_families
+
+from hello import promtext
 
 log = logging.getLogger("hello_jobs")
 
@@ -183,10 +184,9 @@ def _previous_value(path: Path, name: str) -> float | None:
     except (OSError, UnicodeDecodeError):
         return None
     try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name:
-                    return float(sample.value)
+        for sample in promtext.samples(text):
+            if sample.name == name:
+                return float(sample.value)
     except ValueError:
         log.warning("ignoring unreadable metrics textfile %s", path)
     return None

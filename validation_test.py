@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import base64
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -47,7 +46,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,9 +54,11 @@ from typing import Any
 
 import yaml
 
-from hello import alerting, restarts, units
+from hello import alerting, promtext, restarts, units
+from hello.dashboard import expanded_queries
 from hello.git import GitError, git
 from hello.history import good_release, update_log
+from hello.naming import JOB, BackupError, check_checksum, parse_archive
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
 from hello_jobs import record_job
 
@@ -68,7 +69,6 @@ CHECKOUT = Path(__file__).resolve().parent  # the deployed code: `make validate`
 GROUPS = ("service", "monitoring", "backup", "update", "restarts")
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
-ARCHIVE_RE = re.compile(r"^hello-world-(\d{8}T\d{6}Z)\.tar\.gz$")
 SCHEDULE_MAX_AGE = {"daily": 26 * 3600.0}  # a daily backup may be this old (one day plus slack)
 BACKUP_METRIC_TOLERANCE = 15 * 60.0  # seconds between an archive's name (start) and the metric (end)
 VERIFY_TIMEOUT = 600.0  # a full read of a large archive is disk work, not a network wait
@@ -80,7 +80,7 @@ SPEC_ALERTS = (
     "HelloWorldUpdateFailed",
 )
 SPEC_METRICS = ("hello_world_requests_total", "hello_world_request_duration_seconds_bucket", "hello_world_build_info")
-JOB_BACKUP, JOB_UPDATE = "hello_world_backup", "hello_world_update"  # metric prefixes and Pushgateway jobs
+JOB_BACKUP, JOB_UPDATE = JOB, "hello_world_update"  # metric prefixes and Pushgateway jobs
 
 
 class CheckFailed(Exception):
@@ -184,29 +184,20 @@ def _url_with_auth(url: str, name: str, timeout: float) -> Endpoint:
 
 # --- exposition text ------------------------------------------------------------------------------
 
-_LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
 
 def metric_values(text: str, name: str, labels: dict[str, str] | None = None) -> list[float]:
-    """Values of the samples called name whose labels include `labels`, from Prometheus text exposition."""
-    values = []
-    for line in text.splitlines():
-        if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
-            continue
-        label_text, _, rest = (
-            line[len(name) :].partition("}") if line[len(name)] == "{" else ("", "", line[len(name) :])
-        )
-        found = dict(_LABEL_RE.findall(label_text))
-        if all(found.get(key) == value for key, value in (labels or {}).items()):
-            try:
-                values.append(float(rest.split()[0]))
-            except (IndexError, ValueError):
-                continue
-    return values
+    """Values of the samples called name whose labels include `labels`; CheckFailed when the text is unreadable."""
+    try:
+        return promtext.values(text, name, labels)
+    except ValueError as exc:
+        raise CheckFailed(f"unreadable metrics text: {exc}") from None
 
 
 def sample_names(text: str) -> set[str]:
-    return {match.group(1) for match in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.MULTILINE)}
+    try:
+        return promtext.names(text)
+    except ValueError as exc:
+        raise CheckFailed(f"unreadable metrics text: {exc}") from None
 
 
 # --- the run context and the check registry -------------------------------------------------------
@@ -395,52 +386,6 @@ def dashboard_path(ctx: Context) -> Path:
     raise CheckFailed(f"no dashboard {name}.json (or uid {name!r}) in {folder}")
 
 
-def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for panel in panels:
-        yield panel
-        yield from _panels(panel.get("panels", []))  # panels inside a collapsed row
-
-
-def _duration_text(seconds: float) -> str:
-    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
-
-
-def dashboard_queries(dashboard: dict[str, Any], scrape_interval: float) -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every visible Prometheus target, with Grafana's macros and variables filled in."""
-    range_seconds = _seconds(str(dashboard.get("time", {}).get("from", "now-1h")).removeprefix("now-"), 3600)
-    rate_interval = 4 * scrape_interval  # Grafana: max($__interval + scrape interval, 4 * scrape interval)
-    values = {
-        "__rate_interval": _duration_text(rate_interval),
-        "__interval": _duration_text(scrape_interval),
-        "__interval_ms": f"{scrape_interval * 1000:g}",
-        "__range": _duration_text(range_seconds),
-        "__range_s": f"{range_seconds:g}",
-        "__range_ms": f"{range_seconds * 1000:g}",
-    }
-    for variable in dashboard.get("templating", {}).get("list", []):
-        current = (variable.get("current") or {}).get("value")
-        current = current[0] if isinstance(current, list) and current else current
-        if not current or current == "$__all":
-            current = variable.get("allValue") or ".*"
-        values[variable.get("name", "")] = str(current)
-
-    def fill(expr: str) -> str:
-        def one(match: re.Match[str]) -> str:
-            name = match.group(1) or match.group(2) or match.group(3)
-            return values.get(name.split(":")[0], match.group(0))
-
-        return re.sub(r"\$\{([\w:]+)\}|\[\[(\w+)\]\]|\$(\w+)", one, expr)
-
-    queries = []
-    for panel in _panels(dashboard.get("panels", [])):
-        for target in panel.get("targets", []):
-            source = target.get("datasource") or panel.get("datasource") or {}
-            kind = source.get("type", "prometheus") if isinstance(source, dict) else "prometheus"
-            if target.get("expr") and not target.get("hide") and kind == "prometheus":
-                queries.append((str(panel.get("title", f"panel {panel.get('id')}")), fill(target["expr"])))
-    return queries
-
-
 @check("monitoring", "every dashboard panel's query returns data")
 def check_dashboard(ctx: Context) -> str:
     prom = ctx.need_prometheus()
@@ -449,7 +394,7 @@ def check_dashboard(ctx: Context) -> str:
         dashboard = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckFailed(f"cannot read the dashboard {path}: {exc}") from None
-    queries = dashboard_queries(dashboard, ctx.scrape_interval)
+    queries = expanded_queries(dashboard, ctx.scrape_interval)
     if not queries:
         raise CheckFailed(f"{path.name} has no Prometheus queries")
     empty, excused = [], []
@@ -643,23 +588,24 @@ def record_results(config: dict[str, Any], results: list[Result], started: float
 
 
 def archive_time(path: Path) -> float:
-    """The UTC time in an archive's name (one newest_archive found, so it matches ARCHIVE_RE), as Unix time."""
-    stamp = path.name.removeprefix("hello-world-").removesuffix(".tar.gz")
-    return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    """The UTC time in an archive's name (newest_archive found it, so it follows the naming), as Unix time."""
+    archive = parse_archive(path)
+    assert archive is not None, path
+    return archive.created.timestamp()
 
 
 def newest_archive(ctx: Context) -> Path:
     def find() -> Path:
         destination = Path(ctx.config["backup"]["destination"])
         try:
-            names = sorted(entry.name for entry in os.scandir(destination) if ARCHIVE_RE.match(entry.name))
+            found = [archive for entry in os.scandir(destination) if (archive := parse_archive(Path(entry.path)))]
         except FileNotFoundError:
             raise CheckFailed(f"no backup destination {destination} (no backup has run)") from None
         except OSError as exc:
             raise CheckFailed(f"cannot list {destination}: {exc.strerror}") from None
-        if not names:
+        if not found:
             raise CheckFailed(f"no archive hello-world-*.tar.gz in {destination}")
-        return destination / names[-1]  # names sort by time
+        return max(found, key=lambda archive: archive.created).path
 
     return ctx.once("newest archive", find)
 
@@ -683,30 +629,11 @@ def check_archive_age(ctx: Context) -> str:
 
 @check("backup", "its checksum matches the sidecar")
 def check_archive_checksum(ctx: Context) -> str:
-    archive = newest_archive(ctx)
-    sidecar = archive.with_name(archive.name + ".sha256")
     try:
-        line = sidecar.read_text(encoding="utf-8").strip().splitlines()[0]
-        expected, named = line.split(maxsplit=1)
-    except FileNotFoundError:
-        raise CheckFailed(f"{archive.name} has no checksum file {sidecar.name}") from None
-    except (OSError, UnicodeDecodeError, IndexError, ValueError):
-        raise CheckFailed(f"{sidecar.name} is not in `sha256sum` format") from None
-    if named.lstrip("*") != archive.name:
-        raise CheckFailed(f"{sidecar.name} names {named.lstrip('*')!r}, not {archive.name}")
-    digest = hashlib.sha256()
-    try:
-        with open(archive, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    except OSError as exc:
-        raise CheckFailed(f"cannot read {archive}: {exc.strerror}") from None
-    if digest.hexdigest() != expected.lower():
-        raise CheckFailed(
-            f"{archive.name}: checksum mismatch (sha256 {digest.hexdigest()[:12]}..., sidecar says "
-            f"{expected[:12]}...): the archive is corrupted"
-        )
-    return f"sha256 {expected[:12]}... ok"
+        digest = check_checksum(newest_archive(ctx))
+    except BackupError as exc:
+        raise CheckFailed(str(exc)) from None
+    return f"sha256 {digest[:12]}... ok"
 
 
 @check("backup", "it reads back in full (backup_script.py verify)")
@@ -769,6 +696,9 @@ def job_metrics(ctx: Context, job: str) -> tuple[dict[str, float], str]:
             return values, f"textfile {textfile}"
     except OSError:
         pass
+    except CheckFailed as exc:  # unreadable: say so, as for the other two sources
+        tried.append(f"{textfile}: {exc}")
+        return {}, "; ".join(tried)
     tried.append(f"no {textfile}")
     return {}, "; ".join(tried)
 

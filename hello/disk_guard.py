@@ -2,7 +2,7 @@
 
     check_room(destination, expected_bytes)    # raises NoRoom naming the folder, free and needed bytes
 
-The expected size is the last archive's size, or the source's size when there is none (see backup_script.py);
+The expected size is the last archive's size, or the source's size when there is none (see hello/backup_create.py);
 the margin covers an archive that grew since the last run and the filesystem's own overhead.
 """
 

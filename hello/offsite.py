@@ -348,7 +348,7 @@ def connect(spec: str, rclone_config: str | None = None, *, progress: bool = Fal
 
 @dataclass(frozen=True)
 class Naming:
-    """The archive naming, handed in by backup_script.py (where those facts are defined)."""
+    """The archive naming, defined in hello/naming.py (NAMING) and handed in."""
 
     created: Callable[[str], datetime | None]  # an archive's time from its name; None: not an archive name
     sidecar: Callable[[str], str]  # archive name -> its checksum file's name

@@ -16,11 +16,9 @@ Exit 0 when every run was notified, 1 when one was not within the deadline, 2 on
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from hello.proc import free_port, wait_until  # noqa: E402
 from hello.webhook_sink import WebhookSink  # noqa: E402
 from hello_config import DEFAULT_PATH, load_config, parse_duration  # noqa: E402
 from hello_jobs import http_get  # noqa: E402
@@ -45,23 +44,6 @@ DOWN_FOR = 60.0  # HelloWorldDown's `for:` in monitoring/rules/hello_world.rules
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError):
-            result = predicate()
-            if result:
-                return result
-        time.sleep(0.05)
-    raise TimeoutError(f"no {what} within {timeout:.0f}s")
 
 
 def write_config(root: Path, scrape_interval: str, critical_wait: str, sink: WebhookSink) -> Path:
@@ -96,7 +78,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_for(lambda: http_get(self.url + "/readyz", timeout=1)[0] == 200, 30, "ready server")
+        wait_until(lambda: http_get(self.url + "/readyz", timeout=1)[0] == 200, 30, "ready server")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -108,12 +90,12 @@ def one_run(server: Server, sink: WebhookSink) -> dict[str, float]:
     seen = len(sink.alerts("/alerts", "HelloWorldDown", "firing"))
     server.stop()
     stopped = time.time()
-    fired = wait_for(lambda: sink.alerts("/alerts", "HelloWorldDown", "firing")[seen:], DEADLINE, "notification")
+    fired = wait_until(lambda: sink.alerts("/alerts", "HelloWorldDown", "firing")[seen:], DEADLINE, "notification")
     notified = fired[0][0] - stopped
     resolved_seen = len(sink.alerts("/alerts", "HelloWorldDown", "resolved"))
     server.start()
     started = time.time()
-    back = wait_for(lambda: sink.alerts("/alerts", "HelloWorldDown", "resolved")[resolved_seen:], DEADLINE, "resolve")
+    back = wait_until(lambda: sink.alerts("/alerts", "HelloWorldDown", "resolved")[resolved_seen:], DEADLINE, "resolve")
     return {"down_to_webhook_s": round(notified, 2), "up_to_resolved_s": round(back[0][0] - started, 2)}
 
 
@@ -156,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             prometheus = system["monitoring"]["prometheus"]["url"]
             query = prometheus + "/api/v1/query?" + urllib.parse.urlencode({"query": 'up{job="hello-world"} == 1'})
-            wait_for(lambda: json.loads(http_get(query, 2)[1])["data"]["result"], 60, "first scrape")
+            wait_until(lambda: json.loads(http_get(query, 2)[1])["data"]["result"], 60, "first scrape")
             for run in range(1, args.runs + 1):
                 say(f"run {run}/{args.runs}: stopping the server ...")
                 results.append(one_run(server, sink))

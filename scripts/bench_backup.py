@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hello.manifest import MANIFEST_DIR  # noqa: E402
+from hello.naming import find_archives  # noqa: E402
 
 MB = 1_000_000
 GOAL_SPEED, GOAL_SIZE, GOAL_RSS_GROWTH = 1.5, 1.15, 1.5
@@ -172,7 +173,7 @@ def bench_size(cache: Path, megabytes: int) -> dict[str, float]:
         say(f"[{megabytes} MB] backup_script.py create")
         env = {**os.environ, "HELLO_CONFIG": str(config)}
         ours = measure([sys.executable, str(REPO / "backup_script.py"), "create"], work, env=env)
-        archive = next((work / "backups").glob("hello-world-*.tar.gz"))
+        archive = find_archives(work / "backups")[-1].path
         ours["size"] = archive.stat().st_size
         say(f"[{megabytes} MB] tar xzf of our archive")
         out = work / "extracted"
@@ -260,7 +261,7 @@ def bench_offsite(cache: Path, megabytes: int) -> dict[str, float]:
                     raise SystemExit(f"create failed: {created.stderr[-2000:]}")
                 line = next(x for x in created.stdout.splitlines() if x.startswith("off-host: copied 1 "))
                 ours_runs.append(float(line.split(" in ")[1].split(" s")[0]))
-                archive = sorted((work / "backups").glob("hello-world-*.tar.gz"))[-1]
+                archive = find_archives(work / "backups")[-1].path
                 copy = ["rclone", "--config", str(rclone_config), "copyto", str(archive), f"bench:plain/{run}"]
                 plain_runs.append(measure(copy, work)["seconds"])
             ours, plain = statistics.median(ours_runs), {"seconds": statistics.median(plain_runs)}

@@ -24,13 +24,11 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hello.proc import free_port  # noqa: E402
+
 FLOOD = b"GET / HTTP/1.1\r\n" + b"a:\r\n" * (960 * 1024 // 4)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def memory_mib(pid: int) -> dict[str, float]:

@@ -23,7 +23,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from hello.proc import TimedOut, free_port, wait_until  # noqa: E402
 from hello_config import EXIT_FAILED, EXIT_OK, RunFiles  # noqa: E402
 from hello_jobs import http_get, pid_alive  # noqa: E402
 
@@ -48,12 +48,6 @@ GONE_TIMEOUT = 60.0  # drain_timeout 10 s + margin
 
 class RoundFailed(Exception):
     """A step did not happen within its deadline; str() says which."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scratch_config(directory: Path, port: int, workers: int) -> Path:
@@ -102,10 +96,10 @@ def workers_of(pid: int) -> list[int]:
 def wait_for(predicate, timeout: float, what: str) -> float:
     """Seconds until predicate() is true; RoundFailed naming `what` at the deadline."""
     started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise RoundFailed(f"{what}: not within {timeout:g}s")
-        time.sleep(0.01)
+    try:
+        wait_until(predicate, timeout, what, interval=0.01)
+    except TimedOut as exc:
+        raise RoundFailed(str(exc)) from None
     return time.monotonic() - started
 
 

@@ -48,7 +48,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from hello.proc import free_port, tail  # noqa: E402
 from hello_config import (  # noqa: E402
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -216,12 +216,6 @@ def run_wrk(wrk: str, url: str, mode: str, args: argparse.Namespace, duration: f
 # --- processes ---
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_ready(target: Target, path: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last: object = None
@@ -250,14 +244,6 @@ def ready_or_stopped(target: Target, path: str, timeout: float) -> Target:
         stop_process(target)
         raise
     return target
-
-
-def tail(path: Path, chars: int = 600) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError:
-        return "(no log)"
-    return text[-chars:] or "(empty log)"
 
 
 def start_process(name: str, command: list[str], log_path: Path, **kwargs: Any) -> subprocess.Popen:

@@ -43,6 +43,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import monitor  # noqa: E402
 from hello import alerting  # noqa: E402
+from hello import dashboard as grafana  # noqa: E402
 from hello_config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
 
 MONITORING = REPO / "monitoring"
@@ -236,24 +237,6 @@ def check_amtool_config(system: dict[str, Any]) -> None:
 # --- Grafana ---
 
 
-def substitute_macros(
-    expr: str, scrape_interval: float, interval: float = 15.0, range_seconds: float = 6 * 3600
-) -> str:
-    """A panel query as Grafana sends it: $__rate_interval = max($__interval + scrape interval, 4 x scrape interval)."""
-    rate_interval = max(interval + scrape_interval, 4 * scrape_interval)
-    values = {
-        "$__rate_interval": monitor.format_duration(rate_interval),
-        "$__interval_ms": str(round(interval * 1000)),
-        "$__interval": monitor.format_duration(interval),
-        "$__range_s": str(round(range_seconds)),
-        "$__range_ms": str(round(range_seconds * 1000)),
-        "$__range": monitor.format_duration(range_seconds),
-    }
-    for macro in sorted(values, key=len, reverse=True):  # $__interval_ms before $__interval
-        expr = expr.replace(macro, values[macro])
-    return expr
-
-
 def load_dashboard(path: Path | None = None) -> dict[str, Any]:
     path = path or DASHBOARD
     try:
@@ -263,15 +246,6 @@ def load_dashboard(path: Path | None = None) -> dict[str, Any]:
     if not isinstance(dashboard, dict):
         raise CheckFailed(f"{path.name}: expected a JSON object")
     return dashboard
-
-
-def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(panel title, refId, expr) of every query of every panel."""
-    return [
-        (panel.get("title", "?"), target.get("refId", "?"), target.get("expr", ""))
-        for panel in dashboard.get("panels", [])
-        for target in panel.get("targets", [])
-    ]
 
 
 def ref_uid(ref: Any) -> str | None:
@@ -407,9 +381,9 @@ def check_provisioning(system: dict[str, Any]) -> None:
 def check_dashboard_queries_parse(system: dict[str, Any]) -> None:
     """promtool parses every query: each becomes a recording rule of a throwaway rule file."""
     scrape_interval = system["monitoring"]["prometheus"]["scrape_interval"]
-    queries = panel_queries(load_dashboard())
+    queries = grafana.queries(load_dashboard())
     rules = [
-        {"record": f"dashboard:query_{index}", "expr": substitute_macros(expr, scrape_interval)}
+        {"record": f"dashboard:query_{index}", "expr": grafana.substitute_macros(expr, scrape_interval)}
         for index, (_, _, expr) in enumerate(queries)
     ]
     with tempfile.TemporaryDirectory(prefix="lint-monitoring-") as tmp:

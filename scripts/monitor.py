@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -55,6 +54,7 @@ sys.path.insert(0, str(REPO))
 
 from hello import alerting  # noqa: E402
 from hello.alerting import format_duration  # noqa: E402
+from hello.proc import tail, terminate  # noqa: E402
 from hello_config import (  # noqa: E402
     DEFAULT_PATH,
     EXIT_CONFIG,
@@ -301,13 +301,6 @@ def reload_config(name: str, url: str) -> None:
         ) from None
 
 
-def tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def launch(name: str, args: list[str], directory: Path) -> subprocess.Popen:
     log_path = directory / f"{name}.log"
     with open(log_path, "ab") as log_file:
@@ -326,22 +319,6 @@ def wait_ready(name: str, proc: subprocess.Popen, url: str, log_path: Path) -> N
         if time.monotonic() > deadline:
             raise MonitorError(f"{name} not ready at {url}{path} after {READY_TIMEOUT:.0f}s: {tail(log_path)}")
         time.sleep(0.1)
-
-
-def terminate(pid: int, timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM (both flush their data on it), then SIGKILL after the timeout."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            log.warning("PID %d did not stop within %.0fs: killing it", pid, timeout)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            break
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (start --foreground)
-        time.sleep(0.05)
 
 
 def services(system: dict[str, Any], directory: Path, binaries: dict[str, str]) -> list[tuple[str, str, list[str]]]:
@@ -443,7 +420,7 @@ def start(system: dict[str, Any]) -> dict[str, dict[str, Any]]:
     except BaseException:
         # Half a monitor is no use: stop what this call started (also on Ctrl-C).
         for pid in started:
-            terminate(pid)
+            terminate(pid, STOP_TIMEOUT)
         remaining = {name: entry for name, entry in state.items() if entry["pid"] not in started}
         write_state(directory, remaining)
         raise
@@ -483,7 +460,7 @@ def stop(system: dict[str, Any]) -> list[str]:
     state = read_state(directory)
     stopped = []
     for name, entry in running(state).items():
-        terminate(entry["pid"])
+        terminate(entry["pid"], STOP_TIMEOUT)
         stopped.append(name)
     with contextlib.suppress(FileNotFoundError):
         (directory / "monitor.json").unlink()

@@ -20,6 +20,7 @@ import pytest
 
 import backup_script
 from conftest import PYTHON, free_port, http_get, require_tool, start_pushgateway, wait_until, write_config
+from hello.archive import verify_archive
 from hello_jobs import job_lock
 from tests.support.backups import SCRIPT, archives, backup, make_tree, snapshot
 
@@ -371,7 +372,7 @@ def test_sigterm_at_random_moments_ends_the_run_promptly_and_leaves_nothing_part
         assert proc.returncode in (0, 1, -signal.SIGTERM), err
         assert [p.name for p in destination.iterdir() if not p.name.startswith("hello-world-")] == []
         for archive in archives(destination):
-            backup_script.verify_archive(archive)
+            verify_archive(archive)
 
 
 def test_kill_9_at_random_moments_never_leaves_an_incomplete_final_archive(tmp_path: Path) -> None:
@@ -388,7 +389,7 @@ def test_kill_9_at_random_moments_never_leaves_an_incomplete_final_archive(tmp_p
         proc.kill()
         proc.wait(timeout=10)
         for archive in archives(destination):  # every final-named archive is complete, with its sidecar
-            backup_script.verify_archive(archive)
+            verify_archive(archive)
     assert archives(destination)
     assert backup(config).returncode == 0  # the next run takes over the lock and removes the leftovers
     leftovers = [p.name for p in destination.iterdir() if not p.name.startswith("hello-world-")]

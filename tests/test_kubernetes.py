@@ -24,11 +24,12 @@ import pytest
 import yaml
 
 from conftest import PYTHON, REPO, deep_merge, free_port, http_get, require_tool, wait_until
+from hello import dashboard as grafana
 from hello import kubernetes_manifests as km
 from hello_config import load_config, parse_duration
 
 sys.path.insert(0, str(REPO / "scripts"))
-import lint_monitoring  # noqa: E402 - the dashboard's queries and Grafana's macros
+import lint_monitoring  # noqa: E402 - the dashboard file (its queries: hello/dashboard.py)
 import monitor  # noqa: E402
 
 # README "make bench": 33.7 MiB RSS per worker, the supervisor 28.6 MiB; one worker saturates one core.
@@ -373,7 +374,7 @@ def dashboard_series() -> list[dict[str, str]]:
     for name in sorted(
         {
             m
-            for _, _, expr in lint_monitoring.panel_queries(lint_monitoring.load_dashboard())
+            for _, _, expr in grafana.queries(lint_monitoring.load_dashboard())
             for m in re.findall(r"\b(hello_world_\w+|up|node_\w+|ALERTS)\b", expr)
         }
     ):
@@ -398,7 +399,7 @@ def dashboard_series() -> list[dict[str, str]]:
 def test_dashboard_queries_return_data_with_either_label_set(overlay: list, tmp_path: Path, labels: str) -> None:
     require_tool("promtool", "prometheus")
     scrape = parse_duration("15s")
-    queries = lint_monitoring.panel_queries(lint_monitoring.load_dashboard())
+    queries = grafana.queries(lint_monitoring.load_dashboard())
     tests = {
         "rule_files": [],
         "evaluation_interval": "15s",
@@ -408,7 +409,7 @@ def test_dashboard_queries_return_data_with_either_label_set(overlay: list, tmp_
                 "input_series": dashboard_series(),
                 "promql_expr_test": [
                     {
-                        "expr": f"count({lint_monitoring.substitute_macros(expr, scrape)}) > bool 0",
+                        "expr": f"count({grafana.substitute_macros(expr, scrape)}) > bool 0",
                         "eval_time": "15m",
                         "exp_samples": [{"labels": "{}", "value": 1}],
                     }

@@ -40,6 +40,7 @@ from conftest import (
     wait_until,
     write_config,
 )
+from hello import dashboard as grafana
 from hello_config import DEFAULT_PATH, load_config
 
 monitor = lint_monitoring.monitor  # scripts/monitor.py, as the lint script imports it
@@ -282,7 +283,7 @@ def test_dashboard_and_provisioning_are_consistent() -> None:
     lint_monitoring.check_provisioning(load_config(DEFAULT_PATH))
     assert dashboard["uid"] == load_config(DEFAULT_PATH)["monitoring"]["grafana"]["dashboard"]
     assert {panel["type"] for panel in dashboard["panels"]} == {"timeseries", "stat"}
-    exprs = " ".join(expr for _, _, expr in lint_monitoring.panel_queries(dashboard))
+    exprs = " ".join(expr for _, _, expr in grafana.queries(dashboard))
     assert "hello_world_requests_total" in exprs and "hello_world_requests[" not in exprs
 
 
@@ -331,13 +332,10 @@ def test_dashboard_queries_parse_and_a_broken_one_fails(tmp_path: Path, monkeypa
 def test_grafana_macros_are_substituted_as_grafana_does() -> None:
     expr = "rate(x[$__rate_interval]) + rate(x[$__interval]) + $__interval_ms + rate(x[$__range])"
     # $__rate_interval = max($__interval + scrape interval, 4 x scrape interval)
-    assert lint_monitoring.substitute_macros(expr, scrape_interval=15, interval=60) == (
+    assert grafana.substitute_macros(expr, scrape_interval=15, interval=60) == (
         "rate(x[75s]) + rate(x[60s]) + 60000 + rate(x[21600s])"
     )
-    assert (
-        lint_monitoring.substitute_macros("rate(x[$__rate_interval])", scrape_interval=15, interval=20)
-        == "rate(x[60s])"
-    )
+    assert grafana.substitute_macros("rate(x[$__rate_interval])", scrape_interval=15, interval=20) == "rate(x[60s])"
 
 
 # --- compose and Dockerfile ---
@@ -644,11 +642,11 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
             http_get(server.url + path)
 
     dashboard = lint_monitoring.load_dashboard()
-    queries = lint_monitoring.panel_queries(dashboard)
+    queries = grafana.queries(dashboard)
     assert len(queries) >= 9
     for title, ref_id, expr in queries:
         # Grafana's macros for a 5 s $__interval at this scrape interval ($__rate_interval 8s).
-        promql = lint_monitoring.substitute_macros(expr, scrape_interval, interval=5)
+        promql = grafana.substitute_macros(expr, scrape_interval, interval=5)
 
         def answered(promql: str = promql) -> bool:
             traffic()

@@ -29,7 +29,6 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
-import backup_script
 from conftest import (
     PYTHON,
     REPO,
@@ -42,8 +41,11 @@ from conftest import (
     wait_until,
     write_config,
 )
-from hello import offsite
+from hello import naming, offsite
 from hello.manifest import MANIFEST_NAME
+from hello.offsite_copies import configured_remote
+from hello.retention import keep_plan, plan_retention
+from hello_config import load_config
 from tests.support.backups import archives, backup, make_tree, snapshot
 
 MANIFEST_DIR = MANIFEST_NAME.split("/")[0]
@@ -163,7 +165,7 @@ def group_members(pgid: int) -> list[int]:
 def final_names_check_out(files: dict[str, Path]) -> None:
     """Every final-named archive on the server has its sidecar and matches it byte for byte."""
     for name, path in files.items():
-        if backup_script.ARCHIVE_RE.match(name):
+        if naming.ARCHIVE_RE.match(name):
             sidecar = files.get(name + ".sha256")
             assert sidecar is not None, f"{name} on the remote without its sidecar"
             expected = sidecar.read_text().split()[0]
@@ -242,7 +244,7 @@ def test_kill_9_during_upload_leaves_no_bad_final_file_and_the_next_run_complete
         def check() -> bool:
             assert proc.poll() is None, f"the upload finished before reaching {share:.0%}: too fast to interrupt"
             for name, path in served(sftp, folder).items():
-                if backup_script.PARTIAL_RE.match(name) and name.endswith(".tar.gz.partial"):
+                if naming.PARTIAL_RE.match(name) and name.endswith(".tar.gz.partial"):
                     size = path.stat().st_size
                     return size >= share * 3_000_000 and (share == 0 or size > 0)
             return False
@@ -319,8 +321,8 @@ def test_retention_on_the_remote_over_100_simulated_days(tmp_path: Path, sftp: S
     env = setup(tmp_path, sftp, "offsite:retention", keep=keep)
     assert backup(env["config"]).returncode == 0
     (real,) = archives(env["destination"])
-    config = backup_script.load_config(env["config"])
-    connection = backup_script.configured_remote(config)
+    config = load_config(env["config"])
+    connection = configured_remote(config)
     remote = connection.__enter__()
     request.addfinalizer(lambda: connection.__exit__(None, None, None))
     folder = sftp.root / "retention"
@@ -329,24 +331,24 @@ def test_retention_on_the_remote_over_100_simulated_days(tmp_path: Path, sftp: S
     (folder / "notes.txt").write_text("not ours\n")
     (folder / "hello-world-backup-plan.tar.gz").write_text("not our naming\n")
     start = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
-    placed: list[backup_script.Archive] = []
+    placed: list[naming.Archive] = []
     for day in range(100):
         when = start + timedelta(days=day, minutes=random.Random(day).randint(0, 90))
-        name = backup_script.archive_name(when)
+        name = naming.archive_name(when)
         shutil.copyfile(real, folder / name)  # as a completed upload leaves it
         (folder / f"{name}.sha256").write_text(f"{hashlib.sha256(real.read_bytes()).hexdigest()}  {name}\n")
-        placed.append(backup_script.Archive(Path(name), when))
-        offsite.prune(remote, backup_script.NAMING, backup_script._keep(config), dry_run=False)
-        expected = {p.name for p in backup_script.plan_retention(placed, keep, UTC)}
+        placed.append(naming.Archive(Path(name), when))
+        offsite.prune(remote, naming.NAMING, keep_plan(config), dry_run=False)
+        expected = {p.name for p in plan_retention(placed, keep, UTC)}
         names = {p.name for p in folder.iterdir()}
-        assert {n for n in names if backup_script.ARCHIVE_RE.match(n)} == expected, f"day {day}"
+        assert {n for n in names if naming.ARCHIVE_RE.match(n)} == expected, f"day {day}"
         assert {n + ".sha256" for n in expected} <= names, f"day {day}: a kept archive lost its sidecar"
     assert len(expected) <= 7 + 4 + 6 and name in expected
     assert {"notes.txt", "hello-world-backup-plan.tar.gz"} <= {p.name for p in folder.iterdir()}
 
     config["backup"]["keep"] = {"daily": 0, "weekly": 0, "monthly": 0}
-    offsite.prune(remote, backup_script.NAMING, backup_script._keep(config), dry_run=False)
-    left = sorted(p.name for p in folder.iterdir() if backup_script.ARCHIVE_RE.match(p.name))
+    offsite.prune(remote, naming.NAMING, keep_plan(config), dry_run=False)
+    left = sorted(p.name for p in folder.iterdir() if naming.ARCHIVE_RE.match(p.name))
     assert left == [name], "never the newest good copy"
 
 
@@ -539,7 +541,7 @@ def test_readme_hook_puts_a_prometheus_snapshot_and_pushgateway_state_into_the_a
     hook = f"{PYTHON} {REPO / 'scripts' / 'backup_hook_monitoring.py'}"
     env = setup(tmp_path, sftp, None, hooks={"before": [hook]})
     config = yaml.safe_load(env["config"].read_text())
-    system = backup_script.load_config(env["config"])
+    system = load_config(env["config"])
     am_url = start_alertmanager(processes, tmp_path / "alertmanager", system, free_port())
     config["system"]["monitoring"] = {
         "prometheus": {"url": prom_url},
@@ -660,5 +662,5 @@ def test_offsite_commands_without_a_remote_are_usage_errors(tmp_path: Path, sftp
 
 def test_offsite_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"backup": {"offsite": {"remote": "/mnt/usb/hello", "rclone_config": "rc.conf"}}})
-    loaded = backup_script.load_config(config)["backup"]["offsite"]
+    loaded = load_config(config)["backup"]["offsite"]
     assert loaded == {"remote": "/mnt/usb/hello", "rclone_config": str(tmp_path / "rc.conf")}

@@ -16,6 +16,8 @@ import pytest
 
 import backup_script
 from conftest import PYTHON, REPO, free_port, http_get, start_pushgateway, write_config
+from hello.naming import sidecar_path
+from hello_config import load_config
 from tests.support.backups import archives
 
 PAGE = 4096
@@ -119,7 +121,7 @@ def test_a_backup_failing_at_its_sidecar_on_a_full_disk_is_pushed(tmp_path: Path
     (archive,) = [path for path in archives(destination) if path.name in new_archives(destination)]
     pages = -(-archive.stat().st_size // PAGE)
     archive.unlink()
-    backup_script.sidecar_path(archive).unlink()
+    sidecar_path(archive).unlink()
 
     fill(small_fs, leave_pages=pages)  # room for the archive, not one page more
     result = run("backup_script.py", config)
@@ -138,7 +140,7 @@ def test_a_failing_prune_fails_the_run_and_is_pushed(tmp_path: Path, processes, 
 
     monkeypatch.setattr(backup_script, "prune", prune)
     with pytest.raises(backup_script.BackupError, match="was written, but pruning old archives failed"):
-        backup_script.run_create(backup_script.load_config(config))
+        backup_script.run_create(load_config(config))
     (archive,) = archives(tmp_path / "backups")
     gauges = pushed(url, "hello_world_backup")
     assert gauges["hello_world_backup_success"] == 0

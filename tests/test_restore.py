@@ -29,6 +29,8 @@ from hypothesis import strategies as st
 import backup_script
 from conftest import PYTHON, REPO, write_config
 from hello import restore
+from hello.archive import open_tar_stream
+from hello.naming import check_checksum
 
 CASES = int(os.environ.get("HELLO_RESTORE_CASES", "2000"))
 NOBODY = (65534, 65534, "nobody", "nogroup")
@@ -255,7 +257,7 @@ def check_property(tmp_path: Path) -> None:
             target.mkdir()
         try:
             try:
-                backup_script.check_checksum(archive)
+                check_checksum(archive)
                 # Python's own gzip reader: no decompression thread per case (restore is what is tested here).
                 opener = functools.partial(tarfile.open, archive, "r:gz")
                 restore.restore(opener, target, label="a", force=False, say=print)
@@ -400,9 +402,7 @@ def test_other_leftovers_of_a_killed_restore_are_cleaned_up_and_said(tmp_path: P
         shutil.rmtree(new)
         (old / "old-contents.txt").write_text("the replaced contents\n")
     said: list[str] = []
-    count = restore.restore(
-        lambda: backup_script.open_tar_stream(archive), target, label="a", force=True, say=said.append
-    )
+    count = restore.restore(lambda: open_tar_stream(archive), target, label="a", force=True, say=said.append)
     assert count == 1 and len(said) == 1
     assert {"extracting": "killed while extracting", "before-renames": "never touched"}.get(
         moment, "killed while deleting its old contents"

@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 import yaml
 
 from hello.git import git_out
+from hello.proc import free_port
 from hello_config import RunFiles
 from hello_jobs import http_get
 
@@ -51,12 +51,6 @@ GIT_IDENTITY = {  # the author of the commits tests and benchmarks make
     "GIT_COMMITTER_NAME": "scratch",
     "GIT_COMMITTER_EMAIL": "scratch@example.invalid",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def git(cwd: Path, *args: str) -> str:

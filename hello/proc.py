@@ -1,0 +1,85 @@
+"""Processes and ports for the scripts and the tests: a free port, a log's tail, a stop by PID, a deadline loop.
+
+    port = free_port()                                   # 127.0.0.1, nothing listens there now
+    wait_until(lambda: ready(url), 30, "the server")     # the result; TimedOut naming what at the deadline
+    terminate(pid, timeout=10)                           # SIGTERM, then SIGKILL at the deadline
+    tail(log_path)                                       # "last | five | lines" of a log, for an error message
+
+Processes are only ever stopped by the PID we started them with, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from hello_jobs import pid_alive
+
+log = logging.getLogger("hello.proc")
+
+T = TypeVar("T")
+
+
+class TimedOut(TimeoutError):
+    """wait_until's deadline passed; str() names what was waited for (and the predicate's last error)."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll predicate until it returns something truthy; TimedOut naming `what` at the deadline.
+
+    Exceptions from predicate count as "not yet", except AssertionError, which is raised at once.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except AssertionError:
+            raise  # the predicate saw something that will not get better (e.g. the process died)
+        except Exception as exc:  # noqa: BLE001 - remembered for the failure message
+            last_error = exc
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise TimedOut(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def terminate(pid: int, timeout: float) -> None:
+    """SIGTERM pid, then SIGKILL if it still lives after timeout seconds; reap it when it is our child."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            log.warning("PID %d did not stop within %.0fs: killing it", pid, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            break
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (monitor.py start --foreground)
+        time.sleep(0.05)
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a log joined by " | ", for a one-line error message; says when there is none."""
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text.splitlines()[-lines:]) or "(empty log)"
