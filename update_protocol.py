@@ -39,7 +39,8 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              serves, verify it; exit 1
   record     SPEC update metrics (hello_jobs.record_job: textfile + Pushgateway) and one JSON line in
              <run_dir>/update.log: time, from, to, outcome, exit code, step durations, and `good`, the commit
-             left serving tested and verified (updated, redeployed: the new one; rolled back: the old one)
+             left serving tested and verified (updated, redeployed: the new one; rolled back: the old one);
+             the metrics carry the last deploy or rollback with its outcome and commits (hello/deploys.py)
 
 A run killed half-way (kill -9) leaves <run_dir>/update.pending.json naming its rollback point. The next
 run takes over the stale lock, keeps that rollback point, and runs every step again even if the checkout
@@ -79,6 +80,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hello.deploy_kubernetes import DeployError, KubernetesDeploy, check_config
+from hello.deploys import deploy_series
 from hello.history import DEPLOYS, current_user, history, read_entries, render, update_log
 from hello.hooks import HookFailed, run_hooks
 from hello.release import RELEASE_DIR, REQUIREMENTS, Release, ReleaseError, live_venv, pip_install
@@ -91,7 +93,7 @@ from hello_config import (
     load_config,
     served_url,
 )
-from hello_jobs import LockHeld, http_get, job_lock, record_job, write_atomically
+from hello_jobs import LockHeld, http_get, job_lock, metrics_textfile, record_job, write_atomically
 
 REPO_DIR = Path(__file__).resolve().parent
 JOB = "hello_world_update"
@@ -866,6 +868,7 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
                 started=started,
                 finished=finished,
                 extra={"hello_world_update_duration_seconds": finished - started},
+                series=deploy_series(entry, finished, metrics_textfile(config, JOB)),
             )
             logfile = update_log(Path(config["run_dir"]))
             with open(logfile, "a", encoding="utf-8") as handle:
