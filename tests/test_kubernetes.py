@@ -388,7 +388,7 @@ def dashboard_series() -> list[dict[str, str]]:
         labels = {"job": job} if job else {"job": monitor.HELLO_JOB, "instance": "hello-world:80"}
         if not job and name != "up":
             labels.update(method="GET", path="/", version="1.0.0", commit="0" * 40)
-        if name == DEPLOY_METRIC:  # one deploy and one rollback: each annotation picks its outcomes
+        if name == DEPLOY_METRIC:  # a deploy and a rollback, as update_protocol.py labels them
             for outcome in ("updated", "rolled-back"):
                 deploy = deploy_labels({"outcome": outcome, "from": "a" * 40, "to": "b" * 40})
                 series.append({"series": km.format_series(name, {**labels, **deploy}), "values": "1+10x80"})
