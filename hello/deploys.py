@@ -42,8 +42,8 @@ def deploy_labels(entry: dict[str, Any]) -> dict[str, str]:
     return {"outcome": str(entry.get("outcome")), "commit": serving, "from_commit": old, "to_commit": new}
 
 
-def previous_deploy(textfile: Path) -> dict[tuple[str, ...], float]:
-    """The deploy series of an earlier update textfile ({} when there is none or it is unreadable)."""
+def recorded_deploy(textfile: Path) -> dict[tuple[str, ...], float]:
+    """{label values: time} of the deploy series in an update textfile ({} when none or unreadable)."""
     try:
         text = textfile.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -66,5 +66,5 @@ def deploy_series(entry: dict[str, Any], finished: float, textfile: Path) -> Lab
         labels = deploy_labels(entry)
         samples = {tuple(labels[name] for name in DEPLOY_LABELS): finished}
     else:
-        samples = previous_deploy(textfile)
+        samples = recorded_deploy(textfile)
     return {DEPLOY_METRIC: (DEPLOY_LABELS, samples)} if samples else {}
