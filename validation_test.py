@@ -56,9 +56,10 @@ from typing import Any
 import yaml
 
 from hello import alerting, restarts, units
+from hello.deploys import DEPLOY_METRIC, recorded_deploy
 from hello.history import good_release, update_log
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
-from hello_jobs import record_job
+from hello_jobs import metrics_textfile, record_job
 from update_protocol import UpdateError, git
 
 log = logging.getLogger("validation")
@@ -406,7 +407,8 @@ def _duration_text(seconds: float) -> str:
 
 
 def dashboard_queries(dashboard: dict[str, Any], scrape_interval: float) -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every visible Prometheus target, with Grafana's macros and variables filled in."""
+    """(panel title, PromQL) of every visible Prometheus target, then ("annotation <name>", PromQL) of every
+    enabled annotation query, with Grafana's macros and variables filled in."""
     range_seconds = _seconds(str(dashboard.get("time", {}).get("from", "now-1h")).removeprefix("now-"), 3600)
     rate_interval = 4 * scrape_interval  # Grafana: max($__interval + scrape interval, 4 * scrape interval)
     values = {
@@ -438,6 +440,10 @@ def dashboard_queries(dashboard: dict[str, Any], scrape_interval: float) -> list
             kind = source.get("type", "prometheus") if isinstance(source, dict) else "prometheus"
             if target.get("expr") and not target.get("hide") and kind == "prometheus":
                 queries.append((str(panel.get("title", f"panel {panel.get('id')}")), fill(target["expr"])))
+    for annotation in dashboard.get("annotations", {}).get("list", []):
+        expr = (annotation.get("target") or {}).get("expr")
+        if expr and annotation.get("enable", True) and not annotation.get("builtIn"):
+            queries.append((f"annotation {annotation.get('name', '?')}", fill(expr)))
     return queries
 
 
@@ -458,10 +464,12 @@ def check_dashboard(ctx: Context) -> str:
         if data.get("resultType") in ("vector", "matrix") and not data.get("result"):
             # A fresh deployment has never run an update: its panel has nothing to show yet, and that is no fault.
             never = "hello_world_update_" in expr and update_never_ran(ctx)
+            # No deploy yet (or none since the deploy metric exists): the Deploys panel and annotation are empty.
+            never = never or (DEPLOY_METRIC in expr and not recorded_deploy(metrics_textfile(ctx.config, JOB_UPDATE)))
             (excused if never else empty).append(f"{title!r}: {expr}")
     if empty:
         raise CheckFailed(f"{len(empty)} of {len(queries)} queries returned no data: " + "; ".join(empty))
-    note = f" ({len(excused)} empty: no update has ever run)" if excused else ""
+    note = f" ({len(excused)} empty: no update or no deploy recorded yet)" if excused else ""
     return f"{len(queries) - len(excused)} queries of {path.name} returned data{note}"
 
 
