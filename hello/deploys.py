@@ -5,7 +5,8 @@
 The value is the end (Unix time) of the newest update run that deployed or rolled back (an outcome of
 hello.history.DEPLOYS: updated, redeployed, rolled-back, rollback-failed, rollback by hand). `outcome` is
 update.log's, `from_commit` and `to_commit` are the run's from and to, `commit` what the run left serving
-(for rolled-back: from_commit again). Commits are full hashes, as hello_world_build_info labels them.
+(for rolled-back: from_commit again; for rollback-failed the to_commit it tried, which needs a human anyway).
+Commits are full hashes, as hello_world_build_info labels them.
 
 update_protocol.py records it with the other update metrics (textfile and Pushgateway, job
 hello_world_update). A run that deploys nothing (up to date, held, tests failed) carries the last deploy
