@@ -324,13 +324,10 @@ def broken(dashboard: dict[str, Any], change: str) -> dict[str, Any]:
     return copy
 
 
-ANNOTATION_CHANGES = ["annotation-title", "annotation-time", "annotation-metric", "annotation-datasource"]
-
-
 @pytest.mark.parametrize(
     "change",
     ["overlap", "off-grid", "unknown-datasource", "seed-metric", "no-query", "graph-panel", "uid", "refresh"]
-    + [*ANNOTATION_CHANGES, "no-annotation"],
+    + ["annotation-title", "annotation-time", "annotation-metric", "annotation-datasource", "no-annotation"],
 )
 def test_dashboard_checks_catch_a_broken_dashboard(change: str) -> None:
     dashboard = broken(lint_monitoring.load_dashboard(), change)
@@ -704,6 +701,7 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
         lambda: prometheus_query(prometheus_url, f'{deploy_expr} and on() count({DEPLOY_METRIC}{{outcome="updated"}})'),
         30,
         "the deploy to be scraped",
+        interval=0.5,
     )
     record_update(system, "rollback", second, first)
 
@@ -730,7 +728,12 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
 
     # The annotation as Grafana makes it: a range query, each series' value the event's time; one event per run.
     recorded = [*recorded_deploy(hello_jobs.metrics_textfile(system, update_protocol.JOB)).values()]
-    events = annotation_events(prometheus_url, deploys[0], start=now - 60, end=time.time() + scrape_interval, step=2)
+
+    def both_events() -> list[tuple[int, str]]:
+        events = annotation_events(prometheus_url, deploys[0], now - 60, time.time() + scrape_interval, step=2)
+        return events if len(events) >= 2 else []
+
+    events = wait_until(both_events, 30, "the deploy and the rollback as two annotation events", interval=0.5)
     assert [title for _, title in events] == [f"updated {second}", f"rollback {first}"], events
     assert events[1][0] == math.floor(recorded[0] * 1000)  # the rollback's own time, from the textfile
 
