@@ -43,6 +43,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
 
 from hello import promtext
+from hello.deploys import DEPLOY_HELP, DEPLOY_METRIC
 
 log = logging.getLogger("hello_jobs")
 
@@ -51,6 +52,7 @@ EXTRA_HELP = {
     "hello_world_backup_size_bytes": "Size of the archive written by the last backup run, in bytes.",
     "hello_world_backup_duration_seconds": "Duration of the last backup run, in seconds.",
     "hello_world_validation_check_success": "1 if the check passed in the last validation run, 0 if it failed.",
+    DEPLOY_METRIC: DEPLOY_HELP,
 }
 # A labelled gauge of a job: metric name -> (label names, {label values: value}).
 LabelledSeries = dict[str, tuple[tuple[str, ...], dict[tuple[str, ...], float]]]
@@ -251,6 +253,11 @@ def _registry(
     return registry
 
 
+def metrics_textfile(config: dict[str, Any], job: str) -> Path:
+    """<run_dir>/metrics/<job>.prom: where record_job writes the job's metrics (node_exporter's textfile)."""
+    return Path(config["run_dir"]) / "metrics" / f"{job}.prom"
+
+
 def record_job(
     config: dict[str, Any],
     job: str,
@@ -270,8 +277,8 @@ def record_job(
     success when the caller knows it (a run that failed after its main work succeeded); else taken from the
     earlier textfile.
     """
-    directory = Path(config["run_dir"]) / "metrics"
-    path = directory / f"{job}.prom"
+    path = metrics_textfile(config, job)
+    directory = path.parent
     if success:
         last_success = finished
     elif last_success is None:

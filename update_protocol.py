@@ -39,7 +39,8 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              serves, verify it; exit 1
   record     SPEC update metrics (hello_jobs.record_job: textfile + Pushgateway) and one JSON line in
              <run_dir>/update.log: time, from, to, outcome, exit code, step durations, and `good`, the commit
-             left serving tested and verified (updated, redeployed: the new one; rolled back: the old one)
+             left serving tested and verified (updated, redeployed: the new one; rolled back: the old one);
+             the metrics carry the last deploy or rollback with its outcome and commits (hello/deploys.py)
 
 A run killed half-way (kill -9) leaves <run_dir>/update.pending.json naming its rollback point. The next
 run takes over the stale lock, keeps that rollback point, and runs every step again even if the checkout

@@ -56,11 +56,12 @@ import yaml
 
 from hello import alerting, promtext, restarts, units
 from hello.dashboard import expanded_queries
+from hello.deploys import DEPLOY_METRIC, recorded_deploy
 from hello.git import GitError, git
 from hello.history import good_release, update_log
 from hello.naming import JOB, BackupError, check_checksum, parse_archive
 from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
-from hello_jobs import record_job
+from hello_jobs import metrics_textfile, record_job
 
 log = logging.getLogger("validation")
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: 10x faster
@@ -403,10 +404,12 @@ def check_dashboard(ctx: Context) -> str:
         if data.get("resultType") in ("vector", "matrix") and not data.get("result"):
             # A fresh deployment has never run an update: its panel has nothing to show yet, and that is no fault.
             never = "hello_world_update_" in expr and update_never_ran(ctx)
+            # No deploy yet (or none since the deploy metric exists): the Deploys panel and annotation are empty.
+            never = never or (DEPLOY_METRIC in expr and not recorded_deploy(metrics_textfile(ctx.config, JOB_UPDATE)))
             (excused if never else empty).append(f"{title!r}: {expr}")
     if empty:
         raise CheckFailed(f"{len(empty)} of {len(queries)} queries returned no data: " + "; ".join(empty))
-    note = f" ({len(excused)} empty: no update has ever run)" if excused else ""
+    note = f" ({len(excused)} empty: no update or no deploy recorded yet)" if excused else ""
     return f"{len(queries) - len(excused)} queries of {path.name} returned data{note}"
 
 

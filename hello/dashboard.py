@@ -5,9 +5,9 @@
     expanded_queries(dashboard, scrape_interval)                      # (title, PromQL) with variables too
 
 Collected: the targets of every panel, also of panels inside rows (a collapsed row holds its panels in its
-own "panels"), and the Prometheus annotation queries (annotations.list[*].expr); hidden targets and other
-data sources' queries are left out. Used by scripts/lint_monitoring.py (promtool parses each) and
-validation_test.py (each returns data), so the two cannot disagree about what the dashboard asks.
+own "panels"), and the enabled Prometheus annotation queries (annotations.list[*].target.expr, or .expr);
+hidden targets and other data sources' queries are left out. Used by scripts/lint_monitoring.py (promtool
+parses each) and validation_test.py (each returns data), so the two cannot disagree about what it asks.
 
 The macros, as Grafana documents them for Prometheus (Grafana 7.2's blog post on $__rate_interval, and
 grafana/grafana#77234 which restored the formula):
@@ -61,9 +61,11 @@ def queries(dashboard: dict[str, Any]) -> list[Query]:
             if target.get("expr") and not target.get("hide") and _is_prometheus(source):
                 found.append(Query(title, str(target.get("refId", "?")), target["expr"]))
     for annotation in (dashboard.get("annotations") or {}).get("list", []):
-        if annotation.get("expr") and _is_prometheus(annotation.get("datasource") or {}):
-            name = str(annotation.get("name", "annotation"))
-            found.append(Query(name, "annotation", annotation["expr"]))
+        # Grafana keeps a Prometheus annotation's query in `target` (older dashboards: top-level `expr`).
+        expr = (annotation.get("target") or {}).get("expr") or annotation.get("expr")
+        wanted = annotation.get("enable", True) and not annotation.get("builtIn")
+        if expr and wanted and _is_prometheus(annotation.get("datasource") or {}):
+            found.append(Query(str(annotation.get("name", "annotation")), "annotation", expr))
     return found
 
 

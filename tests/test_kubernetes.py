@@ -26,6 +26,7 @@ import yaml
 from conftest import PYTHON, REPO, deep_merge, free_port, http_get, require_tool, wait_until
 from hello import dashboard as grafana
 from hello import kubernetes_manifests as km
+from hello.deploys import DEPLOY_METRIC, deploy_labels
 from hello_config import load_config, parse_duration
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -388,6 +389,11 @@ def dashboard_series() -> list[dict[str, str]]:
         labels = {"job": job} if job else {"job": monitor.HELLO_JOB, "instance": "hello-world:80"}
         if not job and name != "up":
             labels.update(method="GET", path="/", version="1.0.0", commit="0" * 40)
+        if name == DEPLOY_METRIC:  # a deploy and a rollback, as update_protocol.py labels them
+            for outcome in ("updated", "rolled-back"):
+                deploy = deploy_labels({"outcome": outcome, "from": "a" * 40, "to": "b" * 40})
+                series.append({"series": km.format_series(name, {**labels, **deploy}), "values": "1+10x80"})
+            continue
         for code in ("200", "500") if name.endswith("_total") else ("",):
             for le in ("0.005", "+Inf") if name.endswith("_bucket") else ("",):
                 extra = {k: v for k, v in (("code", code), ("le", le)) if v}

@@ -8,6 +8,7 @@ Grafana server: the dashboard's queries run against a live Prometheus instead.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -17,7 +18,9 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,6 +28,7 @@ import yaml
 
 import hello_jobs
 import lint_monitoring
+import update_protocol
 from conftest import (
     PYTHON,
     REPO,
@@ -41,7 +45,8 @@ from conftest import (
     write_config,
 )
 from hello import dashboard as grafana
-from hello_config import DEFAULT_PATH, load_config
+from hello.deploys import DEPLOY_METRIC, recorded_deploy
+from hello_config import DEFAULT_PATH, EXIT_OK, load_config
 
 monitor = lint_monitoring.monitor  # scripts/monitor.py, as the lint script imports it
 
@@ -282,7 +287,7 @@ def test_dashboard_and_provisioning_are_consistent() -> None:
     assert lint_monitoring.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard") == []
     lint_monitoring.check_provisioning(load_config(DEFAULT_PATH))
     assert dashboard["uid"] == load_config(DEFAULT_PATH)["monitoring"]["grafana"]["dashboard"]
-    assert {panel["type"] for panel in dashboard["panels"]} == {"timeseries", "stat"}
+    assert {panel["type"] for panel in dashboard["panels"]} == {"timeseries", "stat", "table"}
     exprs = " ".join(expr for _, _, expr in grafana.queries(dashboard))
     assert "hello_world_requests_total" in exprs and "hello_world_requests[" not in exprs
 
@@ -306,22 +311,44 @@ def broken(dashboard: dict[str, Any], change: str) -> dict[str, Any]:
         copy["uid"] = "something-else"
     elif change == "refresh":
         copy["refresh"] = "1m"
+    elif change.startswith("annotation-"):
+        (annotation,) = lint_monitoring.query_annotations(copy)
+        if change == "annotation-title":
+            annotation["titleFormat"] = "{{commit}}"  # deploy or rollback? it does not say
+        elif change == "annotation-time":
+            annotation["useValueForTime"] = False  # one event per step for as long as the series stays
+        elif change == "annotation-metric":
+            annotation["target"]["expr"] = "changes(hello_world_update_success[$__interval]) > 0"
+        elif change == "annotation-datasource":
+            annotation["datasource"] = {"type": "prometheus", "uid": "nope"}
+    elif change == "no-annotation":
+        copy["annotations"]["list"] = [entry for entry in copy["annotations"]["list"] if entry.get("builtIn")]
     return copy
 
 
 @pytest.mark.parametrize(
-    "change", ["overlap", "off-grid", "unknown-datasource", "seed-metric", "no-query", "graph-panel", "uid", "refresh"]
+    "change",
+    ["overlap", "off-grid", "unknown-datasource", "seed-metric", "no-query", "graph-panel", "uid", "refresh"]
+    + ["annotation-title", "annotation-time", "annotation-metric", "annotation-datasource", "no-annotation"],
 )
 def test_dashboard_checks_catch_a_broken_dashboard(change: str) -> None:
     dashboard = broken(lint_monitoring.load_dashboard(), change)
     assert lint_monitoring.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard")
 
 
-def test_dashboard_queries_parse_and_a_broken_one_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("where", ["panel", "annotation"])
+def test_dashboard_queries_parse_and_a_broken_one_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
     promtool()
     lint_monitoring.check_dashboard_queries_parse(load_config(DEFAULT_PATH))
     dashboard = lint_monitoring.load_dashboard()
-    dashboard["panels"][5]["targets"][0]["expr"] = "sum by (code) (rate(hello_world_requests_total[$__rate_interval])"
+    target = (
+        dashboard["panels"][5]["targets"][0]
+        if where == "panel"
+        else lint_monitoring.query_annotations(dashboard)[0]["target"]
+    )
+    target["expr"] = "sum by (code) (rate(hello_world_requests_total[$__rate_interval])"
     bad = tmp_path / "dashboard.json"
     bad.write_text(json.dumps(dashboard))
     monkeypatch.setattr(lint_monitoring, "DASHBOARD", bad)
@@ -612,6 +639,34 @@ def has_number(result: list[dict[str, Any]]) -> bool:
     return any(math.isfinite(float(series["value"][1])) for series in result)
 
 
+def record_update(system: dict[str, Any], outcome: str, serving: str, target: str) -> None:
+    """What update_protocol.py records at the end of a successful run of this outcome."""
+    updater = SimpleNamespace(report=update_protocol.Report(out=io.StringIO(), outcome=outcome), serving=serving)
+    updater.target = target
+    update_protocol.record(system, updater, EXIT_OK, time.time() - 5)
+
+
+def annotation_events(
+    prometheus_url: str, annotation: dict[str, Any], start: float, end: float, step: float
+) -> list[tuple[int, str]]:
+    """(time in ms, title) of a useValueForTime annotation's events, as Grafana's Prometheus datasource makes them:
+    per series, the value (a time in ms) of each point; points at most a step apart make one event."""
+    query = {"query": annotation["target"]["expr"], "start": start, "end": end, "step": step}
+    status, _, body = http_get(f"{prometheus_url}/api/v1/query_range?{urllib.parse.urlencode(query)}")
+    assert status == 200, body[:300]
+    events = []
+    for series in json.loads(body)["data"]["result"]:
+        labels = series["metric"]
+        title = re.sub(r"\{\{(\w+)\}\}", lambda m, labels=labels: labels.get(m.group(1), ""), annotation["titleFormat"])
+        latest = None
+        for _, value in series["values"]:
+            moment = math.floor(float(value))
+            if latest is None or moment > latest + step * 1000:
+                events.append((moment, title))
+            latest = moment
+    return sorted(events)
+
+
 def test_every_dashboard_query_returns_data_from_a_live_prometheus(
     tmp_path: Path, processes: ProcessRegistry, hello_server
 ) -> None:
@@ -635,7 +690,19 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
         finished=now,
         extra={"hello_world_backup_size_bytes": 1},
     )
-    hello_jobs.record_job(system, "hello_world_update", success=True, started=now - 5, finished=now)
+    # A deploy, then a rollback by hand, recorded by update_protocol.record() (update.log, textfile, Pushgateway).
+    first, second = "1" * 40, "2" * 40
+    record_update(system, "updated", first, second)
+    deploys = lint_monitoring.query_annotations(lint_monitoring.load_dashboard())
+    assert [entry["name"] for entry in deploys] == ["Deploys and rollbacks"]
+    deploy_expr = deploys[0]["target"]["expr"]
+    wait_until(  # scraped before the rollback's push replaces it on the Pushgateway
+        lambda: prometheus_query(prometheus_url, f'{deploy_expr} and on() count({DEPLOY_METRIC}{{outcome="updated"}})'),
+        30,
+        "the deploy to be scraped",
+        interval=0.5,
+    )
+    record_update(system, "rollback", second, first)
 
     def traffic() -> None:
         for path in ("/", "/", "/healthz", "/version", "/missing"):
@@ -657,6 +724,17 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
         except AssertionError as exc:
             targets = http_get(prometheus_url + "/api/v1/targets")[2].decode(errors="replace")
             raise AssertionError(f"{exc}\ntargets: {targets[:2000]}\nserver log: {server.log()}") from None
+
+    # The annotation as Grafana makes it: a range query, each series' value the event's time; one event per run.
+    recorded = [*recorded_deploy(hello_jobs.metrics_textfile(system, update_protocol.JOB)).values()]
+
+    def both_events() -> list[tuple[int, str]]:
+        events = annotation_events(prometheus_url, deploys[0], now - 60, time.time() + scrape_interval, step=2)
+        return events if len(events) >= 2 else []
+
+    events = wait_until(both_events, 30, "the deploy and the rollback as two annotation events", interval=0.5)
+    assert [title for _, title in events] == [f"updated {second}", f"rollback {first}"], events
+    assert events[1][0] == math.floor(recorded[0] * 1000)  # the rollback's own time, from the textfile
 
     # The seed's query names a metric that does not exist: it stays empty, so "returns data" means something.
     assert prometheus_query(prometheus_url, "rate(hello_world_requests[5m])") == []

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, ProcessRegistry, free_port, http_get, kill_group, wait_until
+from hello.deploys import recorded_deploy
 from tests.support.deployment import consistent, serving_deployment
 from tests.support.scratch import Load, ScratchDeployment, git
 
@@ -62,6 +63,11 @@ def metric(site: ScratchDeployment, name: str) -> float:
     match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     assert match, f"{name} not in the update textfile:\n{text}"
     return float(match.group(1))
+
+
+def deploy_metric(site: ScratchDeployment) -> dict[tuple[str, ...], float]:
+    """The deploy series of the update textfile: {(outcome, commit, from_commit, to_commit): time}."""
+    return recorded_deploy(site.run_dir / "metrics" / "hello_world_update.prom")
 
 
 def shown(result: subprocess.CompletedProcess) -> str:
@@ -190,7 +196,7 @@ def test_commit_that_fails_verification_is_rolled_back(site: ScratchDeployment) 
     before = snapshot(site)
     text = (site.deploy / "hello_world.py").read_text()
     assert "Hello, World!" in text, "the test needs the greeting literal in hello_world.py"
-    site.commit("a different greeting", {"hello_world.py": text.replace("Hello, World!", "Goodbye, World!")})
+    bad = site.commit("a different greeting", {"hello_world.py": text.replace("Hello, World!", "Goodbye, World!")})
     with Load(site.port, limit=5000) as load:
         result = site.update()
     assert result.returncode == 1, shown(result)
@@ -203,6 +209,8 @@ def test_commit_that_fails_verification_is_rolled_back(site: ScratchDeployment) 
     assert reloads(site) == before["reloads"] + 2  # the bad code in, the old code back
     assert_quiet_load(load, wrong_body_allowed=True)  # the bad version answered until rolled back
     assert log_lines(site)[-1]["outcome"] == "rolled-back"
+    # The dashboard's Deploys annotation and panel: the rollback, back to the served commit, away from the bad one.
+    assert list(deploy_metric(site)) == [("rolled-back", before["served"], before["served"], bad)]
 
 
 @pytest.mark.parametrize(
@@ -630,8 +638,12 @@ def test_history_lists_deploys_and_rollbacks_newest_first(site: ScratchDeploymen
     before = site.served()
     commit = site.harmless_commit("for the history")
     assert site.update().returncode == 0
+    deployed = deploy_metric(site)
+    assert list(deployed) == [("updated", commit, before, commit)]
     assert site.update().returncode == 0  # nothing new: not a deploy
+    assert deploy_metric(site) == deployed  # carried on: the Pushgateway's group keeps the last deploy
     assert site.update("--force").returncode == 0
+    assert list(deploy_metric(site)) == [("redeployed", commit, commit, commit)]
     result = history(site, "--json")
     assert result.returncode == 0, shown(result)
     newest, second = json.loads(result.stdout)[:2]

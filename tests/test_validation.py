@@ -264,6 +264,8 @@ def test_a_healthy_deployment_passes_every_check(deployment: Deployment) -> None
     assert "schedule loop: PID" in results["check_scheduler"][1]
     assert deployment.git("rev-parse", "HEAD")[:12] in results["check_served_commit"][1]
     assert results["check_last_update"][1].startswith("updated")
+    # Every panel's query and the deploy annotation's answered, the Deploys ones with the real update's record.
+    assert "empty" not in results["check_dashboard"][1], results["check_dashboard"]
 
 
 def test_a_corrupted_archive_fails_its_checksum_and_read(deployment: Deployment) -> None:
