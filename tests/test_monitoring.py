@@ -46,6 +46,7 @@ from conftest import (
 )
 from hello import dashboard as grafana
 from hello.deploys import DEPLOY_METRIC, recorded_deploy
+from hello.updater import JOB as UPDATE_JOB
 from hello_config import DEFAULT_PATH, EXIT_OK, load_config
 
 monitor = lint_monitoring.monitor  # scripts/monitor.py, as the lint script imports it
@@ -726,7 +727,7 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
             raise AssertionError(f"{exc}\ntargets: {targets[:2000]}\nserver log: {server.log()}") from None
 
     # The annotation as Grafana makes it: a range query, each series' value the event's time; one event per run.
-    recorded = [*recorded_deploy(hello_jobs.metrics_textfile(system, update_protocol.JOB)).values()]
+    recorded = [*recorded_deploy(hello_jobs.metrics_textfile(system, UPDATE_JOB)).values()]
 
     def both_events() -> list[tuple[int, str]]:
         events = annotation_events(prometheus_url, deploys[0], now - 60, time.time() + scrape_interval, step=2)
