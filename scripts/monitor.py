@@ -17,8 +17,8 @@ The hello-world target is the server that runs (its <run_dir>/hello_world.state.
     python scripts/monitor.py render compose|local [--check]
     python scripts/monitor.py render alertmanager    # writes <run_dir>/monitor/alertmanager.yml (make up)
 
-This module is the one source of the two Prometheus configs: `prometheus_config()` builds
-both; the Alertmanager config comes from hello/alerting.py and is rendered here too.
+The two Prometheus configs come from one source, hello/promconfig.py; the Alertmanager config
+comes from hello/alerting.py; this command renders and writes them.
 monitoring/prometheus.yml (the compose stack's, targets by service name) is its committed
 output: `render compose --write` rewrites it, `render compose --check` (run by `make lint`)
 fails when it no longer matches config.yaml. The local variant (targets on 127.0.0.1 at the
@@ -54,32 +54,30 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hello import alerting  # noqa: E402
-from hello.alerting import format_duration  # noqa: E402
+from hello.promconfig import (  # noqa: E402
+    COMPOSE_CONFIG,
+    PACKAGES,
+    MonitorConfigError,
+    MonitorError,
+    compose_config_is_current,
+    compose_config_text,
+    local_config_text,
+    local_ports,
+    optional_port,
+    scrape_target,
+)
 from hello_config import (  # noqa: E402
     DEFAULT_PATH,
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
     ConfigError,
-    RunFiles,
     load_config,
-    server_url,
 )
 from hello_jobs import http_get, pid_alive, write_atomically  # noqa: E402
 
 log = logging.getLogger("monitor")
 
-COMPOSE_CONFIG = REPO / "monitoring" / "prometheus.yml"
-RULES_DIR = REPO / "monitoring" / "rules"
-RULES_GLOB = "*.rules.yml"
-HELLO_JOB = "hello-world"
-COMPOSE_HELLO_TARGET = "hello-world:80"  # the seed's target: the compose service on port 80
-COMPOSE_PUSHGATEWAY_TARGET = "pushgateway:9091"
-COMPOSE_PROMETHEUS_TARGET = "localhost:9090"
-COMPOSE_ALERTMANAGER_TARGET = "alertmanager:9093"
-COMPOSE_NODE_TARGET = "node-exporter:9100"
-ALERTMANAGER_JOB, NODE_JOB = "alertmanager", "node"
-PACKAGES = "prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter"
 RESEND_DELAY = "10s"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -91,133 +89,6 @@ BINARIES = {
     "node_exporter": ("prometheus-node-exporter", "node_exporter"),
 }
 READY_PATHS = {"node_exporter": "/metrics"}  # node_exporter 1.5 has no /-/ready
-
-
-class MonitorError(Exception):
-    """Monitoring cannot start or stop; str() is the one-line reason."""
-
-
-class MonitorConfigError(MonitorError):
-    """config.yaml does not say enough to run monitoring (exit 2)."""
-
-
-# --- the Prometheus config: one builder for the compose and the local variant ---
-
-
-def prometheus_config(
-    scrape_interval: float,
-    hello_target: str,
-    pushgateway_target: str | None,
-    prometheus_target: str,
-    rule_files: list[str],
-    alertmanager_target: str | None = None,
-    node_target: str | None = None,
-) -> dict[str, Any]:
-    """The Prometheus config both variants share; only the targets and the rule file paths differ."""
-    interval = format_duration(scrape_interval)
-    scrape_configs: list[dict[str, Any]] = [
-        {"job_name": HELLO_JOB, "static_configs": [{"targets": [hello_target]}]},
-    ]
-    if pushgateway_target:
-        # honor_labels keeps the job label the backup and update scripts push (hello_world_backup, ...).
-        scrape_configs.append(
-            {"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": [pushgateway_target]}]}
-        )
-    scrape_configs.append({"job_name": "prometheus", "static_configs": [{"targets": [prometheus_target]}]})
-    if alertmanager_target:  # its own metrics: notifications failing
-        scrape_configs.append({"job_name": ALERTMANAGER_JOB, "static_configs": [{"targets": [alertmanager_target]}]})
-    if node_target:  # the host, and the job textfiles of <run_dir>/metrics
-        scrape_configs.append({"job_name": NODE_JOB, "static_configs": [{"targets": [node_target]}]})
-    config: dict[str, Any] = {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "rule_files": rule_files,
-    }
-    if alertmanager_target:
-        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager_target]}]}]}
-    config["scrape_configs"] = scrape_configs
-    return config
-
-
-def render(config: dict[str, Any], header: str) -> str:
-    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
-
-
-def compose_config_text(system: dict[str, Any]) -> str:
-    """monitoring/prometheus.yml: targets by compose service name, rules relative to the file."""
-    config = prometheus_config(
-        system["monitoring"]["prometheus"]["scrape_interval"],
-        COMPOSE_HELLO_TARGET,
-        COMPOSE_PUSHGATEWAY_TARGET,
-        COMPOSE_PROMETHEUS_TARGET,
-        [f"rules/{RULES_GLOB}"],  # relative to this file: monitoring/rules here, /etc/prometheus/rules in compose
-        COMPOSE_ALERTMANAGER_TARGET if system["monitoring"]["alertmanager"]["url"] else None,
-        COMPOSE_NODE_TARGET if system["monitoring"]["node_exporter"]["url"] else None,
-    )
-    header = (
-        "# Prometheus config of the docker compose stack. GENERATED from config.yaml by\n"
-        "# `python scripts/monitor.py render compose --write`: edit config.yaml or scripts/monitor.py, then rerun it.\n"
-        "# `make lint` fails when this file no longer matches. `make monitor` uses the local variant.\n"
-    )
-    return render(config, header)
-
-
-def compose_config_is_current(system: dict[str, Any]) -> bool:
-    """monitoring/prometheus.yml is what compose_config_text makes of system (`render compose --check`)."""
-    return COMPOSE_CONFIG.exists() and COMPOSE_CONFIG.read_text() == compose_config_text(system)
-
-
-def url_port(url: str, key: str) -> int:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None:
-        port = {"http": 80, "https": 443}.get(parts.scheme)
-    if port is None:
-        raise MonitorConfigError(f"{key}: cannot tell the port of {url!r}")
-    return port
-
-
-def local_ports(system: dict[str, Any]) -> tuple[int, int | None]:
-    """(Prometheus port, Pushgateway port or None) from config.yaml's URLs."""
-    prometheus_url = system["monitoring"]["prometheus"]["url"]
-    if not prometheus_url:
-        raise MonitorConfigError("system.monitoring.prometheus.url is null: set it to run Prometheus locally")
-    return url_port(prometheus_url, "system.monitoring.prometheus.url"), optional_port(system, "pushgateway")
-
-
-def optional_port(system: dict[str, Any], component: str) -> int | None:
-    """The port of system.monitoring.<component>.url, None when that url is null (the component is not run)."""
-    url = system["monitoring"][component]["url"]
-    return url_port(url, f"system.monitoring.{component}.url") if url else None
-
-
-def scrape_target(system: dict[str, Any]) -> tuple[str, str]:
-    """(host:port of the hello-world target, why): the running server's URL, else config.yaml's."""
-    files = RunFiles(Path(system["run_dir"]))
-    url = files.read_state().get("url")
-    if url and files.running_pid():
-        return urlsplit(url).netloc, f"the running server (PID {files.running_pid()}, {files.statefile})"
-    configured = urlsplit(server_url(system)).netloc
-    return configured, f"system.server of {system['config_file']} (no server runs)"
-
-
-def local_config_text(system: dict[str, Any]) -> str:
-    """The config `make monitor` runs: the same jobs and rules, targets on 127.0.0.1 at config.yaml's ports."""
-    prometheus_port, pushgateway_port = local_ports(system)
-    alertmanager_port, node_port = optional_port(system, "alertmanager"), optional_port(system, "node_exporter")
-    config = prometheus_config(
-        system["monitoring"]["prometheus"]["scrape_interval"],
-        scrape_target(system)[0],
-        f"127.0.0.1:{pushgateway_port}" if pushgateway_port else None,
-        f"127.0.0.1:{prometheus_port}",
-        [str(RULES_DIR / RULES_GLOB)],
-        f"127.0.0.1:{alertmanager_port}" if alertmanager_port else None,
-        f"127.0.0.1:{node_port}" if node_port else None,
-    )
-    header = f"# GENERATED by scripts/monitor.py from {system['config_file']}: the local variant of make monitor.\n"
-    return render(config, header)
 
 
 # --- processes ---

@@ -25,6 +25,7 @@ import yaml
 
 import hello_jobs
 import lint_monitoring
+import monitor  # scripts/monitor.py: conftest puts scripts/ on sys.path
 from conftest import (
     PYTHON,
     REPO,
@@ -40,9 +41,9 @@ from conftest import (
     wait_until,
     write_config,
 )
+from hello import promconfig
+from hello.alerting import format_duration
 from hello_config import DEFAULT_PATH, load_config
-
-monitor = lint_monitoring.monitor  # scripts/monitor.py, as the lint script imports it
 
 ALERTS = [
     "HelloWorldDown",
@@ -98,14 +99,14 @@ def without_targets(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_committed_compose_config_is_rendered_from_config_yaml() -> None:
-    assert monitor.COMPOSE_CONFIG.read_text() == monitor.compose_config_text(load_config(DEFAULT_PATH))
+    assert promconfig.COMPOSE_CONFIG.read_text() == promconfig.compose_config_text(load_config(DEFAULT_PATH))
     assert run([PYTHON, str(REPO / "scripts" / "monitor.py"), "render", "compose", "--check"]).returncode == 0
 
 
 def test_a_stale_compose_config_fails_the_sync_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stale = tmp_path / "prometheus.yml"
-    stale.write_text(monitor.COMPOSE_CONFIG.read_text().replace("scrape_interval: 15s", "scrape_interval: 30s"))
-    monkeypatch.setattr(monitor, "COMPOSE_CONFIG", stale)
+    stale.write_text(promconfig.COMPOSE_CONFIG.read_text().replace("scrape_interval: 15s", "scrape_interval: 30s"))
+    monkeypatch.setattr(promconfig, "COMPOSE_CONFIG", stale)
     with pytest.raises(lint_monitoring.CheckFailed, match="render compose --write"):
         lint_monitoring.check_compose_config_in_sync(load_config(DEFAULT_PATH))
 
@@ -127,9 +128,9 @@ def test_a_stale_compose_config_fails_the_sync_check(tmp_path: Path, monkeypatch
 def test_both_prometheus_configs_agree_with_config_yaml_and_pass_promtool(tmp_path: Path, overrides: dict) -> None:
     tool = promtool()
     system = load_config(DEFAULT_PATH) if not overrides else load_config(write_config(tmp_path / "cfg", overrides))
-    compose = yaml.safe_load(monitor.compose_config_text(system))
-    local = yaml.safe_load(monitor.local_config_text(system))
-    interval = monitor.format_duration(system["monitoring"]["prometheus"]["scrape_interval"])
+    compose = yaml.safe_load(promconfig.compose_config_text(system))
+    local = yaml.safe_load(promconfig.local_config_text(system))
+    interval = format_duration(system["monitoring"]["prometheus"]["scrape_interval"])
     assert interval == ("30s" if overrides else "15s")
 
     for config in (compose, local):
@@ -167,9 +168,9 @@ def test_both_prometheus_configs_agree_with_config_yaml_and_pass_promtool(tmp_pa
     compose_path = tmp_path / "compose" / "prometheus.yml"
     compose_path.parent.mkdir()
     shutil.copytree(RULES_DIR, compose_path.parent / "rules")
-    compose_path.write_text(monitor.compose_config_text(system))
+    compose_path.write_text(promconfig.compose_config_text(system))
     local_path = tmp_path / "local.yml"
-    local_path.write_text(monitor.local_config_text(system))
+    local_path.write_text(promconfig.local_config_text(system))
     for path in (compose_path, local_path):
         proc = run([tool, "check", "config", str(path)])
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -178,14 +179,14 @@ def test_both_prometheus_configs_agree_with_config_yaml_and_pass_promtool(tmp_pa
 
 def test_no_pushgateway_url_leaves_out_the_pushgateway_job(tmp_path: Path) -> None:
     system = load_config(write_config(tmp_path, {"monitoring": {"pushgateway": {"url": None}}}))
-    jobs = set(targets_by_job(yaml.safe_load(monitor.local_config_text(system))))
+    jobs = set(targets_by_job(yaml.safe_load(promconfig.local_config_text(system))))
     assert jobs == {"hello-world", "prometheus", "alertmanager", "node"}
 
 
 def test_null_alertmanager_and_node_exporter_urls_leave_them_out(tmp_path: Path) -> None:
     monitoring = {"alertmanager": {"url": None}, "node_exporter": {"url": None}}
     system = load_config(write_config(tmp_path, {"monitoring": monitoring}))
-    for text in (monitor.local_config_text(system), monitor.compose_config_text(system)):
+    for text in (promconfig.local_config_text(system), promconfig.compose_config_text(system)):
         config = yaml.safe_load(text)
         assert set(targets_by_job(config)) == {"hello-world", "pushgateway", "prometheus"}
         assert "alerting" not in config
@@ -558,7 +559,7 @@ def test_monitor_refuses_a_taken_port_and_leaves_nothing_running(tmp_path: Path,
     require_tool("prometheus")
     require_tool("prometheus-pushgateway")
     env, system = monitor_env(tmp_path)
-    prometheus_port = monitor.url_port(system["monitoring"]["prometheus"]["url"], "")
+    prometheus_port = promconfig.url_port(system["monitoring"]["prometheus"]["url"], "")
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", prometheus_port))
         squatter.listen()
