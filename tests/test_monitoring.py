@@ -25,7 +25,6 @@ import yaml
 
 import hello_jobs
 import lint_monitoring
-import monitor  # scripts/monitor.py: conftest puts scripts/ on sys.path
 from conftest import (
     PYTHON,
     REPO,
@@ -41,7 +40,7 @@ from conftest import (
     wait_until,
     write_config,
 )
-from hello import promconfig
+from hello import monitor_stack, promconfig
 from hello.alerting import format_duration
 from hello_config import DEFAULT_PATH, load_config
 
@@ -190,10 +189,8 @@ def test_null_alertmanager_and_node_exporter_urls_leave_them_out(tmp_path: Path)
         config = yaml.safe_load(text)
         assert set(targets_by_job(config)) == {"hello-world", "pushgateway", "prometheus"}
         assert "alerting" not in config
-    assert [name for name, _, _ in monitor.services(system, tmp_path, {"prometheus": "p", "pushgateway": "g"})] == [
-        "pushgateway",
-        "prometheus",
-    ]
+    services = monitor_stack.services(system, tmp_path, {"prometheus": "p", "pushgateway": "g"})
+    assert [name for name, _, _ in services] == ["pushgateway", "prometheus"]
 
 
 # --- alert rules ---
@@ -484,7 +481,7 @@ def monitor_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
 
 
 def adopt_monitor_pids(processes: ProcessRegistry, system: dict[str, Any]) -> dict[str, Any]:
-    state = json.loads((monitor.monitor_dir(system) / "monitor.json").read_text())
+    state = json.loads((monitor_stack.monitor_dir(system) / "monitor.json").read_text())
     for entry in state.values():
         processes.adopt(entry["pid"])
     return state
@@ -528,11 +525,11 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
     status, _, body = http_get(prometheus_url + "/api/v1/status/config")
     config = yaml.safe_load(json.loads(body)["data"]["yaml"])
     assert targets_by_job(config)["hello-world"] == [f"127.0.0.1:{system['server']['port']}"]
-    assert (monitor.monitor_dir(system) / "prometheus-data").is_dir()
+    assert (monitor_stack.monitor_dir(system) / "prometheus-data").is_dir()
 
     again = monitor_cli(env, "start")  # already running: the same processes, exit 0
     assert again.returncode == 0, again.stderr
-    assert json.loads((monitor.monitor_dir(system) / "monitor.json").read_text()) == state
+    assert json.loads((monitor_stack.monitor_dir(system) / "monitor.json").read_text()) == state
     assert monitor_cli(env, "status").returncode == 0
 
     # A changed config.yaml reaches the running Prometheus: start rewrites its config and reloads it.
@@ -542,7 +539,7 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
     config_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     reloaded = monitor_cli(env, "start")
     assert reloaded.returncode == 0, reloaded.stderr
-    assert json.loads((monitor.monitor_dir(system) / "monitor.json").read_text()) == state
+    assert json.loads((monitor_stack.monitor_dir(system) / "monitor.json").read_text()) == state
     status, _, body = http_get(prometheus_url + "/api/v1/status/config")
     config = yaml.safe_load(json.loads(body)["data"]["yaml"])
     assert targets_by_job(config)["hello-world"] == [f"127.0.0.1:{new_port}"]
@@ -550,7 +547,7 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
     stopped = monitor_cli(env, "stop")
     assert stopped.returncode == 0, stopped.stderr
     for entry in state.values():
-        assert not monitor.pid_alive(entry["pid"])
+        assert not hello_jobs.pid_alive(entry["pid"])
     assert monitor_cli(env, "status").returncode == 1
     assert "nothing was running" in monitor_cli(env, "stop").stdout
 
@@ -566,7 +563,7 @@ def test_monitor_refuses_a_taken_port_and_leaves_nothing_running(tmp_path: Path,
         proc = monitor_cli(env, "start")
     assert proc.returncode == 1
     assert f"port {prometheus_port} is already in use" in proc.stderr
-    state_file = monitor.monitor_dir(system) / "monitor.json"
+    state_file = monitor_stack.monitor_dir(system) / "monitor.json"
     assert json.loads(state_file.read_text()) == {}  # the Pushgateway it had started was stopped again
 
 
@@ -605,7 +602,7 @@ def test_monitor_foreground_stops_both_on_ctrl_c(tmp_path: Path, processes: Proc
     os.kill(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=30) == 0, log.read_text()
     for entry in state.values():
-        assert not monitor.pid_alive(entry["pid"]), log.read_text()
+        assert not hello_jobs.pid_alive(entry["pid"]), log.read_text()
 
 
 # --- end to end: every dashboard panel's query returns data from a live Prometheus ---
