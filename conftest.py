@@ -34,8 +34,8 @@ for _name in INHERITED_ENV:
 
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "scripts"))  # tests import the scripts' functions too (e.g. `import service`)
-import monitor  # noqa: E402 - scripts/monitor.py: the one source of the Prometheus config
 from hello import proc as hello_proc  # noqa: E402
+from hello import promconfig  # noqa: E402 - the one source of the Prometheus config
 from hello.proc import free_port  # noqa: E402, F401 - re-exported for the tests
 from hello.webhook_sink import WebhookSink  # noqa: E402, F401 - the webhook receiver of the alerting tests
 
@@ -232,13 +232,13 @@ def write_prometheus_config(
     alertmanager_url: str | None = None,
     node_url: str | None = None,
 ) -> Path:
-    """A local Prometheus config at path, built by monitor.prometheus_config (the one source)."""
-    config = monitor.prometheus_config(
+    """A local Prometheus config at path, built by promconfig.prometheus_config (the one source)."""
+    config = promconfig.prometheus_config(
         scrape_interval,
         f"127.0.0.1:{hello_port}",
         netloc(pushgateway_url),
         f"127.0.0.1:{prometheus_port}",
-        [str(rules_dir / monitor.RULES_GLOB)],
+        [str(rules_dir / promconfig.RULES_GLOB)],
         netloc(alertmanager_url),
         netloc(node_url),
     )

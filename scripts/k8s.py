@@ -29,10 +29,9 @@ from pathlib import Path
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(SCRIPTS))
 
-import monitor  # noqa: E402 - the static scrape config's job name of the service
 from hello import kubernetes_manifests as km  # noqa: E402
+from hello.promconfig import HELLO_JOB  # noqa: E402 - the static scrape config's job name of the service
 from hello_config import EXIT_FAILED, EXIT_OK  # noqa: E402
 
 
@@ -61,12 +60,12 @@ def check_schemas() -> str:
 def check_rules(label_sets: bool) -> Callable[[], str]:
     def check() -> str:
         objects = km.render(km.OVERLAY)
-        labels = km.scrape_label_sets(objects, monitor.HELLO_JOB) if label_sets else None
+        labels = km.scrape_label_sets(objects, HELLO_JOB) if label_sets else None
         with tempfile.TemporaryDirectory(prefix="k8s-rules-") as tmp:
             rules, tests = km.write_rule_tests(objects, Path(tmp), labels)
             km.promtool("check", "rules", str(rules))
             km.promtool("test", "rules", *map(str, tests))
-        return f"{len(tests)} test files" + (f", job={labels[monitor.HELLO_JOB]['job']}" if labels else "")
+        return f"{len(tests)} test files" + (f", job={labels[HELLO_JOB]['job']}" if labels else "")
 
     return check
 

@@ -41,10 +41,8 @@ import yaml
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(SCRIPTS))
 
-import monitor  # noqa: E402
-from hello import alerting  # noqa: E402
+from hello import alerting, promconfig  # noqa: E402
 from hello import dashboard as grafana  # noqa: E402
 from hello.deploys import DEPLOY_METRIC  # noqa: E402
 from hello_config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
@@ -142,23 +140,23 @@ def expect_success(args: list[str], env: dict[str, str] | None = None) -> None:
 
 
 def promtool() -> str:
-    return find_tool("promtool", f"the Debian package prometheus (sudo apt-get install {monitor.PACKAGES})")
+    return find_tool("promtool", f"the Debian package prometheus (sudo apt-get install {promconfig.PACKAGES})")
 
 
 # --- Prometheus ---
 
 
 def check_compose_config_in_sync(system: dict[str, Any]) -> None:
-    if not monitor.compose_config_is_current(system):
+    if not promconfig.compose_config_is_current(system):
         raise CheckFailed("differs from config.yaml: run `python scripts/monitor.py render compose --write`")
 
 
 def check_promtool_compose_config() -> None:
-    expect_success([promtool(), "check", "config", str(monitor.COMPOSE_CONFIG)])
+    expect_success([promtool(), "check", "config", str(promconfig.COMPOSE_CONFIG)])
 
 
 def check_promtool_local_config(system: dict[str, Any]) -> None:
-    text = monitor.local_config_text(system)
+    text = promconfig.local_config_text(system)
     with tempfile.TemporaryDirectory(prefix="lint-monitoring-") as tmp:
         path = Path(tmp) / "prometheus.yml"
         path.write_text(text)
@@ -221,7 +219,9 @@ def check_alert_annotations() -> None:
 
 
 def amtool() -> str:
-    return find_tool("amtool", f"the Debian package prometheus-alertmanager (sudo apt-get install {monitor.PACKAGES})")
+    return find_tool(
+        "amtool", f"the Debian package prometheus-alertmanager (sudo apt-get install {promconfig.PACKAGES})"
+    )
 
 
 def check_amtool_config(system: dict[str, Any]) -> None:
@@ -396,7 +396,7 @@ def check_provisioning(system: dict[str, Any]) -> None:
         ds = prometheus[0]
         if ds.get("url") != "http://prometheus:9090":
             problems.append(f"{DATASOURCES.name}: url {ds.get('url')!r}, the compose service is http://prometheus:9090")
-        interval = monitor.format_duration(system["monitoring"]["prometheus"]["scrape_interval"])
+        interval = alerting.format_duration(system["monitoring"]["prometheus"]["scrape_interval"])
         if (ds.get("jsonData") or {}).get("timeInterval") != interval:
             problems.append(f"{DATASOURCES.name}: jsonData.timeInterval must be the scrape interval {interval}")
     providers = (yaml.safe_load(PROVIDERS.read_text()) or {}).get("providers", [])
@@ -534,7 +534,7 @@ def run_checks(system: dict[str, Any]) -> list[dict[str, Any]]:
             results.append({"check": name, "ok": True, "detail": ""})
         except (
             CheckFailed,
-            monitor.MonitorError,
+            promconfig.MonitorError,
             alerting.AlertingConfigError,
             OSError,
             subprocess.TimeoutExpired,

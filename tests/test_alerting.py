@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 import yaml
 
-import monitor  # scripts/monitor.py: conftest puts scripts/ on sys.path
 from conftest import (
     PYTHON,
     REPO,
@@ -38,7 +37,7 @@ from conftest import (
     wait_until,
     write_config,
 )
-from hello import alerting
+from hello import alerting, promconfig
 from hello_config import ConfigError, load_config
 
 SECRET_WEBHOOK = "https://ntfy.example.com/hello-alerts?auth=tk_secret123"
@@ -183,7 +182,7 @@ def test_monitor_scrapes_the_port_of_the_running_server_not_config_yaml(
     config_port, running_port = free_port(), free_port()
     path = write_config(tmp_path, {"server": {"host": "127.0.0.1", "port": config_port}})
     system = load_config(path)
-    target, why = monitor.scrape_target(system)
+    target, why = promconfig.scrape_target(system)
     assert target == f"127.0.0.1:{config_port}" and "no server runs" in why
 
     env = {**os.environ, "HELLO_CONFIG": str(path)}
@@ -199,13 +198,13 @@ def test_monitor_scrapes_the_port_of_the_running_server_not_config_yaml(
         processes.adopt(int(pidfile.read_text()))
     assert done.returncode == 0, done.stdout + done.stderr
     try:
-        target, why = monitor.scrape_target(system)
+        target, why = promconfig.scrape_target(system)
         assert target == f"127.0.0.1:{running_port}" and "the running server" in why
-        local = yaml.safe_load(monitor.local_config_text(system))
+        local = yaml.safe_load(promconfig.local_config_text(system))
         assert local["scrape_configs"][0]["static_configs"][0]["targets"] == [f"127.0.0.1:{running_port}"]
     finally:
         subprocess.run([PYTHON, str(REPO / "scripts" / "service.py"), "stop"], env=env, timeout=60, check=False)
-    assert monitor.scrape_target(system)[0] == f"127.0.0.1:{config_port}"  # stopped: config.yaml's again
+    assert promconfig.scrape_target(system)[0] == f"127.0.0.1:{config_port}"  # stopped: config.yaml's again
 
 
 # --- end to end: a stopped server reaches the webhook and the mailbox, and its recovery too ---
@@ -287,7 +286,7 @@ def test_a_stopped_server_reaches_the_webhook_and_the_mailbox_and_so_does_its_re
             },
         )
         alertmanager = start_alertmanager(
-            processes, tmp_path / "am", system, monitor.url_port(system["monitoring"]["alertmanager"]["url"], "")
+            processes, tmp_path / "am", system, promconfig.url_port(system["monitoring"]["alertmanager"]["url"], "")
         )
         rules = fast_rules(tmp_path / "rules", "HelloWorldDown", "2s")
         (tmp_path / "prom").mkdir()
@@ -380,7 +379,7 @@ def test_validation_fails_without_a_receiver_saying_what_to_set_and_records_it(
     }
     config = write_config(tmp_path, overrides)
     if url:
-        start_alertmanager(processes, tmp_path / "am", load_config(config), monitor.url_port(url, ""))
+        start_alertmanager(processes, tmp_path / "am", load_config(config), promconfig.url_port(url, ""))
     code, results = validate_monitoring(config)
     assert code == 1
     status, detail = results["a receiver is configured"]

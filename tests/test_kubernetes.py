@@ -27,11 +27,11 @@ from conftest import PYTHON, REPO, deep_merge, free_port, http_get, require_tool
 from hello import dashboard as grafana
 from hello import kubernetes_manifests as km
 from hello.deploys import DEPLOY_METRIC, deploy_labels
+from hello.promconfig import HELLO_JOB
 from hello_config import load_config, parse_duration
 
 sys.path.insert(0, str(REPO / "scripts"))
 import lint_monitoring  # noqa: E402 - the dashboard file (its queries: hello/dashboard.py)
-import monitor  # noqa: E402
 
 # README "make bench": 33.7 MiB RSS per worker, the supervisor 28.6 MiB; one worker saturates one core.
 WORKER_RSS_MIB, SUPERVISOR_RSS_MIB = 34, 29
@@ -275,8 +275,8 @@ def test_service_pdb_hpa_and_networkpolicy_select_the_server_pods(overlay: list)
 
 
 def test_servicemonitor_scrapes_each_pod_once_as_job_hello_world(overlay: list) -> None:
-    labels = km.scrape_label_sets(overlay, monitor.HELLO_JOB)[monitor.HELLO_JOB]
-    assert labels["job"] == monitor.HELLO_JOB  # what the rules and the dashboard select
+    labels = km.scrape_label_sets(overlay, HELLO_JOB)[HELLO_JOB]
+    assert labels["job"] == HELLO_JOB  # what the rules and the dashboard select
     (endpoint,) = km.find(overlay, "ServiceMonitor")["spec"]["endpoints"]
     service_ports = km.find(overlay, "Service", km.APP)["spec"]["ports"]
     assert endpoint["port"] in {port["name"] for port in service_ports}  # the operator finds the port by name
@@ -343,7 +343,7 @@ def pod_spec_volume(cronjob: dict[str, Any]) -> str:
 @pytest.mark.parametrize("labels", ["static scrape config", "ServiceMonitor"])
 def test_rule_tests_pass_on_the_rendered_prometheusrule(overlay: list, tmp_path: Path, labels: str) -> None:
     require_tool("promtool", "prometheus")
-    label_sets = km.scrape_label_sets(overlay, monitor.HELLO_JOB) if labels == "ServiceMonitor" else None
+    label_sets = km.scrape_label_sets(overlay, HELLO_JOB) if labels == "ServiceMonitor" else None
     rules, tests = km.write_rule_tests(overlay, tmp_path, label_sets)
     km.promtool("check", "rules", str(rules))
     km.promtool("test", "rules", *map(str, tests))
@@ -358,8 +358,8 @@ def test_rule_tests_fail_when_the_servicemonitor_job_differs(overlay: list, tmp_
     objects = copy.deepcopy(overlay)
     del km.find(objects, "ServiceMonitor")["spec"]["jobLabel"]
     km.find(objects, "Service", km.APP)["metadata"]["name"] = "prod-hello-world"
-    label_sets = km.scrape_label_sets(objects, monitor.HELLO_JOB)
-    assert label_sets[monitor.HELLO_JOB]["job"] == "prod-hello-world"
+    label_sets = km.scrape_label_sets(objects, HELLO_JOB)
+    assert label_sets[HELLO_JOB]["job"] == "prod-hello-world"
     _, tests = km.write_rule_tests(objects, tmp_path, label_sets)
     with pytest.raises(km.ManifestError, match="HelloWorldDown"):
         km.promtool("test", "rules", *map(str, tests))
@@ -386,7 +386,7 @@ def dashboard_series() -> list[dict[str, str]]:
         job = next((job for prefix, job in pushed.items() if name.startswith(prefix)), None)
         if job is None and name.startswith("hello_world_validation"):
             job = "hello_world_validation"
-        labels = {"job": job} if job else {"job": monitor.HELLO_JOB, "instance": "hello-world:80"}
+        labels = {"job": job} if job else {"job": HELLO_JOB, "instance": "hello-world:80"}
         if not job and name != "up":
             labels.update(method="GET", path="/", version="1.0.0", commit="0" * 40)
         if name == DEPLOY_METRIC:  # a deploy and a rollback, as update_protocol.py labels them
@@ -425,7 +425,7 @@ def test_dashboard_queries_return_data_with_either_label_set(overlay: list, tmp_
         ],
     }
     if labels == "ServiceMonitor":
-        tests = km.relabel_rule_tests(tests, km.scrape_label_sets(overlay, monitor.HELLO_JOB), "none.yml", [])
+        tests = km.relabel_rule_tests(tests, km.scrape_label_sets(overlay, HELLO_JOB), "none.yml", [])
         tests["rule_files"] = []
         assert 'pod="hello-world-' in tests["tests"][0]["input_series"][-1]["series"] + str(tests)
     path = tmp_path / "dashboard.test.yml"

@@ -45,11 +45,11 @@ from conftest import (
     write_config,
 )
 from hello import dashboard as grafana
+from hello import monitor_stack, promconfig
+from hello.alerting import format_duration
 from hello.deploys import DEPLOY_METRIC, recorded_deploy
 from hello.updater import JOB as UPDATE_JOB
 from hello_config import DEFAULT_PATH, EXIT_OK, load_config
-
-monitor = lint_monitoring.monitor  # scripts/monitor.py, as the lint script imports it
 
 ALERTS = [
     "HelloWorldDown",
@@ -105,14 +105,14 @@ def without_targets(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_committed_compose_config_is_rendered_from_config_yaml() -> None:
-    assert monitor.COMPOSE_CONFIG.read_text() == monitor.compose_config_text(load_config(DEFAULT_PATH))
+    assert promconfig.COMPOSE_CONFIG.read_text() == promconfig.compose_config_text(load_config(DEFAULT_PATH))
     assert run([PYTHON, str(REPO / "scripts" / "monitor.py"), "render", "compose", "--check"]).returncode == 0
 
 
 def test_a_stale_compose_config_fails_the_sync_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stale = tmp_path / "prometheus.yml"
-    stale.write_text(monitor.COMPOSE_CONFIG.read_text().replace("scrape_interval: 15s", "scrape_interval: 30s"))
-    monkeypatch.setattr(monitor, "COMPOSE_CONFIG", stale)
+    stale.write_text(promconfig.COMPOSE_CONFIG.read_text().replace("scrape_interval: 15s", "scrape_interval: 30s"))
+    monkeypatch.setattr(promconfig, "COMPOSE_CONFIG", stale)
     with pytest.raises(lint_monitoring.CheckFailed, match="render compose --write"):
         lint_monitoring.check_compose_config_in_sync(load_config(DEFAULT_PATH))
 
@@ -134,9 +134,9 @@ def test_a_stale_compose_config_fails_the_sync_check(tmp_path: Path, monkeypatch
 def test_both_prometheus_configs_agree_with_config_yaml_and_pass_promtool(tmp_path: Path, overrides: dict) -> None:
     tool = promtool()
     system = load_config(DEFAULT_PATH) if not overrides else load_config(write_config(tmp_path / "cfg", overrides))
-    compose = yaml.safe_load(monitor.compose_config_text(system))
-    local = yaml.safe_load(monitor.local_config_text(system))
-    interval = monitor.format_duration(system["monitoring"]["prometheus"]["scrape_interval"])
+    compose = yaml.safe_load(promconfig.compose_config_text(system))
+    local = yaml.safe_load(promconfig.local_config_text(system))
+    interval = format_duration(system["monitoring"]["prometheus"]["scrape_interval"])
     assert interval == ("30s" if overrides else "15s")
 
     for config in (compose, local):
@@ -174,9 +174,9 @@ def test_both_prometheus_configs_agree_with_config_yaml_and_pass_promtool(tmp_pa
     compose_path = tmp_path / "compose" / "prometheus.yml"
     compose_path.parent.mkdir()
     shutil.copytree(RULES_DIR, compose_path.parent / "rules")
-    compose_path.write_text(monitor.compose_config_text(system))
+    compose_path.write_text(promconfig.compose_config_text(system))
     local_path = tmp_path / "local.yml"
-    local_path.write_text(monitor.local_config_text(system))
+    local_path.write_text(promconfig.local_config_text(system))
     for path in (compose_path, local_path):
         proc = run([tool, "check", "config", str(path)])
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -185,21 +185,19 @@ def test_both_prometheus_configs_agree_with_config_yaml_and_pass_promtool(tmp_pa
 
 def test_no_pushgateway_url_leaves_out_the_pushgateway_job(tmp_path: Path) -> None:
     system = load_config(write_config(tmp_path, {"monitoring": {"pushgateway": {"url": None}}}))
-    jobs = set(targets_by_job(yaml.safe_load(monitor.local_config_text(system))))
+    jobs = set(targets_by_job(yaml.safe_load(promconfig.local_config_text(system))))
     assert jobs == {"hello-world", "prometheus", "alertmanager", "node"}
 
 
 def test_null_alertmanager_and_node_exporter_urls_leave_them_out(tmp_path: Path) -> None:
     monitoring = {"alertmanager": {"url": None}, "node_exporter": {"url": None}}
     system = load_config(write_config(tmp_path, {"monitoring": monitoring}))
-    for text in (monitor.local_config_text(system), monitor.compose_config_text(system)):
+    for text in (promconfig.local_config_text(system), promconfig.compose_config_text(system)):
         config = yaml.safe_load(text)
         assert set(targets_by_job(config)) == {"hello-world", "pushgateway", "prometheus"}
         assert "alerting" not in config
-    assert [name for name, _, _ in monitor.services(system, tmp_path, {"prometheus": "p", "pushgateway": "g"})] == [
-        "pushgateway",
-        "prometheus",
-    ]
+    services = monitor_stack.services(system, tmp_path, {"prometheus": "p", "pushgateway": "g"})
+    assert [name for name, _, _ in services] == ["pushgateway", "prometheus"]
 
 
 # --- alert rules ---
@@ -509,7 +507,7 @@ def monitor_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
 
 
 def adopt_monitor_pids(processes: ProcessRegistry, system: dict[str, Any]) -> dict[str, Any]:
-    state = json.loads((monitor.monitor_dir(system) / "monitor.json").read_text())
+    state = json.loads((monitor_stack.monitor_dir(system) / "monitor.json").read_text())
     for entry in state.values():
         processes.adopt(entry["pid"])
     return state
@@ -553,11 +551,11 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
     status, _, body = http_get(prometheus_url + "/api/v1/status/config")
     config = yaml.safe_load(json.loads(body)["data"]["yaml"])
     assert targets_by_job(config)["hello-world"] == [f"127.0.0.1:{system['server']['port']}"]
-    assert (monitor.monitor_dir(system) / "prometheus-data").is_dir()
+    assert (monitor_stack.monitor_dir(system) / "prometheus-data").is_dir()
 
     again = monitor_cli(env, "start")  # already running: the same processes, exit 0
     assert again.returncode == 0, again.stderr
-    assert json.loads((monitor.monitor_dir(system) / "monitor.json").read_text()) == state
+    assert json.loads((monitor_stack.monitor_dir(system) / "monitor.json").read_text()) == state
     assert monitor_cli(env, "status").returncode == 0
 
     # A changed config.yaml reaches the running Prometheus: start rewrites its config and reloads it.
@@ -567,7 +565,7 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
     config_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     reloaded = monitor_cli(env, "start")
     assert reloaded.returncode == 0, reloaded.stderr
-    assert json.loads((monitor.monitor_dir(system) / "monitor.json").read_text()) == state
+    assert json.loads((monitor_stack.monitor_dir(system) / "monitor.json").read_text()) == state
     status, _, body = http_get(prometheus_url + "/api/v1/status/config")
     config = yaml.safe_load(json.loads(body)["data"]["yaml"])
     assert targets_by_job(config)["hello-world"] == [f"127.0.0.1:{new_port}"]
@@ -575,7 +573,7 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
     stopped = monitor_cli(env, "stop")
     assert stopped.returncode == 0, stopped.stderr
     for entry in state.values():
-        assert not monitor.pid_alive(entry["pid"])
+        assert not hello_jobs.pid_alive(entry["pid"])
     assert monitor_cli(env, "status").returncode == 1
     assert "nothing was running" in monitor_cli(env, "stop").stdout
 
@@ -584,14 +582,14 @@ def test_monitor_refuses_a_taken_port_and_leaves_nothing_running(tmp_path: Path,
     require_tool("prometheus")
     require_tool("prometheus-pushgateway")
     env, system = monitor_env(tmp_path)
-    prometheus_port = monitor.url_port(system["monitoring"]["prometheus"]["url"], "")
+    prometheus_port = promconfig.url_port(system["monitoring"]["prometheus"]["url"], "")
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", prometheus_port))
         squatter.listen()
         proc = monitor_cli(env, "start")
     assert proc.returncode == 1
     assert f"port {prometheus_port} is already in use" in proc.stderr
-    state_file = monitor.monitor_dir(system) / "monitor.json"
+    state_file = monitor_stack.monitor_dir(system) / "monitor.json"
     assert json.loads(state_file.read_text()) == {}  # the Pushgateway it had started was stopped again
 
 
@@ -630,7 +628,7 @@ def test_monitor_foreground_stops_both_on_ctrl_c(tmp_path: Path, processes: Proc
     os.kill(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=30) == 0, log.read_text()
     for entry in state.values():
-        assert not monitor.pid_alive(entry["pid"]), log.read_text()
+        assert not hello_jobs.pid_alive(entry["pid"]), log.read_text()
 
 
 # --- end to end: every dashboard panel's query returns data from a live Prometheus ---
