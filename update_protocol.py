@@ -35,7 +35,10 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              is `kubectl rollout undo` to the revision before, verified the same way
   verify     /version serves the new commit, /readyz is 200, `validation_test.py --only service` passes
   after-deploy   system.update.hooks.after_deploy, if any: one fails -> rollback
-  rollback   (after a failed deploy or verify) reset to the serving commit, redeploy it unless it still
+  watch      system.update.watch seconds (0: off; deploy: local only) of the new code's own /metrics
+             (hello/watch.py): its 5xx ratio above max_error_ratio or its p99 above max_latency_ratio x the p99
+             before the deploy, judged from min_requests requests on -> rollback; too little traffic: kept
+  rollback   (after a failed deploy, verify or watch) reset to the serving commit, redeploy it unless it still
              serves, verify it; exit 1
   record     SPEC update metrics (hello_jobs.record_job: textfile + Pushgateway) and one JSON line in
              <run_dir>/update.log: time, from, to, outcome, exit code, step durations, and `good`, the commit
@@ -51,8 +54,8 @@ the commits it would deploy and the steps, and changes nothing else: no release,
 
 rollback: back to the previous good release (the newest `good` of update.log not serving now), or to COMMIT,
 which must be an ancestor of the checkout that once served as a good release: preflight (no remote needed),
-choose, then test (unless --no-test, recorded), backup, checkout (`git reset --hard`), build, deploy, verify as
-above. While the newest deploy is such a rollback and the remote still holds the commit rolled back from, an
+choose, then test (unless --no-test, recorded), backup, checkout (`git reset --hard`), build, deploy, verify and
+watch as above. While the newest deploy is such a rollback and the remote still holds the commit rolled back from, an
 update is "held" (exit 0, nothing done) until --force.
 
 history: every deploy and rollback of <run_dir>/update.log (hello/history.py), newest first: time, user, from
@@ -82,6 +85,7 @@ from hello.deploy_kubernetes import DeployError, KubernetesDeploy, check_config
 from hello.history import DEPLOYS, current_user, history, read_entries, render, update_log
 from hello.hooks import HookFailed, run_hooks
 from hello.release import RELEASE_DIR, REQUIREMENTS, Release, ReleaseError, live_venv, pip_install
+from hello.watch import Watch, WatchError, watch_metrics, watch_plan, watch_skipped
 from hello_config import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -302,11 +306,13 @@ class Updater:
             with self.report.step("build") as note:
                 self.build(note, self.serving, self.target)
             self.hooks("before_deploy")
+            watch = Watch.before_deploy(self.config["update"], self.mode, self.url, self.timeout)
             with self.report.step("deploy") as note:
                 self.deploy(note, self.target)
             with self.report.step("verify") as note:
                 self.verify(note, self.target)
             self.hooks("after_deploy")
+            self.watch(watch)
         except UpdateError as exc:
             return self.roll_back("rolled-back", exc, self.rollback)
         self.pending.unlink(missing_ok=True)
@@ -439,6 +445,7 @@ class Updater:
             ("deploy", deploy),
             ("verify", f"{self.url}/version = {short(self.target)}, /readyz 200, validation_test.py --only service"),
             ("after-deploy", "; ".join(update["hooks"]["after_deploy"])),
+            ("watch", watch_plan(update, self.mode, self.url)),
             ("record", f"{update_log(self.run_dir)} and the {JOB} metrics"),
         ]
         return [(name, what) for name, what in steps if what]  # an empty one is off: no step
@@ -615,6 +622,21 @@ class Updater:
             except HookFailed as exc:
                 raise UpdateError(str(exc)) from None
             note.detail = f"{count} hook(s) passed"
+
+    def watch(self, watch: Watch | None) -> None:
+        """The watch step (hello/watch.py); a regression is an UpdateError: deliver rolls back."""
+        if watch is None:
+            skipped = watch_skipped(self.config["update"], self.mode)
+            if skipped:
+                self.report.say(f"watch: {skipped}")
+            return
+        with self.report.step("watch") as note:
+            try:
+                note.outcome, note.detail = watch.watch(self.target, self.config["server"]["drain_timeout"])
+            except WatchError as exc:
+                raise UpdateError(f"watch: {exc}") from None
+            finally:
+                self.report.extra["watch"] = watch.record
 
     def remove_release(self, release: Release) -> None:
         try:
@@ -865,7 +887,7 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
                 success=code == EXIT_OK,
                 started=started,
                 finished=finished,
-                extra={"hello_world_update_duration_seconds": finished - started},
+                extra={"hello_world_update_duration_seconds": finished - started, **watch_metrics(entry.get("watch"))},
             )
             logfile = update_log(Path(config["run_dir"]))
             with open(logfile, "a", encoding="utf-8") as handle:
