@@ -4,8 +4,9 @@ A bare remote seeded from this working tree (the whole project, this suite inclu
 it and served by `make start`. Its config is the shipped config.yaml but for the port (a free one), the
 Pushgateway (null: an operator's own Pushgateway on the default port must not receive a test's update metrics)
 and the watch (2s: no traffic flows), in a file beside the checkout named by HELLO_CONFIG (a changed config.yaml
-in the checkout would be a dirty tree, which the update refuses). A good commit is pushed and `make update` runs with the shipped test_command,
-`make test`: the whole suite again, inside the update's release, under a parent make, with HELLO_CONFIG set.
+in the checkout would be a dirty tree, which the update refuses). A good commit is pushed and `make update` runs
+with the shipped test_command, `make test`: the whole suite again, inside the update's release, under a parent
+make, with HELLO_CONFIG set.
 There this test skips itself (NESTED_ENV, set for the update it runs).
 
 It costs about one suite run. It runs in `make test`; deselect it with `make test PYTEST_ARGS='-m "not update_e2e"'`.
