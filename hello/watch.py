@@ -55,6 +55,10 @@ class WatchError(Exception):
     """The new code's /metrics cannot be read or makes no sense; str() is the one-line reason."""
 
 
+class Regression(WatchError):
+    """The new code did worse than allowed: roll back; str() is why."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """system.update's watch keys."""
@@ -171,8 +175,8 @@ def judge(window: Reading, before: Reading | None, limits: Limits) -> Verdict:
     """The verdict on a window of the new code, against the reading taken before the deploy (None: none)."""
     requests, errors = round(window.requests), round(window.errors)
     p99 = quantile(QUANTILE, window.buckets)
-    enough_before = before is not None and before.requests >= limits.min_requests
-    before_p99 = quantile(QUANTILE, before.buckets) if before is not None and enough_before else None
+    judge_latency = before is not None and before.requests >= limits.min_requests
+    before_p99 = quantile(QUANTILE, before.buckets) if before is not None and judge_latency else None
     verdict = Verdict(requests, errors, p99, before_p99)
     if requests < limits.min_requests:
         return verdict
@@ -188,10 +192,6 @@ def judge(window: Reading, before: Reading | None, limits: Limits) -> Verdict:
             f"(system.update.max_latency_ratio {limits.max_latency_ratio:g})"
         )
     return Verdict(requests, errors, p99, before_p99, regression, judged=True)
-
-
-class Regression(WatchError):
-    """The new code did worse than allowed: roll back; str() is why."""
 
 
 def watch_skipped(update: dict[str, Any], mode: str) -> str:
