@@ -190,8 +190,9 @@ def assert_no_failed_connection(load: Load) -> None:
     )
 
 
-def watch_config(site: ScratchDeployment, tmp_path: Path, **update: object) -> dict[str, str]:
-    return {"HELLO_CONFIG": str(site.write_config(tmp_path / "config.yaml", {"update": {**WATCH, **update}}))}
+def watch_config(site: ScratchDeployment, directory: Path, **update: object) -> dict[str, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    return {"HELLO_CONFIG": str(site.write_config(directory / "config.yaml", {"update": {**WATCH, **update}}))}
 
 
 def test_reading_a_live_server_counts_what_it_answered(site: ScratchDeployment) -> None:
@@ -306,8 +307,10 @@ def test_a_good_commit_under_load_is_kept_by_the_watch(site: ScratchDeployment, 
 def test_too_little_traffic_keeps_the_new_code_also_after_a_rollback_by_hand(
     site: ScratchDeployment, tmp_path: Path
 ) -> None:
+    unwatched = watch_config(site, tmp_path / "unwatched", watch=0)
+    before = site.harmless_commit("a good release to roll back to")  # this test's own, whatever ran before
+    assert site.update(env=unwatched).returncode == 0
     env = watch_config(site, tmp_path, watch="1s", min_requests=1000)
-    before = site.served()
     commit = site.harmless_commit("watched without traffic")
     result = site.update(env=env)
     assert result.returncode == 0, shown(result)
