@@ -129,6 +129,12 @@ def _int_at_least(low: int, high: int | None = None) -> Callable[[Any], int]:
 _port = _int_at_least(1, 65535)
 
 
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise _Invalid(f"expected a number above 0, {_got(value)}")
+    return float(value)
+
+
 def _url_or_null(value: Any) -> str | None:
     if value is None:
         return None
@@ -333,6 +339,10 @@ SCHEMA: Schema = {
             "deploy": (_one_of("local", "compose", "kubernetes"), "local"),
             "interval": (_interval_or_null, None),  # null: no periodic update in `make cron`
             "backup_first": (_bool, True),  # a backup after the tests pass, before the deploy
+            "watch": (parse_duration, "30s"),  # after verify: the new code's /metrics judged (hello/watch.py); 0: off
+            "max_error_ratio": (_positive_number, 0.01),  # 5xx share of the new code's answers above this: rollback
+            "min_requests": (_int_at_least(1), 100),  # answers by the new code before it is judged
+            "max_latency_ratio": (_positive_number, 2.0),  # p99 above this times the p99 before: rollback
             "hooks": {  # shell lines run in the new release's folder (hello/hooks.py)
                 "before_deploy": (_command_list, []),  # one fails: nothing deployed
                 "after_deploy": (_command_list, []),  # one fails: rolled back

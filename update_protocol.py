@@ -35,7 +35,10 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              is `kubectl rollout undo` to the revision before, verified the same way
   verify     /version serves the new commit, /readyz is 200, `validation_test.py --only service` passes
   after-deploy   system.update.hooks.after_deploy, if any: one fails -> rollback
-  rollback   (after a failed deploy or verify) reset to the serving commit, redeploy it unless it still
+  watch      system.update.watch seconds (0: off; deploy: local only) of the new code's own /metrics
+             (hello/watch.py): its 5xx ratio above max_error_ratio or its p99 above max_latency_ratio x the p99
+             before the deploy, judged from min_requests requests on -> rollback; too little traffic: kept
+  rollback   (after a failed deploy, verify or watch) reset to the serving commit, redeploy it unless it still
              serves, verify it; exit 1
   record     SPEC update metrics (hello_jobs.record_job: textfile + Pushgateway) and one JSON line in
              <run_dir>/update.log: time, from, to, outcome, exit code, step durations, and `good`, the commit
@@ -52,8 +55,8 @@ the commits it would deploy and the steps, and changes nothing else: no release,
 
 rollback: back to the previous good release (the newest `good` of update.log not serving now), or to COMMIT,
 which must be an ancestor of the checkout that once served as a good release: preflight (no remote needed),
-choose, then test (unless --no-test, recorded), backup, checkout (`git reset --hard`), build, deploy, verify as
-above. While the newest deploy is such a rollback and the remote still holds the commit rolled back from, an
+choose, then test (unless --no-test, recorded), backup, checkout (`git reset --hard`), build, deploy, verify and
+watch as above. While the newest deploy is such a rollback and the remote still holds the commit rolled back from, an
 update is "held" (exit 0, nothing done) until --force.
 
 history: every deploy and rollback of <run_dir>/update.log (hello/history.py), newest first: time, user, from

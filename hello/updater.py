@@ -35,6 +35,7 @@ from hello.git import GitError, git, git_out, has_commit, is_ancestor, short
 from hello.history import DEPLOYS, current_user, read_entries, update_log
 from hello.hooks import HookFailed, run_hooks
 from hello.release import RELEASE_DIR, Release, ReleaseError, changed_requirements
+from hello.watch import Watch, WatchError, watch_metrics, watch_plan, watch_skipped
 from hello_config import EXIT_FAILED, EXIT_OK, served_url
 from hello_jobs import LockHeld, job_lock, metrics_textfile, record_job, write_atomically
 
@@ -199,11 +200,14 @@ class Updater:
             with self.report.step("build") as note:
                 note.outcome, note.detail = self.deployment.build(self.serving, self.target)
             self.hooks("before_deploy")
+            update, timeout = self.config["update"], self.config["validation"]["timeout"]
+            watch = Watch.before_deploy(update, update["deploy"], self.url, timeout)
             with self.report.step("deploy") as note:
                 note.detail = self.deployment.deploy(self.target)
             with self.report.step("verify") as note:
                 note.detail = self.deployment.verify(self.target, self.validate)
             self.hooks("after_deploy")
+            self.watch(watch)
         except UpdateError as exc:
             return self.roll_back("rolled-back", exc, self.rollback)
         self.pending.unlink(missing_ok=True)
@@ -327,6 +331,7 @@ class Updater:
             ("deploy", deploy),
             ("verify", f"{self.url}/version = {short(self.target)}, /readyz 200, validation_test.py --only service"),
             ("after-deploy", "; ".join(update["hooks"]["after_deploy"])),
+            ("watch", watch_plan(update, update["deploy"], self.url)),
             ("record", f"{update_log(self.run_dir)} and the {JOB} metrics"),
         ]
         return [(name, what) for name, what in steps if what]  # an empty one is off: no step
@@ -495,6 +500,21 @@ class Updater:
                 raise UpdateError(str(exc)) from None
             note.detail = f"{count} hook(s) passed"
 
+    def watch(self, watch: Watch | None) -> None:
+        """The watch step (hello/watch.py); a regression is an UpdateError: deliver rolls back."""
+        if watch is None:
+            skipped = watch_skipped(self.config["update"], self.config["update"]["deploy"])
+            if skipped:
+                self.report.say(f"watch: {skipped}")
+            return
+        with self.report.step("watch") as note:
+            try:
+                note.outcome, note.detail = watch.watch(self.target, self.config["server"]["drain_timeout"])
+            except WatchError as exc:
+                raise UpdateError(f"watch: {exc}") from None
+            finally:
+                self.report.extra["watch"] = watch.record
+
     def remove_release(self, release: Release) -> None:
         try:
             release.remove()
@@ -558,7 +578,7 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
                 success=code == EXIT_OK,
                 started=started,
                 finished=finished,
-                extra={"hello_world_update_duration_seconds": finished - started},
+                extra={"hello_world_update_duration_seconds": finished - started, **watch_metrics(entry.get("watch"))},
                 series=deploy_series(entry, finished, metrics_textfile(config, JOB)),
             )
             logfile = update_log(Path(config["run_dir"]))

@@ -23,11 +23,10 @@ import pytest
 
 from conftest import PYTHON, ProcessRegistry, free_port, http_get, kill_group, wait_until
 from hello.deploys import recorded_deploy
-from tests.support.deployment import consistent, serving_deployment
+from tests.support.deployment import assert_step, consistent, log_lines, metric, serving_deployment, shown
 from tests.support.scratch import Load, ScratchDeployment, git
 
 FAKE_DOCKER_DIR = Path(__file__).resolve().parent / "bin"
-STEP_LINE = r"^{name}\s+{outcome}\s+\d+\.\d\ds"
 
 
 @pytest.fixture(scope="module")
@@ -53,29 +52,9 @@ def reloads(site: ScratchDeployment) -> int:
     return json.loads((site.run_dir / "hello_world.state.json").read_text()).get("reloads", 0)
 
 
-def log_lines(site: ScratchDeployment) -> list[dict]:
-    path = site.run_dir / "update.log"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def metric(site: ScratchDeployment, name: str) -> float:
-    text = (site.run_dir / "metrics" / "hello_world_update.prom").read_text()
-    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not in the update textfile:\n{text}"
-    return float(match.group(1))
-
-
 def deploy_metric(site: ScratchDeployment) -> dict[tuple[str, ...], float]:
     """The deploy series of the update textfile: {(outcome, commit, from_commit, to_commit): time}."""
     return recorded_deploy(site.run_dir / "metrics" / "hello_world_update.prom")
-
-
-def shown(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-def assert_step(result: subprocess.CompletedProcess, name: str, outcome: str = "ok") -> None:
-    assert re.search(STEP_LINE.format(name=name, outcome=outcome), result.stdout, re.MULTILINE), shown(result)
 
 
 def assert_quiet_load(load: Load, wrong_body_allowed: bool = False) -> None:

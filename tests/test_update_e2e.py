@@ -1,11 +1,12 @@
 """The shipped update path end to end: `make update` with config.yaml as shipped deploys a good commit.
 
 A bare remote seeded from this working tree (the whole project, this suite included), a deployment cloned from
-it and served by `make start`. Its config is the shipped config.yaml but for the port (a free one) and the
-Pushgateway (null: an operator's own Pushgateway on the default port must not receive a test's update metrics),
-in a file beside the checkout named by HELLO_CONFIG (a changed config.yaml in the checkout would be a dirty
-tree, which the update refuses). A good commit is pushed and `make update` runs with the shipped test_command,
-`make test`: the whole suite again, inside the update's release, under a parent make, with HELLO_CONFIG set.
+it and served by `make start`. Its config is the shipped config.yaml but for the port (a free one), the
+Pushgateway (null: an operator's own Pushgateway on the default port must not receive a test's update metrics)
+and the watch (2s: no traffic flows), in a file beside the checkout named by HELLO_CONFIG (a changed config.yaml
+in the checkout would be a dirty tree, which the update refuses). A good commit is pushed and `make update` runs
+with the shipped test_command, `make test`: the whole suite again, inside the update's release, under a parent
+make, with HELLO_CONFIG set.
 There this test skips itself (NESTED_ENV, set for the update it runs).
 
 It costs about one suite run. It runs in `make test`; deselect it with `make test PYTEST_ARGS='-m "not update_e2e"'`.
@@ -46,10 +47,16 @@ def git(cwd: Path, *args: str) -> str:
 
 
 def shipped_config(port: int) -> str:
-    """config.yaml as shipped, with the port and the Pushgateway changed; every other line as it is."""
+    """config.yaml as shipped, with the port, the Pushgateway and the watch changed; every other line as it is."""
     text = (REPO / "config.yaml").read_text()
     assert "    test_command: make test " in text, "the shipped test_command is no longer `make test`"
-    for old, new in (("    port: 8000\n", f"    port: {port}\n"), ("url: http://127.0.0.1:9091", "url: null")):
+    # watch: 2s, not 30s: no traffic flows here, the watch says "too little traffic to judge" sooner
+    edits = (
+        ("    port: 8000\n", f"    port: {port}\n"),
+        ("url: http://127.0.0.1:9091", "url: null"),
+        ("watch: 30s ", "watch: 2s "),
+    )
+    for old, new in edits:
         assert text.count(old) == 1, f"config.yaml no longer has one {old!r}"
         text = text.replace(old, new)
     return text

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import PYTHON, ProcessRegistry, free_port, http_get
-from tests.support.deployment import consistent, serving_deployment
+from tests.support.deployment import assert_step, consistent, serving_deployment, shown
 from tests.support.scratch import ScratchDeployment
 
 STAND_INS = Path(__file__).resolve().parent / "bin"
@@ -80,14 +78,6 @@ def state(tmp_path: Path) -> dict:
     return json.loads((tmp_path / "kubectl.json").read_text())
 
 
-def shown(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-def step(result: subprocess.CompletedProcess, name: str, outcome: str = "ok") -> None:
-    assert re.search(rf"^{name}\s+{outcome}\s+\d+\.\d\ds", result.stdout, re.MULTILINE), shown(result)
-
-
 def last_log(site: ScratchDeployment) -> dict:
     return json.loads((site.run_dir / "update.log").read_text().splitlines()[-1])
 
@@ -104,7 +94,7 @@ def test_update_builds_pushes_sets_the_image_and_verifies_through_the_service(
     result = site.update(env=kube_env(site, tmp_path))
     assert result.returncode == 0, shown(result)
     for name in ("preflight", "fetch", "test", "build", "deploy", "verify", "record"):
-        step(result, name)
+        assert_step(result, name)
     image = f"{REGISTRY}/hello-world:{commit}"
     assert calls(tmp_path, "docker") == [
         ["build", "--build-arg", f"COMMIT={commit}", "--tag", image, str(site.deploy)],
@@ -127,9 +117,9 @@ def test_failed_rollout_ends_in_rollout_undo_and_a_verified_old_commit(site: Scr
     commit = site.harmless_commit("kubernetes, rollout fails")
     result = site.update(env=kube_env(site, tmp_path, FAKE_KUBECTL_FAIL_ROLLOUT=commit))
     assert result.returncode == 1, shown(result)
-    step(result, "deploy", "FAILED")
+    assert_step(result, "deploy", "FAILED")
     assert "exceeded its progress deadline" in result.stdout
-    step(result, "rollback")
+    assert_step(result, "rollback")
     assert kubectl_calls(tmp_path)[2:] == [
         ("set", "image", "deployment/hello-world", f"hello-world={REGISTRY}/hello-world:{commit}"),
         STATUS,  # fails
@@ -149,10 +139,10 @@ def test_failed_verify_is_undone_and_the_old_commit_verified(site: ScratchDeploy
     site.commit("kubernetes: a different greeting", {"hello_world.py": text.replace("Hello, World!", "Goodbye!")})
     result = site.update(env=kube_env(site, tmp_path))
     assert result.returncode == 1, shown(result)
-    step(result, "deploy")
-    step(result, "verify", "FAILED")
+    assert_step(result, "deploy")
+    assert_step(result, "verify", "FAILED")
     assert "validation_test.py --only service exited 1" in result.stdout
-    step(result, "rollback")
+    assert_step(result, "rollback")
     assert kubectl_calls(tmp_path)[-3:] == [
         ("rollout", "undo", "deployment/hello-world", f"--to-revision={START_REVISION}"),
         STATUS,
@@ -178,7 +168,7 @@ def test_unreachable_service_is_refused_before_anything_changes(site: ScratchDep
     site.harmless_commit("kubernetes, no cluster")
     result = site.update(env=kube_env(site, tmp_path, FAKE_KUBECTL_TARGET=f"127.0.0.1:{free_port()}"))
     assert result.returncode == 1, shown(result)
-    step(result, "preflight", "FAILED")
+    assert_step(result, "preflight", "FAILED")
     assert "nothing to roll back to" in result.stdout
     assert kubectl_calls(tmp_path) == [FORWARD]
     assert site.head() == head

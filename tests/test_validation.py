@@ -176,7 +176,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             "node_exporter": {"url": f"http://127.0.0.1:{node_port}"},
         },
         "backup": {"source": str(source), "destination": str(root / "backups")},
-        "update": {"test_command": "true", "remote": "origin", "branch": "main"},
+        "update": {"test_command": "true", "remote": "origin", "branch": "main", "watch": 0},  # no traffic to watch
         "validation": {"timeout": "3s"},
     }
     write_config(work, overrides)

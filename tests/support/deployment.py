@@ -11,6 +11,9 @@ served = consistent(deployment)                      # in the per-test fixture: 
 from __future__ import annotations
 
 import contextlib
+import json
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +52,26 @@ def consistent(deployment: tuple[ScratchDeployment, ProcessRegistry]) -> str:
     for name in ("update.lock", "update.pending.json"):
         (site.run_dir / name).unlink(missing_ok=True)
     return served
+
+
+STEP_LINE = r"^{name}\s+{outcome}\s+\d+\.\d\ds"  # how update_protocol.py prints a step
+
+
+def shown(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def assert_step(result: subprocess.CompletedProcess, name: str, outcome: str = "ok") -> None:
+    assert re.search(STEP_LINE.format(name=name, outcome=outcome), result.stdout, re.MULTILINE), shown(result)
+
+
+def log_lines(site: ScratchDeployment) -> list[dict]:
+    path = site.run_dir / "update.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def metric(site: ScratchDeployment, name: str) -> float:
+    text = (site.run_dir / "metrics" / "hello_world_update.prom").read_text()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in the update textfile:\n{text}"
+    return float(match.group(1))

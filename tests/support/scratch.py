@@ -90,6 +90,7 @@ class ScratchDeployment:
         system["server"].update({"host": "127.0.0.1", "port": self.port, "workers": 1})
         system["monitoring"]["pushgateway"]["url"] = None
         system["update"].update({"test_command": self.test_command, "deploy": "local", "interval": None})
+        system["update"]["watch"] = 0  # no watch after the deploy unless a test sets one (tests/test_update_watch.py)
         system["backup"].update({"source": str(self.deploy), "destination": str(self.root / "backups")})
         for key, value in overrides.items():  # a section's keys are merged, a top-level key replaced
             if isinstance(value, dict):
