@@ -136,7 +136,7 @@ k8s-render: $(DEV_STAMP) ## regenerate deploy/kubernetes/**/generated/ from conf
 	$(PY) scripts/k8s.py render
 
 check-config: $(RUNTIME_STAMP) ## check config.yaml (or HELLO_CONFIG) and print it normalised
-	@$(PY) hello_config.py
+	@$(PY) -m hello.config
 
 clean: ## stop start/monitor, then remove the venv, caches and run/ (never backups/)
 	-@[ ! -x $(PY) ] || $(PY) scripts/service.py stop

@@ -9,7 +9,7 @@
     python backup_script.py drill                      restore the newest archive into a scratch folder, compare
     python backup_script.py list|verify [NAME] --offsite, restore NAME --offsite --target DIR   the off-host copies
 
-Settings come from config.yaml (system.backup, run_dir, monitoring.pushgateway) via hello_config.py.
+Settings come from config.yaml (system.backup, run_dir, monitoring.pushgateway) via hello/config.py.
 Exit codes: 0 done; 1 the job failed (nothing partial left); 2 bad usage or config; 75 another run holds
 <run_dir>/backup.lock (for restore: another restore into that target holds .<target>.restore.lock).
 
@@ -65,13 +65,13 @@ from hello import offsite, restore
 from hello.archive import open_tar_stream, verify_archive
 from hello.archive_writer import TERMINATION, Progress, Terminated
 from hello.backup_create import create
+from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
 from hello.drill import DrillFailed, Steps, drill
+from hello.jobs import LockHeld, job_lock, record_job
 from hello.naming import DRILL_JOB, JOB, NAMING, BackupError, UsageError, check_checksum, find_archives
 from hello.offsite_copies import configured_remote, copy_offsite, fetched, require_remote, session
 from hello.retention import keep_plan, prune
 from hello.schedule_loop import ScheduleError, run_schedule
-from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
-from hello_jobs import LockHeld, job_lock, record_job
 
 log = logging.getLogger("backup")
 

@@ -33,11 +33,10 @@ for _name in INHERITED_ENV:
     os.environ.pop(_name, None)
 
 REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO / "scripts"))  # tests import the scripts' functions too (e.g. `import service`)
 from hello import proc as hello_proc  # noqa: E402
 from hello import promconfig  # noqa: E402 - the one source of the Prometheus config
-from hello.proc import free_port  # noqa: E402, F401 - re-exported for the tests
-from hello.webhook_sink import WebhookSink  # noqa: E402, F401 - the webhook receiver of the alerting tests
+from hello.proc import free_port  # noqa: E402 - re-exported for the tests
+from hello.webhook_sink import WebhookSink  # noqa: E402 - the webhook receiver of the alerting tests
 
 PYTHON = sys.executable
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -52,8 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from hello import restarts, sdnotify
-from hello.logfile import LogPipe
-from hello_config import (
+from hello.config import (
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
@@ -63,7 +62,8 @@ from hello_config import (
     load_config,
     server_url,
 )
-from hello_jobs import write_atomically
+from hello.jobs import write_atomically
+from hello.logfile import LogPipe
 
 VERSION = "1.0.0"
 REPO_DIR = Path(__file__).resolve().parent
@@ -226,7 +226,7 @@ def worker_main(listen_fd: int, ready_fd: int) -> int:
 SETTINGS_ENV = "HELLO_SERVER_SETTINGS"  # system.server as the supervisor checked it, for its workers
 CONFIG_READER = """
 import json, sys
-import hello_config
+from hello import config as hello_config
 try:
     print(json.dumps(hello_config.load_config()["server"]))
 except hello_config.ConfigError as exc:

@@ -21,18 +21,18 @@ import pytest
 
 from conftest import PYTHON, REPO, free_port, http_get, wait_until, write_config
 from hello.git import git_out
-from hello_jobs import pid_alive
+from hello.jobs import pid_alive
 from tests.support.load import LoadClient, count_progress, metric_value
 
 PROJECT_FILES = (
     "hello_world.py",
-    "hello_config.py",
+    "hello/config.py",
     "config.yaml",
     "Makefile",
     "requirements.txt",
     "requirements-dev.txt",
     "scripts/service.py",
-    "hello_jobs.py",
+    "hello/jobs.py",
 )
 
 

@@ -8,7 +8,7 @@ Run it:
 
 Steps, each printed with its outcome and duration; the first failure stops the run:
 
-  lock       one update at a time: <run_dir>/update.lock (hello_jobs.job_lock); held by a live run -> exit 75
+  lock       one update at a time: <run_dir>/update.lock (hello.jobs.job_lock); held by a live run -> exit 75
   preflight  system.update.test_command splits as a shell would (an unbalanced quote is refused), clean working
              tree, on system.update.branch, the remote answers `git ls-remote`, and the server answers
              /version: the commit it serves is the rollback point. A server that is not running is refused
@@ -40,7 +40,7 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              before the deploy, judged from min_requests requests on -> rollback; too little traffic: kept
   rollback   (after a failed deploy, verify or watch) reset to the serving commit, redeploy it unless it still
              serves, verify it; exit 1
-  record     SPEC update metrics (hello_jobs.record_job: textfile + Pushgateway) and one JSON line in
+  record     SPEC update metrics (hello.jobs.record_job: textfile + Pushgateway) and one JSON line in
              <run_dir>/update.log: time, from, to, outcome, exit code, step durations, and `good`, the commit
              left serving tested and verified (updated, redeployed: the new one; rolled back: the old one);
              the metrics carry the last deploy or rollback with its outcome and commits (hello/deploys.py)
@@ -80,11 +80,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
 from hello.deploy_kubernetes import check_config
 from hello.git import short
 from hello.history import history, render
 from hello.updater import FAILURES, Locked, Refused, Report, Updater, record
-from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
 
 REPO_DIR = Path(__file__).resolve().parent
 

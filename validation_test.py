@@ -55,13 +55,13 @@ from typing import Any
 import yaml
 
 from hello import alerting, promtext, restarts, units
+from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
 from hello.dashboard import expanded_queries
 from hello.deploys import DEPLOY_METRIC, recorded_deploy
 from hello.git import GitError, git
 from hello.history import good_release, update_log
+from hello.jobs import metrics_textfile, record_job
 from hello.naming import JOB, BackupError, check_checksum, parse_archive
-from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
-from hello_jobs import metrics_textfile, record_job
 
 log = logging.getLogger("validation")
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: 10x faster
@@ -575,7 +575,7 @@ VALIDATION_JOB = "hello_world_validation"  # metric prefix and Pushgateway job o
 
 
 def record_results(config: dict[str, Any], results: list[Result], started: float) -> Path:
-    """This run as metrics (textfile and Pushgateway, via hello_jobs.record_job); SKIPped checks are left out."""
+    """This run as metrics (textfile and Pushgateway, via hello.jobs.record_job); SKIPped checks are left out."""
     checks = {(r.group, r.check): 1.0 if r.status == PASS else 0.0 for r in results if r.status != SKIP}
     return record_job(
         config,

@@ -21,6 +21,7 @@ from typing import Any
 from hello.archive_writer import Progress, walk_source, write_archive
 from hello.backup_hooks import HookFailed, staged
 from hello.disk_guard import NoRoom, check_room
+from hello.jobs import fsync_dir
 from hello.manifest import header
 from hello.naming import (
     PARTIAL,
@@ -34,7 +35,6 @@ from hello.naming import (
     sidecar_path,
     unlink_quietly,
 )
-from hello_jobs import fsync_dir
 
 
 def prepare_destination(destination: Path) -> None:

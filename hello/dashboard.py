@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from hello.alerting import format_duration
-from hello_config import parse_duration
+from hello.config import parse_duration
 
 DEFAULT_RANGE = 6 * 3600.0  # the seed dashboard's now-6h
 _REFERENCE_RE = re.compile(r"\$\{([\w:]+)\}|\[\[(\w+)\]\]|\$(\w+)")

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hello.child_scripts import ScriptFailed, run_script
+from hello.config import served_url
 from hello.git import short
+from hello.jobs import http_get
 from hello.release import ReleaseError, changed_requirements, live_venv, pip_install
-from hello_config import served_url
-from hello_jobs import http_get
 
 SERVICE = "hello-world"  # the compose service
 VERSION_WAIT = 10.0  # after a deploy, how long /version may take to show the new commit

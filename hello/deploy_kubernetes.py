@@ -35,10 +35,10 @@ from typing import Any
 
 import yaml
 
+from hello.config import ConfigError
 from hello.deploy import DeployError, Probe, Validate, run_tool
 from hello.git import short
 from hello.kubernetes_manifests import APP, SERVICE_PORT
-from hello_config import ConfigError
 
 log = logging.getLogger("update_protocol")
 

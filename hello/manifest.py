@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from hello_config import RunFiles
+from hello.config import RunFiles
 
 MANIFEST_DIR = ".hello-backup"  # reserved: a source folder of this name at any depth is not archived
 MANIFEST_NAME = f"{MANIFEST_DIR}/manifest.json"

@@ -23,9 +23,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hello import alerting
+from hello.jobs import http_get, pid_alive, write_atomically
 from hello.proc import tail, terminate
 from hello.promconfig import PACKAGES, MonitorError, local_config_text, local_ports, optional_port
-from hello_jobs import http_get, pid_alive, write_atomically
 
 log = logging.getLogger("monitor")
 

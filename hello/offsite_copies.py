@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from hello import offsite
+from hello.jobs import record_job
 from hello.naming import NAMING, OFFSITE_JOB, BackupError, UsageError, check_checksum, find_archives, parse_archive
 from hello.retention import keep_plan
-from hello_jobs import record_job
 
 
 def configured_remote(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from hello_jobs import pid_alive
+from hello.jobs import pid_alive
 
 log = logging.getLogger("hello.proc")
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from hello.alerting import format_duration
-from hello_config import RunFiles, server_url
+from hello.config import RunFiles, server_url
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_CONFIG = REPO / "monitoring" / "prometheus.yml"

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hello_config import RunFiles
-from hello_jobs import write_atomically
+from hello.config import RunFiles
+from hello.jobs import write_atomically
 
 STARTS, STOPPED = "starts", "stopped"
 HISTORY = 50

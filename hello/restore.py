@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from hello_jobs import fsync_dir, job_lock, write_atomically
+from hello.jobs import fsync_dir, job_lock, write_atomically
 
 log = logging.getLogger("restore")
 
@@ -515,7 +515,7 @@ def restore(
     """Restore the archive open_archive() reads as target, all or nothing; return the member count.
 
     Raises TargetError (target not a folder, or not empty without force), RestoreError (failed or refused; the
-    target as it was), hello_jobs.LockHeld (another restore into target runs). What recover() finished or undid
+    target as it was), hello.jobs.LockHeld (another restore into target runs). What recover() finished or undid
     first is passed to say.
     """
     final = Path(os.path.realpath(target))  # a target given through a link: the folder it names

@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 
 from hello import offsite
 from hello.archive import verify_archive
+from hello.jobs import fsync_dir
 from hello.naming import Archive, BackupError, find_archives, sidecar_path, unlink_quietly
-from hello_jobs import fsync_dir
 
 log = logging.getLogger("backup")
 

@@ -28,16 +28,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hello.child_scripts import ScriptFailed, run_script, validate_service
+from hello.config import EXIT_FAILED, EXIT_OK, served_url
 from hello.deploy import ComposeDeploy, DeployError, Deployment, LocalDeploy
 from hello.deploy_kubernetes import KubernetesDeploy
 from hello.deploys import deploy_series
 from hello.git import GitError, git, git_out, has_commit, is_ancestor, short
 from hello.history import DEPLOYS, current_user, read_entries, update_log
 from hello.hooks import HookFailed, run_hooks
+from hello.jobs import LockHeld, job_lock, metrics_textfile, record_job, write_atomically
 from hello.release import RELEASE_DIR, Release, ReleaseError, changed_requirements
 from hello.watch import Watch, WatchError, watch_metrics, watch_plan, watch_skipped
-from hello_config import EXIT_FAILED, EXIT_OK, served_url
-from hello_jobs import LockHeld, job_lock, metrics_textfile, record_job, write_atomically
 
 JOB = "hello_world_update"
 REMOTE_TIMEOUT = 20.0  # `git ls-remote`: an unreachable remote must fail fast, not hang

@@ -38,7 +38,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from hello_jobs import http_get
+from hello.jobs import http_get
 
 # The metric names hello/protocol.py and hello_world.py create (SPEC "Metrics"); tests/test_update_watch.py
 # reads them from a live server, so a rename fails there.

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hello.backup_hooks import STAGING_ENV  # noqa: E402
-from hello_config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
 
 TIMEOUT = 60.0  # a snapshot of a large TSDB takes a while
 

@@ -33,10 +33,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from hello.config import DEFAULT_PATH, load_config, parse_duration  # noqa: E402
+from hello.jobs import http_get  # noqa: E402
 from hello.proc import free_port, wait_until  # noqa: E402
 from hello.webhook_sink import WebhookSink  # noqa: E402
-from hello_config import DEFAULT_PATH, load_config, parse_duration  # noqa: E402
-from hello_jobs import http_get  # noqa: E402
 
 DEADLINE = 300.0  # seconds a notification may take before the run counts as failed
 DOWN_FOR = 60.0  # HelloWorldDown's `for:` in monitoring/rules/hello_world.rules.yml

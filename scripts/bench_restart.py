@@ -37,9 +37,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from hello.config import EXIT_FAILED, EXIT_OK, RunFiles  # noqa: E402
+from hello.jobs import http_get, pid_alive  # noqa: E402
 from hello.proc import TimedOut, free_port, wait_until  # noqa: E402
-from hello_config import EXIT_FAILED, EXIT_OK, RunFiles  # noqa: E402
-from hello_jobs import http_get, pid_alive  # noqa: E402
 
 CRON_ENV_PATH = "/usr/bin:/bin"
 READY_TIMEOUT = 120.0  # generous: a busy 2-core machine

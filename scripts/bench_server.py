@@ -63,8 +63,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hello.proc import free_port, tail  # noqa: E402
-from hello_config import (  # noqa: E402
+from hello.config import (  # noqa: E402
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
@@ -73,7 +72,8 @@ from hello_config import (  # noqa: E402
     load_config,
     parse_duration,
 )
-from hello_jobs import http_get  # noqa: E402
+from hello.jobs import http_get  # noqa: E402
+from hello.proc import free_port, tail  # noqa: E402
 
 log = logging.getLogger("bench_server")
 

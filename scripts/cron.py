@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hello_config import EXIT_CONFIG, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello.config import EXIT_CONFIG, EXIT_OK, ConfigError, load_config  # noqa: E402
 
 BASE_PATH = ["/usr/local/bin", "/usr/bin", "/bin"]
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -31,8 +31,8 @@ REPO = SCRIPTS.parent
 sys.path.insert(0, str(REPO))
 
 from hello import kubernetes_manifests as km  # noqa: E402
+from hello.config import EXIT_FAILED, EXIT_OK  # noqa: E402
 from hello.promconfig import HELLO_JOB  # noqa: E402 - the static scrape config's job name of the service
-from hello_config import EXIT_FAILED, EXIT_OK  # noqa: E402
 
 
 def check_generated() -> str:

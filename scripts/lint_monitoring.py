@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO))
 
 from hello import alerting, promconfig  # noqa: E402
 from hello import dashboard as grafana  # noqa: E402
+from hello.config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
 from hello.deploys import DEPLOY_METRIC  # noqa: E402
-from hello_config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
 
 MONITORING = REPO / "monitoring"
 RULES = sorted((MONITORING / "rules").glob("*.rules.yml"))

@@ -46,6 +46,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hello import alerting  # noqa: E402
+from hello.config import (  # noqa: E402
+    DEFAULT_PATH,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigError,
+    load_config,
+)
+from hello.jobs import pid_alive  # noqa: E402
 from hello.monitor_stack import monitor_dir, read_state, running, start, stop  # noqa: E402
 from hello.promconfig import (  # noqa: E402
     COMPOSE_CONFIG,
@@ -56,15 +65,6 @@ from hello.promconfig import (  # noqa: E402
     local_config_text,
     scrape_target,
 )
-from hello_config import (  # noqa: E402
-    DEFAULT_PATH,
-    EXIT_CONFIG,
-    EXIT_FAILED,
-    EXIT_OK,
-    ConfigError,
-    load_config,
-)
-from hello_jobs import pid_alive  # noqa: E402
 
 log = logging.getLogger("monitor")
 

@@ -5,7 +5,7 @@
     python scripts/service.py status [--json]                             # make status
     python scripts/service.py reload                                      # make reload
 
-The server's files are in system.run_dir (see hello_config.RunFiles). This
+The server's files are in system.run_dir (see hello.config.RunFiles). This
 module never imports hello_world.py, so that `reload` still works, and says
 why the new code was refused, when the code on disk is broken.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
 
-from hello_config import (  # noqa: E402
+from hello.config import (  # noqa: E402
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_LOCKED,
@@ -44,7 +44,7 @@ from hello_config import (  # noqa: E402
     load_config,
     server_url,
 )
-from hello_jobs import LockHeld, http_get, job_lock, pid_alive  # noqa: E402
+from hello.jobs import LockHeld, http_get, job_lock, pid_alive  # noqa: E402
 
 
 def start(config: dict, files: RunFiles, server_args: list[str], quiet: bool = False) -> int:

@@ -38,7 +38,7 @@ from conftest import (
     write_config,
 )
 from hello import alerting, promconfig
-from hello_config import ConfigError, load_config
+from hello.config import ConfigError, load_config
 
 SECRET_WEBHOOK = "https://ntfy.example.com/hello-alerts?auth=tk_secret123"
 SMTP_PASSWORD = "smtp-secret-456"  # noqa: S105 - a test value

@@ -21,7 +21,7 @@ import pytest
 import backup_script
 from conftest import PYTHON, free_port, http_get, require_tool, start_pushgateway, wait_until, write_config
 from hello.archive import verify_archive
-from hello_jobs import job_lock
+from hello.jobs import job_lock
 from tests.support.backups import SCRIPT, archives, backup, make_tree, snapshot
 
 # --- helpers ---

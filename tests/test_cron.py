@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, free_port, write_config
-from hello_config import RunFiles
+from hello.config import RunFiles
 
 SCRIPT = str(REPO / "scripts" / "cron.py")
 

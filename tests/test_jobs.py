@@ -1,4 +1,4 @@
-"""hello_jobs.py: the job lock across real processes, and job metrics as a textfile and on a real Pushgateway."""
+"""hello/jobs.py: the job lock across real processes, and job metrics as a textfile and on a real Pushgateway."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, free_port, http_get, start_pushgateway
-from hello_jobs import LockHeld, job_lock, record_job
+from hello.jobs import LockHeld, job_lock, record_job
 
 HOLDER = f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
-from hello_jobs import job_lock
+from hello.jobs import job_lock
 with job_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)

@@ -23,15 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
+import lint_monitoring
 from conftest import PYTHON, REPO, deep_merge, free_port, http_get, require_tool, wait_until
 from hello import dashboard as grafana
 from hello import kubernetes_manifests as km
+from hello.config import load_config, parse_duration
 from hello.deploys import DEPLOY_METRIC, deploy_labels
 from hello.promconfig import HELLO_JOB
-from hello_config import load_config, parse_duration
-
-sys.path.insert(0, str(REPO / "scripts"))
-import lint_monitoring  # noqa: E402 - the dashboard file (its queries: hello/dashboard.py)
 
 # README "make bench": 33.7 MiB RSS per worker, the supervisor 28.6 MiB; one worker saturates one core.
 WORKER_RSS_MIB, SUPERVISOR_RSS_MIB = 34, 29

@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 import yaml
 
-import hello_jobs
 import lint_monitoring
 import update_protocol
 from conftest import (
@@ -45,11 +44,12 @@ from conftest import (
     write_config,
 )
 from hello import dashboard as grafana
+from hello import jobs as hello_jobs
 from hello import monitor_stack, promconfig
 from hello.alerting import format_duration
+from hello.config import DEFAULT_PATH, EXIT_OK, load_config
 from hello.deploys import DEPLOY_METRIC, recorded_deploy
 from hello.updater import JOB as UPDATE_JOB
-from hello_config import DEFAULT_PATH, EXIT_OK, load_config
 
 ALERTS = [
     "HelloWorldDown",

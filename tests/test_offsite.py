@@ -42,10 +42,10 @@ from conftest import (
     write_config,
 )
 from hello import naming, offsite
+from hello.config import load_config
 from hello.manifest import MANIFEST_NAME
 from hello.offsite_copies import configured_remote
 from hello.retention import keep_plan, plan_retention
-from hello_config import load_config
 from tests.support.backups import archives, backup, make_tree, snapshot
 
 MANIFEST_DIR = MANIFEST_NAME.split("/")[0]

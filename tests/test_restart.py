@@ -14,7 +14,7 @@ from pathlib import Path
 import bench_restart
 from conftest import PYTHON, REPO, ProcessRegistry, free_port, wait_until
 from hello import restarts
-from hello_config import RunFiles
+from hello.config import RunFiles
 
 VALIDATION = str(REPO / "validation_test.py")
 CHECK = "no restart after a crash since the last run"

@@ -16,8 +16,8 @@ import pytest
 
 from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool, wait_until, write_config
 from hello import restarts, sdnotify
+from hello.config import RunFiles, load_config
 from hello.units import SERVICE, Checkout, calendars, check_units, enabled_timer, every_calendar, render_units
-from hello_config import RunFiles, load_config
 
 SCRIPT = str(REPO / "scripts" / "systemd.py")
 

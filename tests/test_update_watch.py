@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, ProcessRegistry, http_get
+from hello.config import ConfigError, load_config
 from hello.watch import DURATION, Limits, Reading, judge, parse, quantile, read
-from hello_config import ConfigError, load_config
 from tests.support.deployment import assert_step, consistent, log_lines, metric, serving_deployment, shown
 from tests.support.scratch import Load, ScratchDeployment
 

@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 
+import validation_test
 from conftest import (
     PYTHON,
     REPO,
@@ -45,10 +45,7 @@ from conftest import (
     wait_until,
     write_config,
 )
-from hello_config import load_config
-
-sys.path.insert(0, str(REPO))
-import validation_test  # noqa: E402 - the module under test; its check registry names the checks
+from hello.config import load_config
 
 CHECK = {func.__name__: (group, name) for group, name, func in validation_test.CHECKS}
 GROUP = {group: {key for key, (g, _) in CHECK.items() if g == group} for group in validation_test.GROUPS}

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
+from hello.config import RunFiles
 from hello.git import git_out
+from hello.jobs import http_get
 from hello.proc import free_port
-from hello_config import RunFiles
-from hello_jobs import http_get
 
 REPO = Path(__file__).resolve().parents[2]
 # What a deployment needs; tests and their helpers stay out (the deployment's tests are tests_smoke/).

@@ -1,6 +1,6 @@
 """What the scripts share beyond config: one run at a time, job outcomes as metrics, small helpers.
 
-    from hello_jobs import LockHeld, job_lock, record_job
+    from hello.jobs import LockHeld, job_lock, record_job
 
     try:
         with job_lock(Path(config["run_dir"]) / "backup.lock"):

@@ -4,7 +4,7 @@ Every script reads its settings through `load_config()`, which returns the
 `system` mapping with every key present: the file's values, checked and
 normalised, and the defaults below for what the file leaves out.
 
-    from hello_config import load_config, ConfigError
+    from hello.config import load_config, ConfigError
     config = load_config()            # HELLO_CONFIG=path selects another file
     config["server"]["port"]          # 8000
 
@@ -18,7 +18,7 @@ Scripts print that line and exit with EXIT_CONFIG (2) before doing anything.
 Relative paths (backup source and destination, run_dir) are resolved against
 the directory that holds the config file.
 
-Run `python hello_config.py [PATH]` to check a file and print it normalised.
+Run `python -m hello.config [PATH]` to check a file and print it normalised.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-DEFAULT_PATH = Path(__file__).resolve().with_name("config.yaml")
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config.yaml"  # the checkout's own
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
 # Hostile or broken files are refused before they can cost time or memory (a YAML alias bomb of 496 bytes
 # expands to billions of values): the shipped file is about 2 KiB and 90 values.
