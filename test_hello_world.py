@@ -26,13 +26,11 @@ from tests.support.load import LoadClient, count_progress, metric_value
 
 PROJECT_FILES = (
     "hello_world.py",
-    "hello/config.py",
     "config.yaml",
     "Makefile",
     "requirements.txt",
     "requirements-dev.txt",
     "scripts/service.py",
-    "hello/jobs.py",
 )
 
 
