@@ -58,6 +58,7 @@ from hello.config import (
     EXIT_OK,
     ConfigError,
     RunFiles,
+    add_server_flags,
     apply_server_flags,
     load_config,
     server_url,
@@ -538,9 +539,7 @@ def serve(config: dict, flags: dict, log_file: Path | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     parser = argparse.ArgumentParser(description="Serve Hello, World! in the foreground (see module docstring).")
-    parser.add_argument("--host", help="address to listen on (system.server.host)")
-    parser.add_argument("--port", type=int, help="port to listen on (system.server.port)")
-    parser.add_argument("--workers", type=int, help="worker processes (system.server.workers)")
+    add_server_flags(parser)
     parser.add_argument("--log-file", type=Path, help="log there, rotated (system.server.log_max_size, log_keep)")
     options = parser.parse_args(argv)
     try:

@@ -23,6 +23,7 @@ Run `python -m hello.config [PATH]` to check a file and print it normalised.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 import os
@@ -518,6 +519,13 @@ def server_url(config: dict[str, Any]) -> str:
         "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
     )
     return f"http://{shown}:{port}"
+
+
+def add_server_flags(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """--host, --port, --workers: the flags that override system.server (applied by apply_server_flags)."""
+    parser.add_argument("--host", help=f"{when}address to listen on (system.server.host)")
+    parser.add_argument("--port", type=int, help=f"{when}port to listen on (system.server.port)")
+    parser.add_argument("--workers", type=int, help=f"{when}worker processes (system.server.workers)")
 
 
 def apply_server_flags(config: dict[str, Any], host: str | None, port: int | None, workers: int | None) -> dict:

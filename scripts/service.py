@@ -40,6 +40,7 @@ from hello.config import (  # noqa: E402
     EXIT_OK,
     ConfigError,
     RunFiles,
+    add_server_flags,
     apply_server_flags,
     load_config,
     server_url,
@@ -164,9 +165,7 @@ def reload(config: dict, files: RunFiles) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Control the background hello server.")
     parser.add_argument("command", choices=["start", "stop", "status", "reload"])
-    parser.add_argument("--host", help="start: address to listen on (system.server.host)")
-    parser.add_argument("--port", type=int, help="start: port (system.server.port)")
-    parser.add_argument("--workers", type=int, help="start: worker processes (system.server.workers)")
+    add_server_flags(parser, when="start: ")
     parser.add_argument("--json", action="store_true", help="status: one JSON object")
     parser.add_argument("--quiet", action="store_true", help="start: say nothing when it already runs (for cron)")
     args = parser.parse_args(argv)
