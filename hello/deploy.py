@@ -45,6 +45,9 @@ class DeployError(Exception):
 
 
 class Deployment(Protocol):
+    mode: str  # its system.update.deploy value
+    watched: bool  # the watch after a deploy can read its new code's /metrics (hello/watch.py)
+
     def serving_commit(self) -> str: ...
     def plan(self, old: str, new: str) -> tuple[str, str]: ...
     def build(self, old: str, new: str) -> tuple[str, str]: ...
@@ -126,6 +129,7 @@ class ServedHere:
     """What local and compose share: the service answers at system.server, the checkout's config names it."""
 
     mode = ""
+    watched = False
 
     def __init__(self, config: dict[str, Any], repo: Path) -> None:
         self.config, self.repo = config, repo
@@ -148,6 +152,7 @@ class LocalDeploy(ServedHere):
     """`system.update.deploy: local`: the live venv and `scripts/service.py reload` of the checkout."""
 
     mode = "local"
+    watched = True  # one server at system.server: its /metrics are the new code's
 
     def plan(self, old: str, new: str) -> tuple[str, str]:
         changed = changed_requirements(self.repo, old, new)

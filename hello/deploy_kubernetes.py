@@ -79,6 +79,9 @@ class ForwardedProbe(Probe):
 class KubernetesDeploy:
     """The cluster side of one update run: what it changed, so that the rollback undoes exactly that."""
 
+    mode = "kubernetes"
+    watched = False  # several pods behind a Service: one /metrics is not the new code's whole
+
     def __init__(self, config: dict[str, Any], repo: Path) -> None:
         self.config, self.repo = config, repo
         settings = config["kubernetes"]

@@ -201,7 +201,7 @@ class Updater:
                 note.outcome, note.detail = self.deployment.build(self.serving, self.target)
             self.hooks("before_deploy")
             update, timeout = self.config["update"], self.config["validation"]["timeout"]
-            watch = Watch.before_deploy(update, update["deploy"], self.url, timeout)
+            watch = Watch.before_deploy(update, self.deployment, self.url, timeout)
             with self.report.step("deploy") as note:
                 note.detail = self.deployment.deploy(self.target)
             with self.report.step("verify") as note:
@@ -331,7 +331,7 @@ class Updater:
             ("deploy", deploy),
             ("verify", f"{self.url}/version = {short(self.target)}, /readyz 200, validation_test.py --only service"),
             ("after-deploy", "; ".join(update["hooks"]["after_deploy"])),
-            ("watch", watch_plan(update, update["deploy"], self.url)),
+            ("watch", watch_plan(update, self.deployment, self.url)),
             ("record", f"{update_log(self.run_dir)} and the {JOB} metrics"),
         ]
         return [(name, what) for name, what in steps if what]  # an empty one is off: no step
@@ -503,7 +503,7 @@ class Updater:
     def watch(self, watch: Watch | None) -> None:
         """The watch step (hello/watch.py); a regression is an UpdateError: deliver rolls back."""
         if watch is None:
-            skipped = watch_skipped(self.config["update"], self.config["update"]["deploy"])
+            skipped = watch_skipped(self.config["update"], self.deployment)
             if skipped:
                 self.report.say(f"watch: {skipped}")
             return

@@ -38,6 +38,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from hello.deploy import Deployment
 from hello.jobs import http_get
 
 # The metric names hello/protocol.py and hello_world.py create (SPEC "Metrics"); tests/test_update_watch.py
@@ -194,16 +195,16 @@ def judge(window: Reading, before: Reading | None, limits: Limits) -> Verdict:
     return Verdict(requests, errors, p99, before_p99, regression, judged=True)
 
 
-def watch_skipped(update: dict[str, Any], mode: str) -> str:
-    """Why a configured watch does not run ("" when it runs or is off): only deploy: local is watched."""
-    return f"skipped (deploy: {mode})" if update["watch"] and mode != "local" else ""
+def watch_skipped(update: dict[str, Any], deployment: Deployment) -> str:
+    """Why a configured watch does not run ("" when it runs or is off): only a watched deployment is."""
+    return f"skipped (deploy: {deployment.mode})" if update["watch"] and not deployment.watched else ""
 
 
-def watch_plan(update: dict[str, Any], mode: str, url: str) -> str:
+def watch_plan(update: dict[str, Any], deployment: Deployment, url: str) -> str:
     """The dry run's line for the watch step ("" when it is off)."""
     limits = Limits.from_config(update)
-    if not limits.seconds or mode != "local":
-        return watch_skipped(update, mode)
+    if not limits.seconds or not deployment.watched:
+        return watch_skipped(update, deployment)
     return (
         f"{limits.seconds:g}s of {url}/metrics: 5xx <= {limits.max_error_ratio:.1%}, p99 <= "
         f"{limits.max_latency_ratio:g}x before, judged from {limits.min_requests} requests; worse: rollback"
@@ -227,10 +228,10 @@ class Watch:
         self.record: dict[str, Any] = {}
 
     @classmethod
-    def before_deploy(cls, update: dict[str, Any], mode: str, url: str, timeout: float) -> Watch | None:
-        """A watch holding the old code's histogram as it stands now; None when off or not deploy: local."""
+    def before_deploy(cls, update: dict[str, Any], deployment: Deployment, url: str, timeout: float) -> Watch | None:
+        """A watch holding the old code's histogram as it stands now; None when off or the deployment is not watched."""
         limits = Limits.from_config(update)
-        if not limits.seconds or mode != "local":
+        if not limits.seconds or not deployment.watched:
             return None
         watch = cls(url, limits, timeout)
         with contextlib.suppress(WatchError):  # unreadable now: the latency is not judged, no reason to stop

@@ -16,30 +16,16 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ProcessRegistry, free_port, http_get, kill_group, wait_until
+from conftest import PYTHON, free_port, http_get, kill_group, wait_until
 from hello.deploys import recorded_deploy
-from tests.support.deployment import assert_step, consistent, log_lines, metric, serving_deployment, shown
+from tests.support.deployment import assert_step, log_lines, metric, shown
 from tests.support.scratch import Load, ScratchDeployment, git
 
 FAKE_DOCKER_DIR = Path(__file__).resolve().parent / "bin"
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
-    with serving_deployment(tmp_path_factory.mktemp("update")) as pair:
-        yield pair
-
-
-@pytest.fixture
-def site(deployment: tuple[ScratchDeployment, ProcessRegistry]) -> ScratchDeployment:
-    """The deployment, consistent: server up, checkout clean on main at the served commit, remote there too."""
-    consistent(deployment)
-    return deployment[0]
 
 
 def snapshot(site: ScratchDeployment) -> dict:

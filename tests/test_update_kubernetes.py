@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import PYTHON, ProcessRegistry, free_port, http_get
-from tests.support.deployment import assert_step, consistent, serving_deployment, shown
+from tests.support.deployment import assert_step, consistent, shown
 from tests.support.scratch import ScratchDeployment
 
 STAND_INS = Path(__file__).resolve().parent / "bin"
@@ -24,12 +23,6 @@ REGISTRY = "registry.test/team"
 KUBE = {"registry": REGISTRY, "context": "kind-test", "namespace": "hello-ns", "rollout_timeout": "2m"}
 SCOPE = ["--context", "kind-test", "--namespace", "hello-ns"]
 START_REVISION = 4
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
-    with serving_deployment(tmp_path_factory.mktemp("update-k8s")) as pair:
-        yield pair
 
 
 @pytest.fixture

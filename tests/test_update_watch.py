@@ -10,32 +10,17 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, ProcessRegistry, http_get
+from conftest import REPO, http_get
 from hello.config import ConfigError, load_config
 from hello.watch import DURATION, Limits, Reading, judge, parse, quantile, read
-from tests.support.deployment import assert_step, consistent, log_lines, metric, serving_deployment, shown
+from tests.support.deployment import assert_step, log_lines, metric, shown
 from tests.support.scratch import Load, ScratchDeployment
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
-    with serving_deployment(tmp_path_factory.mktemp("watch")) as pair:
-        yield pair
-
-
-@pytest.fixture
-def site(deployment: tuple[ScratchDeployment, ProcessRegistry]) -> ScratchDeployment:
-    """The deployment, consistent: server up, checkout clean on main at the served commit, remote there too."""
-    consistent(deployment)
-    return deployment[0]
-
 
 BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, math.inf)
 # A short watch, min_requests the load reaches within a second; no backup and `true` as the tests: not the subject.

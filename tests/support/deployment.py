@@ -1,11 +1,9 @@
 """The scratch deployment of tests/test_update*.py: serving for a test module, consistent for each test.
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    with serving_deployment(tmp_path_factory.mktemp("update")) as pair:
-        yield pair                                  # (ScratchDeployment, ProcessRegistry)
+A pytest plugin (conftest.py's pytest_plugins): the fixtures `deployment` (one per test module) and `site`
+(consistent for each test); a module may override `site` (tests/test_update_kubernetes.py does).
 
-served = consistent(deployment)                      # in the per-test fixture: the served commit
+    served = consistent(deployment)                  # in a per-test fixture: the served commit
 """
 
 from __future__ import annotations
@@ -16,6 +14,8 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from conftest import PYTHON, ProcessRegistry, require_tool
 from tests.support.scratch import ScratchDeployment, git
@@ -52,6 +52,22 @@ def consistent(deployment: tuple[ScratchDeployment, ProcessRegistry]) -> str:
     for name in ("update.lock", "update.pending.json"):
         (site.run_dir / name).unlink(missing_ok=True)
     return served
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
+    """A serving scratch deployment of the test module's own."""
+    with serving_deployment(tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])) as pair:
+        yield pair
+
+
+@pytest.fixture
+def site(deployment: tuple[ScratchDeployment, ProcessRegistry]) -> ScratchDeployment:
+    """The deployment, consistent: server up, checkout clean on main at the served commit, remote there too."""
+    consistent(deployment)
+    return deployment[0]
 
 
 STEP_LINE = r"^{name}\s+{outcome}\s+\d+\.\d\ds"  # how update_protocol.py prints a step
