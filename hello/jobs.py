@@ -160,13 +160,14 @@ def job_lock(path: Path) -> Iterator[None]:
         stale = _read_pid(fd)
         if stale and stale != os.getpid():
             log.warning("taking over the stale lock %s of PID %d, which is no longer running", path, stale)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        os.fsync(fd)
     except BaseException:
         os.close(fd)
         raise
     try:
+        # Ours from here: a signal while the PID is written (an fsync on a busy disk) still removes the file.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.fsync(fd)
         yield
     finally:
         # Unlink while still holding the flock, so a waiter never locks a file we are about to remove.
