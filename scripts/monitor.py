@@ -92,6 +92,8 @@ def foreground(system: dict[str, Any]) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # Python leaves SIGINT ignored when started so (a shell's `cmd &`, nohup): Ctrl-C must still stop both.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         state = start(system)
         print_urls(state, monitor_dir(system), system)

@@ -232,26 +232,50 @@ def test_restore_offsite_of_a_missing_name_fails_and_changes_nothing(tmp_path: P
 # --- interruptions and damage ---
 
 
+def uploading(sftp: Sftp, folder: str) -> bool:
+    """Whether an archive is being uploaded to a folder: its dot-named partial is there."""
+    return any(naming.PARTIAL_RE.match(name) and name.endswith(".tar.gz.partial") for name in served(sftp, folder))
+
+
+def bytes_written(pids: list[int]) -> int:
+    """What these processes have written so far, sockets included (/proc/PID/io wchar)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+            total += int(fields["wchar"])
+    return total
+
+
+def stop_in_upload(proc: subprocess.Popen, sftp: Sftp, folder: str, least: int, timeout: float) -> None:
+    """Let the backup's process group run in short slices until its rclone has sent `least` bytes of an upload.
+
+    The group is looked at only while it is stopped (SIGSTOP), so the upload cannot finish between the look and the
+    kill however busy the machine is. Progress is what rclone has sent, not the partial's size on the server: the
+    server writes in doubling chunks (128 KiB, 256 KiB, ... seen with rclone 1.60), so a late point never shows there.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        os.killpg(proc.pid, signal.SIGSTOP)
+        rclone = [pid for pid in group_members(proc.pid) if pid != proc.pid]
+        if uploading(sftp, folder) and bytes_written(rclone) >= least:
+            return
+        assert proc.poll() is None, f"the upload finished before rclone sent {least} bytes"
+        assert time.monotonic() < deadline, f"no upload reached {least} bytes within {timeout:.0f}s"
+        os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(0.02)
+
+
 def test_kill_9_during_upload_leaves_no_bad_final_file_and_the_next_run_completes(tmp_path: Path, sftp: Sftp) -> None:
+    size = 2_000_000
     source = tmp_path / "src"
     source.mkdir()
-    (source / "random.bin").write_bytes(random.Random(13).randbytes(3_000_000))  # incompressible: a 3 MB archive
+    (source / "random.bin").write_bytes(random.Random(13).randbytes(size))  # incompressible: a 2 MB archive
     folder = "killed"
     env = setup(tmp_path, sftp, f"offsite:{folder}", source=source)
-    slow = {**os.environ, "HELLO_CONFIG": str(env["config"]), "RCLONE_BWLIMIT": "1M"}  # about 3 s per upload
+    slow = {**os.environ, "HELLO_CONFIG": str(env["config"]), "RCLONE_BWLIMIT": "1M"}  # about 2 s per upload
 
-    def partial_at_least(share: float, proc: subprocess.Popen):
-        def check() -> bool:
-            assert proc.poll() is None, f"the upload finished before reaching {share:.0%}: too fast to interrupt"
-            for name, path in served(sftp, folder).items():
-                if naming.PARTIAL_RE.match(name) and name.endswith(".tar.gz.partial"):
-                    size = path.stat().st_size
-                    return size >= share * 3_000_000 and (share == 0 or size > 0)
-            return False
-
-        return check
-
-    for point, share in (("as the upload starts", 0.0), ("half way", 0.5), ("late", 0.8)):
+    for share in (0.0, 0.5, 0.8):  # as the upload starts, half way, late
         proc = subprocess.Popen(
             [PYTHON, str(REPO / "backup_script.py"), "create"],
             env=slow,
@@ -261,9 +285,10 @@ def test_kill_9_during_upload_leaves_no_bad_final_file_and_the_next_run_complete
             start_new_session=True,
         )
         try:
-            wait_until(partial_at_least(share, proc), 60, f"an upload {point}", interval=0.01)
+            stop_in_upload(proc, sftp, folder, int(share * size), 60)
             os.kill(proc.pid, signal.SIGKILL)  # the script only: its rclone must die with it (PR_SET_PDEATHSIG)
             proc.wait()
+            os.killpg(proc.pid, signal.SIGCONT)  # a stopped rclone that outlived its parent would hide here
             wait_until(lambda pgid=proc.pid: not group_members(pgid), 30, "rclone to die with the killed backup")
         finally:
             with contextlib.suppress(ProcessLookupError):
