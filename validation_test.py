@@ -60,7 +60,7 @@ from hello.dashboard import expanded_queries
 from hello.deploys import DEPLOY_METRIC, recorded_deploy
 from hello.git import GitError, git
 from hello.history import good_release, update_log
-from hello.jobs import metrics_textfile, record_job
+from hello.jobs import job_gauges, metrics_textfile, record_job
 from hello.naming import JOB, BackupError, check_checksum, parse_archive
 
 log = logging.getLogger("validation")
@@ -668,7 +668,7 @@ def job_metrics(ctx: Context, job: str) -> tuple[dict[str, float], str]:
 
     Prometheus first (what the alerts see), then the Pushgateway, then the job's textfile.
     """
-    names = (f"{job}_last_success_timestamp_seconds", f"{job}_last_run_timestamp_seconds", f"{job}_success")
+    names = job_gauges(job)
     tried = []
     if ctx.prometheus is not None:
         try:
@@ -679,7 +679,7 @@ def job_metrics(ctx: Context, job: str) -> tuple[dict[str, float], str]:
                     values[name] = float(result[0]["value"][1])
             if values:
                 return values, f"Prometheus at {ctx.prometheus.base}"
-            tried.append(f"Prometheus has no {names[1]}")
+            tried.append(f"Prometheus has no {names.last_run}")
         except CheckFailed as exc:
             tried.append(str(exc))
     if ctx.pushgateway is not None:
@@ -714,11 +714,12 @@ def _when(timestamp: float) -> str:
 def check_backup_metric(ctx: Context) -> str:
     archive = newest_archive(ctx)
     values, source = job_metrics(ctx, JOB_BACKUP)
-    name = "hello_world_backup_last_success_timestamp_seconds"
+    gauges = job_gauges(JOB_BACKUP)
+    name = gauges.last_success
     if not values:
         raise CheckFailed(f"no backup metric anywhere: {source}")
-    if values.get("hello_world_backup_success") == 0:
-        run = values.get("hello_world_backup_last_run_timestamp_seconds")
+    if values.get(gauges.success) == 0:
+        run = values.get(gauges.last_run)
         raise CheckFailed(f"the last backup run{f' at {_when(run)}' if run else ''} failed ({source})")
     if name not in values:
         raise CheckFailed(f"{name} missing ({source})")
@@ -871,10 +872,11 @@ def check_last_update(ctx: Context) -> str:
     values, source = job_metrics(ctx, JOB_UPDATE)
     if not values:
         raise CheckSkipped(f"no update has ever run ({source}; no {ctx.run_dir / 'update.log'})")
-    run = values.get("hello_world_update_last_run_timestamp_seconds")
+    gauges = job_gauges(JOB_UPDATE)
+    run = values.get(gauges.last_run)
     when = f" at {_when(run)}" if run else ""
-    if values.get("hello_world_update_success") == 0:
-        raise CheckFailed(f"the last update{when} failed (hello_world_update_success 0, {source})")
+    if values.get(gauges.success) == 0:
+        raise CheckFailed(f"the last update{when} failed ({gauges.success} 0, {source})")
     return f"succeeded{when} ({source})"
 
 

@@ -38,7 +38,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
 
@@ -56,6 +56,18 @@ EXTRA_HELP = {
 }
 # A labelled gauge of a job: metric name -> (label names, {label values: value}).
 LabelledSeries = dict[str, tuple[tuple[str, ...], dict[tuple[str, ...], float]]]
+
+
+class JobGauges(NamedTuple):
+    """The names of the gauges every job records (SPEC): <job>_success and its two timestamps."""
+
+    success: str
+    last_run: str
+    last_success: str
+
+
+def job_gauges(job: str) -> JobGauges:
+    return JobGauges(f"{job}_success", f"{job}_last_run_timestamp_seconds", f"{job}_last_success_timestamp_seconds")
 
 
 class LockHeld(Exception):
@@ -234,10 +246,11 @@ def _registry(
 ):
     registry = CollectorRegistry()
     what = job.removeprefix("hello_world_")
+    names = job_gauges(job)
     values: dict[str, tuple[str, float | None]] = {
-        f"{job}_last_run_timestamp_seconds": (f"End of the last {what} run (Unix time).", finished),
-        f"{job}_success": (f"1 if the last {what} run succeeded, else 0.", 1.0 if success else 0.0),
-        f"{job}_last_success_timestamp_seconds": (f"End of the last successful {what} run (Unix time).", last_success),
+        names.last_run: (f"End of the last {what} run (Unix time).", finished),
+        names.success: (f"1 if the last {what} run succeeded, else 0.", 1.0 if success else 0.0),
+        names.last_success: (f"End of the last successful {what} run (Unix time).", last_success),
     }
     for name, value in extra.items():
         values[name] = (
@@ -283,7 +296,7 @@ def record_job(
     if success:
         last_success = finished
     elif last_success is None:
-        last_success = _previous_value(path, f"{job}_last_success_timestamp_seconds")
+        last_success = _previous_value(path, job_gauges(job).last_success)
     registry = _registry(job, success, finished, last_success, dict(extra or {}), dict(series or {}))
     unwritten = unpushed = ""
     try:

@@ -302,14 +302,17 @@ def dashboard_problems(dashboard: dict[str, Any], datasource_uids: set[str], exp
     panels = dashboard.get("panels")
     if not isinstance(panels, list) or not panels:
         return [*problems, "no panels"]
-    ids = [panel.get("id") for panel in panels]
+    every = list(grafana.panels(dashboard))  # also the panels a collapsed row holds
+    ids = [panel.get("id") for panel in every]
     if len(set(ids)) != len(ids) or not all(isinstance(i, int) for i in ids):
         problems.append(f"panel ids must be unique integers, got {ids}")
     used_metrics: set[str] = set()
-    for panel in panels:
+    for panel in every:
         title = panel.get("title") or "?"
         if not panel.get("title"):
             problems.append(f"panel {panel.get('id')} has no title")
+        if panel.get("type") == "row":
+            continue  # a row holds panels, no query
         if panel.get("type") not in PANEL_TYPES:
             problems.append(f"panel {title!r}: type {panel.get('type')!r}, expected one of {sorted(PANEL_TYPES)}")
         if ref_uid(panel.get("datasource")) not in datasource_uids:

@@ -303,6 +303,11 @@ def broken(dashboard: dict[str, Any], change: str) -> dict[str, Any]:
         panels[2]["targets"] = []
     elif change == "graph-panel":
         panels[0]["type"] = "graph"
+    elif change == "seed-metric-in-a-collapsed-row":  # Grafana keeps a collapsed row's panels inside it
+        hidden = dict(panels[-1], id=max(p["id"] for p in panels) + 2, title="Hidden")
+        hidden["targets"] = [dict(hidden["targets"][0], expr="rate(hello_world_requests[5m])")]
+        row = {"id": hidden["id"] - 1, "type": "row", "title": "More", "collapsed": True, "panels": [hidden]}
+        panels.append(dict(row, gridPos={"x": 0, "y": 1000, "w": 24, "h": 1}))
     elif change == "uid":
         copy["uid"] = "something-else"
     elif change == "refresh":
@@ -330,6 +335,12 @@ def broken(dashboard: dict[str, Any], change: str) -> dict[str, Any]:
 def test_dashboard_checks_catch_a_broken_dashboard(change: str) -> None:
     dashboard = broken(lint_monitoring.load_dashboard(), change)
     assert lint_monitoring.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard")
+
+
+def test_a_collapsed_rows_panels_are_checked_too() -> None:
+    dashboard = broken(lint_monitoring.load_dashboard(), "seed-metric-in-a-collapsed-row")
+    problems = lint_monitoring.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard")
+    assert problems == ["panel 'Hidden': ['hello_world_requests'] not metrics of SPEC.md"]
 
 
 @pytest.mark.parametrize("where", ["panel", "annotation"])
