@@ -129,7 +129,9 @@ class ServedHere:
     """What local and compose share: the service answers at system.server, the checkout's config names it."""
 
     mode = ""
-    watched = False
+    # One server at system.server (the local workers, or compose's one container: it publishes the port), whose
+    # supervisor sums its workers' counts: its /metrics are the new code's whole traffic.
+    watched = True
 
     def __init__(self, config: dict[str, Any], repo: Path) -> None:
         self.config, self.repo = config, repo
@@ -152,7 +154,6 @@ class LocalDeploy(ServedHere):
     """`system.update.deploy: local`: the live venv and `scripts/service.py reload` of the checkout."""
 
     mode = "local"
-    watched = True  # one server at system.server: its /metrics are the new code's
 
     def plan(self, old: str, new: str) -> tuple[str, str]:
         changed = changed_requirements(self.repo, old, new)

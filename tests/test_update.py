@@ -11,7 +11,6 @@ own update_protocol.py as a subprocess. Compose mode runs with tests/bin/docker,
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -23,9 +22,8 @@ import pytest
 from conftest import PYTHON, free_port, http_get, kill_group, wait_until
 from hello.deploys import recorded_deploy
 from tests.support.deployment import assert_step, log_lines, metric, shown
+from tests.support.fake_docker import PS, UP, compose_env, docker_calls
 from tests.support.scratch import Load, ScratchDeployment, git
-
-FAKE_DOCKER_DIR = Path(__file__).resolve().parent / "bin"
 
 
 def snapshot(site: ScratchDeployment) -> dict:
@@ -699,29 +697,6 @@ def test_rollback_to_a_commit_that_never_served_is_refused(site: ScratchDeployme
 
 
 # --- compose mode, with the recording docker stand-in ---------------------------------------------------
-
-
-def compose_env(site: ScratchDeployment, tmp_path: Path, **extra: str) -> dict[str, str]:
-    config = site.write_config(tmp_path / "compose.yaml", {"update": {"deploy": "compose"}})
-    return {
-        "HELLO_CONFIG": str(config),
-        "PATH": f"{FAKE_DOCKER_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FAKE_DOCKER_LOG": str(tmp_path / "docker.log"),
-        "FAKE_DOCKER_STATE": str(tmp_path / "docker.json"),
-        "FAKE_DOCKER_RELOAD": "1",  # `compose up` reloads the real local server, which /version is read from
-        "FAKE_DOCKER_PYTHON": PYTHON,
-        **extra,
-    }
-
-
-def docker_calls(tmp_path: Path) -> list[tuple[str, ...]]:
-    """Each docker call as (HELLO_COMMIT, *argv)."""
-    lines = (tmp_path / "docker.log").read_text().splitlines()
-    return [(entry["HELLO_COMMIT"], *entry["argv"]) for entry in map(json.loads, lines)]
-
-
-UP = ("compose", "up", "-d", "--no-deps", "hello-world")
-PS = ("compose", "ps", "--all", "--format", "json", "hello-world")
 
 
 @pytest.mark.parametrize("image", ["per-commit", "fixed"])

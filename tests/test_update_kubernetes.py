@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import PYTHON, ProcessRegistry, free_port, http_get
 from tests.support.deployment import assert_step, consistent, shown
+from tests.support.fake_docker import STAND_INS
 from tests.support.scratch import ScratchDeployment
 
-STAND_INS = Path(__file__).resolve().parent / "bin"
 REGISTRY = "registry.test/team"
 KUBE = {"registry": REGISTRY, "context": "kind-test", "namespace": "hello-ns", "rollout_timeout": "2m"}
 SCOPE = ["--context", "kind-test", "--namespace", "hello-ns"]
@@ -37,8 +39,11 @@ def site(deployment: tuple[ScratchDeployment, ProcessRegistry], tmp_path: Path) 
     return site
 
 
-def kube_env(site: ScratchDeployment, tmp_path: Path, **extra: str) -> dict[str, str]:
-    config = site.write_config(tmp_path / "kube.yaml", {"update": {"deploy": "kubernetes"}, "kubernetes": KUBE})
+def kube_env(
+    site: ScratchDeployment, tmp_path: Path, update: dict[str, Any] | None = None, **extra: str
+) -> dict[str, str]:
+    update = {"deploy": "kubernetes", **(update or {})}
+    config = site.write_config(tmp_path / "kube.yaml", {"update": update, "kubernetes": KUBE})
     return {
         "HELLO_CONFIG": str(config),
         "PATH": f"{STAND_INS}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -148,9 +153,10 @@ def test_failed_verify_is_undone_and_the_old_commit_verified(site: ScratchDeploy
 def test_dry_run_changes_nothing_in_the_cluster(site: ScratchDeployment, tmp_path: Path) -> None:
     site.harmless_commit("kubernetes, dry run")
     before = state(tmp_path)
-    result = site.update("--dry-run", env=kube_env(site, tmp_path))
+    result = site.update("--dry-run", env=kube_env(site, tmp_path, update={"watch": "3s"}))
     assert result.returncode == 0, shown(result)
     assert "kubectl set image deployment/hello-world" in result.stdout
+    assert re.search(r"^  watch\s+skipped \(deploy: kubernetes\)$", result.stdout, re.M), shown(result)
     assert kubectl_calls(tmp_path) == [FORWARD]
     assert calls(tmp_path, "docker") == []
     assert state(tmp_path) == before
