@@ -228,15 +228,16 @@ print("/healthz: 200 ok")
 '''
 
 
-def flaky_hello_world(text: str) -> str:
-    """hello_world.py whose / answers 500 to one request in ten of the load (clients sending no User-Agent:
-    validation_test.py's urllib sends one, so the verify step passes as it would for a subtle bug)."""
+def buggy_hello_world(text: str, bug: str, prelude: str = "") -> str:
+    """hello_world.py whose / runs `bug` (statements, after the answer is chosen) for the load's requests: clients
+    sending no User-Agent (validation_test.py's urllib sends one, so the verify step passes as for a subtle bug).
+    `prelude` goes before make_app."""
     edits = {
-        "def make_app(": "FLAKY = __import__('itertools').count(1)\n\n\ndef make_app(",
+        "def make_app(": f"{prelude}\n\n\ndef make_app(",
         "            status, headers, body = static[path]\n": (
             "            status, headers, body = static[path]\n"
-            "            if path == '/' and b'user-agent' not in dict(scope['headers']) and next(FLAKY) % 10 == 0:\n"
-            "                status, headers, body = _text(500, 'flaky\\n')\n"
+            "            if path == '/' and b'user-agent' not in dict(scope['headers']):\n"
+            + "".join(f"                {line}\n" for line in bug.splitlines())
         ),
         # the protocol answers static GETs itself; / must go through the app
         "    app.static = static ": "    app.static = {p: answer for p, answer in static.items() if p != '/'} ",
@@ -245,6 +246,12 @@ def flaky_hello_world(text: str) -> str:
         assert text.count(old) == 1, f"hello_world.py changed: the test cannot insert its bug at {old!r}"
         text = text.replace(old, new)
     return text
+
+
+def flaky_hello_world(text: str) -> str:
+    """hello_world.py whose / answers 500 to one request in ten of the load."""
+    bug = "if next(FLAKY) % 10 == 0:\n    status, headers, body = _text(500, 'flaky\\n')"
+    return buggy_hello_world(text, bug, prelude="FLAKY = __import__('itertools').count(1)")
 
 
 @pytest.mark.parametrize("deploy", ["local", "compose"])
@@ -282,6 +289,28 @@ def test_a_commit_answering_500_to_one_in_ten_is_rolled_back_by_the_watch(
     assert metric(site, "hello_world_update_success") == 0
     history = site.update("history")
     assert f"why   {entry['reason']}" in history.stdout, shown(history)
+
+
+def test_a_commit_whose_p99_grew_is_rolled_back_by_the_watch(site: ScratchDeployment, tmp_path: Path) -> None:
+    before = site.served()
+    slow = buggy_hello_world((site.deploy / "hello_world.py").read_text(), "await __import__('asyncio').sleep(0.5)")
+    bad = site.commit("/ takes 500 ms", {"hello_world.py": slow, HEALTHZ_TEST: HEALTHZ_ONLY})
+    # 500 ms against the old code's p99 of a few ms (its whole life's histogram, with this load's requests):
+    # far past 3x however busy the machine; at about 4 answers a second, 6 s bring the 10 requests to judge from.
+    limits = {"watch": "6s", "min_requests": 10, "max_latency_ratio": 3.0}
+    env = watch_config(site, tmp_path, test_command=f"{site.python} {HEALTHZ_TEST}", **limits)
+    with CountingLoad(site.port, limit=20000) as load:
+        result = site.update(env=env)
+    assert result.returncode == 1, shown(result)
+    assert_step(result, "watch", "FAILED")
+    assert_step(result, "rollback")
+    assert re.search(r"watch: p99 [\d.]+ ms vs [\d.]+ ms before the deploy, [\d.]+x", result.stdout), shown(result)
+    assert site.served() == before == site.head()
+    assert_no_failed_connection(load)
+    entry = log_lines(site)[-1]
+    assert (entry["outcome"], entry["to"]) == ("rolled-back", bad)
+    assert entry["watch"]["p99"] >= 0.5 and entry["watch"]["before_p99"] < 0.5 / 3, entry["watch"]
+    assert metric(site, "hello_world_update_watch_rollback") == 1
 
 
 def test_a_good_commit_under_load_is_kept_by_the_watch(site: ScratchDeployment, tmp_path: Path) -> None:
