@@ -63,6 +63,7 @@ from hello.config import (
     load_config,
     server_url,
 )
+from hello.git import head_commit
 from hello.jobs import write_atomically
 from hello.logfile import LogPipe
 
@@ -86,15 +87,8 @@ class BuildInfo:
 
 def read_build_info() -> BuildInfo:
     """The version and the git commit of the code on disk; HELLO_COMMIT (baked in at image build) without .git."""
-    commit = os.environ.get("HELLO_COMMIT") or "unknown"
-    if (REPO_DIR / ".git").exists():
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            result = subprocess.run(
-                ["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-            )
-            if result.returncode == 0:
-                commit = result.stdout.strip()
-    return BuildInfo(VERSION, commit)
+    commit = head_commit(REPO_DIR) if (REPO_DIR / ".git").exists() else None
+    return BuildInfo(VERSION, commit or os.environ.get("HELLO_COMMIT") or "unknown")
 
 
 # --- the ASGI app ---------------------------------------------------------------------------------

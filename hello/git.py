@@ -2,6 +2,7 @@
 
     git(repo, *args)                  # CompletedProcess; GitError when it fails (check=False: only when it cannot run)
     git_out(repo, *args)              # its stdout, stripped
+    head_commit(repo)                 # the commit checked out, None when git cannot tell
     is_ancestor(repo, older, newer)   # merge-base --is-ancestor
     has_commit(repo, commit)          # the repository holds that commit
     changed_files(repo, old, new, names)  # which of names differ between two commits (and exist in the newer)
@@ -61,6 +62,14 @@ def git(
 
 def git_out(repo: Path, *args: str, timeout: float = GIT_TIMEOUT, env: Mapping[str, str] | None = None) -> str:
     return git(repo, *args, timeout=timeout, env=env).stdout.strip()
+
+
+def head_commit(repo: Path, timeout: float = 10.0) -> str | None:
+    """The commit checked out in repo; None when it is no checkout or git cannot tell (no git, a hang)."""
+    try:
+        return git_out(repo, "rev-parse", "HEAD", timeout=timeout) or None
+    except GitError:
+        return None
 
 
 def is_ancestor(repo: Path, older: str, newer: str) -> bool:

@@ -21,7 +21,6 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from hello.config import RunFiles
+from hello.git import head_commit
 
 MANIFEST_DIR = ".hello-backup"  # reserved: a source folder of this name at any depth is not archived
 MANIFEST_NAME = f"{MANIFEST_DIR}/manifest.json"
@@ -117,15 +117,7 @@ def served_commit(config: dict[str, Any]) -> str:
     files = RunFiles(Path(config["run_dir"]))
     if files.running_pid() and files.read_state().get("commit"):
         return str(files.read_state()["commit"])
-    try:
-        proc = subprocess.run(
-            ["git", "-C", config["backup"]["source"], "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        proc = None
-    if proc is not None and proc.returncode == 0 and proc.stdout.strip():
-        return proc.stdout.strip()
-    return os.environ.get("HELLO_COMMIT") or "unknown"
+    return head_commit(Path(config["backup"]["source"])) or os.environ.get("HELLO_COMMIT") or "unknown"
 
 
 def header(config: dict[str, Any], hooks: list[str]) -> dict[str, Any]:

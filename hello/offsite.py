@@ -31,7 +31,6 @@ import json
 import logging
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from hello.proc import free_port
 
 log = logging.getLogger("offsite")
 
@@ -88,18 +89,12 @@ def local_digests(path: Path, kinds: set[str]) -> dict[str, str]:
     return {kind: digest.hexdigest() for kind, digest in digests.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Daemon:
     """A private `rclone rcd` on 127.0.0.1 and calls of its API."""
 
     def __init__(self, rclone_config: str | None, progress: bool) -> None:
         self.progress = progress
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         user, password = "hello", secrets.token_hex(16)
         self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
