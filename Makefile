@@ -17,7 +17,8 @@ SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(
 .PHONY: bench-config
 
 help: ## list the targets (the default goal)
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
+	@bold=; plain=; if [ -t 1 ]; then bold=$$'\033[1m'; plain=$$'\033[0m'; fi; \
+	grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' -v b="$$bold" -v p="$$plain" '{printf "  %s%-18s%s %s\n", b, $$1, p, $$2}'
 
 # The venv is rebuilt only when a requirements file is newer than its stamp.
 $(RUNTIME_STAMP): requirements.txt
@@ -55,7 +56,7 @@ backup-schedule: $(RUNTIME_STAMP) ## run the backup loop: one backup a day at sy
 	@$(PY) backup_script.py schedule
 
 restore: $(RUNTIME_STAMP) ## restore a backup: make restore ARCHIVE=path TARGET=dir [FORCE=1] [KEEP_SETUID=1]
-	@[ -n "$(ARCHIVE)" ] && [ -n "$(TARGET)" ] || { echo "usage: make restore ARCHIVE=path TARGET=dir [FORCE=1]" >&2; exit 2; }
+	@[ -n "$(ARCHIVE)" ] && [ -n "$(TARGET)" ] || { echo "usage: make restore ARCHIVE=path TARGET=dir [FORCE=1] [KEEP_SETUID=1]" >&2; exit 2; }
 	@$(PY) backup_script.py restore "$(ARCHIVE)" --target "$(TARGET)" $(if $(FORCE),--force) $(if $(KEEP_SETUID),--keep-setuid)
 
 drill: $(RUNTIME_STAMP) ## restore the newest archive (off-host when configured) into a scratch folder, compare its manifest

@@ -865,9 +865,11 @@ def check_last_update(ctx: Context) -> str:
     entry = last_update_log(ctx)
     if entry is not None:
         outcome = str(entry.get("outcome", "?"))
-        what = f"{entry.get('from', '?')!s:.12} -> {entry.get('to', '?')!s:.12} at {entry.get('time', '?')}"
+        commits = f"{entry.get('from')!s:.12} -> {entry.get('to')!s:.12}" if entry.get("to") else "no target commit"
+        what = f"{commits} at {entry.get('time', '?')}"
         if entry.get("exit") != 0:  # update_protocol.py has always logged its exit code
-            raise CheckFailed(f"the last update ({what}) ended {outcome!r} ({ctx.run_dir / 'update.log'})")
+            why = entry.get("reason") or f"see {ctx.run_dir / 'update.log'}"
+            raise CheckFailed(f"the last update ({what}) ended {outcome!r}: {why}; `make history ALL=1` shows it")
         return f"{outcome}: {what} ({ctx.run_dir / 'update.log'})"
     values, source = job_metrics(ctx, JOB_UPDATE)
     if not values:

@@ -62,17 +62,24 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 
 
 _SHOWN = reprlib.Repr()
+_NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
 _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlevel = 120, 120, 2  # a bounded line, whatever the value
 
 
 def _got(value: Any) -> str:
-    return f"got {_SHOWN.repr(value)}" if not isinstance(value, bool) else f"got {str(value).lower()}"
+    if isinstance(value, bool):
+        return f"got {str(value).lower()}"
+    if isinstance(value, str) and _NUMBER_RE.fullmatch(value.strip()):
+        return f"got the string {_SHOWN.repr(value)} (a number in quotes: write it without the quotes)"
+    return f"got {_SHOWN.repr(value)}"
 
 
 def parse_duration(value: Any) -> float:
     """Seconds from a Prometheus-style duration ('15s', '1h30m', '500ms') or a plain number."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         return float(value)
+    if isinstance(value, str) and _NUMBER_RE.fullmatch(value) and not value.startswith("-"):
+        return float(value)  # "30": plain seconds, as a number may be
     if isinstance(value, str) and _DURATION_RE.match(value):
         return float(sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART_RE.findall(value)))
     raise _Invalid(f"expected a duration such as 15s, 5m or 1h30m, {_got(value)}")
@@ -206,10 +213,6 @@ def _path(value: Any) -> str:
 def _path_or_null(value: Any) -> str | None:
     """A path or null; load_config resolves a path against the config file's folder."""
     return None if value is None else _path(value)
-
-
-def _string_or_null(value: Any) -> str | None:
-    return None if value is None else _string(value)
 
 
 def _email_or_null(value: Any) -> str | None:
@@ -586,14 +589,43 @@ class RunFiles:
         return pid if b"hello_world.py" in cmdline else None
 
 
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every value of a checked config by its dotted key path."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        where = _join(prefix, key)
+        flat.update(_leaves(value, where) if isinstance(value, dict) else {where: value})
+    return flat
+
+
+def differences_from_defaults(config: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key path: (value, default)} for every key the file sets to something else than its default."""
+    base_dir = Path(config["config_file"]).parent
+    defaults = _leaves(_check({}, SCHEMA["system"], "system", base_dir), "system")
+    values = _leaves({k: v for k, v in config.items() if k != "config_file"}, "system")
+    return {key: (value, defaults.get(key)) for key, value in values.items() if value != defaults.get(key)}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="python -m hello.config", description="Check a config file (default: config.yaml or HELLO_CONFIG)."
+    )
+    parser.add_argument("path", nargs="?", help="the file to check")
+    parser.add_argument("--json", action="store_true", help="print the normalised config as JSON")
+    args = parser.parse_args(argv)
     try:
-        config = load_config(args[0] if args else None)
+        config = load_config(args.path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    print(json.dumps(config, indent=2))
+    if args.json:
+        print(json.dumps(config, indent=2))
+        return EXIT_OK
+    changed = differences_from_defaults(config)
+    print(f"{_shown(Path(config['config_file']))}: OK, {len(changed)} key(s) differ from the defaults")
+    for key, (value, default) in changed.items():
+        line = f"  {key}: {value!r} (default {default!r})"
+        print(line if len(line) <= 120 else line[:117] + "...")
     return EXIT_OK
 
 

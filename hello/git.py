@@ -55,9 +55,19 @@ def git(
     except OSError as exc:
         raise GitError(f"git cannot run: {exc.strerror or exc}") from None
     if check and result.returncode != 0:
-        message = (result.stderr.strip() or result.stdout.strip() or f"exit {result.returncode}").splitlines()[-1]
-        raise GitError(f"`git {' '.join(args)}` failed: {message}")
+        raise GitError(f"`git {' '.join(args)}` failed: {_failure_line(result)}")
     return result
+
+
+def _failure_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The line of git's output that says what failed: its first fatal:/error: line, else its first line.
+
+    git ends many failures with advice ("...and the repository exists."), which read alone says the opposite."""
+    lines = [line.strip() for line in (result.stderr or result.stdout or "").splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line
+    return lines[0] if lines else f"exit {result.returncode}"
 
 
 def git_out(repo: Path, *args: str, timeout: float = GIT_TIMEOUT, env: Mapping[str, str] | None = None) -> str:

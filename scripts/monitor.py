@@ -116,8 +116,10 @@ def foreground(system: dict[str, Any]) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="monitor.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    start_parser = commands.add_parser("start", help="start Prometheus and the Pushgateway; print their URLs")
-    start_parser.add_argument("--foreground", action="store_true", help="stay in the foreground; Ctrl-C stops both")
+    start_parser = commands.add_parser(
+        "start", help="start Prometheus, Alertmanager, the Pushgateway and node_exporter; print their URLs"
+    )
+    start_parser.add_argument("--foreground", action="store_true", help="stay in the foreground; Ctrl-C stops them all")
     commands.add_parser("stop", help="stop what start started (by the PIDs it recorded)")
     status_parser = commands.add_parser("status", help="exit 0 if running, 1 if not")
     status_parser.add_argument("--json", action="store_true", help="print the state as JSON")

@@ -106,7 +106,9 @@ def stop(config: dict, files: RunFiles) -> int:
         return EXIT_OK
     with contextlib.suppress(ProcessLookupError):  # it may have exited since we read the pidfile
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + config["server"]["drain_timeout"] + 15
+    drain = config["server"]["drain_timeout"]
+    print(f"stopping pid {pid}: /readyz says 503 while open connections finish (up to {drain:g}s)", flush=True)
+    deadline = time.monotonic() + drain + 15
     while time.monotonic() < deadline:
         if not pid_alive(pid):
             print(f"stopped: pid {pid}")

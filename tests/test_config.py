@@ -99,7 +99,8 @@ def test_durations(tmp_path, written, seconds):
         ),
         (
             "system:\n  server:\n    port: '8000'\n",
-            "config.yaml: system.server.port: expected a whole number from 1 to 65535, got '8000'",
+            "config.yaml: system.server.port: expected a whole number from 1 to 65535,"
+            " got the string '8000' (a number in quotes: write it without the quotes)",
         ),
         (
             "system:\n  server:\n    workers: true\n",
