@@ -4,6 +4,7 @@
     wait_until(lambda: ready(url), 30, "the server")     # the result; TimedOut naming what at the deadline
     terminate(pid, timeout=10)                           # SIGTERM, then SIGKILL at the deadline
     tail(log_path)                                       # "last | five | lines" of a log, for an error message
+    Popen(argv, preexec_fn=die_with_parent())            # the child gets SIGKILL when we die, even by kill -9
 
 Processes are only ever stopped by the PID we started them with, never by name.
 """
@@ -11,6 +12,7 @@ Processes are only ever stopped by the PID we started them with, never by name.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -27,6 +29,9 @@ log = logging.getLogger("hello.proc")
 T = TypeVar("T")
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 class TimedOut(TimeoutError):
     """wait_until's deadline passed; str() names what was waited for (and the predicate's last error)."""
 
@@ -36,6 +41,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A preexec_fn: the child gets sig when this process dies, however it dies (PR_SET_PDEATHSIG).
+
+    Strictly, when the thread that started it ends: start such children from a thread that outlives them. libc is
+    loaded here, before the fork, so the child runs nothing but prctl and getppid. A parent gone before prctl took
+    effect would never signal: the child then signals itself."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
