@@ -22,7 +22,7 @@ Why the temporary name: rclone 1.60 writes in place, so an interrupted upload wo
 final name. upload() writes to `temp`, compares the remote's own hash of it with the local file's (a hash both
 sides compute, so nothing is downloaded; a remote without hashes, such as crypt, is read back in full), and only
 then renames it to its final name. The daemon dies with us (PR_SET_PDEATHSIG) on a kill -9, so no upload goes on
-that nobody checks.
+that nobody checks. On a plain-path remote (a mounted disk) copies are 0600 in 0700 folders (keep_private).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,14 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         # Starting never fails (a missing rclone is the first call's error): a backup starts rclone before its
         # archive, and the archive must not depend on it.
+        die = die_with_parent()
+
+        def private_and_dying_with_us() -> None:
+            # umask 077: what rclone writes on a plain-path remote (a mounted disk others may read) and in our
+            # download folders is 0600 in 0700 folders, as the local archives are.
+            os.umask(0o077)
+            die()
+
         with contextlib.suppress(FileNotFoundError):
             self.proc = subprocess.Popen(
                 command,
@@ -127,7 +136,7 @@ class Daemon:
                 stdout=self.log,
                 stderr=self.log,
                 env=env,
-                preexec_fn=die_with_parent(),  # noqa: PLW1509 - only prctl runs between fork and exec
+                preexec_fn=private_and_dying_with_us,  # noqa: PLW1509 - only umask and prctl run before exec
             )
 
     def _wait_ready(self) -> None:
@@ -389,6 +398,42 @@ def remove_leftovers(remote: Remote, files: dict[str, int], naming: Naming) -> N
             remote.delete(name)
 
 
+def keep_private(remote: Remote, names: list[str]) -> None:
+    """On a plain-path remote (a mounted disk): its folder 0700 and these files 0600, if they are ours.
+
+    New copies are written so already (rclone runs with umask 077); this tightens the copies and the folder an
+    older version left 0644 in 0755. Nothing is followed: a symlink, or what is not our own, is left alone."""
+    if not remote.spec.startswith("/"):
+        return
+    try:
+        folder = os.open(remote.spec, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        _chmod_if_ours(folder, 0o700)
+        for name in names:
+            try:
+                handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+            except OSError:
+                continue
+            try:
+                if stat.S_ISREG(os.fstat(handle).st_mode):
+                    _chmod_if_ours(handle, 0o600)
+            finally:
+                os.close(handle)
+    finally:
+        os.close(folder)
+
+
+def _chmod_if_ours(handle: int, mode: int) -> None:
+    info = os.fstat(handle)
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != mode:
+        try:
+            os.fchmod(handle, mode)
+        except OSError as exc:
+            log.warning("cannot make a copy private (mode %o): %s", mode, exc)
+
+
 def sync(remote: Remote, local: list[Path], naming: Naming, keep: Keep, fresh: Path | None = None) -> list[str]:
     """Upload each local archive (with its sidecar) that the remote lacks and retention keeps; return their names.
 
@@ -413,6 +458,8 @@ def sync(remote: Remote, local: list[Path], naming: Naming, keep: Keep, fresh: P
         remote.upload(path.with_name(sidecar), sidecar, temp=naming.temp(sidecar))
         remote.upload(path, name, temp=naming.temp(name), sha256=None if path == fresh else expected)
         uploaded.append(name)
+    copies = archives_on({**files, **dict.fromkeys(uploaded, 0)}, naming)
+    keep_private(remote, [each for name in copies for each in (name, naming.sidecar(name))])
     return uploaded
 
 

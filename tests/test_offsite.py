@@ -17,8 +17,10 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from conftest import (
     ProcessRegistry,
     free_port,
     http_get,
+    kill_group,
     require_tool,
     start_alertmanager,
     start_ready,
@@ -208,6 +211,42 @@ def test_round_trip_create_offsite_restore_is_byte_exact(tmp_path: Path, sftp: S
     excluded = re.compile(r"(^|/)(\.git|__pycache__)(/|$)|\.log$")
     assert snapshot(target, skip=(MANIFEST_DIR,)) == {k: v for k, v in before.items() if not excluded.search(k)}
     assert not list(env["run"].glob("offsite-download-*")), "the private download folder is removed"
+
+
+def test_copies_on_a_plain_path_remote_are_private_to_the_kit(tmp_path: Path, sftp: Sftp) -> None:
+    runuser = require_tool("runuser", "util-linux")
+    # A mounted disk others can look into (0755 down to it, unlike pytest's private tmp_path): a new folder for the
+    # copies on it, and a folder an older version filled with a 0644 copy in 0755.
+    disk = Path(tempfile.mkdtemp(prefix="usb-disk-"))
+    try:
+        disk.chmod(0o755)
+        old = disk / "old"
+        old.mkdir(mode=0o755)
+        old.chmod(0o755)
+        for remote in (disk / "new" / "hello-backups", old):
+            (tmp_path / remote.name).mkdir()
+            env = setup(tmp_path / remote.name, sftp, str(remote))
+            if remote == old:  # yesterday's copy, as an older version left it
+                name = naming.archive_name(datetime.now(UTC) - timedelta(days=1))
+                (old / name).write_bytes(b"an archive")
+                (old / f"{name}.sha256").write_text(f"{hashlib.sha256(b'an archive').hexdigest()}  {name}\n")
+                for path in old.iterdir():
+                    path.chmod(0o644)
+            result = backup(env["config"])
+            assert result.returncode == 0, result.stderr
+            copies = sorted(remote.iterdir())
+            assert len(copies) == (4 if remote == old else 2), copies
+            for path in copies:
+                stolen = subprocess.run(
+                    [runuser, "-u", "nobody", "--", "cat", str(path)], capture_output=True, timeout=30
+                )
+                assert stolen.returncode != 0 and not stolen.stdout, f"nobody read {path}"
+                assert b"Permission denied" in stolen.stderr, stolen.stderr
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path}: {oct(path.stat().st_mode)}"
+            for folder in [remote, *([remote.parent] if remote != old else [])]:
+                assert stat.S_IMODE(folder.stat().st_mode) == 0o700, f"{folder}: {oct(folder.stat().st_mode)}"
+    finally:
+        shutil.rmtree(disk)
 
 
 def test_restore_offsite_of_a_missing_name_fails_and_changes_nothing(tmp_path: Path, sftp: Sftp) -> None:
@@ -645,13 +684,13 @@ PASSWORD_FLAGS = (b"--rc-pass", b"--pass", b"--password")  # rclone's: a value a
 class CommandLineWatch:
     """Reads every process's /proc/PID/cmdline over and over on a thread while a block runs.
 
-    It also learns the password of each `rclone rcd` it sees from that process's environment (root reads it; other
+    Each is kept with its session, so a run started in a session of its own is told apart from the other processes
+    of a shared machine. The password of each `rclone rcd` is learnt from its environment (root reads it; other
     users cannot), so the scan looks for the rcd's own password as well as the ones the test configured."""
 
     def __init__(self) -> None:
-        self.command_lines: set[bytes] = set()
-        self.rc_passwords: set[str] = set()
-        self.rcds: set[int] = set()
+        self.command_lines: set[tuple[int, bytes]] = set()  # (session, command line)
+        self.rc_passwords: dict[int, set[str]] = {}  # session -> the passwords of its rclone rcds
         self.scans = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -674,25 +713,27 @@ class CommandLineWatch:
     def _look(self, pid: int) -> None:
         try:
             command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
+            session = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+        except (OSError, IndexError, ValueError):
             return
-        self.command_lines.add(command_line)
+        self.command_lines.add((session, command_line))
         argv = command_line.split(b"\0")
         if len(argv) > 1 and argv[0].endswith(b"rclone") and argv[1] == b"rcd":
             with contextlib.suppress(OSError):
                 for variable in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
                     if variable.startswith(b"RCLONE_RC_PASS="):
-                        self.rc_passwords.add(variable.split(b"=", 1)[1].decode())
-                        self.rcds.add(pid)
+                        self.rc_passwords.setdefault(session, set()).add(variable.split(b"=", 1)[1].decode())
 
-    def leaks(self, secrets: tuple[str, ...]) -> list[str]:
-        """The command lines (shown with the secret masked) that hold any of the secrets, or a password option."""
+    def leaks(self, secrets: tuple[str, ...], session: int) -> list[str]:
+        """The command lines holding any of the secrets or the session's rcd passwords (anywhere), or a password
+        option (in the session), the secret masked."""
         found = []
-        for line in self.command_lines:
+        secrets = (*secrets, *self.rc_passwords.get(session, ()))
+        for line_session, line in self.command_lines:
             text = line.replace(b"\0", b" ").decode(errors="replace")
-            if any(flag in line.split(b"\0") for flag in PASSWORD_FLAGS):
+            if line_session == session and any(flag in line.split(b"\0") for flag in PASSWORD_FLAGS):
                 found.append(text[:300])
-            for secret in (*secrets, *self.rc_passwords):
+            for secret in secrets:
                 if secret in text:
                     found.append(text.replace(secret, "<SECRET>")[:300])
         return found
@@ -705,16 +746,32 @@ def test_no_secret_on_any_command_line_during_backup_offsite_restore_and_drill(t
         "off-host restore": ("restore", "--offsite", None, "--target", str(tmp_path / "restored")),
         "drill": ("drill",),
     }
+    environment = {**os.environ, "HELLO_CONFIG": str(env["config"])}
     for what, args in runs.items():
         if None in args:
             (archive,) = archives(env["destination"])
             args = tuple(archive.name if a is None else a for a in args)
         with CommandLineWatch() as watch:
-            result = backup(env["config"], *args)
-        assert result.returncode == 0, f"{what}: {result.stderr}"
-        leaks = watch.leaks(sftp.secrets)
+            run = subprocess.Popen(  # in a session of its own: its processes are told apart from the machine's
+                [PYTHON, str(REPO / "backup_script.py"), *args],
+                env=environment,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            try:
+                _out, err = run.communicate(timeout=120)
+            finally:
+                kill_group(run.pid)
+                run.wait()
+        assert run.returncode == 0, f"{what}: {err}"
+        leaks = watch.leaks(sftp.secrets, run.pid)
         assert not leaks, f"{what}: a secret on a command line: {leaks}"
-        assert watch.rcds, f"{what}: no rclone rcd seen with its password in its environment ({watch.scans} scans)"
+        assert watch.rc_passwords.get(run.pid), (
+            f"{what}: no rclone rcd seen with its password in its environment ({watch.scans} scans)"
+        )
         assert watch.scans >= 3, f"{what}: only {watch.scans} scans of /proc"
 
 
