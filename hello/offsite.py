@@ -51,6 +51,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hello.jobs import pid_alive
 from hello.proc import die_with_parent
 
 log = logging.getLogger("offsite")
@@ -60,6 +61,7 @@ CHUNK = 1 << 20
 HASHES = ("sha256", "sha1", "md5")  # those hashlib computes, best first
 START_TIMEOUT = 30.0  # seconds for rclone rcd to say where it listens
 CALL_TIMEOUT = 300.0  # seconds for one quick call (a listing, a stat with a server-side hash, a rename)
+READ_PREFIX = "offsite-read-"  # + our PID: the private folder a remote file is read through
 POLL = 0.2  # seconds between job/status polls of a transfer shown with progress
 LISTENING_RE = re.compile(r"Serving remote control on http://127\.0\.0\.1:(\d+)/")  # rclone 1.60's NOTICE
 # Every API call this module makes (tests/test_offsite.py checks the installed rclone offers them all).
@@ -219,7 +221,8 @@ class Daemon:
         The rcd serves no files itself (--rc-serve off): reading a remote file means this copy."""
         if self.scratch is not None:
             self.scratch.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="offsite-read-", dir=self.scratch))
+            _sweep_reads(self.scratch)
+        folder = Path(tempfile.mkdtemp(prefix=f"{READ_PREFIX}{os.getpid()}-", dir=self.scratch))
         try:
             params = {"srcFs": fs, "srcRemote": remote, "dstFs": str(folder), "dstRemote": "file"}
             self.job("operations/copyfile", "downloading", **params)
@@ -237,6 +240,14 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def _sweep_reads(scratch: Path) -> None:
+    """Remove the read folders of processes that died (a kill -9 in a download); a live one's is in use."""
+    for leftover in scratch.glob(READ_PREFIX + "*"):
+        owner = leftover.name[len(READ_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not pid_alive(int(owner)) and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -862,6 +862,24 @@ def test_the_installed_rclone_offers_every_call_offsite_makes(tmp_path: Path) ->
     assert not missing, f"rclone rcd lacks {sorted(missing)}: hello/offsite.py was written for 1.60"
 
 
+def test_remote_files_are_read_through_a_private_folder_and_a_dead_runs_is_swept(tmp_path: Path) -> None:
+    require_tool("rclone")
+    scratch, remote_folder = tmp_path / "run", tmp_path / "remote"
+    remote_folder.mkdir()
+    (remote_folder / "f").write_text("x\n")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale, live = scratch / f"offsite-read-{dead.pid}-abc", scratch / f"offsite-read-{os.getpid()}-abc"
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "file").write_bytes(b"a half-read archive")
+    with offsite.connect(str(remote_folder), scratch=scratch) as remote:
+        assert remote.read_text("f") == "x\n"
+    assert not stale.exists(), "a dead run's read folder is removed"
+    assert live.exists(), "a live one's is left alone"
+    assert sorted(scratch.iterdir()) == [live], "the read's own folder is gone"
+
+
 # --- config ---
 
 
