@@ -489,7 +489,8 @@ def test_a_hook_left_running_in_the_background_ends_with_the_hook(tmp_path: Path
         kill_leftovers(pids)
 
 
-def test_kill_9_of_the_backup_kills_its_hook_and_the_next_run_sweeps_its_staging(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_a_killed_backup_takes_its_hook_along_and_the_next_run_sweeps_its_staging(tmp_path: Path, sig: int) -> None:
     source = tmp_path / "src"
     source.mkdir()
     make_tree(source)
@@ -499,19 +500,23 @@ def test_kill_9_of_the_backup_kills_its_hook_and_the_next_run_sweeps_its_staging
     run_dir = config.parent / "run"
     env = {**os.environ, "HELLO_CONFIG": str(config)}
     proc = subprocess.Popen(
-        [PYTHON, SCRIPT, "create"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path
+        [PYTHON, SCRIPT, "create"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path
     )
     try:
         hook_pids(pids)
-        proc.kill()  # the backup only: its hook and the hook's child must end with it
-        proc.wait(timeout=10)
+        proc.send_signal(sig)  # the backup only: its hook and the hook's child must end with it
+        _out, err = proc.communicate(timeout=30)
         all_gone(hook_pids(pids))
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait()
         kill_leftovers(pids)
-    (stale,) = run_dir.glob("backup-staging-*")
+    left = list(run_dir.glob("backup-staging-*"))
+    if sig == signal.SIGTERM:  # the run ends itself: it removes its staging folder, says why and exits 1
+        assert proc.returncode == 1 and left == [], err
+        return
+    (stale,) = left
     armed.unlink()
     result = backup(config)
     assert result.returncode == 0, result.stderr
