@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hello.archive_writer import Progress, walk_source, write_archive
-from hello.backup_hooks import HookFailed, staged
+from hello.backup_hooks import HookFailed, staged, sweep_stale
 from hello.disk_guard import NoRoom, check_room
 from hello.jobs import fsync_dir
 from hello.manifest import header
@@ -66,6 +66,7 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
     hooks = backup["hooks"]["before"]
     prepare_destination(destination)
     remove_leftovers(destination)
+    sweep_stale(Path(config["run_dir"]))  # a killed run's hook output
     try:
         check_room(destination, expected_size(destination, source, backup["exclude"], None))  # at once
         with staged(hooks, cwd=Path(config["config_file"]).parent, parent=Path(config["run_dir"])) as staging:

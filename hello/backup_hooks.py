@@ -6,6 +6,10 @@ Each command runs through /bin/sh in cwd (the config file's folder) with HELLO_B
 folder; what the commands leave there goes into the archive under manifest.STAGING_NAME. The first command that
 exits non-zero (or runs longer than HOOK_TIMEOUT) fails the run before anything is written, named with its exit code
 and its last line of output; the staging folder is removed in either case by the caller's `with`.
+
+Each command runs in its own process group (hello.proc.run_shell_group): whatever it starts is killed with it at
+the timeout, when it ends, and when the backup dies (even by kill -9). A staging folder a killed run left behind
+is removed by the next run, which holds the backup lock, so no other run is using it.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
+
+from hello.proc import run_shell_group
 
 log = logging.getLogger("backup")
 
 STAGING_ENV = "HELLO_BACKUP_STAGING"
+STAGING_PREFIX = "backup-staging-"
 HOOK_TIMEOUT = 3600.0  # seconds: a hook that hangs must not hold the backup lock forever
 
 
@@ -35,6 +43,21 @@ def _last_line(text: str) -> str:
     return lines[-1][-300:] if lines else "no output"
 
 
+def _text(handle: IO[bytes]) -> str:
+    handle.seek(0)
+    return handle.read().decode(errors="replace")
+
+
+def sweep_stale(parent: Path) -> None:
+    """Remove the staging folders under parent of runs that died (the caller holds the backup lock: none is in use)."""
+    if not parent.is_dir():
+        return
+    for leftover in parent.glob(STAGING_PREFIX + "*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            log.warning("removing %s, left by a backup that did not finish", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged(commands: list[str], *, cwd: Path, parent: Path) -> Iterator[Path | None]:
     """Run the hooks into a private staging folder under parent; yield it (None without hooks), then remove it."""
@@ -42,31 +65,20 @@ def staged(commands: list[str], *, cwd: Path, parent: Path) -> Iterator[Path | N
         yield None
         return
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="backup-staging-", dir=parent))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
     try:
         env = {**os.environ, STAGING_ENV: str(staging)}
         for number, command in enumerate(commands, 1):
             started = time.monotonic()
-            try:
-                proc = subprocess.run(
-                    ["/bin/sh", "-c", command],
-                    cwd=cwd,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    text=True,
-                    timeout=HOOK_TIMEOUT,
-                )
-            except subprocess.TimeoutExpired:
-                raise HookFailed(
-                    f"system.backup.hooks.before[{number}] {command!r}: still running after "
-                    f"{HOOK_TIMEOUT:.0f} s; stopped"
-                ) from None
-            if proc.returncode != 0:
-                raise HookFailed(
-                    f"system.backup.hooks.before[{number}] {command!r} failed (exit {proc.returncode}): "
-                    f"{_last_line(proc.stderr or proc.stdout)}"
-                )
+            where = f"system.backup.hooks.before[{number}] {command!r}"
+            with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+                try:
+                    streams = {"stdin": subprocess.DEVNULL, "stdout": out, "stderr": err}
+                    code = run_shell_group(command, timeout=HOOK_TIMEOUT, cwd=cwd, env=env, **streams)
+                except subprocess.TimeoutExpired:
+                    raise HookFailed(f"{where}: still running after {HOOK_TIMEOUT:.0f} s; stopped") from None
+                if code != 0:
+                    raise HookFailed(f"{where} failed (exit {code}): {_last_line(_text(err) or _text(out))}")
             log.info("hook %d (%s) done in %.2f s", number, command, time.monotonic() - started)
         yield staging
     finally:

@@ -3,6 +3,8 @@
 Each command is a shell line (`/bin/sh -c`), run in the new release's folder (the live checkout, at the tested
 commit by then) with HELLO_COMMIT (the new commit) and HELLO_PREVIOUS_COMMIT (the serving one) in its
 environment, its output passed through. The first one that fails (or outlasts HOOK_TIMEOUT) stops the rest.
+Each runs in its own process group (hello.proc.run_shell_group): what it starts is killed with it at the timeout,
+when it ends, and when the update dies (even by kill -9).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import subprocess
 from pathlib import Path
 from typing import TextIO
+
+from hello.proc import run_shell_group
 
 HOOK_TIMEOUT = 600.0
 
@@ -24,20 +28,21 @@ def run_hooks(kind: str, commands: list[str], cwd: Path, commit: str, previous: 
     env = {**os.environ, "HELLO_COMMIT": commit, "HELLO_PREVIOUS_COMMIT": previous}
     for index, command in enumerate(commands):
         where = f"system.update.hooks.{kind}[{index}] `{command}`"
+        out.flush()  # what was written before comes before the hook's output
         try:
-            result = subprocess.run(
-                ["/bin/sh", "-c", command],
+            code = run_shell_group(
+                command,
+                timeout=HOOK_TIMEOUT,
                 cwd=cwd,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                timeout=HOOK_TIMEOUT,
             )
         except subprocess.TimeoutExpired:
             raise HookFailed(f"{where} did not finish within {HOOK_TIMEOUT:g}s") from None
         except OSError as exc:
             raise HookFailed(f"{where} cannot run: {exc.strerror or exc}") from None
-        if result.returncode != 0:
-            raise HookFailed(f"{where} exited {result.returncode}")
+        if code != 0:
+            raise HookFailed(f"{where} exited {code}")
     return len(commands)

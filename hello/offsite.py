@@ -9,14 +9,20 @@ rclone does the transport and any encryption (a `crypt` remote): this module onl
 for the life of a `connect` block, listening on 127.0.0.1 with a random user and password, and every operation is
 a call of its remote-control API, so the SFTP (or S3, ...) connection is made once and reused: an rclone process
 per step costs about 0.2 s here, more than a whole upload of a small archive. Written against rclone 1.60
-(Debian 12): rcd with --rc-serve (GET /[fs]/file streams a file), operations/list, stat (showHash), fsinfo,
-copyfile, movefile, deletefile, job/status, core/quit; tests/test_offsite.py runs them against `rclone serve sftp`.
+(Debian 12): rcd, operations/list, stat (showHash), fsinfo, copyfile, movefile, deletefile, job/status,
+core/stats; tests/test_offsite.py runs them against `rclone serve sftp`.
+
+The rcd is root's door to every file and every remote, so (issue 20): its user and password reach it through its
+environment (RCLONE_RC_USER/RCLONE_RC_PASS, readable only by us), never its command line, which any local user
+reads in /proc; every request needs them; it serves no files over HTTP (--rc-serve off: a remote file is read by
+downloading it into a private folder); and it binds the port itself (see Daemon), so no other process can be
+listening there first and receive the password.
 
 Why the temporary name: rclone 1.60 writes in place, so an interrupted upload would leave a partial file under the
 final name. upload() writes to `temp`, compares the remote's own hash of it with the local file's (a hash both
 sides compute, so nothing is downloaded; a remote without hashes, such as crypt, is read back in full), and only
-then renames it to its final name. The daemon runs with PR_SET_PDEATHSIG: it dies with us on a kill -9, so no
-upload goes on that nobody checks.
+then renames it to its final name. The daemon dies with us (PR_SET_PDEATHSIG) on a kill -9, so no upload goes on
+that nobody checks. On a plain-path remote (a mounted disk) copies are 0600 in 0700 folders (keep_private).
 """
 
 from __future__ import annotations
@@ -24,19 +30,20 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
-import ctypes
 import functools
 import hashlib
 import json
 import logging
+import os
+import re
 import secrets
-import signal
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,17 +51,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hello.proc import free_port
+from hello.jobs import pid_alive
+from hello.proc import die_with_parent
 
 log = logging.getLogger("offsite")
 
 RCLONE = "rclone"
 CHUNK = 1 << 20
 HASHES = ("sha256", "sha1", "md5")  # those hashlib computes, best first
-START_TIMEOUT = 30.0  # seconds for rclone rcd to answer
+START_TIMEOUT = 30.0  # seconds for rclone rcd to say where it listens
 CALL_TIMEOUT = 300.0  # seconds for one quick call (a listing, a stat with a server-side hash, a rename)
+READ_PREFIX = "offsite-read-"  # + our PID: the private folder a remote file is read through
 POLL = 0.2  # seconds between job/status polls of a transfer shown with progress
-_PR_SET_PDEATHSIG = 1
+LISTENING_RE = re.compile(r"Serving remote control on http://127\.0\.0\.1:(\d+)/")  # rclone 1.60's NOTICE
 # Every API call this module makes (tests/test_offsite.py checks the installed rclone offers them all).
 RC_COMMANDS = (
     "core/version",
@@ -73,12 +82,6 @@ class OffsiteError(Exception):
     """rclone failed or a copy did not check; str() names the remote and the file."""
 
 
-def _die_with_parent() -> None:
-    """In the rclone child before exec: get SIGKILL when the parent dies, so no orphan upload runs on."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def local_digests(path: Path, kinds: set[str]) -> dict[str, str]:
     """The hex digests of a local file for each hash kind, in one read."""
     digests = {kind: hashlib.new(kind) for kind in kinds}
@@ -90,17 +93,28 @@ def local_digests(path: Path, kinds: set[str]) -> dict[str, str]:
 
 
 class Daemon:
-    """A private `rclone rcd` on 127.0.0.1 and calls of its API."""
+    """A private `rclone rcd` on 127.0.0.1 and calls of its API.
 
-    def __init__(self, rclone_config: str | None, progress: bool) -> None:
+    The port: rclone binds 127.0.0.1:0 itself and we read the port from its own log (our child's stderr, a file
+    only we hold). Picking a free port here and handing it over would leave a gap between our release and rclone's
+    bind, in which another local process could bind it, receive our password with the first call and fake every
+    answer. Bound by rclone, the port is its own for as long as it lives (no other user can bind 127.0.0.1:port or
+    0.0.0.0:port then); once it has exited, no call is made (each checks first), and its password opens nothing.
+    """
+
+    def __init__(self, rclone_config: str | None, progress: bool, scratch: Path | None = None) -> None:
         self.progress = progress
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.scratch = scratch
+        self.url = ""
         user, password = "hello", secrets.token_hex(16)
         self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        # Every RCLONE_RC_* the caller's environment may hold is dropped (one could turn auth off or serve files),
+        # and the flags that matter are given explicitly: flags beat the environment.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RCLONE_RC_")}
+        env |= {"RCLONE_RC_USER": user, "RCLONE_RC_PASS": password}
         config = ["--config", rclone_config] if rclone_config else []
-        command = [RCLONE, "rcd", *config, "--rc-addr", f"127.0.0.1:{self.port}", "--rc-serve"]
-        command += ["--rc-user", user, "--rc-pass", password, "--log-level", "ERROR"]
+        command = [RCLONE, "rcd", *config, "--rc-addr", "127.0.0.1:0", "--rc-serve=false", "--rc-no-auth=false"]
+        command += ["--log-level", "NOTICE"]  # NOTICE: the line naming the port it bound
         # Remote.upload checks every copy itself (remote hash of the temporary file against ours) before the
         # rename: rclone's own check after each transfer would hash the file on the remote a second time.
         command.append("--ignore-checksum")
@@ -109,9 +123,22 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         # Starting never fails (a missing rclone is the first call's error): a backup starts rclone before its
         # archive, and the archive must not depend on it.
+        die = die_with_parent()
+
+        def private_and_dying_with_us() -> None:
+            # umask 077: what rclone writes on a plain-path remote (a mounted disk others may read) and in our
+            # download folders is 0600 in 0700 folders, as the local archives are.
+            os.umask(0o077)
+            die()
+
         with contextlib.suppress(FileNotFoundError):
             self.proc = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, preexec_fn=_die_with_parent
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=self.log,
+                env=env,
+                preexec_fn=private_and_dying_with_us,  # noqa: PLW1509 - only umask and prctl run before exec
             )
 
     def _wait_ready(self) -> None:
@@ -119,14 +146,15 @@ class Daemon:
             raise OffsiteError("rclone is not installed (Debian package rclone)")
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            try:
-                self._post("core/version", 2, {})
+            self.log.seek(0)
+            found = LISTENING_RE.search(self.log.read().decode(errors="replace"))
+            if found:
+                self.url = f"http://127.0.0.1:{found.group(1)}"
                 self.ready = True
                 return
-            except OffsiteError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise OffsiteError(f"rclone rcd did not start: {self.errors()}") from None
-                time.sleep(0.02)
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise OffsiteError(f"rclone rcd did not start: {self.errors()}")
+            time.sleep(0.02)
 
     def errors(self) -> str:
         self.log.seek(0)
@@ -140,6 +168,8 @@ class Daemon:
         """POST one API call (the first waits until rclone answers); OffsiteError with rclone's message on failure."""
         if not self.ready:
             self._wait_ready()
+        if self.proc is None or self.proc.poll() is not None:  # its port may be someone else's by now
+            raise OffsiteError(f"rclone rcd exited: {self.errors()}")
         return self._post(command, timeout, params)
 
     def _post(self, command: str, timeout: float | None, params: dict[str, Any]) -> dict[str, Any]:
@@ -184,17 +214,21 @@ class Daemon:
             raise OffsiteError(f"{what}: {status.get('error') or 'failed'}")
         return status.get("output") or {}
 
-    def stream(self, fs: str, remote: str):
-        """A response streaming a remote file's bytes (rcd --rc-serve)."""
-        if not self.ready:
-            self._wait_ready()
-        path = "[" + urllib.parse.quote(fs, safe=":/") + "]/" + urllib.parse.quote(remote)
+    @contextlib.contextmanager
+    def downloaded(self, fs: str, remote: str) -> Iterator[Path]:
+        """A remote file copied into a private folder (0700, under scratch), removed when the block ends.
+
+        The rcd serves no files itself (--rc-serve off): reading a remote file means this copy."""
+        if self.scratch is not None:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            _sweep_reads(self.scratch)
+        folder = Path(tempfile.mkdtemp(prefix=f"{READ_PREFIX}{os.getpid()}-", dir=self.scratch))
         try:
-            return urllib.request.urlopen(self._request(path), timeout=CALL_TIMEOUT)
-        except urllib.error.HTTPError as exc:
-            raise OffsiteError(f"HTTP {exc.code} {exc.reason}") from None
-        except OSError as exc:
-            raise OffsiteError(f"rclone rcd did not answer: {exc}") from None
+            params = {"srcFs": fs, "srcRemote": remote, "dstFs": str(folder), "dstRemote": "file"}
+            self.job("operations/copyfile", "downloading", **params)
+            yield folder / "file"
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def close(self) -> None:
         """Stop the daemon; every call has returned by now, so nothing is cut short (core/quit takes 1.5 s)."""
@@ -206,6 +240,14 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def _sweep_reads(scratch: Path) -> None:
+    """Remove the read folders of processes that died (a kill -9 in a download); a live one's is in use."""
+    for leftover in scratch.glob(READ_PREFIX + "*"):
+        owner = leftover.name[len(READ_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not pid_alive(int(owner)) and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -254,24 +296,19 @@ class Remote:
         return ((item.get("item") or {}).get("Hashes") or {}).get(kind, "").lower()
 
     def sha256(self, name: str) -> str:
-        """The sha256 of every byte of a remote file, downloaded as a stream (through crypt: the plaintext)."""
-        digest = hashlib.sha256()
+        """The sha256 of every byte of a remote file, downloaded (through crypt: the plaintext)."""
         try:
-            with self.daemon.stream(self.spec, name) as response:
-                while block := response.read(CHUNK):
-                    digest.update(block)
-        except OffsiteError as exc:
+            with self.daemon.downloaded(self.spec, name) as copy:
+                return local_digests(copy, {"sha256"})["sha256"]
+        except (OffsiteError, OSError) as exc:
             raise OffsiteError(f"reading {self.path(name)}: {exc}") from None
-        except OSError as exc:
-            raise OffsiteError(f"reading {self.path(name)}: {exc}") from None
-        return digest.hexdigest()
 
     def read_text(self, name: str) -> str:
         """A small remote file's text (a sidecar)."""
         try:
-            with self.daemon.stream(self.spec, name) as response:
-                return response.read(1 << 16).decode("utf-8", errors="replace")
-        except OffsiteError as exc:
+            with self.daemon.downloaded(self.spec, name) as copy, open(copy, "rb") as handle:
+                return handle.read(1 << 16).decode("utf-8", errors="replace")
+        except (OffsiteError, OSError) as exc:
             raise OffsiteError(f"reading {self.path(name)}: {exc}") from None
 
     # --- writing ---
@@ -327,11 +364,14 @@ class Remote:
 
 
 @contextlib.contextmanager
-def connect(spec: str, rclone_config: str | None = None, *, progress: bool = False) -> Iterator[Remote]:
+def connect(
+    spec: str, rclone_config: str | None = None, *, progress: bool = False, scratch: Path | None = None
+) -> Iterator[Remote]:
     """The remote at spec, through a private rclone rcd stopped when the block ends.
 
-    rclone starts in the background: entering never fails, and the first call waits for it (or raises)."""
-    daemon = Daemon(rclone_config, progress)
+    rclone starts in the background: entering never fails, and the first call waits for it (or raises). scratch:
+    where remote files are read (a private folder is made in it per read; default the system's temporary folder)."""
+    daemon = Daemon(rclone_config, progress, scratch)
     try:
         yield Remote(spec, daemon)
     finally:
@@ -369,6 +409,42 @@ def remove_leftovers(remote: Remote, files: dict[str, int], naming: Naming) -> N
             remote.delete(name)
 
 
+def keep_private(remote: Remote, names: list[str]) -> None:
+    """On a plain-path remote (a mounted disk): its folder 0700 and these files 0600, if they are ours.
+
+    New copies are written so already (rclone runs with umask 077); this tightens the copies and the folder an
+    older version left 0644 in 0755. Nothing is followed: a symlink, or what is not our own, is left alone."""
+    if not remote.spec.startswith("/"):
+        return
+    try:
+        folder = os.open(remote.spec, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        _chmod_if_ours(folder, 0o700)
+        for name in names:
+            try:
+                handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+            except OSError:
+                continue
+            try:
+                if stat.S_ISREG(os.fstat(handle).st_mode):
+                    _chmod_if_ours(handle, 0o600)
+            finally:
+                os.close(handle)
+    finally:
+        os.close(folder)
+
+
+def _chmod_if_ours(handle: int, mode: int) -> None:
+    info = os.fstat(handle)
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != mode:
+        try:
+            os.fchmod(handle, mode)
+        except OSError as exc:
+            log.warning("cannot make a copy private (mode %o): %s", mode, exc)
+
+
 def sync(remote: Remote, local: list[Path], naming: Naming, keep: Keep, fresh: Path | None = None) -> list[str]:
     """Upload each local archive (with its sidecar) that the remote lacks and retention keeps; return their names.
 
@@ -393,6 +469,8 @@ def sync(remote: Remote, local: list[Path], naming: Naming, keep: Keep, fresh: P
         remote.upload(path.with_name(sidecar), sidecar, temp=naming.temp(sidecar))
         remote.upload(path, name, temp=naming.temp(name), sha256=None if path == fresh else expected)
         uploaded.append(name)
+    copies = archives_on({**files, **dict.fromkeys(uploaded, 0)}, naming)
+    keep_private(remote, [each for name in copies for each in (name, naming.sidecar(name))])
     return uploaded
 
 

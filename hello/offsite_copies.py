@@ -32,7 +32,8 @@ def configured_remote(
     settings = config["backup"]["offsite"]
     if not settings["remote"]:
         return None
-    return offsite.connect(settings["remote"], settings["rclone_config"], progress=show_progress)
+    scratch = Path(config["run_dir"])  # a remote file is read through a private folder there
+    return offsite.connect(settings["remote"], settings["rclone_config"], progress=show_progress, scratch=scratch)
 
 
 def require_remote(config: dict[str, Any]) -> contextlib.AbstractContextManager[offsite.Remote]:

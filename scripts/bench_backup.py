@@ -214,7 +214,8 @@ def start_sftp(work: Path) -> tuple[subprocess.Popen, Path]:
     password = os.urandom(8).hex()
     log = open(work / "serve.log", "wb")  # noqa: SIM115 - open for the server's life
     server = subprocess.Popen(
-        ["rclone", "serve", "sftp", str(served), "--user", "bench", "--pass", password, "--addr", f"127.0.0.1:{port}"],
+        ["rclone", "serve", "sftp", str(served), "--addr", f"127.0.0.1:{port}"],
+        env={**os.environ, "RCLONE_USER": "bench", "RCLONE_PASS": password},  # no secret on a command line
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -226,7 +227,9 @@ def start_sftp(work: Path) -> tuple[subprocess.Popen, Path]:
         if server.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"rclone serve sftp did not start: {(work / 'serve.log').read_text()[-1000:]}")
         time.sleep(0.05)
-    obscured = subprocess.run(["rclone", "obscure", password], capture_output=True, text=True, check=True).stdout
+    obscured = subprocess.run(  # the password on stdin, not the command line
+        ["rclone", "obscure", "-"], input=password, capture_output=True, text=True, check=True
+    ).stdout
     config = work / "rclone.conf"
     config.write_text(
         f"[bench]\ntype = sftp\nhost = 127.0.0.1\nport = {port}\nuser = bench\npass = {obscured.strip()}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -20,9 +21,11 @@ import pytest
 
 import backup_script
 from conftest import PYTHON, free_port, http_get, require_tool, start_pushgateway, wait_until, write_config
+from hello import backup_hooks
 from hello.archive import verify_archive
 from hello.jobs import job_lock
 from tests.support.backups import SCRIPT, archives, backup, make_tree, snapshot
+from tests.support.hooks import all_gone, hook_pids, kill_leftovers, spawning_hook
 
 # --- helpers ---
 
@@ -453,6 +456,85 @@ def test_a_dead_runs_lock_is_taken_over(tree) -> None:
     assert result.returncode == 0, result.stderr
     assert f"stale lock {lock} of PID {dead.pid}" in result.stderr
     assert not lock.exists()
+
+
+# --- hooks end with their run (issue 20) ---
+
+
+def test_a_hook_timing_out_is_killed_with_everything_it_started(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(backup_hooks, "HOOK_TIMEOUT", 1.0)
+    pids = tmp_path / "pids"
+    try:
+        with (
+            pytest.raises(backup_hooks.HookFailed, match=r"still running after 1 s; stopped"),
+            backup_hooks.staged([spawning_hook(pids)], cwd=tmp_path, parent=tmp_path / "run"),
+        ):
+            pass
+        hook, grandchild = hook_pids(pids)[1:]
+        all_gone([hook, grandchild])
+        assert not list((tmp_path / "run").iterdir()), "the staging folder is removed"
+    finally:
+        kill_leftovers(pids)
+
+
+def test_a_hook_left_running_in_the_background_ends_with_the_hook(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    # It exits at once, its child runs on (its output elsewhere: a child holding the hook's pipes would block a read).
+    command = f'sleep 100000 >/dev/null 2>&1 & echo $PPID $$ $! > "{pids}"'
+    try:
+        with backup_hooks.staged([command], cwd=tmp_path, parent=tmp_path / "run") as staging:
+            assert staging is not None
+        all_gone(hook_pids(pids)[1:])
+    finally:
+        kill_leftovers(pids)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_a_killed_backup_takes_its_hook_along_and_the_next_run_sweeps_its_staging(tmp_path: Path, sig: int) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    make_tree(source)
+    pids, armed = tmp_path / "pids", tmp_path / "armed"
+    armed.touch()
+    config = config_for(tmp_path, source, tmp_path / "backups", hooks={"before": [spawning_hook(pids, armed)]})
+    run_dir = config.parent / "run"
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    proc = subprocess.Popen(
+        [PYTHON, SCRIPT, "create"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    try:
+        hook_pids(pids)
+        proc.send_signal(sig)  # the backup only: its hook and the hook's child must end with it
+        _out, err = proc.communicate(timeout=30)
+        all_gone(hook_pids(pids))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        kill_leftovers(pids)
+    left = list(run_dir.glob("backup-staging-*"))
+    if sig == signal.SIGTERM:  # the run ends itself: it removes its staging folder, says why and exits 1
+        assert proc.returncode == 1 and left == [], err
+        return
+    (stale,) = left
+    armed.unlink()
+    result = backup(config)
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists(), "the next run removes the killed run's staging folder"
+    assert f"removing {stale}, left by a backup that did not finish" in result.stderr
+
+
+def test_a_stale_staging_folder_is_removed_by_the_next_backup_and_not_archived(tree) -> None:
+    _source, destination, config = tree
+    stale = config.parent / "run" / "backup-staging-k1lled"
+    stale.mkdir(parents=True)
+    (stale / "dump.sql").write_text("from a run that was killed\n")
+    result = backup(config)
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists()
+    (archive,) = archives(destination)
+    with tarfile.open(archive) as tar:
+        assert not [name for name in tar.getnames() if "dump.sql" in name]
 
 
 # --- retention ---

@@ -17,8 +17,11 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tarfile
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +38,7 @@ from conftest import (
     ProcessRegistry,
     free_port,
     http_get,
+    kill_group,
     require_tool,
     start_alertmanager,
     start_ready,
@@ -59,10 +63,14 @@ class Sftp:
     root: Path  # the folder the server serves: what is on the "other host"
     port: int
     rclone_config: Path
+    secrets: tuple[str, ...]  # the passwords, plain and obscured: never on any command line
 
 
 def _obscure(rclone: str, secret: str) -> str:
-    return subprocess.run([rclone, "obscure", secret], capture_output=True, text=True, check=True).stdout.strip()
+    """rclone's obscured form of a secret, given on stdin (`-`): no secret on any command line, not even here."""
+    return subprocess.run(
+        [rclone, "obscure", "-"], input=secret, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -76,20 +84,9 @@ def sftp(tmp_path_factory: pytest.TempPathFactory):
     registry = ProcessRegistry()
     with open(base / "serve.log", "wb") as log:
         server = registry.start(
-            [
-                rclone,
-                "serve",
-                "sftp",
-                str(root),
-                "--user",
-                user,
-                "--pass",
-                password,
-                "--addr",
-                f"127.0.0.1:{port}",
-                "--dir-cache-time",
-                "0s",
-            ],  # the tests change the served folder behind the server's back
+            # --dir-cache-time 0s: the tests change the served folder behind the server's back
+            [rclone, "serve", "sftp", str(root), "--addr", f"127.0.0.1:{port}", "--dir-cache-time", "0s"],
+            env={**os.environ, "RCLONE_USER": user, "RCLONE_PASS": password},  # not on its command line
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -103,16 +100,15 @@ def sftp(tmp_path_factory: pytest.TempPathFactory):
     try:
         wait_until(listening, 30, f"rclone serve sftp on port {port}")
         config = base / "rclone.conf"
+        crypt_password = "crypt-" + password
+        obscured, crypt_obscured = _obscure(rclone, password), _obscure(rclone, crypt_password)
         config.write_text(
-            f"[offsite]\ntype = sftp\nhost = 127.0.0.1\nport = {port}\nuser = {user}\n"
-            f"pass = {_obscure(rclone, password)}\n\n"
-            f"[secret]\ntype = crypt\nremote = offsite:encrypted\n"
-            f"password = {_obscure(rclone, 'crypt-' + password)}\n\n"
-            f"[down]\ntype = sftp\nhost = 127.0.0.1\nport = {free_port()}\nuser = {user}\n"
-            f"pass = {_obscure(rclone, password)}\n"
+            f"[offsite]\ntype = sftp\nhost = 127.0.0.1\nport = {port}\nuser = {user}\npass = {obscured}\n\n"
+            f"[secret]\ntype = crypt\nremote = offsite:encrypted\npassword = {crypt_obscured}\n\n"
+            f"[down]\ntype = sftp\nhost = 127.0.0.1\nport = {free_port()}\nuser = {user}\npass = {obscured}\n"
         )
         config.chmod(0o600)
-        yield Sftp(root, port, config)
+        yield Sftp(root, port, config, (password, crypt_password, obscured, crypt_obscured))
     finally:
         registry.cleanup()
 
@@ -215,6 +211,44 @@ def test_round_trip_create_offsite_restore_is_byte_exact(tmp_path: Path, sftp: S
     excluded = re.compile(r"(^|/)(\.git|__pycache__)(/|$)|\.log$")
     assert snapshot(target, skip=(MANIFEST_DIR,)) == {k: v for k, v in before.items() if not excluded.search(k)}
     assert not list(env["run"].glob("offsite-download-*")), "the private download folder is removed"
+
+
+def test_copies_on_a_plain_path_remote_are_private_to_the_kit(tmp_path: Path, sftp: Sftp) -> None:
+    # /usr/sbin is not on cron's bare PATH
+    runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    runuser = runuser or require_tool("runuser", "util-linux")
+    # A mounted disk others can look into (0755 down to it, unlike pytest's private tmp_path): a new folder for the
+    # copies on it, and a folder an older version filled with a 0644 copy in 0755.
+    disk = Path(tempfile.mkdtemp(prefix="usb-disk-"))
+    try:
+        disk.chmod(0o755)
+        old = disk / "old"
+        old.mkdir(mode=0o755)
+        old.chmod(0o755)
+        for remote in (disk / "new" / "hello-backups", old):
+            (tmp_path / remote.name).mkdir()
+            env = setup(tmp_path / remote.name, sftp, str(remote))
+            if remote == old:  # yesterday's copy, as an older version left it
+                name = naming.archive_name(datetime.now(UTC) - timedelta(days=1))
+                (old / name).write_bytes(b"an archive")
+                (old / f"{name}.sha256").write_text(f"{hashlib.sha256(b'an archive').hexdigest()}  {name}\n")
+                for path in old.iterdir():
+                    path.chmod(0o644)
+            result = backup(env["config"])
+            assert result.returncode == 0, result.stderr
+            copies = sorted(remote.iterdir())
+            assert len(copies) == (4 if remote == old else 2), copies
+            for path in copies:
+                stolen = subprocess.run(
+                    [runuser, "-u", "nobody", "--", "cat", str(path)], capture_output=True, timeout=30
+                )
+                assert stolen.returncode != 0 and not stolen.stdout, f"nobody read {path}"
+                assert b"Permission denied" in stolen.stderr, stolen.stderr
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path}: {oct(path.stat().st_mode)}"
+            for folder in [remote, *([remote.parent] if remote != old else [])]:
+                assert stat.S_IMODE(folder.stat().st_mode) == 0o700, f"{folder}: {oct(folder.stat().st_mode)}"
+    finally:
+        shutil.rmtree(disk)
 
 
 def test_restore_offsite_of_a_missing_name_fails_and_changes_nothing(tmp_path: Path, sftp: Sftp) -> None:
@@ -643,6 +677,178 @@ def test_rebuilding_a_host_from_the_archive_and_the_git_remote(tmp_path: Path, s
     assert stopped.returncode == 0, stopped.stderr
 
 
+# --- credentials (issue 20) ---
+
+
+PASSWORD_FLAGS = (b"--rc-pass", b"--pass", b"--password")  # rclone's: a value after one is a secret
+
+
+class CommandLineWatch:
+    """Reads every process's /proc/PID/cmdline over and over on a thread while a block runs.
+
+    Each is kept with its session, so a run started in a session of its own is told apart from the other processes
+    of a shared machine. The password of each `rclone rcd` is learnt from its environment (root reads it; other
+    users cannot), so the scan looks for the rcd's own password as well as the ones the test configured."""
+
+    def __init__(self) -> None:
+        self.command_lines: set[tuple[int, bytes]] = set()  # (session, command line)
+        self.rc_passwords: dict[int, set[str]] = {}  # session -> the passwords of its rclone rcds
+        self.scans = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CommandLineWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    self._look(int(entry.name))
+            self.scans += 1
+
+    def _look(self, pid: int) -> None:
+        try:
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+            session = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+        except (OSError, IndexError, ValueError):
+            return
+        self.command_lines.add((session, command_line))
+        argv = command_line.split(b"\0")
+        if len(argv) > 1 and argv[0].endswith(b"rclone") and argv[1] == b"rcd":
+            with contextlib.suppress(OSError):
+                for variable in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    if variable.startswith(b"RCLONE_RC_PASS="):
+                        self.rc_passwords.setdefault(session, set()).add(variable.split(b"=", 1)[1].decode())
+
+    def leaks(self, secrets: tuple[str, ...], session: int) -> list[str]:
+        """The command lines holding any of the secrets or the session's rcd passwords (anywhere), or a password
+        option (in the session), the secret masked."""
+        found = []
+        secrets = (*secrets, *self.rc_passwords.get(session, ()))
+        for line_session, line in self.command_lines:
+            text = line.replace(b"\0", b" ").decode(errors="replace")
+            if line_session == session and any(flag in line.split(b"\0") for flag in PASSWORD_FLAGS):
+                found.append(text[:300])
+            for secret in secrets:
+                if secret in text:
+                    found.append(text.replace(secret, "<SECRET>")[:300])
+        return found
+
+
+def test_no_secret_on_any_command_line_during_backup_offsite_restore_and_drill(tmp_path: Path, sftp: Sftp) -> None:
+    env = setup(tmp_path, sftp, "secret:no-argv")  # crypt over SFTP: two passwords in play, and the rcd's own
+    runs = {
+        "backup": ("create",),
+        "off-host restore": ("restore", "--offsite", None, "--target", str(tmp_path / "restored")),
+        "drill": ("drill",),
+    }
+    environment = {**os.environ, "HELLO_CONFIG": str(env["config"])}
+    for what, args in runs.items():
+        if None in args:
+            (archive,) = archives(env["destination"])
+            args = tuple(archive.name if a is None else a for a in args)
+        with CommandLineWatch() as watch:
+            run = subprocess.Popen(  # in a session of its own: its processes are told apart from the machine's
+                [PYTHON, str(REPO / "backup_script.py"), *args],
+                env=environment,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            try:
+                _out, err = run.communicate(timeout=120)
+            finally:
+                kill_group(run.pid)
+                run.wait()
+        assert run.returncode == 0, f"{what}: {err}"
+        leaks = watch.leaks(sftp.secrets, run.pid)
+        assert not leaks, f"{what}: a secret on a command line: {leaks}"
+        assert watch.rc_passwords.get(run.pid), (
+            f"{what}: no rclone rcd seen with its password in its environment ({watch.scans} scans)"
+        )
+        assert watch.scans >= 3, f"{what}: only {watch.scans} scans of /proc"
+
+
+def listening_inode(port: int) -> int | None:
+    """The inode of the socket listening on 127.0.0.1:port (/proc/net/tcp), None when there is none."""
+    wanted = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
+            return int(fields[9])
+    return None
+
+
+def socket_inodes(pid: int) -> set[int]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                found.add(int(target[8:-1]))
+    return found
+
+
+def test_a_process_listening_first_never_receives_the_rcd_credentials(tmp_path: Path, monkeypatch) -> None:
+    require_tool("rclone")
+    # A local user's listener, on the port the daemon would be told to use: the race a port picked here, released,
+    # then bound by rclone leaves open (forced: the daemon is handed this port if it asks hello.offsite for one).
+    attacker = socket.socket()
+    attacker.bind(("127.0.0.1", 0))
+    attacker.listen(8)
+    attacker.settimeout(0.2)
+    port = attacker.getsockname()[1]
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = attacker.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    received.append(conn.recv(65536))
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    monkeypatch.setattr(offsite, "free_port", lambda: port, raising=False)
+    try:
+        with offsite.connect(str(tmp_path)) as remote:
+            (tmp_path / "f").write_text("x\n")
+            assert remote.files() == {"f": 2}, "answered by rclone, not by the listener"
+            daemon = remote.daemon
+            rcd_port = int(daemon.url.rsplit(":", 1)[1])
+            inode = listening_inode(rcd_port)
+            assert inode is not None and inode in socket_inodes(daemon.proc.pid), "the port is rclone's own"
+            for host in ("127.0.0.1", "0.0.0.0"):  # and nobody can take it while rclone runs
+                with socket.socket() as squatter:
+                    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    with pytest.raises(OSError, match="in use"):
+                        squatter.bind((host, rcd_port))
+            status, _, _ = http_get(f"{daemon.url}/core/version", method="POST")
+            assert status == 401, "no answer without the credentials"
+            status, _, body = http_get(f"{daemon.url}/[/etc]/passwd", headers={"Authorization": daemon.auth})
+            assert b"root:" not in body, "no files served (--rc-serve off), even with the credentials"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        attacker.close()
+    assert not any(b"Authorization" in data for data in received), f"the listener got the credentials: {received}"
+
+
 # --- rclone itself ---
 
 
@@ -653,9 +859,27 @@ def test_the_installed_rclone_offers_every_call_offsite_makes(tmp_path: Path) ->
         (tmp_path / "f").write_text("x\n")
         assert remote.files() == {"f": 2}
         assert "sha256" in remote.hash_kinds and remote.remote_hash("f", "sha256") == hashlib.sha256(b"x\n").hexdigest()
-        assert remote.sha256("f") == hashlib.sha256(b"x\n").hexdigest()  # --rc-serve streams files
+        assert remote.sha256("f") == hashlib.sha256(b"x\n").hexdigest()  # read through a private download
     missing = set(offsite.RC_COMMANDS) - offered
     assert not missing, f"rclone rcd lacks {sorted(missing)}: hello/offsite.py was written for 1.60"
+
+
+def test_remote_files_are_read_through_a_private_folder_and_a_dead_runs_is_swept(tmp_path: Path) -> None:
+    require_tool("rclone")
+    scratch, remote_folder = tmp_path / "run", tmp_path / "remote"
+    remote_folder.mkdir()
+    (remote_folder / "f").write_text("x\n")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale, live = scratch / f"offsite-read-{dead.pid}-abc", scratch / f"offsite-read-{os.getpid()}-abc"
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "file").write_bytes(b"a half-read archive")
+    with offsite.connect(str(remote_folder), scratch=scratch) as remote:
+        assert remote.read_text("f") == "x\n"
+    assert not stale.exists(), "a dead run's read folder is removed"
+    assert live.exists(), "a live one's is left alone"
+    assert sorted(scratch.iterdir()) == [live], "the read's own folder is gone"
 
 
 # --- config ---

@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, free_port, http_get, kill_group, wait_until
+from hello import hooks
 from hello.deploys import recorded_deploy
 from tests.support.deployment import assert_step, log_lines, metric, shown
 from tests.support.fake_docker import PS, UP, compose_env, docker_calls
+from tests.support.hooks import all_gone, hook_pids, kill_leftovers, spawning_hook
 from tests.support.scratch import Load, ScratchDeployment, git
 
 
@@ -309,6 +311,17 @@ def test_hooks_run_in_the_new_release_with_both_commits(site: ScratchDeployment,
         f"{kind} {site.deploy} {before} {commit} with hooks" for kind in ("before", "after")
     ]
     assert result.stdout.index("before-deploy") < result.stdout.index("\ndeploy ") < result.stdout.index("after-deploy")
+
+
+def test_an_update_hook_timing_out_is_killed_with_everything_it_started(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(hooks, "HOOK_TIMEOUT", 1.0)
+    pids = tmp_path / "pids"
+    try:
+        with open(tmp_path / "out.log", "w") as out, pytest.raises(hooks.HookFailed, match="did not finish within 1s"):
+            hooks.run_hooks("before_deploy", [spawning_hook(pids)], tmp_path, "new", "old", out)
+        all_gone(hook_pids(pids)[1:])
+    finally:
+        kill_leftovers(pids)
 
 
 @pytest.mark.parametrize("kind", ["before_deploy", "after_deploy"])
