@@ -11,7 +11,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 # make run PORT=8123 HOST=0.0.0.0 WORKERS=2 overrides system.server in config.yaml
 SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS))
 
-.PHONY: help run test start stop status reload backup backup-schedule restore update validate \
+.PHONY: help run test test-fast start stop status reload backup backup-schedule restore update validate \
         monitor monitor-stop up down cron bench bench-metrics bench-backup bench-update bench-alerting lint k8s-render check-config clean \
         drill bench-offsite
 .PHONY: bench-config
@@ -34,8 +34,11 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 run: $(RUNTIME_STAMP) ## serve in the foreground on http://127.0.0.1:8000 (PORT=, HOST=, WORKERS= override)
 	$(PY) hello_world.py $(SERVER_ARGS)
 
-test: $(DEV_STAMP) ## run the whole test suite (exit 0 only if all pass)
+test: $(DEV_STAMP) ## run the whole test suite, every tier (exit 0 only if all pass)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(DEV_STAMP) ## the in-process tier only (no real servers), under a minute: the inner loop
+	HELLO_RESTORE_CASES=$${HELLO_RESTORE_CASES:-300} $(PY) -m pytest -m fast -n 2 $(PYTEST_ARGS)
 
 start: $(RUNTIME_STAMP) ## start the server in the background (pidfile and log in run/); QUIET=1: silent if it runs
 	@$(PY) scripts/service.py start $(SERVER_ARGS) $(if $(QUIET),--quiet)

@@ -47,6 +47,7 @@ RULES_DIR = REPO / "monitoring" / "rules"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fast: the in-process tier of `make test-fast`: no real servers, the inner loop")
     config.addinivalue_line(
         "markers", "update_e2e: the shipped `make update` end to end, one whole nested suite run (deselectable)"
     )

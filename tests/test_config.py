@@ -12,6 +12,8 @@ import pytest
 from conftest import REPO
 from hello.config import SCHEMA, ConfigError, load_config, server_url
 
+pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
+
 SEED_CONFIG = """\
 # config.yaml
 system:

@@ -17,6 +17,8 @@ from bench_config import alias_bomb
 from conftest import PYTHON, REPO
 from hello.config import MAX_CONFIG_BYTES, MAX_YAML_VALUES, ConfigError, load_config
 
+pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
+
 MEMORY_CAP = 200 << 20  # address space of the checking process: a bomb that expands fails loudly instead
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hello import dashboard as grafana
+
+pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 
 
 def board() -> dict:

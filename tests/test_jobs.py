@@ -19,6 +19,8 @@ HOLDER = f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
 from hello.jobs import job_lock
+
+pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 with job_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)

@@ -14,6 +14,8 @@ from hello.config import ConfigError, load_config
 from hello.git import GitError, git
 from validation_test import CheckFailed, Context, check_last_update
 
+pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.yaml"
