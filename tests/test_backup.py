@@ -21,6 +21,7 @@ import pytest
 import backup_script
 from conftest import PYTHON, free_port, http_get, require_tool, start_pushgateway, wait_until, write_config
 from hello.archive import verify_archive
+from hello.config import load_config
 from hello.jobs import job_lock
 from tests.support.backups import SCRIPT, archives, backup, make_tree, snapshot
 
@@ -82,7 +83,9 @@ def test_round_trip_restores_byte_for_byte_with_modes_and_links(tree, tmp_path: 
     result = backup(config, "restore", str(archive), "--target", str(target))
     assert result.returncode == 0, result.stderr
     expected = {k: v for k, v in before.items() if not re.search(r"(^|/)(\.git|__pycache__)(/|$)|\.log$", k)}
-    assert snapshot(target, skip=(".hello-backup",)) == expected  # the archive's manifest: tests/test_offsite.py
+    assert snapshot(target) == expected, "the tree as it was: the archive's own .hello-backup/ is kept apart"
+    kept = re.search(r"kept apart in (\S+)", result.stdout)
+    assert kept and (Path(kept.group(1)) / ".hello-backup" / "manifest.json").is_file(), result.stdout
     restored = target / "sub" / "hardlink-to-hello"
     assert restored.stat().st_ino == (target / "hello.py").stat().st_ino, "hard link restored as a hard link"
 
@@ -258,17 +261,18 @@ def test_a_failing_final_rename_puts_the_old_target_back(tmp_path: Path, monkeyp
     state = snapshot(place)
     real_rename = os.rename
 
-    def rename(src, dst):
+    def rename(src, dst, **kwargs):
         if Path(src).name.startswith(".target.restoring-"):
             raise OSError(5, "Input/output error (simulated)")
-        return real_rename(src, dst)
+        return real_rename(src, dst, **kwargs)
 
+    config = load_config(write_config(tmp_path / "cfg"))
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(backup_script.BackupError, match="was left as it was"):
-        backup_script.run_restore(str(archive), str(target), force=True)
+        backup_script.run_restore(config, str(archive), str(target), force=True)
     monkeypatch.undo()
     assert snapshot(place) == state, "the old contents are back, and nothing else is left beside them"
-    assert backup_script.run_restore(str(archive), str(target), force=True) == 0
+    assert backup_script.run_restore(config, str(archive), str(target), force=True) == 0
     assert sorted(p.name for p in place.iterdir()) == ["target"]
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
 
