@@ -2,6 +2,7 @@
 
     python backup_script.py [create]                   one backup now (make backup, what cron calls)
     python backup_script.py verify [ARCHIVE]           checksum, then a full read (default: every archive)
+                                                       (ARCHIVE: a path, or the bare name that `list` prints)
     python backup_script.py list [--json]              name, time, size, checksum verified
     python backup_script.py restore ARCHIVE --target DIR [--force] [--keep-setuid]
     python backup_script.py prune [--dry-run]          apply system.backup.keep
@@ -70,7 +71,7 @@ from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigE
 from hello.drill import DrillFailed, Steps, drill
 from hello.jobs import LockHeld, NotPrivate, job_lock, record_job
 from hello.manifest import MANIFEST_DIR
-from hello.naming import DRILL_JOB, JOB, NAMING, BackupError, UsageError, check_checksum, find_archives
+from hello.naming import DRILL_JOB, JOB, NAMING, SIDECAR, BackupError, UsageError, check_checksum, find_archives
 from hello.offsite_copies import configured_remote, copy_offsite, fetched, require_remote, session
 from hello.retention import keep_plan, prune
 from hello.schedule_loop import ScheduleError, run_schedule
@@ -231,16 +232,25 @@ def _drill_newest(config: dict[str, Any], run_dir: Path):
 # --- verify and list ---
 
 
-def _archive_arg(value: str) -> Path:
+def _archive_arg(config: dict[str, Any], value: str) -> Path:
+    """The archive a command was given: a path, or a bare name as `list` prints it (looked for in the destination)."""
+    destination = Path(config["backup"]["destination"])
     path = Path(value)
+    if not path.is_file() and "/" not in value and (destination / value).is_file():
+        path = destination / value
+    if path.name.endswith(SIDECAR):
+        archive = path.name.removesuffix(SIDECAR)
+        raise UsageError(f"{value}: that is the checksum sidecar of {archive}; give the archive itself")
     if not path.is_file():
-        raise UsageError(f"{value}: no such archive")
+        raise UsageError(f"{value}: no such archive (neither a file nor an archive name in {destination})")
     return path
 
 
 def run_verify(config: dict[str, Any], archive: str | None) -> int:
     paths = (
-        [_archive_arg(archive)] if archive else [a.path for a in find_archives(Path(config["backup"]["destination"]))]
+        [_archive_arg(config, archive)]
+        if archive
+        else [a.path for a in find_archives(Path(config["backup"]["destination"]))]
     )
     if not paths:
         log.error("no archives in %s to verify", config["backup"]["destination"])
@@ -317,7 +327,7 @@ def _restore(config: dict[str, Any], path: Path, target: str, *, force: bool, ke
 
 
 def run_restore(config: dict[str, Any], archive: str, target: str, force: bool, keep_setid: bool = False) -> int:
-    path = _archive_arg(archive)
+    path = _archive_arg(config, archive)
     started = time.monotonic()
     try:
         done = _restore(config, path, target, force=force, keep_setid=keep_setid)
@@ -326,10 +336,8 @@ def run_restore(config: dict[str, Any], archive: str, target: str, force: bool, 
         return EXIT_LOCKED
     print(f"restored {done.members} members of {path} into {target} in {time.monotonic() - started:.2f} s")
     if done.kept is not None:
-        print(
-            f"  {done.members - done.kept_members} in the tree; {done.kept_members} in the archive's {MANIFEST_DIR}/ "
-            f"(its manifest, any hooks' output), kept apart in {done.kept}"
-        )
+        print(f"  {done.members - done.kept_members} in the tree, {done.kept_members} in the archive's {MANIFEST_DIR}/")
+        print(f"  its manifest (and any hooks' output), kept apart from the tree: {done.kept}")
     return EXIT_OK
 
 
@@ -393,13 +401,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("create", help="one backup now, then prune (the default)")
     verify = commands.add_parser("verify", help="check the checksum, then read the whole archive")
-    verify.add_argument("archive", nargs="?", help="one archive (default: every archive in the destination)")
+    verify.add_argument(
+        "archive", nargs="?", help="one archive, a path or the name `list` prints (default: every archive)"
+    )
     verify.add_argument("--offsite", action="store_true", help="download and check the copies on the remote")
     listing = commands.add_parser("list", help="archives with time, size and checksum status")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.add_argument("--offsite", action="store_true", help="the copies on system.backup.offsite.remote")
     restore_cmd = commands.add_parser("restore", help="restore an archive into a directory")
-    restore_cmd.add_argument("archive", help="a local archive path, or with --offsite an archive name on the remote")
+    restore_cmd.add_argument(
+        "archive", help="an archive path or the name `list` prints (with --offsite: an archive name on the remote)"
+    )
     restore_cmd.add_argument("--offsite", action="store_true", help="download ARCHIVE from the remote, check, restore")
     restore_cmd.add_argument("--target", required=True, help="the directory to restore into")
     restore_cmd.add_argument("--force", action="store_true", help="restore into a non-empty directory")

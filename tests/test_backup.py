@@ -84,7 +84,7 @@ def test_round_trip_restores_byte_for_byte_with_modes_and_links(tree, tmp_path: 
     assert result.returncode == 0, result.stderr
     expected = {k: v for k, v in before.items() if not re.search(r"(^|/)(\.git|__pycache__)(/|$)|\.log$", k)}
     assert snapshot(target) == expected, "the tree as it was: the archive's own .hello-backup/ is kept apart"
-    kept = re.search(r"kept apart in (\S+)", result.stdout)
+    kept = re.search(r"kept apart from the tree: (\S+)", result.stdout)
     assert kept and (Path(kept.group(1)) / ".hello-backup" / "manifest.json").is_file(), result.stdout
     restored = target / "sub" / "hardlink-to-hello"
     assert restored.stat().st_ino == (target / "hello.py").stat().st_ino, "hard link restored as a hard link"
@@ -92,6 +92,34 @@ def test_round_trip_restores_byte_for_byte_with_modes_and_links(tree, tmp_path: 
     assert backup(config, "verify").returncode == 0
     listing = backup(config, "list", "--json")
     assert '"checksum_ok": true' in listing.stdout
+
+
+def test_restore_and_verify_take_the_name_list_prints_and_name_a_sidecar_given_instead(tree, tmp_path: Path) -> None:
+    source, destination, config = tree
+    assert backup(config).returncode == 0
+    (archive,) = archives(destination)
+    listed = backup(config, "list")
+    assert listed.stdout.split()[0] == archive.name
+    # backup() runs in the repository, not in the destination: the bare name is looked up there
+    verified = backup(config, "verify", archive.name)
+    assert verified.returncode == 0 and f"OK   {archive}" in verified.stdout, verified.stderr
+    target = tmp_path / "by-name"
+    restored = backup(config, "restore", archive.name, "--target", str(target))
+    assert restored.returncode == 0, restored.stderr
+    assert (target / "hello.py").read_text() == (source / "hello.py").read_text()
+    for command in (
+        ["verify", f"{archive.name}.sha256"],
+        ["restore", f"{archive}.sha256", "--target", str(tmp_path / "x")],
+    ):
+        result = backup(config, *command)
+        assert result.returncode == 2, result.stderr
+        assert f"the checksum sidecar of {archive.name}; give the archive itself" in result.stderr
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+    missing = backup(config, "verify", "hello-world-20000101T000000Z.tar.gz")
+    assert missing.returncode == 2 and f"no such archive (neither a file nor an archive name in {destination})" in (
+        missing.stderr
+    )
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_create_whose_second_is_taken_waits_for_a_free_name(tree) -> None:
