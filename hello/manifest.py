@@ -8,8 +8,9 @@
 The manifest is the member MANIFEST_NAME (`.hello-backup/manifest.json`, JSON, mode 0600), the last one of the
 archive, so it is written after every file was hashed on its way into the archive (no second read of the tree).
 Its entries go to a temporary file meanwhile, so memory stays flat however many files there are. The same folder
-holds STAGING_NAME, what the system.backup.hooks.before commands wrote. A restore brings the folder back; the
-drill compares the restored tree with it, and "Rebuilding a host" (README) reads the commit from it.
+holds STAGING_NAME, what the system.backup.hooks.before commands wrote. A restore keeps the folder apart from the
+restored tree (hello/restore.py); the drill checks the entries (read_manifest) and compares the tree and that folder
+with them, and "Rebuilding a host" (README) reads the commit from it.
 """
 
 from __future__ import annotations
@@ -213,6 +214,8 @@ def _problem(root: Path, record: dict[str, Any], by_name: dict[str, dict[str, An
         info = path.lstat()
     except FileNotFoundError:
         return "missing"
+    except OSError as exc:  # a file or a looping link on its way (ENOTDIR, ELOOP)
+        return f"missing: {exc.strerror}"
     kind = record["type"]
     if kind == "symlink":
         if not stat.S_ISLNK(info.st_mode):

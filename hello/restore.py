@@ -795,6 +795,8 @@ def restore(
     cannot hold private state). What recover() finished or undid first is passed to say.
     """
     final = Path(os.path.realpath(target))  # a target given through a link: the folder it names
+    if Path(os.path.realpath(run_dir)).is_relative_to(final):
+        raise TargetError(f"--target {target}: it holds system.run_dir {run_dir}, where restores keep their state")
     state = State.of(Path(run_dir), final)
     made = make_parents(final.parent)
     done = False

@@ -698,7 +698,9 @@ def test_a_good_manifest_drills_and_says_why_members_and_entries_differ(tmp_path
 
 
 ENTRY_FIELDS = {
-    "name": st.sampled_from(["a.txt", "b", "/etc/shadow", "../x", "a/../../x", ".", "", "./a.txt", "d/", "a\0b"])
+    "name": st.sampled_from(
+        ["a.txt", "b", "/etc/shadow", "../x", "a/../../x", ".", "", "./a.txt", "d/", "a\0b", "a.txt/x", "b/x", "l/x"]
+    )
     | st.integers()
     | st.none(),
     "mode": st.sampled_from([0o644, -1, 0o10000, "644", None, 1.5]),
@@ -709,12 +711,29 @@ ENTRY_FIELDS = {
 }
 
 
+VALID_ENTRIES = [
+    {"name": "a.txt", "mode": 0o644, "type": "file", "size": 8, "sha256": "0" * 64},
+    {"name": "d", "mode": 0o755, "type": "dir"},
+    {"name": "b", "mode": 0o777, "type": "symlink", "target": "a.txt"},
+    {"name": "h", "mode": 0o644, "type": "hardlink", "target": "a.txt"},
+    {"name": "f", "mode": 0o644, "type": "fifo"},
+]
+
+
 @st.composite
 def hostile_entry(draw: st.DrawFn) -> object:
+    """A valid entry with, most of the time, one field changed to a hostile value or dropped; or no object."""
     if draw(st.integers(0, 9)) == 0:
         return draw(st.sampled_from([None, "a.txt", [], 1]))
-    keys = draw(st.sets(st.sampled_from(list(ENTRY_FIELDS))))
-    return {key: draw(ENTRY_FIELDS[key]) for key in keys}
+    record = dict(draw(st.sampled_from(VALID_ENTRIES)))
+    record["name"] = draw(ENTRY_FIELDS["name"]) if draw(st.booleans()) else record["name"]
+    if draw(st.booleans()):
+        field = draw(st.sampled_from(list(ENTRY_FIELDS)))
+        if draw(st.booleans()):
+            record.pop(field, None)
+        else:
+            record[field] = draw(ENTRY_FIELDS[field])
+    return record
 
 
 def test_hostile_manifests_are_refused_or_compared_inside_the_tree(tmp_path: Path) -> None:
@@ -723,6 +742,7 @@ def test_hostile_manifests_are_refused_or_compared_inside_the_tree(tmp_path: Pat
     (root / "d").mkdir(parents=True)
     (root / "a.txt").write_bytes(b"file a.t")
     (root / "b").symlink_to("a.txt")
+    (root / "l").symlink_to("l")  # a loop: looked at, never followed
     (kept / ".hello-backup").mkdir(parents=True)
     outcomes = {"refused": 0, "compared": 0}
 
@@ -746,3 +766,18 @@ def test_hostile_manifests_are_refused_or_compared_inside_the_tree(tmp_path: Pat
     check()
     print(f"hostile manifests: {outcomes}")
     assert outcomes["refused"] and outcomes["compared"]
+
+
+def test_a_target_holding_the_run_dir_is_refused(tmp_path: Path) -> None:
+    archive = write_archive(tmp_path, [("file", "new.txt", "", 0o644, ROOT, 0)])
+    target = tmp_path / "cfg"  # holds cfg/run
+    cfg = write_config(target, {"monitoring": {"pushgateway": {"url": None}}})
+    before = sorted(p.name for p in target.iterdir())
+    result = subprocess.run(
+        [PYTHON, str(REPO / "backup_script.py"), "restore", str(archive), "--target", str(target), "--force"],
+        env={**os.environ, "HELLO_CONFIG": str(cfg)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "holds system.run_dir" in result.stderr, result.stderr
+    assert sorted(p.name for p in target.iterdir()) == before
