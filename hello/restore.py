@@ -765,7 +765,6 @@ def _restore_into(
         else:
             os.rename(new, target.name, src_dir_fd=parent, dst_dir_fd=parent)  # over a missing or empty target
             os.fsync(parent)
-        kept = _keep_apart(state, incoming, kept_members)
     except BaseException:
         if new is not None:
             with contextlib.suppress(OSError):
@@ -775,6 +774,15 @@ def _restore_into(
         raise
     finally:
         journal.remove()
+    try:  # the target is restored: from here a failure costs only the kept manifest, said as such
+        kept = _keep_apart(state, incoming, kept_members)
+    except OSError as exc:
+        log.warning(
+            "restored into %s, but could not keep the archive's %s in %s: %s", target, MANIFEST_DIR, state.kept, exc
+        )
+        with contextlib.suppress(OSError):
+            remove_tree(incoming)
+        kept = None
     return Restored(count, kept, kept_members)
 
 
