@@ -139,7 +139,7 @@ def _live_holder(fd: int) -> int:
 def _open_locked(path: Path) -> int:
     """An fd of path with our exclusive flock, retrying if the file was replaced meanwhile."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)  # never through a link
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
