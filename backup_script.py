@@ -2,6 +2,7 @@
 
     python backup_script.py [create]                   one backup now (make backup, what cron calls)
     python backup_script.py verify [ARCHIVE]           checksum, then a full read (default: every archive)
+                                                       (ARCHIVE: a path, or the bare name that `list` prints)
     python backup_script.py list [--json]              name, time, size, checksum verified
     python backup_script.py restore ARCHIVE --target DIR [--force] [--keep-setuid]
     python backup_script.py prune [--dry-run]          apply system.backup.keep
@@ -11,7 +12,7 @@
 
 Settings come from config.yaml (system.backup, run_dir, monitoring.pushgateway) via hello/config.py.
 Exit codes: 0 done; 1 the job failed (nothing partial left); 2 bad usage or config; 75 another run holds
-<run_dir>/backup.lock (for restore: another restore into that target holds .<target>.restore.lock).
+<run_dir>/backup.lock (for restore: another restore into that target holds its lock in <run_dir>/restore/).
 
 This module is the command: arguments, output, exit codes, the lock and the metrics of each run. The parts:
 hello/naming.py (names, sidecars, the checksum check), hello/archive.py (reading back, verify),
@@ -19,9 +20,10 @@ hello/archive_writer.py (the tar stream), hello/backup_create.py (one archive, c
 (keep and prune), hello/offsite_copies.py (the remote), hello/schedule_loop.py (the daily loop), hello/restore.py.
 
 A restore (hello/restore.py) changes nothing outside its target, whatever the archive holds: members are
-written into a private folder beside the target without ever following a symbolic link, checked on disk,
+written into a new folder beside the target without ever following a symbolic link, checked on disk,
 and the folder then takes the target's place. Setuid/setgid bits are dropped unless --keep-setuid. A
-`restore --force` killed between its two renames is completed by the next restore into that target.
+`restore --force` killed between its two renames is completed by the next restore into that target: its journal
+and lock live in the private <run_dir>/restore/, never beside the target.
 
 Archives are <destination>/hello-world-<UTC YYYYmmddTHHMMSSZ>.tar.gz (mode 0600, destination 0700), each
 with a sidecar <archive>.sha256 that `sha256sum -c` accepts. An archive is streamed to a dot-named
@@ -67,8 +69,9 @@ from hello.archive_writer import TERMINATION, Progress, Terminated
 from hello.backup_create import create
 from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
 from hello.drill import DrillFailed, Steps, drill
-from hello.jobs import LockHeld, job_lock, record_job
-from hello.naming import DRILL_JOB, JOB, NAMING, BackupError, UsageError, check_checksum, find_archives
+from hello.jobs import LockHeld, NotPrivate, job_lock, record_job
+from hello.manifest import MANIFEST_DIR
+from hello.naming import DRILL_JOB, JOB, NAMING, SIDECAR, BackupError, UsageError, check_checksum, find_archives
 from hello.offsite_copies import configured_remote, copy_offsite, fetched, require_remote, session
 from hello.retention import keep_plan, prune
 from hello.schedule_loop import ScheduleError, run_schedule
@@ -165,7 +168,7 @@ def run_verify_offsite(config: dict[str, Any], name: str | None) -> int:
 
 def run_restore_offsite(config: dict[str, Any], name: str, target: str, force: bool, keep_setid: bool) -> int:
     with require_remote(config) as remote, fetched(config, remote, name) as path:
-        return run_restore(str(path), target, force, keep_setid)
+        return run_restore(config, str(path), target, force, keep_setid)
 
 
 def run_prune_offsite(config: dict[str, Any], dry_run: bool) -> None:
@@ -179,8 +182,8 @@ def run_prune_offsite(config: dict[str, Any], dry_run: bool) -> None:
 # --- the restore drill (hello/drill.py) ---
 
 
-def _drill_restore(archive: Path, target: Path) -> None:
-    run_restore(str(archive), str(target), False)
+def _drill_restore(config: dict[str, Any], archive: Path, target: Path) -> Path | None:
+    return _restore(config, archive, str(target), force=False, keep_setid=False).kept
 
 
 def run_drill(config: dict[str, Any]) -> int:
@@ -198,9 +201,10 @@ def run_drill(config: dict[str, Any]) -> int:
     except LockHeld as exc:
         log.error("another backup run holds %s (PID %s); no drill now", exc.path, exc.pid)
         return EXIT_LOCKED
+    print(f"drill passed: {result.archive.name} (commit {result.commit[:12]}, {result.seconds:.2f} s)")
     print(
-        f"drill passed: {result.archive.name} restored {result.entries} entries exactly as its manifest lists "
-        f"(commit {result.commit[:12]}) in {result.seconds:.2f} s"
+        f"  {result.entries} manifest entries restored exactly ({result.entries - result.kept} in the tree, "
+        f"{result.kept} in {MANIFEST_DIR}/, kept apart) + the manifest itself = {result.entries + 1} members"
     )
     return EXIT_OK
 
@@ -209,7 +213,9 @@ def _drill_newest(config: dict[str, Any], run_dir: Path):
     connection = configured_remote(config)
     scratch = run_dir / "drill"
     # Checksum first; the full read of `verify` would be done twice: the restore reads every byte (scan, extract).
-    steps = Steps(verify=check_checksum, restore=_drill_restore, remove_tree=restore.remove_tree)
+    steps = Steps(
+        verify=check_checksum, restore=functools.partial(_drill_restore, config), remove_tree=restore.remove_tree
+    )
     if connection is None:
         found = find_archives(Path(config["backup"]["destination"]))
         if not found:
@@ -226,16 +232,25 @@ def _drill_newest(config: dict[str, Any], run_dir: Path):
 # --- verify and list ---
 
 
-def _archive_arg(value: str) -> Path:
+def _archive_arg(config: dict[str, Any], value: str) -> Path:
+    """The archive a command was given: a path, or a bare name as `list` prints it (looked for in the destination)."""
+    destination = Path(config["backup"]["destination"])
     path = Path(value)
+    if not path.is_file() and "/" not in value and (destination / value).is_file():
+        path = destination / value
+    if path.name.endswith(SIDECAR):
+        archive = path.name.removesuffix(SIDECAR)
+        raise UsageError(f"{value}: that is the checksum sidecar of {archive}; give the archive itself")
     if not path.is_file():
-        raise UsageError(f"{value}: no such archive")
+        raise UsageError(f"{value}: no such archive (neither a file nor an archive name in {destination})")
     return path
 
 
 def run_verify(config: dict[str, Any], archive: str | None) -> int:
     paths = (
-        [_archive_arg(archive)] if archive else [a.path for a in find_archives(Path(config["backup"]["destination"]))]
+        [_archive_arg(config, archive)]
+        if archive
+        else [a.path for a in find_archives(Path(config["backup"]["destination"]))]
     )
     if not paths:
         log.error("no archives in %s to verify", config["backup"]["destination"])
@@ -291,22 +306,38 @@ def _print_listing(rows: list[dict[str, Any]], as_json: bool, status, nothing: s
 # --- restore (hello/restore.py: what is written where, and the checks) ---
 
 
-def run_restore(archive: str, target: str, force: bool, keep_setid: bool = False) -> int:
-    path = _archive_arg(archive)
-    started = time.monotonic()
+def _restore(config: dict[str, Any], path: Path, target: str, *, force: bool, keep_setid: bool) -> restore.Restored:
+    """The checked restore of the archive at path (hello/restore.py); its errors as this command's."""
     check_checksum(path)
     try:
-        count = restore.restore(
-            functools.partial(open_tar_stream, path), Path(target), label=str(path), force=force, keep_setid=keep_setid
+        return restore.restore(
+            functools.partial(open_tar_stream, path),
+            Path(target),
+            run_dir=Path(config["run_dir"]),
+            label=str(path),
+            force=force,
+            keep_setid=keep_setid,
         )
     except restore.TargetError as exc:
         raise UsageError(str(exc)) from None
     except restore.RestoreError as exc:
         raise BackupError(str(exc)) from None
+    except NotPrivate as exc:
+        raise UsageError(f"system.run_dir: {exc}") from None
+
+
+def run_restore(config: dict[str, Any], archive: str, target: str, force: bool, keep_setid: bool = False) -> int:
+    path = _archive_arg(config, archive)
+    started = time.monotonic()
+    try:
+        done = _restore(config, path, target, force=force, keep_setid=keep_setid)
     except LockHeld as exc:
         log.error("another restore into %s holds %s (PID %s); not starting", target, exc.path, exc.pid)
         return EXIT_LOCKED
-    print(f"restored {count} members of {path} into {target} in {time.monotonic() - started:.2f} s")
+    print(f"restored {done.members} members of {path} into {target} in {time.monotonic() - started:.2f} s")
+    if done.kept is not None:
+        print(f"  {done.members - done.kept_members} in the tree, {done.kept_members} in the archive's {MANIFEST_DIR}/")
+        print(f"  its manifest (and any hooks' output), kept apart from the tree: {done.kept}")
     return EXIT_OK
 
 
@@ -370,13 +401,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("create", help="one backup now, then prune (the default)")
     verify = commands.add_parser("verify", help="check the checksum, then read the whole archive")
-    verify.add_argument("archive", nargs="?", help="one archive (default: every archive in the destination)")
+    verify.add_argument(
+        "archive", nargs="?", help="one archive, a path or the name `list` prints (default: every archive)"
+    )
     verify.add_argument("--offsite", action="store_true", help="download and check the copies on the remote")
     listing = commands.add_parser("list", help="archives with time, size and checksum status")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.add_argument("--offsite", action="store_true", help="the copies on system.backup.offsite.remote")
     restore_cmd = commands.add_parser("restore", help="restore an archive into a directory")
-    restore_cmd.add_argument("archive", help="a local archive path, or with --offsite an archive name on the remote")
+    restore_cmd.add_argument(
+        "archive", help="an archive path or the name `list` prints (with --offsite: an archive name on the remote)"
+    )
     restore_cmd.add_argument("--offsite", action="store_true", help="download ARCHIVE from the remote, check, restore")
     restore_cmd.add_argument("--target", required=True, help="the directory to restore into")
     restore_cmd.add_argument("--force", action="store_true", help="restore into a non-empty directory")
@@ -406,7 +441,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "restore" and args.offsite:
         return run_restore_offsite(config, args.archive, args.target, args.force, args.keep_setuid)
     if args.command == "restore":
-        return run_restore(args.archive, args.target, args.force, args.keep_setuid)
+        return run_restore(config, args.archive, args.target, args.force, args.keep_setuid)
     if args.command == "drill":
         return run_drill(config)
     if args.command == "prune":

@@ -323,6 +323,7 @@ SCHEMA: Schema = {
                 [".git", ".venv", "__pycache__", "backups", "run", ".pytest_cache", ".ruff_cache"],
             ),
             "keep": {
+                "last": (_int_at_least(0), 3),  # the newest N, whatever their bucket (restic's --keep-last)
                 "daily": (_int_at_least(0), 7),
                 "weekly": (_int_at_least(0), 4),
                 "monthly": (_int_at_least(0), 6),

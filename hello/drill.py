@@ -4,9 +4,11 @@
 
 Steps, each the project's own (handed in by backup_script.py, so the drill runs the code a real restore runs):
 verify the archive (its checksum; the restore then reads every byte, gzip CRC included), restore it into a
-fresh private folder under scratch_parent, compare every restored path with the archive's manifest
-(hello/manifest.py: type, mode, size, sha256, link target, and nothing extra), then remove the scratch folder
-whatever happened. Raises DrillFailed naming the paths that differ.
+fresh private folder under scratch_parent (the archive's own .hello-backup/ folder goes apart, as in any
+restore), check the manifest's entries like archive members (no absolute name, no '..', a known type, the
+fields of that type), compare every restored path with them (hello/manifest.py: type, mode, size, sha256, link
+target, and nothing extra), then remove the scratch and kept folders whatever happened. Raises DrillFailed
+naming the paths that differ, or what is wrong with the manifest.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hello.manifest import ManifestError, compare_tree, read_manifest
+from hello.manifest import MANIFEST_DIR, ManifestError, compare_tree, normal_name, read_manifest
 
 log = logging.getLogger("backup")
 
@@ -31,14 +33,15 @@ class DrillFailed(Exception):
 @dataclass(frozen=True)
 class Steps:
     verify: Callable[[Path], object]  # raise on a bad archive
-    restore: Callable[[Path, Path], object]  # (archive, new target folder): the usual safe restore
+    restore: Callable[[Path, Path], Path | None]  # (archive, new target): the usual safe restore; its kept folder
     remove_tree: Callable[[Path], None]  # delete a restored tree, read-only folders included
 
 
 @dataclass(frozen=True)
 class DrillResult:
     archive: Path
-    entries: int
+    entries: int  # in the manifest: every member but the manifest itself
+    kept: int  # of them in the archive's own folder (.hello-backup/), restored apart from the tree
     commit: str
     seconds: float
 
@@ -48,18 +51,23 @@ def drill(archive: Path, scratch_parent: Path, steps: Steps) -> DrillResult:
     steps.verify(archive)
     scratch_parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="drill-", dir=scratch_parent))
+    kept: Path | None = None
     try:
         target = scratch / "restored"
-        steps.restore(archive, target)
+        kept = steps.restore(archive, target)
         try:
-            manifest = read_manifest(target)
+            manifest = read_manifest(kept if kept is not None else target)
         except ManifestError as exc:
             raise DrillFailed(f"{archive.name}: {exc}") from None
-        problems = compare_tree(target, manifest)
+        problems = compare_tree(target, manifest, kept)
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise DrillFailed(f"{archive.name}: {len(problems)} restored path(s) differ from the manifest: {shown}")
     finally:
-        with contextlib.suppress(OSError):
-            steps.remove_tree(scratch)
-    return DrillResult(archive, len(manifest["entries"]), manifest.get("commit", "unknown"), time.monotonic() - started)
+        for folder in (scratch, kept):
+            if folder is not None:
+                with contextlib.suppress(OSError):
+                    steps.remove_tree(folder)
+    entries = manifest["entries"]
+    apart = sum(1 for record in entries if normal_name(record["name"]).split("/")[0] == MANIFEST_DIR)
+    return DrillResult(archive, len(entries), apart, manifest.get("commit", "unknown"), time.monotonic() - started)

@@ -22,8 +22,8 @@ textfile collector or a human) and pushes the same gauges to the Pushgateway
 when system.monitoring.pushgateway.url is set. Each is attempted whatever the
 other did (a full disk still pushes); a failure is one warning line, never raised.
 
-pid_alive, http_get, fsync_dir and write_atomically are the small helpers every script
-needs the same way. This module is a library; it has no command line.
+pid_alive, http_get, fsync_dir, write_atomically and private_dir (a folder only we can change) are the small
+helpers every script needs the same way. This module is a library; it has no command line.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 import urllib.error
 import urllib.request
@@ -138,7 +139,7 @@ def _live_holder(fd: int) -> int:
 def _open_locked(path: Path) -> int:
     """An fd of path with our exclusive flock, retrying if the file was replaced meanwhile."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)  # never through a link
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -214,6 +215,34 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class NotPrivate(OSError):
+    """A folder meant for the kit's private state is not a folder owned by this user; str() says what to fix."""
+
+
+def private_dir(path: Path, *, readable: bool = False) -> Path:
+    """path (and missing parents) as a folder owned by this user that no one else can change: mode 0700, or with
+    readable only without group and other write. Never through a symbolic link at its end; NotPrivate if it is
+    anything else (another user's folder, a link): the kit's private state is never kept there."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise NotPrivate(f"{path} is not a folder (a symbolic link?): move it away") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise NotPrivate(f"{path} belongs to uid {info.st_uid}, not to this user: run as its owner, or move it")
+        unwanted = 0o022 if readable else 0o077
+        if info.st_mode & unwanted:
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~unwanted)
+    finally:
+        os.close(fd)
+    return path
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:

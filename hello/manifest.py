@@ -8,8 +8,9 @@
 The manifest is the member MANIFEST_NAME (`.hello-backup/manifest.json`, JSON, mode 0600), the last one of the
 archive, so it is written after every file was hashed on its way into the archive (no second read of the tree).
 Its entries go to a temporary file meanwhile, so memory stays flat however many files there are. The same folder
-holds STAGING_NAME, what the system.backup.hooks.before commands wrote. A restore brings the folder back; the
-drill compares the restored tree with it, and "Rebuilding a host" (README) reads the commit from it.
+holds STAGING_NAME, what the system.backup.hooks.before commands wrote. A restore keeps the folder apart from the
+restored tree (hello/restore.py); the drill checks the entries (read_manifest) and compares the tree and that folder
+with them, and "Rebuilding a host" (README) reads the commit from it.
 """
 
 from __future__ import annotations
@@ -138,19 +139,67 @@ def header(config: dict[str, Any], hooks: list[str]) -> dict[str, Any]:
     }
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
-    """The manifest of a restored tree."""
-    path = root / MANIFEST_NAME
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest below folder (a restore's kept folder, or a tree holding MANIFEST_DIR), entries checked."""
+    path = folder / MANIFEST_NAME
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ManifestError(f"{path}: no manifest (an archive made before manifests existed?)") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ManifestError(f"{path}: unreadable manifest: {exc}") from None
     entries = manifest.get("entries") if isinstance(manifest, dict) else None
-    if manifest.get("format") != FORMAT or not isinstance(entries, list):
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(entries, list):
         raise ManifestError(f"{path}: not a manifest of format {FORMAT}")
+    for number, record in enumerate(entries, 1):
+        problem = entry_problem(record)
+        if problem:
+            raise ManifestError(f"{path}: entry {number}: {problem}")
     return manifest
+
+
+ENTRY_TYPES = {"file", "dir", "symlink", "hardlink", "fifo"}
+
+
+def _name_problem(name: object) -> str | None:
+    """Why name cannot be a member's name inside the tree (as the restore refuses members), or None."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        return "not a name"
+    if name.startswith("/"):
+        return f"{name!r} is an absolute path"
+    if ".." in name.split("/"):
+        return f"{name!r} has '..' in it"
+    if not [part for part in name.split("/") if part not in ("", ".")]:
+        return f"{name!r} names no member"
+    return None
+
+
+def entry_problem(record: object) -> str | None:
+    """What is wrong with one manifest entry (the fields entry() writes, checked like archive members), or None."""
+    if not isinstance(record, dict):
+        return "not an object"
+    problem = _name_problem(record.get("name"))
+    if problem:
+        return f"name: {problem}"
+    kind = record.get("type")
+    if kind not in ENTRY_TYPES:
+        return f"{record['name']!r}: type {kind!r} is none of {', '.join(sorted(ENTRY_TYPES))}"
+    mode = record.get("mode")
+    if type(mode) is not int or not 0 <= mode <= 0o7777:
+        return f"{record['name']!r}: mode {mode!r} is not a file mode"
+    if kind == "file":
+        size, digest = record.get("size"), record.get("sha256")
+        if type(size) is not int or size < 0:
+            return f"{record['name']!r}: size {size!r} is not a byte count"
+        if not isinstance(digest, str) or len(digest) != 64 or set(digest) - set("0123456789abcdef"):
+            return f"{record['name']!r}: sha256 {digest!r} is not a sha256"
+    if kind == "symlink" and (not isinstance(record.get("target"), str) or not record["target"]):
+        return f"{record['name']!r}: no link target"
+    if kind == "hardlink":
+        problem = _name_problem(record.get("target"))
+        if problem:
+            return f"{record['name']!r}: hard link target: {problem}"
+    return None
 
 
 def _sha256(path: Path) -> str:
@@ -165,6 +214,8 @@ def _problem(root: Path, record: dict[str, Any], by_name: dict[str, dict[str, An
         info = path.lstat()
     except FileNotFoundError:
         return "missing"
+    except OSError as exc:  # a file or a looping link on its way (ENOTDIR, ELOOP)
+        return f"missing: {exc.strerror}"
     kind = record["type"]
     if kind == "symlink":
         if not stat.S_ISLNK(info.st_mode):
@@ -178,7 +229,7 @@ def _problem(root: Path, record: dict[str, Any], by_name: dict[str, dict[str, An
     if kind == "fifo":
         return None if stat.S_ISFIFO(info.st_mode) else "not a FIFO"
     if kind == "hardlink":
-        record = by_name.get(record["target"], {})
+        record = by_name.get(normal_name(record["target"]), {})
         if record.get("type") != "file":
             return "hard link to a file the manifest does not list"
     if not stat.S_ISREG(info.st_mode):
@@ -190,14 +241,27 @@ def _problem(root: Path, record: dict[str, Any], by_name: dict[str, dict[str, An
     return None
 
 
-def compare_tree(root: Path, manifest: dict[str, Any]) -> list[str]:
-    """Every difference between a restored tree and its manifest, one line each ("name: what"); [] if none."""
-    records = manifest["entries"]
+def normal_name(name: str) -> str:
+    """A checked entry name without empty or '.' components (as tar members are named)."""
+    return "/".join(part for part in name.split("/") if part not in ("", "."))
+
+
+def compare_tree(root: Path, manifest: dict[str, Any], kept: Path | None = None) -> list[str]:
+    """Every difference between a restored tree and its (checked: read_manifest) manifest, one line each
+    ("name: what"); [] if none. Entries in MANIFEST_DIR are looked for below kept (where a restore puts them),
+    else below root."""
+    records = [{**record, "name": normal_name(record["name"])} for record in manifest["entries"]]
     by_name = {record["name"]: record for record in records}
-    problems = [f"{r['name']}: {problem}" for r in records if (problem := _problem(root, r, by_name))]
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            relative = (Path(folder) / name).relative_to(root).as_posix()
-            if relative not in by_name and relative != MANIFEST_NAME:
-                problems.append(f"{relative}: not in the manifest")
+    problems = []
+    for record in records:
+        base = kept if kept is not None and record["name"].split("/")[0] == MANIFEST_DIR else root
+        problem = _problem(base, record, by_name)
+        if problem:
+            problems.append(f"{record['name']}: {problem}")
+    for tree in (root, kept) if kept is not None else (root,):
+        for folder, dirs, files in os.walk(tree):
+            for name in dirs + files:
+                relative = (Path(folder) / name).relative_to(tree).as_posix()
+                if relative not in by_name and relative != MANIFEST_NAME:
+                    problems.append(f"{relative}: not in the manifest")
     return problems

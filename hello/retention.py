@@ -1,6 +1,6 @@
 """Retention: which archives system.backup.keep keeps, and the prune that deletes the rest.
 
-    kept = plan_retention(archives, {"daily": 7, "weekly": 4, "monthly": 6}, zone)    # path -> why kept
+    kept = plan_retention(archives, {"last": 3, "daily": 7, "weekly": 4, "monthly": 6}, zone)   # path -> why
     prune(config, dry_run=False, known_good=fresh)       # local archives; keep_plan(config) for a remote's
 
 The newest archive that verifies is always kept too, whatever the rules say.
@@ -28,10 +28,13 @@ def config_zone(config: dict[str, Any]) -> tzinfo | None:
 
 
 def plan_retention(archives: list[Archive], keep: dict[str, int], zone: tzinfo | None) -> dict[Path, list[str]]:
-    """Archives to keep -> why: the newest archive of each of the last N days, ISO weeks and months.
+    """Archives to keep -> why: the newest `last` archives, and the newest archive of each of the last N days,
+    ISO weeks and months.
 
-    Like restic's --keep-daily/weekly/monthly: each rule walks from the newest archive back and keeps the
-    newest archive of each calendar bucket (in the configured time zone) until it has N buckets.
+    Like restic's --keep-last and --keep-daily/weekly/monthly: `last` keeps the newest archives whatever their
+    bucket (a backup taken by hand before a risky change survives the next one that day); each other rule walks
+    from the newest archive back and keeps the newest archive of each calendar bucket (in the configured time
+    zone) until it has N buckets.
     """
     buckets = {
         "daily": lambda t: t.date(),
@@ -40,6 +43,8 @@ def plan_retention(archives: list[Archive], keep: dict[str, int], zone: tzinfo |
     }
     kept: dict[Path, list[str]] = {}
     newest_first = sorted(archives, key=lambda a: a.created, reverse=True)
+    for archive in newest_first[: keep.get("last", 0)]:
+        kept[archive.path] = ["last"]
     for rule, bucket_of in buckets.items():
         seen: set[Any] = set()
         for archive in newest_first:

@@ -18,12 +18,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import backup_script
 from conftest import PYTHON, free_port, http_get, require_tool, start_pushgateway, wait_until, write_config
 from hello import backup_hooks
 from hello.archive import verify_archive
+from hello.config import load_config
 from hello.jobs import job_lock
+from hello.naming import Archive
+from hello.retention import plan_retention
 from tests.support.backups import SCRIPT, archives, backup, make_tree, snapshot
 from tests.support.hooks import all_gone, hook_pids, kill_leftovers, spawning_hook
 
@@ -85,13 +90,43 @@ def test_round_trip_restores_byte_for_byte_with_modes_and_links(tree, tmp_path: 
     result = backup(config, "restore", str(archive), "--target", str(target))
     assert result.returncode == 0, result.stderr
     expected = {k: v for k, v in before.items() if not re.search(r"(^|/)(\.git|__pycache__)(/|$)|\.log$", k)}
-    assert snapshot(target, skip=(".hello-backup",)) == expected  # the archive's manifest: tests/test_offsite.py
+    assert snapshot(target) == expected, "the tree as it was: the archive's own .hello-backup/ is kept apart"
+    kept = re.search(r"kept apart from the tree: (\S+)", result.stdout)
+    assert kept and (Path(kept.group(1)) / ".hello-backup" / "manifest.json").is_file(), result.stdout
     restored = target / "sub" / "hardlink-to-hello"
     assert restored.stat().st_ino == (target / "hello.py").stat().st_ino, "hard link restored as a hard link"
 
     assert backup(config, "verify").returncode == 0
     listing = backup(config, "list", "--json")
     assert '"checksum_ok": true' in listing.stdout
+
+
+def test_restore_and_verify_take_the_name_list_prints_and_name_a_sidecar_given_instead(tree, tmp_path: Path) -> None:
+    source, destination, config = tree
+    assert backup(config).returncode == 0
+    (archive,) = archives(destination)
+    listed = backup(config, "list")
+    assert listed.stdout.split()[0] == archive.name
+    # backup() runs in the repository, not in the destination: the bare name is looked up there
+    verified = backup(config, "verify", archive.name)
+    assert verified.returncode == 0 and f"OK   {archive}" in verified.stdout, verified.stderr
+    target = tmp_path / "by-name"
+    restored = backup(config, "restore", archive.name, "--target", str(target))
+    assert restored.returncode == 0, restored.stderr
+    assert (target / "hello.py").read_text() == (source / "hello.py").read_text()
+    for command in (
+        ["verify", f"{archive.name}.sha256"],
+        ["restore", f"{archive}.sha256", "--target", str(tmp_path / "x")],
+    ):
+        result = backup(config, *command)
+        assert result.returncode == 2, result.stderr
+        assert f"the checksum sidecar of {archive.name}; give the archive itself" in result.stderr
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+    missing = backup(config, "verify", "hello-world-20000101T000000Z.tar.gz")
+    assert missing.returncode == 2 and f"no such archive (neither a file nor an archive name in {destination})" in (
+        missing.stderr
+    )
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_create_whose_second_is_taken_waits_for_a_free_name(tree) -> None:
@@ -261,17 +296,18 @@ def test_a_failing_final_rename_puts_the_old_target_back(tmp_path: Path, monkeyp
     state = snapshot(place)
     real_rename = os.rename
 
-    def rename(src, dst):
+    def rename(src, dst, **kwargs):
         if Path(src).name.startswith(".target.restoring-"):
             raise OSError(5, "Input/output error (simulated)")
-        return real_rename(src, dst)
+        return real_rename(src, dst, **kwargs)
 
+    config = load_config(write_config(tmp_path / "cfg"))
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(backup_script.BackupError, match="was left as it was"):
-        backup_script.run_restore(str(archive), str(target), force=True)
+        backup_script.run_restore(config, str(archive), str(target), force=True)
     monkeypatch.undo()
     assert snapshot(place) == state, "the old contents are back, and nothing else is left beside them"
-    assert backup_script.run_restore(str(archive), str(target), force=True) == 0
+    assert backup_script.run_restore(config, str(archive), str(target), force=True) == 0
     assert sorted(p.name for p in place.iterdir()) == ["target"]
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
 
@@ -583,6 +619,65 @@ def test_retention_over_100_days_keeps_exactly_the_expected_set(tmp_path: Path) 
     sidecars = {p.name for p in destination.glob("*.sha256")}
     assert sidecars == {f"hello-world-{stamp}.tar.gz.sha256" for stamp in expected}
     assert all((destination / name).exists() for name in strangers)
+
+
+def test_a_second_backup_on_the_same_day_no_longer_prunes_the_first(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a\n")
+    destination = tmp_path / "backups"
+    config = config_for(tmp_path, source, destination)  # the defaults: keep last 3, daily 7, ...
+    assert load_config(config)["backup"]["keep"]["last"] == 3
+    for _ in range(4):
+        assert backup(config).returncode == 0
+    made = archives(destination)
+    assert len(made) == 3, "the newest 3 of one day are kept (the oldest goes: daily keeps only the newest)"
+    assert backup(config, "prune", "--dry-run").stdout.strip() == "prune: would delete 0 archive(s)"
+
+
+def _archive_at(stamp: str) -> Archive:
+    when = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return Archive(Path(f"hello-world-{stamp}.tar.gz"), when)
+
+
+def test_the_retention_plan_keeps_the_newest_last_whatever_their_bucket() -> None:
+    day = [_archive_at(f"20250310T{hour:02d}0000Z") for hour in range(8)]  # eight on one day
+    older = [_archive_at("20250301T020000Z"), _archive_at("20250201T020000Z")]
+    keep = {"last": 3, "daily": 7, "weekly": 0, "monthly": 0}
+    plan = plan_retention(day + older, keep, UTC)
+    assert {path.name[12:27]: why for path, why in plan.items()} == {
+        "20250310T070000": ["last", "daily"],
+        "20250310T060000": ["last"],
+        "20250310T050000": ["last"],
+        "20250301T020000": ["daily"],
+        "20250201T020000": ["daily"],
+    }
+    assert set(plan_retention(day, {**keep, "last": 0}, UTC)) == {day[-1].path}, "last 0: the buckets alone"
+    assert set(plan_retention(day, {"daily": 1, "weekly": 0, "monthly": 0}, UTC)) == {day[-1].path}, "no last: 0"
+    assert set(plan_retention(day[:2], {**keep, "last": 5}, UTC)) == {a.path for a in day[:2]}, "fewer than last"
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    st.lists(st.integers(0, 40 * 24), max_size=30, unique=True),
+    st.fixed_dictionaries({rule: st.integers(0, 5) for rule in ("last", "daily", "weekly", "monthly")}),
+)
+def test_the_retention_plan_by_property(hours: list[int], keep: dict[str, int]) -> None:
+    """The newest `last` are always kept; every other kept archive is the newest of its bucket; nothing else."""
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    found = [Archive(Path(f"a{hour}"), start + timedelta(hours=hour)) for hour in hours]
+    plan = plan_retention(found, keep, UTC)
+    newest_first = sorted(found, key=lambda a: a.created, reverse=True)
+    assert set(plan) <= {a.path for a in found}
+    assert {a.path for a in newest_first[: keep["last"]]} <= set(plan)
+    buckets = {"daily": lambda t: t.date(), "weekly": lambda t: t.isocalendar()[:2], "monthly": lambda t: t.month}
+    for archive in found:
+        for rule in plan.get(archive.path, []):
+            if rule != "last":
+                bucket = buckets[rule](archive.created)
+                assert archive == next(a for a in newest_first if buckets[rule](a.created) == bucket)
+    for rule, bucket_of in buckets.items():
+        assert sum(rule in why for why in plan.values()) == min(keep[rule], len({bucket_of(a.created) for a in found}))
 
 
 def test_prune_never_deletes_the_newest_good_archive(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, free_port, http_get, start_pushgateway
-from hello.jobs import LockHeld, job_lock, record_job
+from hello.jobs import LockHeld, NotPrivate, job_lock, private_dir, record_job
 
 HOLDER = f"""
 import sys, time
@@ -66,6 +67,36 @@ def test_live_pid_without_flock_still_holds_unless_the_pid_was_reused(tmp_path: 
     os.utime(lock, (old, old))  # written before the sleeper existed: its PID is a reused one
     with job_lock(lock):
         pass
+
+
+def test_a_lock_that_is_a_symbolic_link_is_never_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("victim\n")
+    before = victim.stat()
+    lock = tmp_path / "run" / "job.lock"
+    lock.parent.mkdir()
+    lock.symlink_to(victim)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"), job_lock(lock):
+        pass
+    assert victim.read_text() == "victim\n" and victim.stat().st_mtime_ns == before.st_mtime_ns
+    assert lock.is_symlink(), "the link is left as it was"
+
+
+def test_private_dir_is_ours_and_0700_and_refuses_links_and_other_users(tmp_path: Path) -> None:
+    folder = private_dir(tmp_path / "a" / "b")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.geteuid()
+    (tmp_path / "wide").mkdir(mode=0o777)
+    (tmp_path / "wide").chmod(0o777)
+    assert stat.S_IMODE(private_dir(tmp_path / "wide", readable=True).stat().st_mode) == 0o755
+    assert stat.S_IMODE(private_dir(tmp_path / "wide").stat().st_mode) == 0o700
+    (tmp_path / "link").symlink_to(folder)
+    with pytest.raises(NotPrivate, match="not a folder"):
+        private_dir(tmp_path / "link")
+    if os.geteuid() == 0:
+        (tmp_path / "theirs").mkdir()
+        os.chown(tmp_path / "theirs", 65534, 65534)
+        with pytest.raises(NotPrivate, match="belongs to uid 65534"):
+            private_dir(tmp_path / "theirs")
 
 
 def test_record_job_textfile_keeps_last_success_across_a_failure(tmp_path: Path) -> None:

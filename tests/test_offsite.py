@@ -652,7 +652,10 @@ def test_rebuilding_a_host_from_the_archive_and_the_git_remote(tmp_path: Path, s
     new_host.mkdir()
     restored = backup(env["config"], "restore", "--offsite", archive.name, "--target", str(new_host))
     assert restored.returncode == 0, restored.stderr
-    recorded = json.loads((new_host / MANIFEST_NAME).read_text())["commit"]
+    assert not (new_host / MANIFEST_NAME).exists(), "the tree as it was; its manifest is kept apart"
+    kept = re.search(r"kept apart from the tree: (\S+)", restored.stdout)
+    assert kept, restored.stdout
+    recorded = json.loads((Path(kept.group(1)) / MANIFEST_NAME).read_text())["commit"]
     assert recorded == commit
     for args in (
         ["init", "-q"],
