@@ -71,6 +71,28 @@ def test_endpoints_answer_as_spec_says(hello_server):
     assert headers["content-type"].startswith("application/openmetrics-text") and body.endswith(b"# EOF\n")
 
 
+# What Prometheus 3.x sends when it scrapes (its default scrape_protocols); 2.x sent an older list. 3.x fails a
+# scrape whose answer lacks a Content-Type it knows (unless fallback_scrape_protocol is set).
+PROMETHEUS3_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+    "application/openmetrics-text;version=0.0.1;q=0.5,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+
+
+@pytest.mark.parametrize("accept", [PROMETHEUS3_ACCEPT, "text/plain;version=0.0.4", "*/*", None])
+def test_metrics_always_names_a_content_type_prometheus_3_parses(hello_server, accept):
+    server = hello_server()
+    status, headers, body = http_get(server.url + "/metrics", headers={"Accept": accept} if accept else None)
+    media_type = (headers["content-type"] or "").split(";")[0].strip()
+    assert status == 200 and media_type in ("text/plain", "application/openmetrics-text"), headers["content-type"]
+    if media_type == "text/plain":
+        assert "version=0.0.4" in headers["content-type"] and b"# EOF" not in body
+    else:
+        assert body.endswith(b"# EOF\n")
+    assert b"hello_world_requests_total" in body
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_every_request_is_counted_exactly_once(hello_server, workers):
     server = hello_server(workers=workers)

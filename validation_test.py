@@ -1,6 +1,6 @@
 """Prove that the live system named by config.yaml works: the steps of validation_steps.md as checks.
 
-    python validation_test.py                      # every group; a table for humans
+    python validation_test.py                      # every group; lines for humans (-v: details whole)
     python validation_test.py --only service       # what the update protocol runs after a deploy
     python validation_test.py --json               # a list of results for machines
     make validate [ONLY=backup,update]
@@ -17,9 +17,9 @@ Groups (validation_steps.md says what each check proves and what to do when it f
   restarts    the supervisor was not restarted after a crash since the last run (its state file); not in
               the update protocol's `--only service`, so a crash an hour ago never rolls back a good deploy
 
-Each check prints PASS, FAIL or SKIP with its reason. Every network wait is bounded by
-system.validation.timeout; a component that is down fails its checks at once with a reason naming
-it. Exit codes: 0 no check failed, 1 some check failed, 2 bad usage or bad config.
+Each check prints PASS, FAIL or SKIP with its reason; a FAIL also says what to run or set (`; fix: ...`).
+Every network wait is bounded by system.validation.timeout; a component that is down fails its checks at
+once with a reason naming it. Exit codes: 0 no check failed, 1 some check failed, 2 bad usage or bad config.
 
 Each run also records its results as metrics (hello_world_validation_success, ..._last_run_timestamp_seconds,
 ..._check_success{group,check}) in <run_dir>/metrics/hello_world_validation.prom and on the Pushgateway
@@ -83,9 +83,24 @@ SPEC_ALERTS = (
 SPEC_METRICS = ("hello_world_requests_total", "hello_world_request_duration_seconds_bucket", "hello_world_build_info")
 JOB_BACKUP, JOB_UPDATE = JOB, "hello_world_update"  # metric prefixes and Pushgateway jobs
 
+# What a FAIL line says to do: a command to run or a config key to set (README "First run" walks through them).
+FIX_SERVER = "run `make start`, or `make status`"
+FIX_MONITOR = "run `make monitor`"
+FIX_GRAFANA = "set system.monitoring.grafana.url"
+FIX_BACKUP = "run `make backup`"
+FIX_FIRST_SCRAPE = "wait one scrape_interval, then `make validate`"
+FIX_SCRAPES = "wait a minute for scrapes, then `make validate`"
+FIX_SCHEDULER = "run `make cron | crontab -` or `make systemd-install`"
+FIX_RECEIVER = "set system.monitoring.alertmanager.receivers.webhook_url or email.to"
+FIX_DEPLOY = "run `make update FORCE=1`"
+
 
 class CheckFailed(Exception):
-    """The check found a fault; str() is the reason."""
+    """The check found a fault; str() is the reason, fix what to set or run (else the check's own fix)."""
+
+    def __init__(self, reason: str, fix: str = "") -> None:
+        super().__init__(reason)
+        self.fix = fix
 
 
 class CheckSkipped(Exception):
@@ -99,6 +114,7 @@ class Result:
     status: str
     detail: str
     duration: float
+    fix: str = ""  # a FAIL's remedy: the config key to set or the command to run
 
 
 # --- talking to components ------------------------------------------------------------------------
@@ -128,11 +144,12 @@ class Endpoint:
     timeout: float
     headers: dict[str, str] = field(default_factory=dict)
     down: str | None = None
+    fix: str = ""  # what to run or set when it does not answer
 
     def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, bytes, str]:
         """(status, body, content type) of GET base+path; HTTP error statuses are returned, not raised."""
         if self.down:
-            raise CheckFailed(self.down)
+            raise CheckFailed(self.down, self.fix)
         url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
         request = urllib.request.Request(url, headers=self.headers)
         try:
@@ -142,14 +159,15 @@ class Endpoint:
             return exc.code, exc.read(), exc.headers.get("Content-Type", "")
         except (OSError, ValueError) as exc:  # URLError, refused, timeout, reset, bad URL
             self.down = f"{self.name} at {self.base} unreachable: {_reason(exc, self.timeout)}"
-            raise CheckFailed(self.down) from None
+            raise CheckFailed(self.down, self.fix) from None
 
     def ok(self, path: str, params: dict[str, str] | None = None) -> bytes:
         """The body of a 200 answer; any other status fails the check, naming it."""
         status, body, _ = self.get(path, params)
         if status != 200:
             text = body.decode("utf-8", "replace").strip().splitlines()
-            raise CheckFailed(f"{self.name} {path} answered {status}" + (f": {text[0][:200]}" if text else ""))
+            answer = f"{self.name} {path} answered {status}" + (f": {text[0][:200]}" if text else "")
+            raise CheckFailed(answer, self.fix)
         return body
 
     def json(self, path: str, params: dict[str, str] | None = None) -> Any:
@@ -211,11 +229,13 @@ class Context:
         self.config = config
         self.timeout = float(config["validation"]["timeout"])
         monitoring = config["monitoring"]
-        self.server = Endpoint("hello-world server", served_url(config), self.timeout)
+        self.server = Endpoint("hello-world server", served_url(config), self.timeout, fix=FIX_SERVER)
         prom, push, grafana = (monitoring[key]["url"] for key in ("prometheus", "pushgateway", "grafana"))
-        self.prometheus = Endpoint("Prometheus", prom, self.timeout) if prom else None
-        self.pushgateway = Endpoint("Pushgateway", push, self.timeout) if push else None
+        self.prometheus = Endpoint("Prometheus", prom, self.timeout, fix=FIX_MONITOR) if prom else None
+        self.pushgateway = Endpoint("Pushgateway", push, self.timeout, fix=FIX_MONITOR) if push else None
         self.grafana = _url_with_auth(grafana, "Grafana", self.timeout) if grafana else None
+        if self.grafana:
+            self.grafana.fix = FIX_GRAFANA
         self.scrape_interval = float(monitoring["prometheus"]["scrape_interval"])
         self.run_dir = Path(config["run_dir"])
         self._cache: dict[str, Any] = {}
@@ -240,13 +260,15 @@ class Context:
 
 Check = Callable[[Context], str]
 CHECKS: list[tuple[str, str, Check]] = []
+FIXES: dict[tuple[str, str], str] = {}  # (group, check) -> what to do when it fails and its CheckFailed names nothing
 
 
-def check(group: str, name: str) -> Callable[[Check], Check]:
-    """Register a check: it returns the PASS detail or raises CheckFailed / CheckSkipped."""
+def check(group: str, name: str, fix: str = "") -> Callable[[Check], Check]:
+    """Register a check: it returns the PASS detail or raises CheckFailed / CheckSkipped; fix: its usual remedy."""
 
     def register(func: Check) -> Check:
         CHECKS.append((group, name, func))
+        FIXES[(group, name)] = fix
         return func
 
     return register
@@ -255,7 +277,7 @@ def check(group: str, name: str) -> Callable[[Check], Check]:
 # --- service --------------------------------------------------------------------------------------
 
 
-@check("service", "GET / says Hello, World!")
+@check("service", "GET / says Hello, World!", fix=FIX_SERVER)
 def check_root(ctx: Context) -> str:
     status, body, content_type = ctx.server.get("/")
     text = body.decode("utf-8", "replace")
@@ -266,7 +288,7 @@ def check_root(ctx: Context) -> str:
     return f"{ctx.server.base}/ -> 200 text/plain 'Hello, World!'"
 
 
-@check("service", "/healthz and /readyz are 200")
+@check("service", "/healthz and /readyz are 200", fix=FIX_SERVER)
 def check_health(ctx: Context) -> str:
     for path in ("/healthz", "/readyz"):
         status, body, _ = ctx.server.get(path)
@@ -280,7 +302,7 @@ def _metrics_text(ctx: Context) -> str:
     return ctx.server.ok("/metrics").decode("utf-8", "replace")
 
 
-@check("service", "/metrics carries the SPEC metrics")
+@check("service", "/metrics carries the SPEC metrics", fix=FIX_SERVER)
 def check_metrics(ctx: Context) -> str:
     names = sample_names(_metrics_text(ctx))
     missing = [name for name in SPEC_METRICS if name not in names]
@@ -289,7 +311,7 @@ def check_metrics(ctx: Context) -> str:
     return ", ".join(name.removesuffix("_bucket") for name in SPEC_METRICS)
 
 
-@check("service", "one request moves the counter by one")
+@check("service", "one request moves the counter by one", fix=FIX_SERVER)
 def check_counter(ctx: Context) -> str:
     # /version, not /: ordinary clients do not ask for it, so live traffic does not move this series.
     series = {"method": "GET", "path": "/version", "code": "200"}
@@ -318,7 +340,7 @@ def check_counter(ctx: Context) -> str:
 # --- monitoring -----------------------------------------------------------------------------------
 
 
-@check("monitoring", "Prometheus is ready")
+@check("monitoring", "Prometheus is ready", fix=FIX_MONITOR)
 def check_prometheus_ready(ctx: Context) -> str:
     prom = ctx.need_prometheus()
     prom.ok("/-/ready")
@@ -344,7 +366,7 @@ def _age(iso: str) -> float | None:
         return None
 
 
-@check("monitoring", "the hello-world target is up and fresh")
+@check("monitoring", "the hello-world target is up and fresh", fix="run `make monitor` after `make start`")
 def check_target(ctx: Context) -> str:
     prom = ctx.need_prometheus()
     data = prometheus_api(prom, "/api/v1/targets", {"state": "active"})
@@ -368,7 +390,8 @@ def check_target(ctx: Context) -> str:
         else:
             good.append(f"{where} up, scraped {age:.1f}s ago")
     if problems:
-        raise CheckFailed("; ".join(problems))
+        unscraped = all(t.get("health") == "unknown" for t in targets)
+        raise CheckFailed("; ".join(problems), FIX_FIRST_SCRAPE if unscraped else "")
     return "; ".join(good)
 
 
@@ -387,7 +410,7 @@ def dashboard_path(ctx: Context) -> Path:
     raise CheckFailed(f"no dashboard {name}.json (or uid {name!r}) in {folder}")
 
 
-@check("monitoring", "every dashboard panel's query returns data")
+@check("monitoring", "every dashboard panel's query returns data", fix=FIX_SCRAPES)
 def check_dashboard(ctx: Context) -> str:
     prom = ctx.need_prometheus()
     path = dashboard_path(ctx)
@@ -408,7 +431,11 @@ def check_dashboard(ctx: Context) -> str:
             never = never or (DEPLOY_METRIC in expr and not recorded_deploy(metrics_textfile(ctx.config, JOB_UPDATE)))
             (excused if never else empty).append(f"{title!r}: {expr}")
     if empty:
-        raise CheckFailed(f"{len(empty)} of {len(queries)} queries returned no data: " + "; ".join(empty))
+        no_backup = any("hello_world_backup_" in query for query in empty) and not _has_archive(ctx)
+        raise CheckFailed(
+            f"{len(empty)} of {len(queries)} queries returned no data: " + "; ".join(empty),
+            f"{FIX_BACKUP}, then wait a minute for scrapes" if no_backup else "",
+        )
     note = f" ({len(excused)} empty: no update or no deploy recorded yet)" if excused else ""
     return f"{len(queries) - len(excused)} queries of {path.name} returned data{note}"
 
@@ -428,7 +455,7 @@ def expected_alerts() -> list[str]:
     return list(dict.fromkeys(names)) or list(SPEC_ALERTS)  # a rule may come in variants of one name
 
 
-@check("monitoring", "our alert rules are loaded")
+@check("monitoring", "our alert rules are loaded", fix="run `make monitor` (it reloads monitoring/rules/)")
 def check_rules_loaded(ctx: Context) -> str:
     prom = ctx.need_prometheus()
     data = prometheus_api(prom, "/api/v1/rules", {"type": "alert"})
@@ -444,7 +471,7 @@ def check_rules_loaded(ctx: Context) -> str:
 NOT_FAULTS = {alerting.WATCHDOG, "HelloWorldValidationFailed", "HelloWorldValidationStale"}
 
 
-@check("monitoring", "none of our alerts is firing")
+@check("monitoring", "none of our alerts is firing", fix="follow each alert's runbook_url (docs/runbooks.md)")
 def check_alerts(ctx: Context) -> str:
     prom = ctx.need_prometheus()
     ours = set(expected_alerts()) - NOT_FAULTS
@@ -457,7 +484,7 @@ def check_alerts(ctx: Context) -> str:
     return "none firing" + (f" (pending: {', '.join(pending)})" if pending else "")
 
 
-@check("monitoring", "Grafana: healthy, our dashboard, a healthy datasource")
+@check("monitoring", "Grafana: healthy, our dashboard, a healthy datasource", fix=FIX_GRAFANA)
 def check_grafana(ctx: Context) -> str:
     grafana = ctx.grafana
     if grafana is None:
@@ -492,17 +519,17 @@ def need_alertmanager(ctx: Context) -> Endpoint:
     url = ctx.config["monitoring"]["alertmanager"]["url"]
     if not url:
         raise CheckSkipped(f"{ALERTING_KEY}.url is null: no alert delivery")
-    return ctx.once("alertmanager endpoint", lambda: Endpoint("Alertmanager", url, ctx.timeout))
+    return ctx.once("alertmanager endpoint", lambda: Endpoint("Alertmanager", url, ctx.timeout, fix=FIX_MONITOR))
 
 
-@check("monitoring", "Alertmanager is ready")
+@check("monitoring", "Alertmanager is ready", fix=FIX_MONITOR)
 def check_alertmanager_ready(ctx: Context) -> str:
     alertmanager = need_alertmanager(ctx)
     alertmanager.ok("/-/ready")
     return f"{alertmanager.base}/-/ready 200"
 
 
-@check("monitoring", "Prometheus sends its alerts to Alertmanager")
+@check("monitoring", "Prometheus sends its alerts to Alertmanager", fix=FIX_MONITOR)
 def check_prometheus_alertmanager(ctx: Context) -> str:
     alertmanager, prom = need_alertmanager(ctx), ctx.need_prometheus()
     active = [a.get("url", "") for a in prometheus_api(prom, "/api/v1/alertmanagers").get("activeAlertmanagers", [])]
@@ -515,14 +542,17 @@ def check_prometheus_alertmanager(ctx: Context) -> str:
     return f"Prometheus -> {', '.join(active)}"
 
 
-@check("monitoring", "a receiver is configured")
+@check("monitoring", "a receiver is configured", fix=FIX_RECEIVER)
 def check_receiver(ctx: Context) -> str:
     what_to_set = (
         f"set {ALERTING_KEY}.receivers.webhook_url (or env {alerting.WEBHOOK_ENV}) "
-        "or receivers.email.to/from/smarthost, then make monitor"
+        "or receivers.email.to/from/smarthost, then run `make monitor` to apply it"
     )
     if not ctx.config["monitoring"]["alertmanager"]["url"]:
-        raise CheckFailed(f"{ALERTING_KEY}.url is null: alerts reach nobody; set it and {what_to_set}")
+        raise CheckFailed(
+            f"{ALERTING_KEY}.url is null: alerts reach nobody; set it and {what_to_set}",
+            f"set {ALERTING_KEY}.url and .receivers.webhook_url",
+        )
     status = need_alertmanager(ctx).json("/api/v2/status")
     try:
         running = yaml.load((status.get("config") or {}).get("original") or "", Loader=SAFE_LOADER) or {}
@@ -536,7 +566,7 @@ def check_receiver(ctx: Context) -> str:
     return f"alerts go to {' and '.join(kinds)}"
 
 
-@check("monitoring", "the Watchdog is in Alertmanager")
+@check("monitoring", "the Watchdog is in Alertmanager", fix="run `make monitor`, then wait a minute")
 def check_watchdog(ctx: Context) -> str:
     alertmanager = need_alertmanager(ctx)
     body = alertmanager.ok("/api/v2/alerts", {"filter": f'alertname="{alerting.WATCHDOG}"', "active": "true"})
@@ -554,7 +584,7 @@ def check_watchdog(ctx: Context) -> str:
     return f"{alerting.WATCHDOG} active since {alerts[0].get('startsAt', '?')[:19]} ({where})"
 
 
-@check("monitoring", "node_exporter is scraped")
+@check("monitoring", "node_exporter is scraped", fix=FIX_MONITOR)
 def check_node_exporter(ctx: Context) -> str:
     if not ctx.config["monitoring"]["node_exporter"]["url"]:
         raise CheckSkipped("system.monitoring.node_exporter.url is null: no host metrics")
@@ -567,7 +597,8 @@ def check_node_exporter(ctx: Context) -> str:
         f"{t.get('scrapeUrl')}: {t.get('lastError') or t.get('health')}" for t in targets if t.get("health") != "up"
     ]
     if down:
-        raise CheckFailed("node_exporter not scraped: " + "; ".join(down))
+        unscraped = all(t.get("health") == "unknown" for t in targets)
+        raise CheckFailed("node_exporter not scraped: " + "; ".join(down), FIX_FIRST_SCRAPE if unscraped else "")
     return ", ".join(f"{t.get('scrapeUrl')} up" for t in targets)
 
 
@@ -613,11 +644,19 @@ def newest_archive(ctx: Context) -> Path:
     return ctx.once("newest archive", find)
 
 
+def _has_archive(ctx: Context) -> bool:
+    try:
+        newest_archive(ctx)
+    except CheckFailed:
+        return False
+    return True
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-@check("backup", "the newest archive is fresh")
+@check("backup", "the newest archive is fresh", fix=FIX_BACKUP)
 def check_archive_age(ctx: Context) -> str:
     archive = newest_archive(ctx)
     schedule = ctx.config["backup"]["schedule"]
@@ -630,7 +669,7 @@ def check_archive_age(ctx: Context) -> str:
     return f"{archive.name}, {_hours(max(age, 0))} old (limit {_hours(limit)})"
 
 
-@check("backup", "its checksum matches the sidecar")
+@check("backup", "its checksum matches the sidecar", fix=FIX_BACKUP)
 def check_archive_checksum(ctx: Context) -> str:
     try:
         digest = check_checksum(newest_archive(ctx))
@@ -639,7 +678,7 @@ def check_archive_checksum(ctx: Context) -> str:
     return f"sha256 {digest[:12]}... ok"
 
 
-@check("backup", "it reads back in full (backup_script.py verify)")
+@check("backup", "it reads back in full (backup_script.py verify)", fix=FIX_BACKUP)
 def check_archive_verify(ctx: Context) -> str:
     archive = newest_archive(ctx)
     script = CHECKOUT / "backup_script.py"
@@ -710,7 +749,7 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-@check("backup", "the backup metric agrees with it")
+@check("backup", "the backup metric agrees with it", fix=FIX_BACKUP)
 def check_backup_metric(ctx: Context) -> str:
     archive = newest_archive(ctx)
     values, source = job_metrics(ctx, JOB_BACKUP)
@@ -774,7 +813,7 @@ def schedule_loops(directories: set[Path]) -> list[tuple[int, str]]:
     return loops
 
 
-@check("backup", "a scheduler exists")
+@check("backup", "a scheduler exists", fix=FIX_SCHEDULER)
 def check_scheduler(ctx: Context) -> str:
     cron, why_not = _cron_lines()
     if cron:
@@ -800,7 +839,7 @@ def _git(*args: str) -> subprocess.CompletedProcess[str]:
     return git(CHECKOUT, *args, timeout=30, check=False)
 
 
-@check("update", "/version serves the checkout's HEAD")
+@check("update", "/version serves the checkout's HEAD", fix=FIX_DEPLOY)
 def check_served_commit(ctx: Context) -> str:
     served = ctx.server.json("/version").get("commit", "unknown")
     try:
@@ -825,7 +864,7 @@ def check_served_commit(ctx: Context) -> str:
     raise CheckFailed(f"the server runs {served[:12]}, which is not an ancestor of HEAD {head_commit[:12]}")
 
 
-@check("update", "/version serves the last good release")
+@check("update", "/version serves the last good release", fix=FIX_DEPLOY)
 def check_good_release(ctx: Context) -> str:
     good, logfile = good_release(ctx.run_dir), update_log(ctx.run_dir)
     if good is None:
@@ -860,7 +899,7 @@ def update_never_ran(ctx: Context) -> bool:
     return ctx.once("update never ran", lambda: last_update_log(ctx) is None and not job_metrics(ctx, JOB_UPDATE)[0])
 
 
-@check("update", "the last update succeeded")
+@check("update", "the last update succeeded", fix="see `make history ALL=1`, then run `make update`")
 def check_last_update(ctx: Context) -> str:
     entry = last_update_log(ctx)
     if entry is not None:
@@ -885,7 +924,9 @@ def check_last_update(ctx: Context) -> str:
 # --- restarts -------------------------------------------------------------------------------------
 
 
-@check("restarts", "no restart after a crash since the last run")
+@check(
+    "restarts", "no restart after a crash since the last run", fix="read the crash in hello_world.log (system.run_dir)"
+)
 def check_restarts(ctx: Context) -> str:
     """The supervisor's start history (its state file) since validation last looked: a crash loop shows."""
     ok, detail = restarts.look(ctx.run_dir, first_window=ctx.config["validation"]["interval"] or 900.0)
@@ -905,16 +946,19 @@ def run_checks(ctx: Context, groups: list[str]) -> list[Result]:
         if group not in groups:
             continue
         started = time.monotonic()
+        fix = ""
         try:
             status, detail = PASS, func(ctx)
         except CheckSkipped as exc:
             status, detail = SKIP, str(exc)
         except CheckFailed as exc:
             status, detail = FAIL, str(exc)
+            fix = exc.fix or FIXES.get((group, name)) or f"see validation_steps.md, group {group}"
         except Exception as exc:  # noqa: BLE001 - a bug in one check must not hide the others
             log.debug("check %s/%s crashed", group, name, exc_info=True)
             status, detail = FAIL, f"internal error: {type(exc).__name__}: {exc}"
-        results.append(Result(group, name, status, detail, time.monotonic() - started))
+            fix = "a bug: `validation_test.py -v` logs it"
+        results.append(Result(group, name, status, detail, time.monotonic() - started, fix))
     return results
 
 
@@ -922,14 +966,29 @@ def _shown_duration(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def render_table(results: list[Result]) -> str:
-    rows = [("GROUP", "CHECK", "STATUS", "DURATION", "DETAIL")]
-    rows += [(r.group, r.check, r.status, _shown_duration(r.duration), r.detail) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
-        for row in rows
-    ]
+LINE_WIDTH = 120  # a terminal's width: longer details are cut here (-v or --json gives them whole)
+
+
+def _fit(text: str, width: int = LINE_WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render_table(results: list[Result], verbose: bool = False) -> str:
+    """One line per check (`STATUS  group  check: detail`); a FAIL line says what to do and its reason follows.
+
+    Lines are cut at LINE_WIDTH unless verbose, which adds each check's duration.
+    """
+    group_width = max((len(r.group) for r in results), default=0)
+    fit = (lambda text: text) if verbose else _fit
+    lines = []
+    for r in results:
+        took = f" ({_shown_duration(r.duration)})" if verbose else ""
+        head = f"{r.status}  {r.group.ljust(group_width)}  {r.check}{took}"
+        if r.status == FAIL:
+            lines.append(f"{head}; fix: {r.fix}")  # whole, never cut: the fixes are short
+            lines.append(fit(" " * (len(r.status) + 2) + r.detail))
+        else:
+            lines.append(fit(f"{head}: {r.detail}"))
     counts = {status: sum(r.status == status for r in results) for status in (PASS, FAIL, SKIP)}
     total = sum(r.duration for r in results)
     lines.append(f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped in {_shown_duration(total)}")
@@ -945,7 +1004,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(prog="validation_test.py", description="Check the live system named by config.yaml.")
     parser.add_argument("--json", action="store_true", help="print a JSON list of results instead of a table")
     parser.add_argument("--only", metavar="GROUP[,GROUP]", help=f"run only these groups of {', '.join(GROUPS)}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="whole details and durations; debug logs to stderr"
+    )
     args = parser.parse_args(argv)
     if args.only is None:
         args.groups = list(GROUPS)
@@ -975,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps([asdict(r) | {"duration": round(r.duration, 4)} for r in results], indent=2))
     else:
-        print(render_table(results))
+        print(render_table(results, args.verbose))
     return EXIT_FAILED if any(r.status == FAIL for r in results) else EXIT_OK
 
 

@@ -6,12 +6,15 @@
     sink.alerts("/alerts", "HelloWorldDown", "firing")   # [(arrival time, alert), ...]
     sink.close()
 
+    python -m hello.webhook_sink [PORT]   # to try alert delivery: prints each alert it receives (README "First run")
+
 The live alert delivery test (tests/test_alerting.py) and scripts/bench_alerting.py receive
 Alertmanager's webhook payloads (version 4: {"status", "alerts": [{"status", "labels", ...}]}) with it.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.server
 import json
@@ -23,7 +26,7 @@ from typing import Any
 class WebhookSink:
     """Every JSON body POSTed, with its arrival time (time.time()) and path."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.received: list[tuple[float, str, dict[str, Any]]] = []
         sink = self
 
@@ -39,7 +42,7 @@ class WebhookSink:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep quiet
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -59,3 +62,33 @@ class WebhookSink:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Listen on 127.0.0.1:PORT and print one line per alert received, until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m hello.webhook_sink", description=main.__doc__)
+    parser.add_argument("port", nargs="?", type=int, default=0, help="the port (default: a free one)")
+    args = parser.parse_args(argv)
+    try:
+        sink = WebhookSink(args.port)
+    except OSError as exc:
+        parser.exit(2, f"webhook_sink: cannot listen on 127.0.0.1:{args.port}: {exc.strerror}\n")
+    print(f"webhook_sink: set webhook_url: {sink.url}/alerts (Ctrl-C stops)", flush=True)
+    shown = 0
+    try:
+        while True:
+            time.sleep(0.5)
+            received = sink.received[shown:]
+            shown += len(received)
+            for when, _path, body in received:
+                for alert in body.get("alerts", []):
+                    stamp = time.strftime("%H:%M:%S", time.localtime(when))
+                    print(f"{stamp} {alert.get('status')} {alert.get('labels', {}).get('alertname')}", flush=True)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sink.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

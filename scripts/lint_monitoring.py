@@ -20,6 +20,10 @@ A tool that is missing is a failure naming the package that ships it:
 - hadolint on the Dockerfile, and the Dockerfile runs what SPEC.md says
 - the Grafana dashboard and provisioning files: uids, datasource references, queries, grid layout, and the
   deploy annotations (issue 14): titles naming outcome and commit, the metric's value as their time
+- ready for Prometheus 3 (only 2.x runs here, so by reading): compose pins Prometheus 3; no rule or dashboard
+  query uses a function 3.x removed or hides behind a feature flag, matches `le`/`quantile` on an
+  integer-looking value (3.x stores le="1" as "1.0"), or takes a range of fewer than two scrape intervals
+  (3.x ranges are left-open: one sample fewer at the edge); no config key or flag 3.x removed
 """
 
 from __future__ import annotations
@@ -44,7 +48,15 @@ sys.path.insert(0, str(REPO))
 
 from hello import alerting, promconfig  # noqa: E402
 from hello import dashboard as grafana  # noqa: E402
-from hello.config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello.config import (  # noqa: E402
+    DEFAULT_PATH,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigError,
+    load_config,
+    parse_duration,
+)
 from hello.deploys import DEPLOY_METRIC  # noqa: E402
 
 MONITORING = REPO / "monitoring"
@@ -431,6 +443,90 @@ def check_dashboard_queries_parse(system: dict[str, Any]) -> None:
         expect_success([promtool(), "check", "rules", "--lint=none", str(path)])
 
 
+# --- Prometheus 3 (issue 24 item 7): what 3.x changed, checked by reading, as only 2.x runs here ---
+
+# Renamed in 3.0 (holt_winters) or only behind --enable-feature=promql-experimental-functions.
+PROM3_FLAGGED_FUNCTIONS = {
+    "holt_winters": "removed in 3.0 (double_exponential_smoothing, behind a feature flag)",
+    "double_exponential_smoothing": "needs --enable-feature=promql-experimental-functions",
+    "sort_by_label": "needs --enable-feature=promql-experimental-functions",
+    "sort_by_label_desc": "needs --enable-feature=promql-experimental-functions",
+    "limitk": "needs --enable-feature=promql-experimental-functions",
+    "limit_ratio": "needs --enable-feature=promql-experimental-functions",
+    "mad_over_time": "needs --enable-feature=promql-experimental-functions",
+    "info": "needs --enable-feature=promql-experimental-functions",
+}
+PROM3_LABEL_MATCHER = re.compile(r'\b(le|quantile)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+PROM3_RANGE = re.compile(r"\[\s*(\d+(?:ms|[smhdwy])(?:\d+(?:ms|[smhdwy]))*)\s*\]")  # not subqueries [a:b]
+# Removed in 3.0: prometheus.yml keys and command-line flags.
+PROM3_REMOVED_KEYS = {"scrape_classic_histograms": "renamed always_scrape_classic_histograms"}
+PROM3_REMOVED_FLAGS = ("--storage.tsdb.retention=", "--alertmanager.timeout", "--enable-feature=agent")
+PROM3_IMAGE = re.compile(r"^prom/prometheus:v(\d+)\.(\d+)\.(\d+)$")
+
+
+def prometheus3_query_problems(expr: str, scrape_interval: float) -> list[str]:
+    """What in one PromQL expression means something else, or nothing, on Prometheus 3."""
+    problems = []
+    for name, why in PROM3_FLAGGED_FUNCTIONS.items():
+        if re.search(rf"\b{name}\s*\(", expr):
+            problems.append(f"{name}(): {why}")
+    for label, _, value in PROM3_LABEL_MATCHER.findall(expr):
+        if any(re.fullmatch(r"-?\d+", part) for part in value.split("|")):
+            problems.append(f'{label}="{value}": 3.x stores integer-looking {label} values as floats ("1.0")')
+    for duration in PROM3_RANGE.findall(expr):
+        if parse_duration(duration) < 2 * scrape_interval:
+            problems.append(
+                f"[{duration}] is under two scrape intervals ({scrape_interval:g}s): "
+                "3.x left-open ranges may hold one sample"
+            )
+    return problems
+
+
+def prometheus3_config_problems(config_text: str) -> list[str]:
+    keys = set(re.findall(r"^\s*-?\s*([a-z_]+):", config_text, re.MULTILINE))
+    problems = [f"{key}: {why}" for key, why in PROM3_REMOVED_KEYS.items() if key in keys]
+    if re.search(r"^[\s-]*api_version:\s*v1\b", config_text, re.MULTILINE):
+        problems.append("alertmanagers api_version v1: removed in 3.0")
+    return problems
+
+
+def prometheus3_compose_problems(compose: dict[str, Any]) -> list[str]:
+    service = (compose.get("services") or {}).get("prometheus") or {}
+    image = str(service.get("image", ""))
+    match = PROM3_IMAGE.match(image)
+    problems = [] if match and int(match.group(1)) >= 3 else [f"compose pins {image!r}, not prom/prometheus:v3.x.y"]
+    flags = [str(arg) for arg in service.get("command") or []]
+    problems += [f"flag {flag} was removed in 3.0" for flag in flags if flag.startswith(PROM3_REMOVED_FLAGS)]
+    return problems
+
+
+def check_prometheus3_ready(system: dict[str, Any]) -> None:
+    scrape_interval = float(system["monitoring"]["prometheus"]["scrape_interval"])
+    exprs = [(f"rule {rule.get('alert') or rule.get('record')}", str(rule["expr"])) for rule in all_rules()]
+    exprs += [
+        (f"panel {title!r}", grafana.substitute_macros(expr, scrape_interval))
+        for title, _, expr in grafana.queries(load_dashboard())
+    ]
+    problems = [
+        f"{where}: {problem}" for where, expr in exprs for problem in prometheus3_query_problems(expr, scrape_interval)
+    ]
+    problems += prometheus3_config_problems(promconfig.COMPOSE_CONFIG.read_text())
+    problems += prometheus3_config_problems(promconfig.local_config_text(system))
+    problems += prometheus3_compose_problems(yaml.safe_load(COMPOSE_FILE.read_text()))
+    if problems:
+        raise CheckFailed("; ".join(problems))
+
+
+def all_rules() -> list[dict[str, Any]]:
+    """Every alerting and recording rule of monitoring/rules/*.rules.yml."""
+    return [
+        rule
+        for path in RULES
+        for group in (yaml.safe_load(path.read_text()) or {}).get("groups") or []
+        for rule in group.get("rules") or []
+    ]
+
+
 # --- compose and Docker ---
 
 
@@ -523,6 +619,7 @@ CHECKS: list[tuple[str, Callable[..., None], bool]] = [
     ("docker compose refuses without GF_ADMIN_PASSWORD", check_compose_needs_password, False),
     ("hadolint Dockerfile", check_hadolint, False),
     ("Dockerfile runs the SPEC's command", check_dockerfile_contract, False),
+    ("ready for Prometheus 3 (queries, config, compose pin)", check_prometheus3_ready, True),
 ]
 
 

@@ -756,3 +756,50 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
     assert sorted({rule["name"] for rule in rules}) == sorted(ALERTS)
     firing = {rule["name"] for rule in rules if rule["state"] == "firing"}
     assert not firing & {"HelloWorldDown", "HelloWorldBackupFailed", "HelloWorldUpdateFailed", "HelloWorldBackupStale"}
+
+
+# --- ready for Prometheus 3 (issue 24 item 7): only 2.x runs here, so the lint reads for what 3.x changed ---
+
+
+@pytest.mark.parametrize(
+    ("expr", "found"),
+    [
+        ("holt_winters(x[10m], 0.5, 0.5)", "holt_winters(): removed in 3.0"),
+        ("sort_by_label(up, 'job')", "sort_by_label(): needs --enable-feature"),
+        ('sum(rate(h_bucket{le="1"}[5m]))', 'le="1": 3.x stores integer-looking le'),
+        ('h_bucket{le=~"0.5|10"}', 'le="0.5|10"'),
+        ('s{quantile="1"}', 'quantile="1"'),
+        ("rate(x[15s])", "[15s] is under two scrape intervals (15s)"),
+        ("count_over_time(up[20s])", "[20s] is under two scrape intervals"),
+    ],
+)
+def test_the_prometheus_3_lint_finds_each_pitfall(expr: str, found: str) -> None:
+    problems = lint_monitoring.prometheus3_query_problems(expr, 15.0)
+    assert len(problems) == 1 and found in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        'histogram_quantile(0.99, sum by (le) (rate(h_bucket{le!="+Inf"}[1m])))',
+        'h_bucket{le="1.0"} or h_bucket{le="0.1"}',
+        "max_over_time(rate(x[1m])[5m:30s])",
+        "predict_linear(node_filesystem_avail_bytes[6h], 24 * 3600)",
+        "info_requests_total",  # a metric whose name starts like a function
+    ],
+)
+def test_the_prometheus_3_lint_passes_what_3x_reads_the_same(expr: str) -> None:
+    assert lint_monitoring.prometheus3_query_problems(expr, 15.0) == []
+
+
+def test_the_prometheus_3_lint_reads_config_keys_and_the_compose_pin() -> None:
+    config = "global:\n  scrape_classic_histograms: true\nalerting:\n  alertmanagers:\n  - api_version: v1\n"
+    assert len(lint_monitoring.prometheus3_config_problems(config)) == 2
+    assert lint_monitoring.prometheus3_config_problems(promconfig.COMPOSE_CONFIG.read_text()) == []
+    old = {
+        "services": {"prometheus": {"image": "prom/prometheus:v2.55.1", "command": ["--storage.tsdb.retention=15d"]}}
+    }
+    assert len(lint_monitoring.prometheus3_compose_problems(old)) == 2
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert lint_monitoring.prometheus3_compose_problems(compose) == []
+    assert compose["services"]["prometheus"]["image"].startswith("prom/prometheus:v3.13.")

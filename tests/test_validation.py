@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -417,6 +419,47 @@ def test_down_components_fail_fast_with_their_names_and_no_traceback(tmp_path: P
     assert took < 20, f"validation took {took:.1f}s with one silent component"
 
 
+# A FAIL line says `; fix:` and names a command to run, a config key to set, or the runbooks (a firing alert).
+FIX_HINT = re.compile(r"; fix: .*(`[^`]+`|system\.[a-z_.]+|docs/runbooks\.md)")
+
+
+def test_a_fresh_system_fails_in_lines_that_fit_and_say_what_to_do(hello_server) -> None:
+    # Right after `make start`: the server answers; no monitoring runs, no backup was taken, no scheduler.
+    dead = free_port()
+    urls = {key: {"url": f"http://127.0.0.1:{dead}"} for key in ("prometheus", "pushgateway", "alertmanager")}
+    server = hello_server(overrides={"monitoring": urls | {"node_exporter": {"url": f"http://127.0.0.1:{dead}"}}})
+    env, script = server.env, str(REPO / "validation_test.py")
+    done = run([PYTHON, script], REPO, env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.splitlines()  # stderr: only the Pushgateway's warning (the push failed; the textfile has it)
+    assert max(map(len, lines)) <= 120, "\n".join(line for line in lines if len(line) > 120)
+    failed = [line for line in lines if line.startswith("FAIL")]
+    as_json = {(r["group"], r["check"]): r for r in json.loads(run([PYTHON, script, "--json"], REPO, env).stdout)}
+    assert len(failed) == sum(r["status"] == "FAIL" for r in as_json.values()) >= 8, done.stdout
+    assert all(FIX_HINT.search(line) for line in failed), "\n".join(failed)
+    assert f"{CHECK['check_archive_age'][1]}; fix: run `make backup`" in done.stdout
+    assert f"{CHECK['check_scheduler'][1]}; fix: run `make cron | crontab -` or `make systemd-install`" in done.stdout
+    assert f"{CHECK['check_prometheus_ready'][1]}; fix: run `make monitor`" in done.stdout
+    assert as_json[CHECK["check_archive_age"]]["fix"] == "run `make backup`"
+    assert all(r["fix"] == "" for r in as_json.values() if r["status"] != "FAIL")
+    # -v: every detail whole (the scheduler's names the checkout it looked for), with durations.
+    verbose = run([PYTHON, script, "-v", "--only", "backup"], REPO, env).stdout
+    assert as_json[CHECK["check_scheduler"]]["detail"] in verbose and " ms)" in verbose
+
+
+def test_every_checks_fail_line_fits_120_columns_with_its_fix() -> None:
+    """Each check's own fix (what a FAIL shows when its fault names none) fits beside its name on one line."""
+    long = "x" * 500
+    results = [
+        validation_test.Result(g, n, "FAIL", long, 0.0, validation_test.FIXES[(g, n)])
+        for g, n, _ in validation_test.CHECKS
+    ]
+    lines = validation_test.render_table(results).splitlines()
+    assert max(map(len, lines)) <= 120, "\n".join(line for line in lines if len(line) > 120)
+    failed = [line for line in lines if line.startswith("FAIL")]
+    assert len(failed) == len(results) and all(FIX_HINT.search(line) for line in failed), "\n".join(failed)
+
+
 def test_bad_usage_and_bad_config_exit_2_with_one_line(tmp_path: Path) -> None:
     done = run([PYTHON, str(REPO / "validation_test.py"), "--only", "service,nonsense"], REPO, dict(os.environ))
     assert done.returncode == 2
@@ -533,3 +576,17 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
         for proc in processes.popens:  # the backup-schedule loop: its own session, stopped by its PID group
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
+
+
+def test_the_kits_webhook_sink_prints_each_alert_it_receives(tmp_path: Path, processes: ProcessRegistry) -> None:
+    """README "First run": `python -m hello.webhook_sink PORT` is a receiver to try alert delivery with."""
+    port, out = free_port(), tmp_path / "sink.out"
+    with out.open("w") as stdout:
+        processes.start([PYTHON, "-m", "hello.webhook_sink", str(port)], cwd=REPO, stdout=stdout)
+    wait_until(lambda: f"http://127.0.0.1:{port}/alerts" in out.read_text(), 10, "the sink's webhook_url line")
+    alert = {"status": "firing", "labels": {"alertname": "HelloWorldDown"}}
+    body = json.dumps({"version": "4", "status": "firing", "alerts": [alert]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/alerts", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+    wait_until(lambda: " firing HelloWorldDown\n" in out.read_text(), 10, "the sink's line for the alert")
