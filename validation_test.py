@@ -31,6 +31,9 @@ test_*.py here, and nothing in this file is named test*.
 
 from __future__ import annotations
 
+import hello.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
 import argparse
 import base64
 import functools
