@@ -656,6 +656,12 @@ def test_alertmanager_and_pushgateway_refuse_other_local_users(tmp_path: Path, p
     )
     for job in ("pushgateway", "alertmanager"):
         wait_until(lambda job=job: prometheus_query(prometheus_url, f'up{{job="{job}"}} == 1'), 20, f"{job} up")
+    staging = tmp_path / "staging"  # the monitoring backup hook reads the Pushgateway and Alertmanager with it too
+    staging.mkdir()
+    hook = run(
+        [PYTHON, str(REPO / "scripts" / "backup_hook_monitoring.py")], env={**env, "HELLO_BACKUP_STAGING": str(staging)}
+    )
+    assert hook.returncode == 0 and (staging / "alertmanager" / "silences.json").is_file(), hook.stderr
     watchdog = urllib.parse.urlencode({"filter": 'alertname="Watchdog"'})
     wait_until(
         lambda: json.loads(http_get(f"{alertmanager_url}/api/v2/alerts?{watchdog}", headers=login)[2]),
