@@ -85,7 +85,8 @@ monitor-stop: $(RUNTIME_STAMP) ## stop what `make monitor` started
 	@$(PY) scripts/monitor.py stop
 
 up: $(RUNTIME_STAMP) ## start the docker compose stack (needs a Docker engine and .env)
-	@$(PY) scripts/monitor.py render alertmanager && mkdir -p run/monitor/alertmanager-compose-data run/metrics
+	@$(PY) scripts/monitor.py render alertmanager && mkdir -p run/metrics \
+		$(addprefix run/monitor/,alertmanager-compose-data prometheus-compose-data pushgateway-compose-data)
 	HELLO_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) HELLO_UID=$$(id -u) HELLO_GID=$$(id -g) \
 		docker compose up -d --build
 

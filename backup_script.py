@@ -51,6 +51,9 @@ archive (off-host when configured), restores it into <run_dir>/drill/ and compar
 
 from __future__ import annotations
 
+import hello.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
 import argparse
 import contextlib
 import functools

@@ -34,6 +34,9 @@ Exit codes: 0 success; 1 failed (the port is taken, the workers cannot start);
 
 from __future__ import annotations
 
+import hello.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
 import argparse
 import contextlib
 import functools

@@ -71,6 +71,9 @@ Exit codes: 0 updated or already up to date (history: printed); 1 refused or fai
 
 from __future__ import annotations
 
+import hello.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
 import argparse
 import json
 import logging

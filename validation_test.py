@@ -31,6 +31,9 @@ test_*.py here, and nothing in this file is named test*.
 
 from __future__ import annotations
 
+import hello.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
 import argparse
 import base64
 import functools
@@ -54,7 +57,7 @@ from typing import Any
 
 import yaml
 
-from hello import alerting, promtext, restarts, units
+from hello import alerting, monitor_auth, promtext, restarts, units
 from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
 from hello.dashboard import expanded_queries
 from hello.deploys import DEPLOY_METRIC, recorded_deploy
@@ -222,6 +225,15 @@ def sample_names(text: str) -> set[str]:
 # --- the run context and the check registry -------------------------------------------------------
 
 
+def _monitor_login(config: dict[str, Any]) -> dict[str, str]:
+    """Alertmanager's and the Pushgateway's login (hello/monitor_auth.py); a bad password file: none, warned."""
+    try:
+        return monitor_auth.auth_headers(config)
+    except monitor_auth.AuthError as exc:
+        log.warning("%s", exc)
+        return {}
+
+
 class Context:
     """What the checks share: the config, one Endpoint per component, and values computed once."""
 
@@ -232,7 +244,8 @@ class Context:
         self.server = Endpoint("hello-world server", served_url(config), self.timeout, fix=FIX_SERVER)
         prom, push, grafana = (monitoring[key]["url"] for key in ("prometheus", "pushgateway", "grafana"))
         self.prometheus = Endpoint("Prometheus", prom, self.timeout, fix=FIX_MONITOR) if prom else None
-        self.pushgateway = Endpoint("Pushgateway", push, self.timeout, fix=FIX_MONITOR) if push else None
+        self.auth = _monitor_login(config)
+        self.pushgateway = Endpoint("Pushgateway", push, self.timeout, self.auth, fix=FIX_MONITOR) if push else None
         self.grafana = _url_with_auth(grafana, "Grafana", self.timeout) if grafana else None
         if self.grafana:
             self.grafana.fix = FIX_GRAFANA
@@ -519,7 +532,9 @@ def need_alertmanager(ctx: Context) -> Endpoint:
     url = ctx.config["monitoring"]["alertmanager"]["url"]
     if not url:
         raise CheckSkipped(f"{ALERTING_KEY}.url is null: no alert delivery")
-    return ctx.once("alertmanager endpoint", lambda: Endpoint("Alertmanager", url, ctx.timeout, fix=FIX_MONITOR))
+    return ctx.once(
+        "alertmanager endpoint", lambda: Endpoint("Alertmanager", url, ctx.timeout, ctx.auth, fix=FIX_MONITOR)
+    )
 
 
 @check("monitoring", "Alertmanager is ready", fix=FIX_MONITOR)

@@ -3,7 +3,8 @@
     digest, size = write_archive(source, temp, patterns, skip, Progress(show), staging, head)
 
 Entries are walked depth first in name order without following a link; excluded names (fnmatch, any depth)
-are skipped with all they contain, and so is the destination (by device and inode). Compression is
+are skipped with all they contain, and so is every entry in `skip` (by device and inode: the destination, the
+secret files config.yaml names). Compression is
 gzip-compatible, by ISA-L (python-isal) in background threads. SIGTERM while writing is deferred (Termination).
 """
 
@@ -144,6 +145,7 @@ def _excluded(name: str, patterns: list[str]) -> bool:
 
 def walk_source(source: Path, patterns: list[str], skip: set[tuple[int, int]]) -> Iterator[tuple[str, str]]:
     """(path, archive name) of everything to archive, depth first in name order, never following links."""
+    skipped_inodes = {inode for _device, inode in skip}  # DirEntry.inode() costs no system call
 
     def walk(directory: str, prefix: str) -> Iterator[tuple[str, str]]:
         try:
@@ -157,11 +159,11 @@ def walk_source(source: Path, patterns: list[str], skip: set[tuple[int, int]]) -
             arcname = prefix + entry.name
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
-                info = entry.stat(follow_symlinks=False) if is_dir else None
+                info = entry.stat(follow_symlinks=False) if entry.inode() in skipped_inodes else None
             except FileNotFoundError:
                 continue
             if info is not None and (info.st_dev, info.st_ino) in skip:
-                log.debug("skipping %s: it is the backup destination", path)
+                log.debug("skipping %s: the backup destination or a secret file", path)
                 continue
             yield path, arcname
             if is_dir:

@@ -68,13 +68,32 @@ def create(config: dict[str, Any], *, progress: Progress) -> tuple[Archive, int]
     remove_leftovers(destination)
     sweep_stale(Path(config["run_dir"]))  # a killed run's hook output
     try:
-        check_room(destination, expected_size(destination, source, backup["exclude"], None))  # at once
+        patterns = excluded_names(backup)
+        check_room(destination, expected_size(destination, source, patterns, None))  # at once
         with staged(hooks, cwd=Path(config["config_file"]).parent, parent=Path(config["run_dir"])) as staging:
             if staging is not None:  # and again with what the hooks staged
-                check_room(destination, expected_size(destination, source, backup["exclude"], staging))
+                check_room(destination, expected_size(destination, source, patterns, staging))
             return _write(config, source, destination, progress, staging, header(config, hooks))
     except (HookFailed, NoRoom) as exc:
         raise BackupError(str(exc)) from None
+
+
+def excluded_names(backup: dict[str, Any]) -> list[str]:
+    """The name patterns never archived: system.backup.exclude and .exclude_secrets."""
+    return [*backup["exclude"], *backup["exclude_secrets"]]
+
+
+def secret_files(config: dict[str, Any]) -> set[tuple[int, int]]:
+    """(device, inode) of the secret files config.yaml names, whatever they are called; none when opted in."""
+    if not config["backup"]["exclude_secrets"]:
+        return set()
+    named = (config["monitoring"]["alertmanager"]["secrets_file"], config["backup"]["offsite"]["rclone_config"])
+    found = set()
+    for path in filter(None, named):
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            found.add((info.st_dev, info.st_ino))
+    return found
 
 
 def expected_size(destination: Path, source: Path, patterns: list[str], staging: Path | None) -> int:
@@ -92,7 +111,7 @@ def expected_size(destination: Path, source: Path, patterns: list[str], staging:
 
 def _write(config: dict[str, Any], source: Path, destination: Path, progress: Progress, staging, head):
     """Write the archive: partial file, sidecar, rename (see the module docstring)."""
-    patterns = config["backup"]["exclude"]
+    patterns = excluded_names(config["backup"])
     dest_stat = destination.stat()
     final = _free_name(destination)
     sidecar = sidecar_path(final)
@@ -100,7 +119,7 @@ def _write(config: dict[str, Any], source: Path, destination: Path, progress: Pr
     temp_sidecar = final.with_name(f".{sidecar.name}{PARTIAL}")
     writing = temp
     try:
-        skip = {(dest_stat.st_dev, dest_stat.st_ino)}
+        skip = {(dest_stat.st_dev, dest_stat.st_ino)} | secret_files(config)
         digest, size = write_archive(source, temp, patterns, skip, progress, staging, head)
         # The sidecar gets its final name first: then every final-named archive has one.
         writing = temp_sidecar

@@ -44,6 +44,21 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
 # expands to billions of values): the shipped file is about 2 KiB and 90 values.
 MAX_CONFIG_BYTES = 64 << 10
 MAX_YAML_VALUES = 10_000  # scalars, lists and mappings, every alias counted as what it stands for
+# Names of files that hold secrets (fnmatch, any depth): the default of system.backup.exclude_secrets.
+SECRET_FILE_PATTERNS = (
+    ".env",
+    "*.env",
+    ".env.local",
+    ".netrc",
+    ".pgpass",
+    ".htpasswd",
+    "*.key",
+    "*.pem",
+    "id_rsa",
+    "id_ecdsa",
+    "id_ed25519",
+    "rclone.conf",
+)
 
 
 class ConfigError(Exception):
@@ -322,6 +337,9 @@ SCHEMA: Schema = {
                 _string_list,
                 [".git", ".venv", "__pycache__", "backups", "run", ".pytest_cache", ".ruff_cache"],
             ),
+            # Secret files are left out of every archive (and so of every off-host copy) unless the operator
+            # sets this to [] (README "Archive format"); apart from `exclude` so that a custom exclude keeps them out.
+            "exclude_secrets": (_string_list, list(SECRET_FILE_PATTERNS)),
             "keep": {
                 "last": (_int_at_least(0), 3),  # the newest N, whatever their bucket (restic's --keep-last)
                 "daily": (_int_at_least(0), 7),

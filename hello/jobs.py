@@ -19,7 +19,8 @@ that PID started after the file was written (the PID was reused).
 
 record_job writes <run_dir>/metrics/<job>.prom atomically (for node_exporter's
 textfile collector or a human) and pushes the same gauges to the Pushgateway
-when system.monitoring.pushgateway.url is set. Each is attempted whatever the
+when system.monitoring.pushgateway.url is set (with the login of hello/monitor_auth.py
+when `make monitor` made one). Each is attempted whatever the
 other did (a full disk still pushes); a failure is one warning line, never raised.
 
 pid_alive, http_get, fsync_dir, write_atomically and private_dir (a folder only we can change) are the small
@@ -37,14 +38,16 @@ import stat
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from hello import promtext
 from hello.deploys import DEPLOY_HELP, DEPLOY_METRIC
+from hello.monitor_auth import read_credentials
 
 log = logging.getLogger("hello_jobs")
 
@@ -115,10 +118,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def http_get(url: str, timeout: float) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """(status, body) of a GET; HTTP error statuses are returned, network errors raise OSError."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -265,6 +268,18 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
+def _push_handler(config: dict[str, Any]) -> Callable[..., Callable[[], None]]:
+    """prometheus_client's push handler, with the Pushgateway's login when `make monitor` made one."""
+    credentials = read_credentials(config)
+    if credentials is None:
+        return default_handler
+
+    def handler(url: str, method: str, timeout: float | None, headers: list, data: bytes) -> Callable[[], None]:
+        return basic_auth_handler(url, method, timeout, headers, data, credentials.user, credentials.password)
+
+    return handler
+
+
 def _registry(
     job: str,
     success: bool,
@@ -338,7 +353,7 @@ def record_job(
     if url:
         push_started = time.monotonic()
         try:
-            push_to_gateway(url, job=job, registry=registry, timeout=PUSH_TIMEOUT)
+            push_to_gateway(url, job=job, registry=registry, timeout=PUSH_TIMEOUT, handler=_push_handler(config))
         except Exception as exc:  # noqa: BLE001 - any push failure is only a warning
             unpushed = f"the Pushgateway at {url} ({exc})"
         else:

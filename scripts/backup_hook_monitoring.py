@@ -11,6 +11,7 @@ Writes into $HELLO_BACKUP_STAGING (set by backup_script.py):
   pushgateway/   a copy of the Pushgateway's --persistence.file (from its /api/v1/status), when it has one.
   alertmanager/silences.json   the silences (GET /api/v2/silences); restore with `amtool silence import`.
 URLs default to system.monitoring.* in config.yaml; a service set to null (or not configured) is skipped.
+The Pushgateway and Alertmanager get the login `make monitor` made (hello/monitor_auth.py).
 Exit codes: 0 done; 1 a configured service did not answer or refused (the backup then fails, naming this hook);
 2 bad usage or config, or HELLO_BACKUP_STAGING not set.
 """
@@ -29,8 +30,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
+
 from hello.backup_hooks import STAGING_ENV  # noqa: E402
 from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello.monitor_auth import AuthError, auth_headers  # noqa: E402
 
 TIMEOUT = 60.0  # a snapshot of a large TSDB takes a while
 
@@ -39,8 +45,8 @@ class HookError(Exception):
     """A service failed; str() names it."""
 
 
-def call(url: str, method: str = "GET") -> Any:
-    request = urllib.request.Request(url, method=method)
+def call(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> Any:
+    request = urllib.request.Request(url, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             return json.loads(response.read())
@@ -48,7 +54,7 @@ def call(url: str, method: str = "GET") -> Any:
         raise HookError(f"{method} {url}: {exc}") from None
 
 
-def prometheus_snapshot(url: str, staging: Path) -> Path:
+def prometheus_snapshot(url: str, staging: Path, _login: dict[str, str]) -> Path:  # Prometheus: no login
     answer = call(f"{url}/api/v1/admin/tsdb/snapshot", "POST")
     name = answer.get("data", {}).get("name")
     if answer.get("status") != "success" or not name:
@@ -62,8 +68,8 @@ def prometheus_snapshot(url: str, staging: Path) -> Path:
     return destination
 
 
-def pushgateway_state(url: str, staging: Path) -> Path | None:
-    flags = call(f"{url}/api/v1/status").get("data", {}).get("flags", {})
+def pushgateway_state(url: str, staging: Path, login: dict[str, str]) -> Path | None:
+    flags = call(f"{url}/api/v1/status", headers=login).get("data", {}).get("flags", {})
     store = flags.get("persistence.file")
     if not store or not Path(store).is_file():
         return None  # no persistence file configured, or none written yet
@@ -73,8 +79,8 @@ def pushgateway_state(url: str, staging: Path) -> Path | None:
     return destination
 
 
-def alertmanager_silences(url: str, staging: Path) -> Path:
-    silences = call(f"{url}/api/v2/silences")
+def alertmanager_silences(url: str, staging: Path, login: dict[str, str]) -> Path:
+    silences = call(f"{url}/api/v2/silences", headers=login)
     destination = staging / "alertmanager"
     destination.mkdir(exist_ok=True)
     (destination / "silences.json").write_text(json.dumps(silences, indent=1) + "\n")
@@ -94,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_CONFIG
     try:
-        monitoring = load_config()["monitoring"]
-    except ConfigError as exc:
+        system = load_config()
+        login = auth_headers(system)  # Alertmanager's and the Pushgateway's
+    except (ConfigError, AuthError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    monitoring = system["monitoring"]
     staging = Path(staging_dir)
     steps = (
         ("prometheus", prometheus_snapshot),
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, step in steps:
             url = getattr(args, name) or (monitoring.get(name) or {}).get("url")
             if url:
-                written = step(url.rstrip("/"), staging)
+                written = step(url.rstrip("/"), staging, login)
                 print(f"{name}: {written or 'nothing to save'}")
     except HookError as exc:
         print(f"backup_hook_monitoring.py: {exc}", file=sys.stderr)

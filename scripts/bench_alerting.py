@@ -28,10 +28,13 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
+import yaml  # noqa: E402
 
 from hello.config import DEFAULT_PATH, load_config, parse_duration  # noqa: E402
 from hello.jobs import http_get  # noqa: E402

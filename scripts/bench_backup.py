@@ -40,6 +40,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
+
 from hello.manifest import MANIFEST_DIR  # noqa: E402
 from hello.naming import find_archives  # noqa: E402
 

@@ -32,10 +32,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
+import yaml  # noqa: E402
 
 from hello.config import EXIT_FAILED, EXIT_OK, RunFiles  # noqa: E402
 from hello.jobs import http_get, pid_alive  # noqa: E402

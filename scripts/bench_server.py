@@ -58,10 +58,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
+import yaml  # noqa: E402
 
 from hello.config import (  # noqa: E402
     EXIT_CONFIG,

@@ -34,6 +34,10 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
+
 from hello.config import EXIT_CONFIG, EXIT_OK, ConfigError, load_config  # noqa: E402
 
 BASE_PATH = ["/usr/local/bin", "/usr/bin", "/bin"]

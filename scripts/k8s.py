@@ -30,6 +30,10 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(REPO))
 
+import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
+
 from hello import kubernetes_manifests as km  # noqa: E402
 from hello.config import EXIT_FAILED, EXIT_OK  # noqa: E402
 from hello.promconfig import HELLO_JOB  # noqa: E402 - the static scrape config's job name of the service

@@ -40,11 +40,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(REPO))
+
+import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
+import yaml  # noqa: E402
 
 from hello import alerting, promconfig  # noqa: E402
 from hello import dashboard as grafana  # noqa: E402

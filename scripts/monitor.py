@@ -16,6 +16,7 @@ The hello-world target is the server that runs (its <run_dir>/hello_world.state.
     python scripts/monitor.py status                 # exit 0 if running, 1 if not
     python scripts/monitor.py render compose|local [--check]
     python scripts/monitor.py render alertmanager    # writes <run_dir>/monitor/alertmanager.yml (make up)
+                                                     # and the login's web-config.yml and monitor-password
 
 The two Prometheus configs come from one source, hello/promconfig.py; the Alertmanager config
 comes from hello/alerting.py; hello/monitor_stack.py runs the processes; this command is the CLI.
@@ -24,7 +25,8 @@ output: `render compose --write` rewrites it, `render compose --check` (run by `
 fails when it no longer matches config.yaml. The local variant (targets on 127.0.0.1 at the
 ports of config.yaml) is written at every `start`, with alertmanager.yml (mode 0600: it holds
 the receivers' secrets); a Prometheus or Alertmanager that already runs is told to reload
-(POST /-/reload).
+(POST /-/reload). Alertmanager and the Pushgateway want a login (user hello, the password in
+<run_dir>/monitor/monitor-password, 0600): give it to curl in a --netrc-file, never on a command line.
 
 Exit codes: 0 ok, 1 failed (e.g. a binary is missing, a port is taken), 2 bad config or usage.
 """
@@ -40,10 +42,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
+import yaml  # noqa: E402
 
 from hello import alerting  # noqa: E402
 from hello.config import (  # noqa: E402
@@ -55,7 +60,8 @@ from hello.config import (  # noqa: E402
     load_config,
 )
 from hello.jobs import pid_alive  # noqa: E402
-from hello.monitor_stack import monitor_dir, read_state, running, start, stop  # noqa: E402
+from hello.monitor_auth import PASSWORD_NAME, USER, WEB_CONFIG_NAME, private_dir  # noqa: E402
+from hello.monitor_stack import monitor_dir, read_state, running, start, stop, write_auth  # noqa: E402
 from hello.promconfig import (  # noqa: E402
     COMPOSE_CONFIG,
     MonitorConfigError,
@@ -82,6 +88,8 @@ def print_urls(state: dict[str, dict[str, Any]], directory: Path, system: dict[s
             kinds = alerting.configured_receivers(yaml.safe_load((directory / alerting.CONFIG_NAME).read_text()))
             told = " and ".join(kinds) or "NOBODY (set system.monitoring.alertmanager.receivers)"
             print(f"alerts go to  {told}")
+    if {"alertmanager", "pushgateway"} & state.keys():
+        print(f"login         user {USER}, password in {directory / PASSWORD_NAME} (Alertmanager, Pushgateway)")
     print(f"data          {directory}")
 
 
@@ -135,9 +143,10 @@ def run_render(args: argparse.Namespace, system: dict[str, Any]) -> int:
         sys.stdout.write(local_config_text(system))
         return EXIT_OK
     if args.variant == "alertmanager":  # it may hold secrets: written (0600), never printed
-        directory = monitor_dir(system)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = private_dir(monitor_dir(system))
         print(f"wrote {alerting.write_alertmanager_config(system, directory)}")
+        credentials = write_auth(system)  # the compose stack's Alertmanager and Pushgateway want a login too
+        print(f"wrote {directory / WEB_CONFIG_NAME} (the login of {credentials.path})")
         return EXIT_OK
     system_of_repo = load_config(DEFAULT_PATH)  # the compose stack ships the repo's config.yaml
     if args.write:

@@ -33,6 +33,10 @@ from pathlib import Path
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
 
+import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
+
 from hello.config import (  # noqa: E402
     EXIT_CONFIG,
     EXIT_FAILED,

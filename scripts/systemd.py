@@ -28,6 +28,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+
+# isort: split
+
 from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFiles, load_config  # noqa: E402
 from hello.jobs import write_atomically  # noqa: E402
 from hello.units import SERVICE, Checkout, UnitsError, check_units, render_units  # noqa: E402

@@ -129,6 +129,43 @@ def test_restore_and_verify_take_the_name_list_prints_and_name_a_sidecar_given_i
     assert not (tmp_path / "x").exists()
 
 
+def _members(archive: Path) -> set[str]:
+    with tarfile.open(archive) as tar:
+        return set(tar.getnames())
+
+
+def test_secret_files_stay_out_of_archives_unless_the_operator_opts_in(tmp_path: Path) -> None:
+    source, destination = tmp_path / "src", tmp_path / "backups"
+    (source / "deploy" / "keys").mkdir(parents=True)
+    (source / "hello.py").write_text("print('hi')\n")
+    secrets = {  # README tells operators to put these here; the last is named only by config.yaml
+        ".env": "GF_ADMIN_PASSWORD=hunter2\n",
+        "deploy/alerting.env": "HELLO_SMTP_PASSWORD=hunter2\n",
+        "deploy/keys/id_ed25519": "-----BEGIN OPENSSH PRIVATE KEY-----\n",
+        "deploy/rclone.conf": "[offsite]\npass = hunter2\n",
+        "deploy/webhook-token": "HELLO_ALERT_WEBHOOK_URL=https://ntfy.example/hunter2\n",
+    }
+    for name, text in secrets.items():
+        (source / name).write_text(text)
+    (source / ".env.example").write_text("GF_ADMIN_PASSWORD=\n")  # a template holds no secret
+    named = {"monitoring": {"alertmanager": {"secrets_file": str(source / "deploy/webhook-token")}}}
+    config = write_config(
+        tmp_path / "cfg", {**named, "backup": {"source": str(source), "destination": str(destination)}}
+    )
+    assert backup(config).returncode == 0
+    (archive,) = archives(destination)
+    members = _members(archive)
+    assert "hello.py" in members and ".env.example" in members
+    assert not members & set(secrets), f"secrets archived: {sorted(members & set(secrets))}"
+    with tarfile.open(archive) as tar:  # not in the manifest either, nor anywhere in the bytes
+        assert all(b"hunter2" not in tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())
+
+    opted_in = {**named, "backup": {"source": str(source), "destination": str(destination), "exclude_secrets": []}}
+    config = write_config(tmp_path / "cfg", opted_in)
+    assert backup(config).returncode == 0
+    assert set(secrets) <= _members(archives(destination)[-1])
+
+
 def test_a_create_whose_second_is_taken_waits_for_a_free_name(tree) -> None:
     _source, destination, config = tree
     destination.mkdir(mode=0o700)

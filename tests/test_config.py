@@ -116,7 +116,7 @@ def test_durations(tmp_path, written, seconds):
         (
             "system:\n  backup:\n    kep: {daily: 1}\n",
             "config.yaml: system.backup.kep: unknown key (did you mean 'keep'?); known keys here: schedule, time,"
-            " timezone, source, destination, exclude, keep, offsite, hooks",
+            " timezone, source, destination, exclude, exclude_secrets, keep, offsite, hooks",
         ),
         ("system:\n  backup: daily\n", "config.yaml: system.backup: expected a mapping of keys, got 'daily'"),
         (

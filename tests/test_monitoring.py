@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 import urllib.parse
@@ -45,7 +46,7 @@ from conftest import (
 )
 from hello import dashboard as grafana
 from hello import jobs as hello_jobs
-from hello import monitor_stack, promconfig
+from hello import monitor_auth, monitor_stack, promconfig
 from hello.alerting import format_duration
 from hello.config import DEFAULT_PATH, EXIT_OK, load_config
 from hello.deploys import DEPLOY_METRIC, recorded_deploy
@@ -92,12 +93,13 @@ def targets_by_job(config: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def without_targets(config: dict[str, Any]) -> dict[str, Any]:
-    """The config with what differs by design (targets, rule file paths) taken out."""
+    """The config with what differs by design (targets, rule file paths, the password file's path) taken out."""
     stripped = json.loads(json.dumps(config))
     stripped.pop("rule_files")
     stripped.pop("alerting", None)
     for job in stripped["scrape_configs"]:
         job.pop("static_configs")
+        job.get("basic_auth", {}).pop("password_file", None)
     return stripped
 
 
@@ -408,11 +410,20 @@ def test_compose_file_passes_the_real_compose_parser() -> None:
     mounts = {m["target"]: m["source"] for m in services["alertmanager"]["volumes"]}
     assert mounts["/etc/alertmanager/alertmanager.yml"] == str(REPO / "run" / "monitor" / "alertmanager.yml")
     assert services["alertmanager"]["user"] == "65534:65534"  # make up sets HELLO_UID and HELLO_GID
+    # Alertmanager and the Pushgateway want the login make up renders; Prometheus reads its 0600 password file.
+    for name in ("alertmanager", "pushgateway"):
+        web_config = next(arg for arg in services[name]["command"] if arg.startswith("--web.config.file="))
+        mounts = {m["target"]: m["source"] for m in services[name]["volumes"]}
+        assert mounts[web_config.split("=", 1)[1]] == str(REPO / "run" / "monitor" / "web-config.yml"), name
+    for name in ("prometheus", "pushgateway", "alertmanager"):
+        assert services[name]["user"] == "65534:65534", name
+    mounts = {m["target"]: m["source"] for m in services["prometheus"]["volumes"]}
+    assert mounts[promconfig.COMPOSE_PASSWORD_FILE] == str(REPO / "run" / "monitor" / "monitor-password")
     node_mounts = {m["target"]: m["source"] for m in services["node-exporter"]["volumes"]}
     assert node_mounts["/textfile"] == str(REPO / "run" / "metrics")
     assert "--collector.textfile.directory=/textfile" in services["node-exporter"]["command"]
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "secret"
-    assert {"prometheus-data", "grafana-data", "pushgateway-data"} <= set(stack["volumes"])
+    assert {"grafana-data"} <= set(stack["volumes"])
 
 
 @pytest.mark.parametrize(
@@ -420,7 +431,7 @@ def test_compose_file_passes_the_real_compose_parser() -> None:
     [
         ("restart: unless-stopped", "restat: unless-stopped"),  # unknown key
         ("condition: service_healthy", "condition: service_happy"),  # bad value
-        ("- prometheus-data:/prometheus", "- prometheus-dta:/prometheus"),  # undefined volume
+        ("- grafana-data:/var/lib/grafana", "- grafana-dta:/var/lib/grafana"),  # undefined volume
         ('- "127.0.0.1:9090:9090"', '- "127.0.0.1:9090:nine"'),  # bad port
     ],
 )
@@ -537,8 +548,9 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
     node_url = system["monitoring"]["node_exporter"]["url"]
     for url in (prometheus_url, pushgateway_url, alertmanager_url, node_url):
         assert url in proc.stdout
+    login = monitor_auth.auth_headers(system)  # Alertmanager and the Pushgateway want it (hello/monitor_auth.py)
     for url in (prometheus_url, pushgateway_url, alertmanager_url):
-        assert http_get(url + "/-/ready")[0] == 200
+        assert http_get(url + "/-/ready", headers=login)[0] == 200
     assert "alerts go to  NOBODY" in proc.stdout  # no receiver configured: said loudly
     assert "no server runs" in proc.stdout  # which hello-world it scrapes, and why
     # node_exporter's textfile collector reads the run dir's metrics/, where the jobs write their outcomes.
@@ -584,6 +596,78 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
         assert not hello_jobs.pid_alive(entry["pid"])
     assert monitor_cli(env, "status").returncode == 1
     assert "nothing was running" in monitor_cli(env, "stop").stdout
+
+
+def _as_nobody_status(method: str, url: str, data: str = "") -> str:
+    """The HTTP status another local user (nobody, no password) gets; curl prints it."""
+    command = [require_tool("runuser", "util-linux"), "-u", "nobody", "--", require_tool("curl"), "-s", "-o"]
+    command += ["/dev/null", "-w", "%{http_code}", "-X", method, "-H", "Content-Type: application/json"]
+    return run([*command, *(["--data-binary", data] if data else []), url]).stdout
+
+
+def test_alertmanager_and_pushgateway_refuse_other_local_users(tmp_path: Path, processes: ProcessRegistry) -> None:
+    """Issue 20.5: any local user read the receivers' secrets from /api/v2/status, silenced alerts, pushed success."""
+    for tool in ("prometheus", "prometheus-pushgateway", "prometheus-alertmanager"):
+        require_tool(tool)
+    if os.geteuid() != 0:
+        pytest.skip("runs the attack as nobody: needs root (runuser)")
+    env, _ = monitor_env(tmp_path)
+    config_file = Path(env["HELLO_CONFIG"])
+    raw = yaml.safe_load(config_file.read_text())
+    raw["system"]["monitoring"]["node_exporter"]["url"] = None
+    raw["system"]["monitoring"]["alertmanager"]["heartbeat_url"] = "https://hc-ping.example/SECRET-heartbeat-token"
+    config_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    system = load_config(config_file)
+    proc = monitor_cli(env, "start")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    adopt_monitor_pids(processes, system)
+    prometheus_url, pushgateway_url, alertmanager_url = (
+        system["monitoring"][name]["url"] for name in ("prometheus", "pushgateway", "alertmanager")
+    )
+    password = monitor_auth.password_path(system)
+    assert f"password in {password}" in proc.stdout
+    for path, mode in ((password, 0o600), (password.parent, 0o700), (Path(system["run_dir"]), 0o700)):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+    secret = password.read_text().strip()
+    assert all(secret not in Path(f"/proc/{pid}/cmdline").read_text() for pid in processes.pids)
+
+    silence = {"matchers": [{"name": "alertname", "value": ".*", "isRegex": True}], "startsAt": "2026-01-01T00:00:00Z"}
+    silence |= {"endsAt": "2099-01-01T00:00:00Z", "createdBy": "nobody", "comment": "hide everything"}
+    attacks = {
+        "read the receivers' secrets": ("GET", f"{alertmanager_url}/api/v2/status", ""),
+        "silence every alert": ("POST", f"{alertmanager_url}/api/v2/silences", json.dumps(silence)),
+        "push a backup success": ("PUT", f"{pushgateway_url}/metrics/job/hello_world_backup", "x 1\n"),
+        "read the pushed metrics": ("GET", f"{pushgateway_url}/metrics", ""),
+    }
+    for what, (method, url, data) in attacks.items():
+        assert _as_nobody_status(method, url, data) == "401", f"nobody could {what}"
+    login = monitor_auth.auth_headers(system)
+    status, _, body = http_get(f"{alertmanager_url}/api/v2/status", headers=login)
+    assert status == 200 and b"SECRET-heartbeat-token" in body  # what nobody was refused
+    assert json.loads(http_get(f"{alertmanager_url}/api/v2/silences", headers=login)[2]) == []
+
+    # The kit's own clients still get in: a job's push, Prometheus' scrape of both and its alert delivery.
+    hello_jobs.record_job(system, "hello_world_backup", success=True, started=time.time(), finished=time.time())
+    assert b"hello_world_backup_success" in http_get(f"{pushgateway_url}/metrics", headers=login)[2]
+    wait_until(
+        lambda: prometheus_query(prometheus_url, 'hello_world_backup_success{job="hello_world_backup"} == 1'),
+        20,
+        "Prometheus to scrape the pushed success from the Pushgateway",
+    )
+    for job in ("pushgateway", "alertmanager"):
+        wait_until(lambda job=job: prometheus_query(prometheus_url, f'up{{job="{job}"}} == 1'), 20, f"{job} up")
+    staging = tmp_path / "staging"  # the monitoring backup hook reads the Pushgateway and Alertmanager with it too
+    staging.mkdir()
+    hook = run(
+        [PYTHON, str(REPO / "scripts" / "backup_hook_monitoring.py")], env={**env, "HELLO_BACKUP_STAGING": str(staging)}
+    )
+    assert hook.returncode == 0 and (staging / "alertmanager" / "silences.json").is_file(), hook.stderr
+    watchdog = urllib.parse.urlencode({"filter": 'alertname="Watchdog"'})
+    wait_until(
+        lambda: json.loads(http_get(f"{alertmanager_url}/api/v2/alerts?{watchdog}", headers=login)[2]),
+        40,
+        "Prometheus to deliver the Watchdog to Alertmanager",
+    )
 
 
 def test_monitor_refuses_a_taken_port_and_leaves_nothing_running(tmp_path: Path, processes: ProcessRegistry) -> None:

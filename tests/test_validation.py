@@ -47,6 +47,7 @@ from conftest import (
     wait_until,
     write_config,
 )
+from hello import monitor_auth
 from hello.config import load_config
 
 CHECK = {func.__name__: (group, name) for group, name, func in validation_test.CHECKS}
@@ -89,8 +90,9 @@ def monitoring_settles(prometheus: str) -> bool:
     )
 
 
-def watchdog_in(alertmanager: str) -> bool:
-    return bool(json.loads(http_get(alertmanager + '/api/v2/alerts?filter=alertname="Watchdog"', timeout=2)[2]))
+def watchdog_in(alertmanager: str, headers: dict[str, str] | None = None) -> bool:
+    url = alertmanager + '/api/v2/alerts?filter=alertname="Watchdog"'
+    return bool(json.loads(http_get(url, timeout=2, headers=headers)[2]))
 
 
 @dataclass
@@ -554,7 +556,8 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
             30,
             "Prometheus to scrape the service and the backup metrics",
         )
-        wait_until(lambda: watchdog_in(alertmanager), 60, "the Watchdog to reach Alertmanager")
+        login = monitor_auth.auth_headers(load_config(config))  # make monitor's Alertmanager wants it
+        wait_until(lambda: watchdog_in(alertmanager, login), 60, "the Watchdog to reach Alertmanager")
         done = make("validate")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "0 failed" in done.stdout
