@@ -41,6 +41,7 @@ HEADER = (
 GROUP = "hello-world-slo"
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 BUDGET_WINDOW = "30d"
+OBJECTIVE_RECORD = "hello_world:slo_objective:ratio"  # {slo=...}: the objective as a share, for the dashboard
 LOW_TRAFFIC_ERROR_RATIO = 0.05  # HelloWorldHighErrorRate's threshold, as before the SLOs
 LOW_TRAFFIC_MIN_ERRORS = 10  # ... and at least this many failed user requests in the hour
 USER = f'path!~"{"|".join(OPERATIONAL_PATHS)}"'
