@@ -182,7 +182,7 @@ def test_both_prometheus_configs_agree_with_config_yaml_and_pass_promtool(tmp_pa
     for path in (compose_path, local_path):
         proc = run([tool, "check", "config", str(path)])
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "1 rule files found" in proc.stdout
+        assert f"{len(lint_monitoring.RULES)} rule files found" in proc.stdout  # the SLO rules too
 
 
 def test_no_pushgateway_url_leaves_out_the_pushgateway_job(tmp_path: Path) -> None:
@@ -343,7 +343,7 @@ def test_dashboard_and_provisioning_are_consistent() -> None:
     assert lint_monitoring.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard") == []
     lint_monitoring.check_provisioning(load_config(DEFAULT_PATH))
     assert dashboard["uid"] == load_config(DEFAULT_PATH)["monitoring"]["grafana"]["dashboard"]
-    assert {panel["type"] for panel in dashboard["panels"]} == {"timeseries", "stat", "table"}
+    assert {panel["type"] for panel in dashboard["panels"]} == {"timeseries", "stat", "table", "row"}  # row: SLO
     exprs = " ".join(expr for _, _, expr in grafana.queries(dashboard))
     assert "hello_world_requests_total" in exprs and "hello_world_requests[" not in exprs
 
