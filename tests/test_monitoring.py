@@ -319,6 +319,7 @@ def test_slo_rules_have_every_window_and_the_four_burn_rate_alerts_per_objective
         (">= 1000\n", ">= 100\n", "hello_world_slo.test.yml"),  # low traffic pages
         ('path!~"/metrics|', 'path!~"', "hello_world_slo.test.yml"),  # /metrics counted as user traffic
         ("burnrate3d > 1\n", "burnrate3d > 2\n", "hello_world_slo_long.test.yml"),  # the 3d ticket
+        ("ratio_rate1h > 0.05\n", "ratio_rate1h > 0.6\n", "hello_world_slo.test.yml"),  # HelloWorldHighErrorRate
     ],
 )
 def test_slo_unit_tests_catch_a_wrong_rule(tmp_path: Path, old: str, new: str, tests: str) -> None:
