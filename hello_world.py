@@ -69,11 +69,11 @@ from hello.config import (
 from hello.git import head_commit
 from hello.jobs import write_atomically
 from hello.logfile import LogPipe
+from hello.request_metrics import LATENCY_BUCKETS
 
 VERSION = "1.0.0"
 REPO_DIR = Path(__file__).resolve().parent
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 
 log = logging.getLogger("hello_world")

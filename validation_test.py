@@ -57,7 +57,7 @@ from typing import Any
 
 import yaml
 
-from hello import alerting, monitor_auth, promtext, restarts, units
+from hello import alerting, monitor_auth, promtext, restarts, slo, units
 from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
 from hello.dashboard import expanded_queries
 from hello.deploys import DEPLOY_METRIC, recorded_deploy
@@ -478,6 +478,34 @@ def check_rules_loaded(ctx: Context) -> str:
     if missing:
         raise CheckFailed(f"Prometheus at {prom.base} has not loaded {', '.join(missing)} (monitoring/rules/*.yml)")
     return f"{len(expected)} loaded: {', '.join(expected)}"
+
+
+@check("monitoring", "SLO rules are loaded: error budget left over 30 days", fix=FIX_MONITOR)
+def check_slo_budget(ctx: Context) -> str:
+    """The recording rules of system.slo (monitoring/rules/hello_world_slo.rules.yml) are loaded, with this
+    config's objectives; reports each objective's budget left (issue 25)."""
+    prom = ctx.need_prometheus()
+    rules = prometheus_api(prom, "/api/v1/rules", {"type": "record"})
+    loaded = {rule.get("name") for group in rules.get("groups", []) for rule in group.get("rules", [])}
+    where = f"monitoring/rules/{slo.RULES_FILE.name}"
+    parts = []
+    for objective in slo.objectives(ctx.config):
+        missing = [name for name in (objective.budget_left, slo.OBJECTIVE_RECORD) if name not in loaded]
+        if missing:
+            raise CheckFailed(f"Prometheus at {prom.base} has not loaded the SLO rules {', '.join(missing)} ({where})")
+        query = f'{slo.OBJECTIVE_RECORD}{{slo="{objective.slo}"}}'
+        recorded = prometheus_api(prom, "/api/v1/query", {"query": query, "timeout": f"{ctx.timeout:g}s"})["result"]
+        values = {round(float(sample["value"][1]), 12) for sample in recorded}
+        if values and values != {round(objective.objective, 12)}:
+            raise CheckFailed(
+                f"Prometheus' {objective.slo} objective is {', '.join(f'{v:.4%}' for v in sorted(values))}, "
+                f"config.yaml says {objective.objective:.4%}: run `make k8s-render` and reload Prometheus"
+            )
+        query = {"query": objective.budget_left, "timeout": f"{ctx.timeout:g}s"}
+        budget = prometheus_api(prom, "/api/v1/query", query)["result"]
+        shown = ", ".join(f"{s['metric'].get('job', '?')} {float(s['value'][1]):.1%}" for s in budget)
+        parts.append(f"{objective.slo} {objective.objective:.2%}: {shown or 'no user traffic yet'}")
+    return "budget left: " + "; ".join(parts)
 
 
 # Firing, but no fault of the system: the Watchdog always fires; the validation alerts report on this very run.

@@ -38,6 +38,10 @@ from typing import Any
 
 import yaml
 
+if not __package__:  # run as a file (python hello/config.py): the package beside it must still import
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hello.request_metrics import DURATION, LATENCY_BUCKETS  # noqa: E402
+
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config.yaml"  # the checkout's own
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
 # Hostile or broken files are refused before they can cost time or memory (a YAML alias bomb of 496 bytes
@@ -156,6 +160,26 @@ def _positive_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise _Invalid(f"expected a number above 0, {_got(value)}")
     return float(value)
+
+
+def _objective_percent(value: Any) -> float:
+    """An SLO objective: a percentage below 100 (100 % leaves no error budget to burn)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 100:
+        raise _Invalid(f"expected a percentage above 0 and below 100 (e.g. 99.9), {_got(value)}")
+    return float(value)
+
+
+def _latency_bucket(value: Any) -> float:
+    """An SLO latency threshold (100ms, or seconds as a number): one of the request histogram's buckets."""
+    try:
+        seconds = parse_duration(value)
+    except _Invalid:
+        seconds = None
+    for bound in LATENCY_BUCKETS:
+        if seconds is not None and abs(seconds - bound) < 1e-9:
+            return bound  # the histogram's own float, as its le label shows it
+    shown = ", ".join(f"{bound * 1000:g}ms" for bound in LATENCY_BUCKETS)
+    raise _Invalid(f"expected a bucket boundary of {DURATION} ({shown}), {_got(value)}")
 
 
 def _url_or_null(value: Any) -> str | None:
@@ -377,6 +401,14 @@ SCHEMA: Schema = {
             "namespace": (_string, "hello-world"),
             "rollout_timeout": (parse_duration, "5m"),
             "pushgateway_url": (_url_or_null, "http://pushgateway.monitoring.svc:9091"),  # the validation CronJob's
+        },
+        "slo": {  # hello/slo.py generates monitoring/rules/hello_world_slo.rules.yml from these
+            "availability": (_objective_percent, 99.9),  # % of user requests answered without a 5xx, over 30 days
+            "latency": {
+                "threshold": (_latency_bucket, "100ms"),
+                "objective": (_objective_percent, 99.0),  # % of user requests answered within threshold
+            },
+            "min_requests_per_hour": (_int_at_least(1), 1000),  # fewer user requests in the last hour: no page
         },
         "validation": {
             "timeout": (parse_duration, "5s"),  # every network wait of validation_test.py

@@ -1,7 +1,8 @@
 """deploy/kubernetes: regenerate its generated files, and check it with the real tools (what `make lint` runs).
 
-    python scripts/k8s.py render            # make k8s-render: rewrite deploy/kubernetes/**/generated/ from
-                                            # config.yaml, monitoring/rules/*.rules.yml and the dashboard
+    python scripts/k8s.py render            # make k8s-render: rewrite monitoring/rules/hello_world_slo.rules.yml
+                                            # (config.yaml's system.slo), then deploy/kubernetes/**/generated/
+                                            # from config.yaml, monitoring/rules/*.rules.yml and the dashboard
     python scripts/k8s.py lint [--json]     # make lint: one line per check, PASS or FAIL with the reason
 
 The checks (hello/kubernetes_manifests.py does the work):
@@ -35,7 +36,8 @@ import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this
 # isort: split
 
 from hello import kubernetes_manifests as km  # noqa: E402
-from hello.config import EXIT_FAILED, EXIT_OK  # noqa: E402
+from hello import slo  # noqa: E402
+from hello.config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
 from hello.promconfig import HELLO_JOB  # noqa: E402 - the static scrape config's job name of the service
 
 
@@ -103,7 +105,12 @@ def lint(as_json: bool) -> int:
 
 def render() -> int:
     try:
-        written = km.write_generated()
+        # The SLO rules first: the PrometheusRule carries them, so both come from the same config.
+        written = [slo.RULES_FILE] if slo.write_rules(load_config(DEFAULT_PATH)) else []
+        written += km.write_generated()
+    except ConfigError as exc:
+        print(f"k8s render: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except (km.ManifestError, OSError) as exc:
         print(f"k8s render: {exc}", file=sys.stderr)
         return EXIT_FAILED

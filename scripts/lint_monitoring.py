@@ -9,6 +9,7 @@ A tool that is missing is a failure naming the package that ships it:
 
 - monitoring/prometheus.yml is what `scripts/monitor.py render compose` makes of config.yaml
 - promtool check config: the compose config and the local variant of `make monitor`
+- monitoring/rules/hello_world_slo.rules.yml is what hello/slo.py makes of config.yaml's system.slo
 - promtool check rules and promtool test rules (monitoring/rules)
 - every alert has severity, summary, description (with its value) and a runbook_url whose
   section exists in docs/runbooks.md
@@ -49,7 +50,7 @@ import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this
 # isort: split
 import yaml  # noqa: E402
 
-from hello import alerting, promconfig  # noqa: E402
+from hello import alerting, promconfig, slo  # noqa: E402
 from hello import dashboard as grafana  # noqa: E402
 from hello.config import (  # noqa: E402
     DEFAULT_PATH,
@@ -164,6 +165,11 @@ def promtool() -> str:
 def check_compose_config_in_sync(system: dict[str, Any]) -> None:
     if not promconfig.compose_config_is_current(system):
         raise CheckFailed("differs from config.yaml: run `python scripts/monitor.py render compose --write`")
+
+
+def check_slo_rules_in_sync(system: dict[str, Any]) -> None:
+    if not slo.is_current(system):
+        raise CheckFailed(f"{slo.RULES_FILE.name} differs from config.yaml's system.slo: run `make k8s-render`")
 
 
 def check_promtool_compose_config() -> None:
@@ -611,6 +617,7 @@ CHECKS: list[tuple[str, Callable[..., None], bool]] = [
     ("monitoring/prometheus.yml matches config.yaml", check_compose_config_in_sync, True),
     ("promtool check config monitoring/prometheus.yml", check_promtool_compose_config, False),
     ("promtool check config (local variant of make monitor)", check_promtool_local_config, True),
+    ("monitoring/rules/hello_world_slo.rules.yml matches config.yaml", check_slo_rules_in_sync, True),
     ("promtool check rules", check_promtool_rules, False),
     ("promtool test rules", check_promtool_test_rules, False),
     ("alerts: severity, summary, description, runbook (docs/runbooks.md)", check_alert_annotations, False),

@@ -17,6 +17,7 @@ The hello-world target is the server that runs (its <run_dir>/hello_world.state.
     python scripts/monitor.py render compose|local [--check]
     python scripts/monitor.py render alertmanager    # writes <run_dir>/monitor/alertmanager.yml (make up)
                                                      # and the login's web-config.yml and monitor-password
+    python scripts/monitor.py render slo [--check|--write]  # monitoring/rules/hello_world_slo.rules.yml
 
 The two Prometheus configs come from one source, hello/promconfig.py; the Alertmanager config
 comes from hello/alerting.py; hello/monitor_stack.py runs the processes; this command is the CLI.
@@ -50,7 +51,7 @@ import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this
 # isort: split
 import yaml  # noqa: E402
 
-from hello import alerting  # noqa: E402
+from hello import alerting, slo  # noqa: E402
 from hello.config import (  # noqa: E402
     DEFAULT_PATH,
     EXIT_CONFIG,
@@ -132,9 +133,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     status_parser = commands.add_parser("status", help="exit 0 if running, 1 if not")
     status_parser.add_argument("--json", action="store_true", help="print the state as JSON")
     render_parser = commands.add_parser("render", help="print or write a generated Prometheus config")
-    render_parser.add_argument("variant", choices=["compose", "local", "alertmanager"])
-    render_parser.add_argument("--check", action="store_true", help="compose: exit 1 if the committed file differs")
-    render_parser.add_argument("--write", action="store_true", help="compose: rewrite monitoring/prometheus.yml")
+    render_parser.add_argument("variant", choices=["compose", "local", "alertmanager", "slo"])
+    render_parser.add_argument(
+        "--check", action="store_true", help="compose, slo: exit 1 if the committed file differs"
+    )
+    render_parser.add_argument(
+        "--write", action="store_true", help="compose, slo: rewrite monitoring/prometheus.yml or the SLO rules"
+    )
     return parser.parse_args(argv)
 
 
@@ -149,6 +154,8 @@ def run_render(args: argparse.Namespace, system: dict[str, Any]) -> int:
         print(f"wrote {directory / WEB_CONFIG_NAME} (the login of {credentials.path})")
         return EXIT_OK
     system_of_repo = load_config(DEFAULT_PATH)  # the compose stack ships the repo's config.yaml
+    if args.variant == "slo":
+        return render_slo(args, system_of_repo)
     if args.write:
         COMPOSE_CONFIG.write_text(compose_config_text(system_of_repo))
         print(f"wrote {COMPOSE_CONFIG}")
@@ -163,6 +170,21 @@ def run_render(args: argparse.Namespace, system: dict[str, Any]) -> int:
             return EXIT_FAILED
         return EXIT_OK
     sys.stdout.write(compose_config_text(system_of_repo))
+    return EXIT_OK
+
+
+def render_slo(args: argparse.Namespace, system: dict[str, Any]) -> int:
+    """monitoring/rules/hello_world_slo.rules.yml from config.yaml's system.slo (hello/slo.py)."""
+    shown = slo.RULES_FILE.relative_to(REPO)
+    if args.write:
+        print(f"wrote {shown}" if slo.write_rules(system) else f"{shown} is up to date")
+        return EXIT_OK
+    if args.check:
+        if not slo.is_current(system):
+            print(f"{shown} does not match config.yaml: run `make k8s-render`", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
+    sys.stdout.write(slo.rules_text(system))
     return EXIT_OK
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, write_config
 from hello.config import SCHEMA, ConfigError, load_config, server_url
+from hello.request_metrics import LATENCY_BUCKETS
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 
@@ -78,6 +79,13 @@ def test_times_of_day(tmp_path, written, meant):
     assert load_text(tmp_path, f"system:\n  backup:\n    time: {written}\n")["backup"]["time"] == meant
 
 
+@pytest.mark.parametrize("written, seconds", [("250ms", 0.25), ("1s", 1.0), (0.1, 0.1)])
+def test_slo_latency_threshold_is_a_bucket_of_the_duration_histogram(tmp_path, written, seconds):
+    system = load_config(write_config(tmp_path, {"slo": {"latency": {"threshold": written}}}))
+    assert system["slo"]["latency"]["threshold"] == seconds
+    assert seconds in LATENCY_BUCKETS  # the very float the server's histogram uses (its le label)
+
+
 @pytest.mark.parametrize("written, seconds", [("15s", 15), ("1m", 60), ("1h30m", 5400), ("500ms", 0.5), ("30", 30)])
 def test_durations(tmp_path, written, seconds):
     text = f"system:\n  monitoring:\n    prometheus:\n      scrape_interval: {written}\n"
@@ -111,7 +119,7 @@ def test_durations(tmp_path, written, seconds):
         (
             "system:\n  sever:\n    port: 1\n",
             "config.yaml: system.sever: unknown key (did you mean 'server'?); known keys here: run_dir, server,"
-            " monitoring, backup, update, kubernetes, validation",
+            " monitoring, backup, update, kubernetes, slo, validation",
         ),
         (
             "system:\n  backup:\n    kep: {daily: 1}\n",
@@ -145,6 +153,16 @@ def test_durations(tmp_path, written, seconds):
         (
             "system:\n  server:\n  port: 1\n  - x\n",
             "config.yaml:4:3: invalid YAML: expected <block end>, but found '-'",
+        ),
+        (
+            "system:\n  slo:\n    latency: {threshold: 120ms}\n",
+            "config.yaml: system.slo.latency.threshold: expected a bucket boundary of"
+            " hello_world_request_duration_seconds (0.5ms, 1ms, 2.5ms, 5ms, 10ms, 25ms, 50ms, 100ms, 250ms, 500ms,"
+            " 1000ms, 2500ms), got '120ms'",
+        ),
+        (
+            "system:\n  slo:\n    availability: 100\n",
+            "config.yaml: system.slo.availability: expected a percentage above 0 and below 100 (e.g. 99.9), got 100",
         ),
         ("system: [\n", "config.yaml:2:1: invalid YAML: expected the node content, but found '<stream end>'"),
     ],

@@ -27,6 +27,7 @@ import lint_monitoring
 from conftest import PYTHON, REPO, deep_merge, free_port, http_get, require_tool, wait_until
 from hello import dashboard as grafana
 from hello import kubernetes_manifests as km
+from hello import slo
 from hello.config import load_config, parse_duration
 from hello.deploys import DEPLOY_METRIC, deploy_labels
 from hello.promconfig import HELLO_JOB
@@ -376,7 +377,8 @@ def dashboard_series() -> list[dict[str, str]]:
     for name in sorted(
         {
             m
-            for _, _, expr in grafana.queries(lint_monitoring.load_dashboard())
+            for expr in [expr for _, _, expr in grafana.queries(lint_monitoring.load_dashboard())]
+            + [slo.RULES_FILE.read_text()]  # the SLO row reads recording rules: their inputs too
             for m in re.findall(r"\b(hello_world_\w+|up|node_\w+|ALERTS)\b", expr)
         }
     ):
@@ -396,7 +398,7 @@ def dashboard_series() -> list[dict[str, str]]:
                 series.append({"series": km.format_series(name, {**labels, **deploy}), "values": "1+10x80"})
             continue
         for code in ("200", "500") if name.endswith("_total") else ("",):
-            for le in ("0.005", "+Inf") if name.endswith("_bucket") else ("",):
+            for le in ("0.005", "0.1", "+Inf") if name.endswith("_bucket") else ("",):  # 0.1: the SLO's threshold
                 extra = {k: v for k, v in (("code", code), ("le", le)) if v}
                 series.append({"series": km.format_series(name, {**labels, **extra}), "values": "1+10x80"})
     return series
@@ -407,8 +409,9 @@ def test_dashboard_queries_return_data_with_either_label_set(overlay: list, tmp_
     require_tool("promtool", "prometheus")
     scrape = parse_duration("15s")
     queries = grafana.queries(lint_monitoring.load_dashboard())
+    slo_rules = [str(slo.RULES_FILE)]  # the SLO row's queries are its recording rules
     tests = {
-        "rule_files": [],
+        "rule_files": slo_rules,
         "evaluation_interval": "15s",
         "tests": [
             {
@@ -427,7 +430,7 @@ def test_dashboard_queries_return_data_with_either_label_set(overlay: list, tmp_
     }
     if labels == "ServiceMonitor":
         tests = km.relabel_rule_tests(tests, km.scrape_label_sets(overlay, HELLO_JOB), "none.yml", [])
-        tests["rule_files"] = []
+        tests["rule_files"] = slo_rules
         assert 'pod="hello-world-' in tests["tests"][0]["input_series"][-1]["series"] + str(tests)
     path = tmp_path / "dashboard.test.yml"
     path.write_text(yaml.safe_dump(tests, sort_keys=False, width=1000))

@@ -33,6 +33,7 @@ import validation_test
 from conftest import (
     PYTHON,
     REPO,
+    RULES_DIR,
     ProcessRegistry,
     Prometheus,
     WebhookSink,
@@ -593,3 +594,33 @@ def test_the_kits_webhook_sink_prints_each_alert_it_receives(tmp_path: Path, pro
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 200
     wait_until(lambda: " firing HelloWorldDown\n" in out.read_text(), 10, "the sink's line for the alert")
+
+
+def test_the_slo_check_fails_without_the_rules_and_reports_the_budget_with_them(
+    tmp_path: Path, processes: ProcessRegistry, hello_server
+) -> None:
+    """Issue 25: validation reports each objective's 30-day budget left, and fails when Prometheus has not loaded
+    the SLO rules (here: a Prometheus given no rules at all)."""
+    server = hello_server()
+    empty = tmp_path / "no-rules"
+    empty.mkdir()
+    for name, rules_dir in (("without", empty), ("with", RULES_DIR)):
+        (tmp_path / name).mkdir()
+        prometheus = start_prometheus(processes, tmp_path / name, server.port, None, 1.0, rules_dir)
+        config = load_config(write_config(tmp_path / name, {"monitoring": {"prometheus": {"url": prometheus.url}}}))
+        context = validation_test.Context(config)
+        if rules_dir == empty:
+            with pytest.raises(validation_test.CheckFailed, match="has not loaded the SLO rules"):
+                validation_test.check_slo_budget(context)
+            continue
+
+        def reported(context: validation_test.Context = context) -> str:
+            http_get(server.url + "/")  # user traffic: the budget has something to be over
+            detail = validation_test.check_slo_budget(context)
+            return detail if "no user traffic" not in detail else ""
+
+        detail = wait_until(reported, 30, "the SLO budget to be recorded", interval=0.5)
+        # No 5xx: all the availability budget is left; a loaded machine may answer one request slower than 100ms.
+        assert re.fullmatch(
+            r"budget left: availability 99\.90%: hello-world 100\.0%; latency 99\.00%: hello-world -?[\d.]+%", detail
+        ), detail
