@@ -29,6 +29,7 @@ Per connection:
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import http
 import logging
@@ -49,7 +50,8 @@ MAX_HEADER_BYTES = 32 * 1024  # a request line and headers, as nginx's default l
 READ_SLICE = 256  # a bigger read (pipelined requests, a body) is parsed in slices this big: a handful of answers
 MAX_PENDING_HEADER_BYTES = 64 * 1024  # wire bytes of headers that never end, beyond the read they began in
 QUEUED_HIGH, QUEUED_LOW = 32 * 1024, 8 * 1024  # answers waiting in the transport: stop reading, read again
-ANSWERS_PER_TURN = 4  # then the rest of a pipeline waits for the next turn of the loop (new clients get theirs)
+ANSWERS_PER_TURN = 4  # then the rest of a pipeline waits for its next turn (new clients get theirs)
+ANSWERS_PER_LOOP = 16  # turns in one iteration of the loop: iterations stay short, and each accepts a new client
 FILE_RESERVE = 32  # descriptors kept free beyond those at start (metric files, logs, pipes, libuv's spare)
 WARNING_INTERVAL = 60.0  # seconds: one line per kind of client-caused warning, then a count
 
@@ -185,6 +187,8 @@ class Service:
     date: bytes = b""
     second: int = -1
     built: dict[tuple, bytes] = field(default_factory=dict)  # whole answers of fixed routes, this second
+    turns: collections.deque[HttpConnection] = field(default_factory=collections.deque)  # pipelines waiting
+    turns_scheduled: bool = False
 
     def __post_init__(self) -> None:
         self.refresh_date()
@@ -210,6 +214,28 @@ class Service:
                 answer = site.answer(route, None, self.draining)
             data = self.built[key] = frame(answer, self.date, keep_alive, head)
         return data
+
+    def wait_turn(self, connection: HttpConnection) -> None:
+        """Queue a connection whose pipeline has more requests than one turn answers (ANSWERS_PER_TURN)."""
+        self.turns.append(connection)
+        if not self.turns_scheduled:
+            self.turns_scheduled = True
+            self.loop.call_soon(self.run_turns)
+
+    def run_turns(self) -> None:
+        """Give the waiting connections their turns, ANSWERS_PER_LOOP answers in all; the rest on the next iteration.
+
+        The loop accepts a new connection once per iteration: a few hundred pipelines answered in one iteration
+        would keep a new client waiting for seconds.
+        """
+        budget = ANSWERS_PER_LOOP
+        while self.turns and budget > 0:
+            self.turns.popleft().take_turn()
+            budget -= ANSWERS_PER_TURN
+        if self.turns:
+            self.loop.call_soon(self.run_turns)
+        else:
+            self.turns_scheduled = False
 
     def close_idle(self, now: float) -> None:
         """Close the connections with no request begun since their last answer or their start."""
@@ -243,7 +269,6 @@ class HttpConnection(asyncio.Protocol):
         self.write_timer: asyncio.TimerHandle | None = None
         self.write_paused = self.read_paused = False
         self.held = b""  # read but not parsed yet: the client is not reading its answers, or the turn is over
-        self.next_turn: asyncio.Handle | None = None
         self.turn_answers = 0
         self.idle_since: float | None = None
 
@@ -262,9 +287,8 @@ class HttpConnection(asyncio.Protocol):
         self.closing = True
         self.service.connections.discard(self)
         self.cancel_request_timer()
-        for handle in (self.write_timer, self.next_turn):
-            if handle is not None:
-                handle.cancel()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
         self.held = b""
 
     def close(self) -> None:
@@ -340,7 +364,7 @@ class HttpConnection(asyncio.Protocol):
                 self.pause_reading()
                 self.idle_since = None  # not idle: write_timeout or the next turn takes it on
                 if not self.write_paused:
-                    self.next_turn = self.loop.call_soon(self.take_turn)
+                    self.service.wait_turn(self)
                 return
             if len(data) > READ_SLICE:
                 piece, data = data[:READ_SLICE], data[READ_SLICE:]
@@ -353,9 +377,8 @@ class HttpConnection(asyncio.Protocol):
             self.resume_reading()
 
     def take_turn(self) -> None:
-        """Parse on what was held, when the answers are read (resume_writing) or on the next turn of the loop."""
-        self.next_turn = None
-        if self.closing or self.write_paused:
+        """Parse on what was held, when the answers are read (resume_writing) or on its turn (run_turns)."""
+        if self.closing or self.write_paused or not self.held:
             return
         data, self.held = self.held, b""
         self.turn_answers = 0

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import email.utils
 import json
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -17,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from conftest import PYTHON, REPO, http_get, wait_until
-from tests.test_hostile_clients import connect, read_until
+from tests.test_hostile_clients import connect, read_until, status_kib, workers_of
 
 HELLO = b"Hello, World!\n"
 NO_STORE_ROUTES = ("/healthz", "/readyz", "/version", "/metrics")
@@ -191,3 +193,50 @@ def test_a_post_with_a_malformed_chunked_body_is_answered_and_counted_once(hello
     (answer,) = answers(data)
     assert answer.startswith(b"HTTP/1.1 405 ")
     assert counted_since(server, before) == {("POST", "/", "405"): 1}
+
+
+def test_a_flood_of_pipelined_metrics_requests_leaves_the_greeting_answered(hello_server):
+    """300 connections each write 7 KB of pipelined GET /metrics and never read; probes of / go on meanwhile."""
+    server = hello_server()
+    (worker,) = workers_of(server.proc.pid)
+    rss_before = status_kib(worker, "VmRSS")
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    flood = request * (7000 // len(request))
+    floods: list[socket.socket] = []
+    latencies: list[float | None] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set() and len(latencies) < 400:
+            started = time.monotonic()
+            try:
+                ok = http_get(server.url + "/", timeout=1)[2] == HELLO
+            except OSError:
+                ok = False
+            latencies.append(time.monotonic() - started if ok else None)
+            time.sleep(0.02)  # the probes' pace
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        for _ in range(300):
+            sock = connect(server.port)
+            sock.sendall(flood)
+            floods.append(sock)
+        wait_until(lambda: len(latencies) >= 200 or not prober.is_alive(), 60, "200 probes during the flood")
+        rss_during = status_kib(worker, "VmRSS")
+    finally:
+        stop.set()
+        prober.join(timeout=30)
+        for sock in floods:
+            sock.close()
+    answered = [latency for latency in latencies if latency is not None and latency < 1.0]
+    share = len(answered) / len(latencies)
+    slowest = max((latency for latency in latencies if latency is not None), default=float("nan"))
+    print(
+        f"flood: {len(answered)} of {len(latencies)} probes answered within 1 s ({share:.1%}), slowest "
+        f"{slowest * 1000:.0f} ms; worker RSS {rss_before / 1024:.1f} -> {rss_during / 1024:.1f} MiB"
+    )
+    assert share >= 0.99, f"{len(latencies) - len(answered)} of {len(latencies)} probes failed or took over 1 s"
+    assert (rss_during - rss_before) / 1024 < 64, f"the flood grew the worker from {rss_before} to {rss_during} KiB"
+    assert wait_until(lambda: http_get(server.url + "/")[2] == HELLO, 30, "the greeting after the flood")
