@@ -57,8 +57,9 @@ WARNING_INTERVAL = 60.0  # seconds: one line per kind of client-caused warning, 
 
 IDLE, HEADERS, BODY = "idle", "headers", "body"  # where a connection is in its current request
 HTTP09_LINE = re.compile(rb"(?:^|\n)[A-Z]+ \S+(?:\r\n?|\n)$")  # a request line without a version, at the end of a read
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 OTHER = "other"  # the route (and method) label of what matches no route (SPEC "Metrics")
+KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+METHOD_LABELS = {method.encode(): method for method in KNOWN_METHODS}  # any other method is counted as OTHER
 
 log = logging.getLogger("hello_world.protocol")
 access = logging.getLogger("hello_world.access")
@@ -200,11 +201,11 @@ class Service:
             self.second, self.date = int(now), http_date(now)
             self.built = {}
 
-    def prebuilt(self, route: str, status: int, keep_alive: bool, head: bool) -> bytes:
-        """The whole answer of a fixed route (status 200) or of 404 or 405, built once a second."""
+    def prebuilt(self, route: str, status: int, keep_alive: bool, head: bool) -> tuple[int, bytes]:
+        """(status, whole answer) of a fixed route (status 200 asked) or of a 404 or 405, built once a second."""
         key = (route, status, keep_alive, head, self.draining)
-        data = self.built.get(key)
-        if data is None:
+        built = self.built.get(key)
+        if built is None:
             site = self.site
             if status == 404:
                 answer = site.not_found
@@ -212,8 +213,8 @@ class Service:
                 answer = site.not_allowed
             else:
                 answer = site.answer(route, None, self.draining)
-            data = self.built[key] = frame(answer, self.date, keep_alive, head)
-        return data
+            built = self.built[key] = (answer[0], frame(answer, self.date, keep_alive, head))
+        return built
 
     def wait_turn(self, connection: HttpConnection) -> None:
         """Queue a connection whose pipeline has more requests than one turn answers (ANSWERS_PER_TURN)."""
@@ -354,7 +355,10 @@ class HttpConnection(asyncio.Protocol):
             self.held += data
             return
         self.turn_answers = 0
-        self.feed(data)
+        if len(data) <= READ_SLICE and not self.write_paused:
+            self.parse(data)  # the usual read: one request or a few, parsed at once
+        else:
+            self.feed(data)
 
     def feed(self, data: bytes) -> None:
         """Parse data, in slices if it is big; hold the rest while answers wait or the turn's answers are made."""
@@ -493,27 +497,28 @@ class HttpConnection(asyncio.Protocol):
             return self.reject(400 if version == "0.9" else 505)  # 0.9: a request line without a version
         if self.host_count > 1 or (self.host_count == 0 and version == "1.1"):
             return self.reject(400)  # RFC 9112 3.2
-        method = parser.get_method().decode("latin-1")
-        path = route_path(self.url)
-        if path is None:
-            return self.reject(400)
+        method = parser.get_method()
         service = self.service
         site = service.site
-        route = site.routes.get(path, OTHER)
+        route = site.routes.get(self.url)
+        if route is None:  # not a route as it stands: with a query, percent-encoded, absolute-form, or none
+            path = route_path(self.url)
+            if path is None:
+                return self.reject(400)
+            route = site.routes.get(path, OTHER)
         # A request with a body is answered at once and closed once its body is read: nothing here uses one.
         keep_alive = version == "1.1" and not (service.draining or self.has_body) and parser.should_keep_alive()
-        head = method == "HEAD"
+        head = method == b"HEAD"
         if route == OTHER:
-            status, data = 404, service.prebuilt(route, 404, keep_alive, head)
-        elif method != "GET" and not head:
-            status, data = 405, service.prebuilt(route, 405, keep_alive, head)
+            status, data = service.prebuilt(route, 404, keep_alive, head)
+        elif method != b"GET" and not head:
+            status, data = service.prebuilt(route, 405, keep_alive, head)
         elif route in site.fixed:
-            data = service.prebuilt(route, 200, keep_alive, head)
-            status = int(data[9:12])
+            status, data = service.prebuilt(route, 200, keep_alive, head)
         else:
             answer = site.answer(route, self.accept, service.draining)
             status, data = answer[0], frame(answer, service.date, keep_alive, head)
-        label = method if method in KNOWN_METHODS else OTHER
+        label = METHOD_LABELS.get(method, OTHER)
         self.write_answer(label, route, status, data, keep_alive, started)
 
     def write_answer(self, method: str, route: str, status: int, data: bytes, keep_alive: bool, started: float) -> None:
