@@ -97,7 +97,7 @@ def read_build_info() -> BuildInfo:
 
 
 ROUTES = ("/", "/healthz", "/readyz", "/version", "/metrics")
-METRICS_MAX_AGE = 1.0  # seconds: /metrics is rendered at most this often per worker, and shared
+METRICS_RENDERS = (5, 1.0)  # /metrics renders a worker may make at once, and per second after that
 NO_STORE = (b"cache-control", b"no-store")  # what a cache must not keep: health, readiness, version, metrics
 TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
@@ -125,12 +125,12 @@ def make_site(build: BuildInfo) -> tuple[Site, RequestMetrics]:
         "/version": (200, ((b"content-type", b"application/json"), NO_STORE), version_body),
     }
     ready, draining = (200, (TEXT, NO_STORE), b"ready\n"), (503, (TEXT, NO_STORE), b"draining\n")
-    pages = SharedPage(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), METRICS_MAX_AGE)
+    pages = SharedPage(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), *METRICS_RENDERS)
 
     def metrics_answer(accept: bytes | None):
         encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else None)
         name = "openmetrics" if content_type.startswith("application/openmetrics") else "text"
-        body = pages.get(name, lambda: encoder(exposition))  # a flood of scrapes costs one render a second
+        body = pages.get(name, lambda: encoder(exposition))  # a flood of scrapes costs about one render a second
         return 200, ((b"content-type", content_type.encode()), NO_STORE), body
 
     def answer(route: str, accept: bytes | None, is_draining: bool):

@@ -132,39 +132,49 @@ class LockedCollector(MultiProcessCollector):
 
 
 class SharedPage:
-    """The rendered /metrics page, kept in the multiprocess directory: rendered at most once per max_age
-    by any worker, and what every worker answers meanwhile.
+    """The rendered /metrics page, kept in the multiprocess directory and shared by the workers.
+
+    A worker renders a new page while it has renders left in its bucket (`burst`, refilled at one a
+    second); past that it answers the newest page any worker rendered. Scrapes now and then always get a
+    fresh page; a flood of them costs about one render a second per worker.
 
     One page for all workers, not one per worker: a scraper sent to one worker, then another, must never
     see a counter go down (it would take it for a reset). Renders take turns under a lock and each reads
     every file, so each page's counts are at least its predecessor's; every worker answers the newest.
     """
 
-    def __init__(self, directory: Path, max_age: float) -> None:
-        self.directory, self.max_age = directory, max_age
+    def __init__(self, directory: Path, burst: int = 5, per_second: float = 1.0) -> None:
+        self.directory, self.burst, self.per_second = directory, burst, per_second
+        self.tokens, self.filled_at = float(burst), time.monotonic()
         self.memory: dict[str, tuple[tuple[int, int], bytes]] = {}  # name -> ((inode, mtime), page)
 
+    def take_token(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.filled_at) * self.per_second)
+        self.filled_at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
     def get(self, name: str, render: Callable[[], bytes]) -> bytes:
-        """The page called name (one per format): the shared one while it is fresh, else a new render."""
+        """The page called name (one per format): a new render while this worker has renders left, else the newest."""
         path = self.directory / f".page-{name}"
-        page = self.fresh(path, name)
-        if page is not None:
-            return page
+        if not self.take_token():
+            page = self.newest(path, name)
+            if page is not None:
+                return page
         with locked(self.directory, exclusive=True, name=PAGE_LOCK_NAME):
-            page = self.fresh(path, name)  # another worker rendered it while this one waited
-            if page is None:
-                page = render()
-                scratch = path.with_name(path.name + f".{os.getpid()}.tmp")
-                scratch.write_bytes(page)
-                os.replace(scratch, path)
+            page = render()
+            scratch = path.with_name(path.name + f".{os.getpid()}.tmp")
+            scratch.write_bytes(page)
+            os.replace(scratch, path)
         return page
 
-    def fresh(self, path: Path, name: str) -> bytes | None:
+    def newest(self, path: Path, name: str) -> bytes | None:
         try:
             stat = os.stat(path)  # one system call when the page is the one this worker read last
         except FileNotFoundError:
-            return None
-        if time.time() - stat.st_mtime >= self.max_age:
             return None
         known = self.memory.get(name)
         if known is not None and known[0] == (stat.st_ino, stat.st_mtime_ns):

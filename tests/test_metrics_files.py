@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -124,20 +125,24 @@ print(json.dumps({s.name + json.dumps(s.labels, sort_keys=True): s.value for s i
     assert sample("hello_world_request_duration_seconds_bucket", path="other", le="0.1") == 1
 
 
-def test_the_shared_page_is_rendered_once_per_max_age_and_never_goes_back(tmp_path):
-    pages = metrics_files.SharedPage(tmp_path, max_age=0.5)
-    other_worker = metrics_files.SharedPage(tmp_path, max_age=0.5)
+def test_the_shared_page_is_rendered_at_most_once_a_second_after_a_burst_and_shared(tmp_path):
+    pages = metrics_files.SharedPage(tmp_path, burst=3, per_second=1.0)
+    other_worker = metrics_files.SharedPage(tmp_path, burst=0, per_second=0.0)  # renders only with no page yet
     renders: list[int] = []
 
     def render() -> bytes:
         renders.append(len(renders))
         return b"page %d" % len(renders)
 
-    first = pages.get("text", render)
-    assert [other_worker.get("text", render) for _ in range(50)] == [first] * 50  # one render, shared
-    assert renders == [0]
-    wait_until(lambda: pages.get("text", render) != first, 5, "a new render after max_age")
-    assert other_worker.get("text", render) == b"page 2" and renders == [0, 1]
+    started = time.monotonic()
+    served = [pages.get("text", render) for _ in range(50)]
+    elapsed = time.monotonic() - started
+    assert served[:3] == [b"page 1", b"page 2", b"page 3"]  # scrapes now and then: always a fresh page
+    assert len(renders) <= 3 + elapsed + 1, f"{len(renders)} renders in {elapsed:.2f} s"  # a flood: one a second
+    assert served[-1] == b"page %d" % len(renders)
+    assert other_worker.get("text", render) == served[-1]  # the newest page, whoever rendered it
+    wait_until(lambda: pages.get("text", render) != served[-1], 5, "a new render a second later")
+    assert other_worker.get("text", render) == b"page %d" % len(renders)
     assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".db") or ".tmp" in path.name]
 
 
