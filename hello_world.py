@@ -9,11 +9,11 @@ In the background (make start, stop, status, reload) it is run by scripts/servic
 Endpoints: / (Hello, World!), /healthz, /readyz, /version, /metrics (see README).
 
 How it is built: a small supervisor process binds the listening socket and
-runs N worker processes that share it. Each worker is uvicorn (uvloop and
-httptools) serving the plain ASGI app below, with prometheus_client in
-multiprocess mode so that /metrics sums every worker, past and present.
-hello/protocol.py extends uvicorn (direct answers, deadlines, limits,
-back-pressure) and counts requests in the shared metric files.
+runs N worker processes that share it. Each worker serves the routes below
+(make_site) with the project's own HTTP layer, hello/protocol.py (httptools'
+parser on uvloop: deadlines, limits, back-pressure), and counts each answer
+in prometheus_client's multiprocess files (hello/metrics_files.py), so that
+/metrics sums every worker, past and present.
 
 Reload (SIGHUP, `make reload`): the supervisor starts a new generation of
 workers from the code now on disk and waits until each says it is ready.
@@ -39,7 +39,6 @@ import hello.venv  # noqa: F401 - first: outside the checkout's .venv this runs 
 # isort: split
 import argparse
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -52,7 +51,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hello import restarts, sdnotify
 from hello.config import (
@@ -71,10 +70,13 @@ from hello.jobs import write_atomically
 from hello.logfile import LogPipe
 from hello.request_metrics import LATENCY_BUCKETS
 
+if TYPE_CHECKING:
+    from hello.metrics_files import RequestMetrics
+    from hello.protocol import Site
+
 VERSION = "1.0.0"
 REPO_DIR = Path(__file__).resolve().parent
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 
 log = logging.getLogger("hello_world")
 
@@ -94,30 +96,24 @@ def read_build_info() -> BuildInfo:
     return BuildInfo(VERSION, commit or os.environ.get("HELLO_COMMIT") or "unknown")
 
 
-# --- the ASGI app ---------------------------------------------------------------------------------
+# --- what is served -------------------------------------------------------------------------------
 
 
-@dataclass
-class WorkerState:
-    draining: bool = False
+ROUTES = ("/", "/healthz", "/readyz", "/version", "/metrics")
+METRICS_RENDERS = (5, 1.0)  # /metrics renders a worker may make at once, and per second after that
+NO_STORE = (b"cache-control", b"no-store")  # what a cache must not keep: health, readiness, version, metrics
+TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
 
-def _text(status: int, body: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -> tuple[int, list, bytes]:
-    data = body.encode()
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(data)).encode()), *extra]
-    return status, headers, data
-
-
-def make_app(build: BuildInfo, state: WorkerState):
-    """The ASGI app: a dict of routes, each answer built once, counted in `app.metrics`."""
+def make_site(build: BuildInfo) -> tuple[Site, RequestMetrics]:
+    """The routes and their answers, built once; the request metrics they are counted in."""
     from prometheus_client import CollectorRegistry, Gauge
     from prometheus_client.exposition import choose_encoder
 
-    from hello.metrics_files import LockedCollector
-    from hello.protocol import RequestMetrics
+    from hello.metrics_files import LockedCollector, RequestMetrics, SharedPage
+    from hello.protocol import Site
 
-    routes = frozenset({"/", "/healthz", "/readyz", "/version", "/metrics"})
-    metrics = RequestMetrics((*routes, "other"), LATENCY_BUCKETS)
+    metrics = RequestMetrics((*ROUTES, "other"), LATENCY_BUCKETS)
     build_info = Gauge(
         "hello_world_build_info", "The running version and commit.", ["version", "commit"], multiprocess_mode="livemax"
     )
@@ -126,98 +122,63 @@ def make_app(build: BuildInfo, state: WorkerState):
     LockedCollector(exposition)  # the supervisor merges dead workers' files (hello/metrics_files.py)
 
     version_body = json.dumps({"version": build.version, "commit": build.commit}).encode() + b"\n"
-    static = {
-        "/": _text(200, "Hello, World!\n"),
-        "/healthz": _text(200, "ok\n"),
-        "/version": (
-            200,
-            [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(version_body))],
-            version_body,
-        ),
+    fixed = {
+        "/": (200, (TEXT,), b"Hello, World!\n"),
+        "/healthz": (200, (TEXT, NO_STORE), b"ok\n"),
+        "/version": (200, ((b"content-type", b"application/json"), NO_STORE), version_body),
     }
-    ready, draining = _text(200, "ready\n"), _text(503, "draining\n")
-    not_found = _text(404, "not found\n")
-    not_allowed = _text(405, "method not allowed\n", ((b"allow", b"GET, HEAD"),))
-    connection_close = (b"connection", b"close")
+    ready, draining = (200, (TEXT, NO_STORE), b"ready\n"), (503, (TEXT, NO_STORE), b"draining\n")
+    pages = SharedPage(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), *METRICS_RENDERS)
 
-    def metrics_answer(scope: dict) -> tuple[int, list, bytes]:
-        accept = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"accept"), None)
-        encoder, content_type = choose_encoder(accept)
-        body = encoder(exposition)
-        return 200, [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))], body
+    def metrics_answer(accept: bytes | None):
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else None)
+        name = "openmetrics" if content_type.startswith("application/openmetrics") else "text"
+        body = pages.get(name, lambda: encoder(exposition))  # a flood of scrapes costs about one render a second
+        return 200, ((b"content-type", content_type.encode()), NO_STORE), body
 
-    async def app(scope: dict, receive: Any, send: Any) -> None:
-        started = time.perf_counter()
-        if scope["type"] != "http":
-            return
-        path, method = scope["path"], scope["method"]
-        route = path if path in routes else "other"
-        if route == "other":
-            status, headers, body = not_found
-        elif method != "GET" and method != "HEAD":
-            status, headers, body = not_allowed
-        elif path == "/readyz":
-            status, headers, body = draining if state.draining else ready
-        elif path == "/metrics":
-            status, headers, body = metrics_answer(scope)
-        else:
-            status, headers, body = static[path]
-        if state.draining:
-            # uvicorn closes the connection after a response that says so: the client knows to reconnect.
-            headers = [*headers, connection_close]
-        # Counted before it is written (a worker killed after the write must not lose it).
-        metrics.observe(method if method in KNOWN_METHODS else "other", route, status, time.perf_counter() - started)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    def answer(route: str, accept: bytes | None, is_draining: bool):
+        if route == "/readyz":
+            return draining if is_draining else ready
+        if route == "/metrics":
+            return metrics_answer(accept)
+        return fixed[route]
 
-    app.metrics = metrics
-    app.static = static  # answers that never change while serving: the protocol may write them directly
-    return app
+    site = Site(
+        routes={route.encode(): route for route in ROUTES},
+        answer=answer,
+        fixed=frozenset({"/", "/healthz", "/readyz", "/version"}),
+        not_found=(404, (TEXT,), b"not found\n"),
+        not_allowed=(405, (TEXT, (b"allow", b"GET, HEAD")), b"method not allowed\n"),
+    )
+    return site, metrics
 
 
-# --- the worker: uvicorn with hello/protocol.py's protocol and server ---------------------------------
+# --- the worker: hello/protocol.py's HTTP layer on uvloop ----------------------------------------------
 
 
 def worker_main(listen_fd: int, ready_fd: int) -> int:
     """Serve on the inherited listening socket until told to stop; say 'ready' on ready_fd once serving."""
-    import uvicorn
-
-    from hello.protocol import DirectAnswers, DrainingServer, HelloProtocol, ProtocolSettings, connection_limit
+    from hello import http_server
+    from hello.protocol import Limits, Service, connection_limit
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     server_config = json.loads(os.environ[SETTINGS_ENV])  # checked by the supervisor, never re-read here
-    build, state = read_build_info(), WorkerState()
-    app = make_app(build, state)
-    settings = ProtocolSettings(
-        metrics=app.metrics,
-        state=state,
-        # A GET of a static route is answered from prebuilt bytes, without the ASGI call. The access log
-        # needs the ASGI path, so it turns this off.
-        direct=None if server_config["access_log"] else DirectAnswers(app.static),
+    build = read_build_info()
+    site, metrics = make_site(build)
+    limits = Limits(
         header_timeout=server_config["header_timeout"],
         body_timeout=server_config["body_timeout"],
         write_timeout=server_config["write_timeout"],
+        keep_alive_timeout=server_config["keep_alive_timeout"],
         max_header_count=server_config["max_header_count"],
         max_connections=connection_limit(),
     )
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http=functools.partial(HelloProtocol, settings=settings),
-        ws="none",
-        lifespan="off",
-        interface="asgi3",
-        proxy_headers=False,
-        server_header=False,
-        access_log=server_config["access_log"],
-        log_config=None,
-        log_level="info" if server_config["access_log"] else "warning",
-        timeout_keep_alive=max(1, round(server_config["keep_alive_timeout"])),
-        timeout_graceful_shutdown=max(1, round(server_config["drain_timeout"])),
-    )
+
+    def make_service(loop) -> Service:
+        return Service(site, metrics, limits, loop, access_log=server_config["access_log"])
+
     ready = (ready_fd, f"ready {build.version} {build.commit}")
-    server = DrainingServer(config, state, ready, server_config["drain_timeout"])
-    server.run(sockets=[socket.socket(fileno=listen_fd)])
+    http_server.run(make_service, socket.socket(fileno=listen_fd), ready, server_config["drain_timeout"])
     return EXIT_OK
 
 

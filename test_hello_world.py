@@ -202,7 +202,7 @@ def test_big_bodies_and_long_pipelines_are_not_taken_for_big_headers(hello_serve
     body = b"x" * 40_000
     answer = raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 40000\r\n\r\n" + body)
     assert answer.startswith(b"HTTP/1.1 405"), answer[:60]
-    requests = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2000 + b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
+    requests = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2000 + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     answer = raw_exchange(server.port, requests, timeout=20)
     assert answer.count(b"HTTP/1.1 200 OK") == 2001 and answer.count(b"Hello, World!\n") == 2001
 
@@ -395,7 +395,8 @@ def test_reload_to_broken_code_keeps_the_old_code_serving(checkout):
 
         # New code that imports but never gets ready: refused at the timeout, old code serving.
         git_out(checkout["dir"], "reset", "-q", "--hard", "HEAD~1")
-        commit_change(checkout, "    import uvicorn\n", "    import uvicorn\n    time.sleep(3600)\n", "hangs")
+        hang = "    from hello import http_server\n"
+        commit_change(checkout, hang, hang + "    time.sleep(3600)\n", "hangs")
         config = checkout["env"]["HELLO_CONFIG"]
         Path(config).write_text(Path(config).read_text().replace("reload_timeout: 20s", "reload_timeout: 2s"))
         result = make(checkout, "reload")

@@ -1,4 +1,13 @@
-"""The workers' prometheus_client multiprocess files: dead workers' merged into one file per type.
+"""The workers' prometheus_client multiprocess files: requests counted into them, dead workers' merged.
+
+The only module that relies on prometheus_client's internals (TESTED_WITH names the version it was
+written against; tests/test_metrics_files.py fails loudly when the installed or pinned version differs
+or the internals below change):
+
+- RequestMetrics writes the request counter and latency histogram straight into the shared files: a
+  multiprocess value's `_file` (`MmapedDict`: `_m`, the mmap, and `_positions`, key -> byte offset of
+  its 8-byte double) and `_key`; a histogram child's `_sum` and `_buckets`, a counter child's `_value`.
+- merge_dead merges a dead worker's files (below).
 
 prometheus_client's multiprocess mode keeps one file per process and metric type in
 PROMETHEUS_MULTIPROC_DIR, and /metrics reads every one of them. A worker's files outlive it (its
@@ -17,29 +26,35 @@ Only the supervisor writes merged files and a dead worker writes nothing, so the
 no lock. Gauges are left alone: the live modes' files go with mark_process_dead, and the other
 modes are not summed (this service has only a livemax gauge).
 
-Written against prometheus_client 0.26.0 (requirements.txt): the file names `{type}_{pid}.db`
+Written against prometheus_client 0.26.0 (TESTED_WITH): the file names `{type}_{pid}.db`
 (`gauge_{mode}_{pid}.db` for gauges), MmapedDict and its read_all_values_from_file, and
 MultiProcessCollector's glob of `*.db`. tests/test_metrics_files.py fails loudly if those change.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import logging
 import os
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
+
+TESTED_WITH = {"prometheus-client": "0.26.0"}
 
 log = logging.getLogger(__name__)
 
 SUMMED_TYPES = ("counter", "histogram", "summary")  # every value of these adds up across files
 MERGED = "merged"  # stands in for the PID in the merged files' names: counter_merged.db, ...
 LOCK_NAME = ".merge.lock"  # a dot name: the collector's glob of *.db never sees it
+PAGE_LOCK_NAME = ".page.lock"  # held while a worker renders the shared page (SharedPage)
 
 
 def worker_file(directory: Path, kind: str, pid: int | str) -> Path:
@@ -48,9 +63,9 @@ def worker_file(directory: Path, kind: str, pid: int | str) -> Path:
 
 
 @contextlib.contextmanager
-def locked(directory: Path, exclusive: bool) -> Iterator[None]:
+def locked(directory: Path, exclusive: bool, name: str = LOCK_NAME) -> Iterator[None]:
     """flock on the directory's lock file: shared while reading the files, exclusive while swapping them."""
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(directory / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
@@ -114,3 +129,127 @@ class LockedCollector(MultiProcessCollector):
     def collect(self):
         with locked(Path(self._path), exclusive=False):
             return list(super().collect())
+
+
+class SharedPage:
+    """The rendered /metrics page, kept in the multiprocess directory and shared by the workers.
+
+    A worker renders a new page while it has renders left in its bucket (`burst`, refilled at one a
+    second); past that it answers the newest page any worker rendered. Scrapes now and then always get a
+    fresh page; a flood of them costs about one render a second per worker.
+
+    One page for all workers, not one per worker: a scraper sent to one worker, then another, must never
+    see a counter go down (it would take it for a reset). Renders take turns under a lock and each reads
+    every file, so each page's counts are at least its predecessor's; every worker answers the newest.
+    """
+
+    def __init__(self, directory: Path, burst: int = 5, per_second: float = 1.0) -> None:
+        self.directory, self.burst, self.per_second = directory, burst, per_second
+        self.tokens, self.filled_at = float(burst), time.monotonic()
+        self.memory: dict[str, tuple[tuple[int, int], bytes]] = {}  # name -> ((inode, mtime), page)
+
+    def take_token(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.filled_at) * self.per_second)
+        self.filled_at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def get(self, name: str, render: Callable[[], bytes]) -> bytes:
+        """The page called name (one per format): a new render while this worker has renders left, else the newest."""
+        path = self.directory / f".page-{name}"
+        if not self.take_token():
+            page = self.newest(path, name)
+            if page is not None:
+                return page
+        with locked(self.directory, exclusive=True, name=PAGE_LOCK_NAME):
+            page = render()
+            scratch = path.with_name(path.name + f".{os.getpid()}.tmp")
+            scratch.write_bytes(page)
+            os.replace(scratch, path)
+        return page
+
+    def newest(self, path: Path, name: str) -> bytes | None:
+        try:
+            stat = os.stat(path)  # one system call when the page is the one this worker read last
+        except FileNotFoundError:
+            return None
+        known = self.memory.get(name)
+        if known is not None and known[0] == (stat.st_ino, stat.st_mtime_ns):
+            return known[1]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            stat = os.fstat(fd)  # the file read, which a new render may have replaced since the stat
+            page = b""
+            while chunk := os.read(fd, max(stat.st_size, 65536)):
+                page += chunk
+        finally:
+            os.close(fd)
+        self.memory[name] = ((stat.st_ino, stat.st_mtime_ns), page)
+        return page
+
+
+# --- request metrics --------------------------------------------------------------------------------
+
+
+def shared_double(value: Any) -> tuple[memoryview, int]:
+    """The 8-byte double behind a prometheus_client multiprocess value: (its mmap as doubles, index).
+
+    MmapedDict keeps each value at an 8-aligned offset of a MAP_SHARED file. When it grows the file it maps
+    it anew and leaves the old map open, so a view taken now stays valid for the offsets it covers.
+    """
+    mmaped = value._file
+    return memoryview(mmaped._m).cast("d"), mmaped._positions[value._key] // 8
+
+
+class RequestMetrics:
+    """The request counter and latency histogram, written straight into prometheus_client's shared files.
+
+    prometheus_client's own update costs about 9 us a request here (a lock and a struct write per value).
+    Adding to the mmapped doubles costs well under 1 us, and a request is in the shared file the moment
+    it is counted: a worker that is killed (SIGKILL, OOM) loses nothing it counted. The HTTP layer counts
+    an answer as it writes it. Nothing may call inc() or observe() on these metrics' children: their
+    cached values would overwrite the shared ones.
+    """
+
+    def __init__(self, routes: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.requests_total = Counter(
+            "hello_world_requests",
+            "Requests answered, by method, route and status code; each is counted as its answer is written.",
+            ["method", "path", "code"],
+        )
+        duration = Histogram(
+            "hello_world_request_duration_seconds",
+            "Time from a request's headers to its answer being ready to write.",
+            ["path"],
+            buckets=buckets,
+        )
+        self.bounds = (*buckets, float("inf"))
+        children = {route: duration.labels(route) for route in routes}
+        view = None
+        for child in children.values():  # every child exists before the view: it covers all their offsets
+            view, _ = shared_double(child._sum)
+        self.latency = {
+            route: (view, shared_double(child._sum)[1], tuple(shared_double(b)[1] for b in child._buckets))
+            for route, child in children.items()
+        }
+        self.counts: dict[tuple[str, str, int], tuple[memoryview, int]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        slot = self.counts.get((method, route, status))
+        if slot is None:
+            slot = self.counts[(method, route, status)] = shared_double(
+                self.requests_total.labels(method, route, str(status))._value
+            )
+        view, index = slot
+        view[index] += 1.0
+        view, sum_index, bucket_indexes = self.latency[route]
+        view[sum_index] += seconds
+        view[bucket_indexes[bisect.bisect_left(self.bounds, seconds)]] += 1.0

@@ -1,31 +1,27 @@
-"""The worker's HTTP side: uvicorn's httptools protocol and Server, extended; request metrics in shared memory.
+"""The worker's HTTP layer: an asyncio protocol of our own over httptools' public parser API, on uvloop.
 
-Everything here relies on internals of other libraries, and only this module does. Written against
-(TESTED_WITH below; tests/test_protocol_internals.py fails loudly when an upgrade changes them):
+Public APIs only: httptools.HttpRequestParser (its callbacks, feed_data, get_method, get_http_version,
+should_keep_alive, should_upgrade; HttpParserUpgrade's offset argument; HttpParserCallbackError for an
+exception raised in a callback) and asyncio's Protocol and Transport. Every route of the service is
+answered from prebuilt bytes or one function call (the Site), as soon as a request's headers are parsed.
 
-- uvicorn 0.54.0, `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol`: its constructor, its parser
-  callbacks (`on_message_begin`, `on_header`, `on_headers_complete`, `on_body`, `on_message_complete`), its
-  per-connection attributes (`parser`, `url`, `headers`, `cycle`, `pipeline`, `flow`, `transport`,
-  `timeout_keep_alive_task`, `server_state`, `connections`) and `_unset_keepalive_if_required`.
-  `connection_made`, `on_message_begin`, `data_received` and `on_header` are replaced, not extended (their
-  bodies are re-stated here, trimmed: no addresses or ASGI scope unless a request goes to the app).
-  `uvicorn.Server`: `startup`, `on_tick`, `shutdown`, `servers`, `server_state`, `force_exit`.
-- httptools 0.9.0: `HttpParserUpgrade.args[0]` is the offset of the bytes after the upgrade request's headers;
-  an exception raised in a callback comes out of `feed_data` as `HttpParserCallbackError`.
-- prometheus_client 0.26.0, multiprocess mode: a value's `_file` (`MmapedDict`: `_m`, the mmap, and
-  `_positions`, key -> byte offset of its 8-byte double), its `_key`; a histogram child's `_sum` and
-  `_buckets`. Requests are counted by writing those doubles directly (see RequestMetrics).
-
-What it adds to uvicorn, per connection:
-- GETs of static routes answered from prebuilt bytes, without an ASGI call (half the cost of a request).
+Per connection:
+- HTTP by RFC 9110/9112: an HTTP/1.1 request without Host, or any with two, is 400; a version other than
+  1.0 and 1.1 is 505 (a request line without one, HTTP/0.9, is 400); every answer carries Date.
+- HTTP/1.0 keep-alive is not honoured: every HTTP/1.0 request is answered with `Connection: close` and
+  the connection closes. Nothing after an answer that closes the connection is parsed or counted.
+- Counts: an answer is counted as it is written, exactly once; a request whose answer is written already
+  and whose body then turns out malformed closes the connection without a second answer.
 - Deadlines: request headers within header_timeout (408), a request body that keeps coming (body_timeout,
   between two reads, as nginx's client_body_timeout), and keep_alive_timeout between requests that only a
-  request resets, not stray bytes (a lone CRLF). Idle connections are closed by the server's 0.1 s tick
+  request resets, not stray bytes (a lone CRLF). Idle connections are closed by the worker's tick
   (close_idle), not by a timer per connection and answer.
 - Limits: header count and bytes checked as each header arrives (431 before the worker holds more), pending
   header bytes on the wire; idle connections are closed first when the worker nears its file limit.
-- Back-pressure: reading pauses while the transport's write buffer is over its high-water mark (a big read
-  is parsed in slices, the rest held), and a client that leaves its answers unread for write_timeout is dropped.
+- Bounded work: a read bigger than READ_SLICE is parsed in slices; reading stops while more than a few
+  answers wait in the transport (its high-water mark, QUEUED_HIGH) and after ANSWERS_PER_TURN answers in
+  one turn of the loop (the rest is parsed on the next turn, after the other connections had theirs).
+  A client that leaves its answers unread for write_timeout is dropped.
 - Upgrade requests are answered as plain HTTP and what is pipelined behind them is parsed on.
 - Warnings a client can cause (malformed requests, the file limit) are rate-limited.
 """
@@ -33,40 +29,50 @@ What it adds to uvicorn, per connection:
 from __future__ import annotations
 
 import asyncio
-import bisect
+import collections
+import email.utils
 import http
 import logging
 import os
 import re
 import resource
-import socket
 import time
-import types
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
-import uvicorn
-from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.utils import get_local_addr, get_remote_addr
 
-TESTED_WITH = {"uvicorn": "0.54.0", "httptools": "0.9.0", "prometheus-client": "0.26.0"}
+from hello.metrics_files import RequestMetrics
 
 MAX_HEADER_BYTES = 32 * 1024  # a request line and headers, as nginx's default large_client_header_buffers
-READ_SLICE = 16 * 1024  # a read is parsed in slices this big, so a paused write stops the answers soon
+READ_SLICE = 256  # a bigger read (pipelined requests, a body) is parsed in slices this big: a handful of answers
 MAX_PENDING_HEADER_BYTES = 64 * 1024  # wire bytes of headers that never end, beyond the read they began in
+QUEUED_HIGH, QUEUED_LOW = 32 * 1024, 8 * 1024  # answers waiting in the transport: stop reading, read again
+ANSWERS_PER_TURN = 4  # then the rest of a pipeline waits for its next turn (new clients get theirs)
+ANSWERS_PER_LOOP = 16  # turns in one iteration of the loop: iterations stay short, and each accepts a new client
 FILE_RESERVE = 32  # descriptors kept free beyond those at start (metric files, logs, pipes, libuv's spare)
 WARNING_INTERVAL = 60.0  # seconds: one line per kind of client-caused warning, then a count
 
 IDLE, HEADERS, BODY = "idle", "headers", "body"  # where a connection is in its current request
 HTTP09_LINE = re.compile(rb"(?:^|\n)[A-Z]+ \S+(?:\r\n?|\n)$")  # a request line without a version, at the end of a read
+OTHER = "other"  # the route (and method) label of what matches no route (SPEC "Metrics")
+KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+METHOD_LABELS = {method.encode(): method for method in KNOWN_METHODS}  # any other method is counted as OTHER
 
 log = logging.getLogger("hello_world.protocol")
+access = logging.getLogger("hello_world.access")
+
+Headers = tuple[tuple[bytes, bytes], ...]
+Answer = tuple[int, Headers, bytes]  # status, headers (besides date, content-length, connection), body
 
 
-class HeadersTooLarge(Exception):
-    """Raised in on_header to stop the parser: the request has too many or too big headers."""
+class StopParsing(Exception):
+    """Raised in a parser callback to stop feed_data; the connection's `stop` says why."""
+
+
+TOO_LARGE, CLOSING = "headers too large", "closing"
 
 
 class RateLimitedLog:
@@ -90,92 +96,6 @@ class RateLimitedLog:
         self.logger.warning(message, *args)
 
 
-# --- request metrics --------------------------------------------------------------------------------
-
-
-def shared_double(value: Any) -> tuple[memoryview, int]:
-    """The 8-byte double behind a prometheus_client multiprocess value: (its mmap as doubles, index).
-
-    MmapedDict keeps each value at an 8-aligned offset of a MAP_SHARED file. When it grows the file it maps
-    it anew and leaves the old map open, so a view taken now stays valid for the offsets it covers.
-    """
-    mmaped = value._file
-    return memoryview(mmaped._m).cast("d"), mmaped._positions[value._key] // 8
-
-
-class RequestMetrics:
-    """The request counter and latency histogram, written straight into prometheus_client's shared files.
-
-    prometheus_client's own update costs about 9 us a request here (a lock and a struct write per value).
-    Adding to the mmapped doubles costs well under 1 us, and a request is in the shared file the moment
-    it is counted: a worker that is killed (SIGKILL, OOM) loses nothing it counted. The protocol and the
-    app count a request just before writing its answer. Nothing may call inc() or observe() on these
-    metrics' children: their cached values would overwrite the shared ones.
-    """
-
-    def __init__(self, routes: tuple[str, ...], buckets: tuple[float, ...]) -> None:
-        from prometheus_client import Counter, Histogram
-
-        self.requests_total = Counter(
-            "hello_world_requests",
-            "Requests answered, by method, route and status code; each is counted as its answer is written.",
-            ["method", "path", "code"],
-        )
-        duration = Histogram(
-            "hello_world_request_duration_seconds",
-            "Time from a request's headers to its answer being ready to write.",
-            ["path"],
-            buckets=buckets,
-        )
-        self.bounds = (*buckets, float("inf"))
-        children = {route: duration.labels(route) for route in routes}
-        view = None
-        for child in children.values():  # every child exists before the view: it covers all their offsets
-            view, _ = shared_double(child._sum)
-        self.latency = {
-            route: (view, shared_double(child._sum)[1], tuple(shared_double(b)[1] for b in child._buckets))
-            for route, child in children.items()
-        }
-        self.counts: dict[tuple[str, str, int], tuple[memoryview, int]] = {}
-
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        slot = self.counts.get((method, route, status))
-        if slot is None:
-            slot = self.counts[(method, route, status)] = shared_double(
-                self.requests_total.labels(method, route, str(status))._value
-            )
-        view, index = slot
-        view[index] += 1.0
-        view, sum_index, bucket_indexes = self.latency[route]
-        view[sum_index] += seconds
-        view[bucket_indexes[bisect.bisect_left(self.bounds, seconds)]] += 1.0
-
-
-# --- the protocol -----------------------------------------------------------------------------------
-
-
-class DirectAnswers:
-    """The whole HTTP answer to a GET of each static route, rebuilt when uvicorn renews its date header."""
-
-    def __init__(self, static: dict[str, tuple[int, list, bytes]]) -> None:
-        self.static = static
-        self.routes = {path.encode(): path for path in static}
-        self.built: dict[tuple[str, bool], tuple[list, bytes]] = {}
-
-    def get(self, route: str, keep_alive: bool, default_headers: list) -> bytes:
-        cached = self.built.get((route, keep_alive))
-        if cached is not None and cached[0] is default_headers:
-            return cached[1]
-        status, headers, body = self.static[route]
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode())]
-        lines += [b"%s: %s\r\n" % header for header in (*default_headers, *headers)]
-        if not keep_alive:
-            lines.append(b"connection: close\r\n")
-        data = b"".join(lines) + b"\r\n" + body
-        self.built[(route, keep_alive)] = (default_headers, data)
-        return data
-
-
 def connection_limit(reserve: int = FILE_RESERVE) -> int:
     """How many connections this process can hold: its file limit less what it uses now and a reserve."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -184,136 +104,291 @@ def connection_limit(reserve: int = FILE_RESERVE) -> int:
     return max(1, soft - len(os.listdir("/proc/self/fd")) - reserve)
 
 
-@dataclass
-class ProtocolSettings:
-    """What every connection of a worker shares: the app's metrics and answers, the limits and deadlines."""
+# --- what is answered ---------------------------------------------------------------------------------
 
-    metrics: RequestMetrics
-    state: Any  # has .draining
-    direct: DirectAnswers | None  # None: every request goes through the app (the access log needs that)
+
+@dataclass
+class Site:
+    """What the worker serves: the routes, and the answer to a GET of each (a HEAD gets it without its body).
+
+    answer(route, accept, draining) gives the answer of a route (accept: the request's Accept header); the
+    answers of `fixed` routes depend on nothing but draining, so the protocol keeps their whole bytes
+    (rebuilt when the Date changes).
+    """
+
+    routes: dict[bytes, str]  # request path -> route label
+    answer: Callable[[str, bytes | None, bool], Answer]
+    fixed: frozenset[str]
+    not_found: Answer
+    not_allowed: Answer
+
+
+def status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode())
+
+
+def http_date(now: float) -> bytes:
+    """An IMF-fixdate (RFC 9110 5.6.7), as the Date header wants it."""
+    return email.utils.formatdate(now, usegmt=True).encode()
+
+
+def frame(answer: Answer, date: bytes, keep_alive: bool, head: bool) -> bytes:
+    """The whole HTTP/1.1 answer: status line, Date, the answer's headers, Content-Length, then its body."""
+    status, headers, body = answer
+    lines = [status_line(status), b"date: ", date, b"\r\n"]
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"content-length: %d\r\n" % len(body))
+    if not keep_alive:
+        lines.append(b"connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head:
+        lines.append(body)
+    return b"".join(lines)
+
+
+def route_path(url: bytes) -> bytes | None:
+    """The path of a request target (origin-form or absolute-form), percent-decoded; None if it is no URL."""
+    if not url.startswith(b"/"):
+        try:
+            url = httptools.parse_url(url).path or b"/"
+        except httptools.HttpParserInvalidURLError:
+            return None
+    path = url.partition(b"?")[0]
+    return urllib.parse.unquote_to_bytes(path) if b"%" in path else path
+
+
+def rejection(status: int) -> Answer:
+    body = http.HTTPStatus(status).phrase.encode() + b"\n"
+    return status, ((b"content-type", b"text/plain; charset=utf-8"),), body
+
+
+@dataclass
+class Limits:
     header_timeout: float
     body_timeout: float
     write_timeout: float
+    keep_alive_timeout: float
     max_header_count: int
     max_connections: int
+
+
+@dataclass
+class Service:
+    """What every connection of a worker shares: the site, its metrics, the limits, the clock and the answers."""
+
+    site: Site
+    metrics: RequestMetrics
+    limits: Limits
+    loop: asyncio.AbstractEventLoop
+    access_log: bool = False
+    draining: bool = False
+    connections: set[HttpConnection] = field(default_factory=set)
     warnings: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
+    date: bytes = b""
+    second: int = -1
+    built: dict[tuple, bytes] = field(default_factory=dict)  # whole answers of fixed routes, this second
+    turns: collections.deque[HttpConnection] = field(default_factory=collections.deque)  # pipelines waiting
+    turns_scheduled: bool = False
+
+    def __post_init__(self) -> None:
+        self.refresh_date()
+
+    def refresh_date(self) -> None:
+        """Called on every tick of the worker: a new second gives a new Date and new prebuilt answers."""
+        now = time.time()
+        if int(now) != self.second:
+            self.second, self.date = int(now), http_date(now)
+            self.built = {}
+
+    def prebuilt(self, route: str, status: int, keep_alive: bool, head: bool) -> tuple[int, bytes]:
+        """(status, whole answer) of a fixed route (status 200 asked) or of a 404 or 405, built once a second."""
+        key = (route, status, keep_alive, head, self.draining)
+        built = self.built.get(key)
+        if built is None:
+            site = self.site
+            if status == 404:
+                answer = site.not_found
+            elif status == 405:
+                answer = site.not_allowed
+            else:
+                answer = site.answer(route, None, self.draining)
+            built = self.built[key] = (answer[0], frame(answer, self.date, keep_alive, head))
+        return built
+
+    def wait_turn(self, connection: HttpConnection) -> None:
+        """Queue a connection whose pipeline has more requests than one turn answers (ANSWERS_PER_TURN)."""
+        self.turns.append(connection)
+        if not self.turns_scheduled:
+            self.turns_scheduled = True
+            self.loop.call_soon(self.run_turns)
+
+    def run_turns(self) -> None:
+        """Give the waiting connections their turns, ANSWERS_PER_LOOP answers in all; the rest on the next iteration.
+
+        The loop accepts a new connection once per iteration: a few hundred pipelines answered in one iteration
+        would keep a new client waiting for seconds.
+        """
+        budget = ANSWERS_PER_LOOP
+        while self.turns and budget > 0:
+            self.turns.popleft().take_turn()
+            budget -= ANSWERS_PER_TURN
+        if self.turns:
+            self.loop.call_soon(self.run_turns)
+        else:
+            self.turns_scheduled = False
+
+    def close_idle(self, now: float) -> None:
+        """Close the connections with no request begun since their last answer or their start."""
+        timeout = self.limits.keep_alive_timeout
+        for connection in list(self.connections):
+            since = connection.idle_since
+            if since is not None and now - since > timeout and not connection.closing:
+                connection.close()
 
 
-# What uvicorn's callbacks see as this request's cycle after a direct answer or a rejection: complete.
-ANSWERED = types.SimpleNamespace(
-    response_started=True, response_complete=True, message_event=asyncio.Event(), keep_alive=False
-)
+# --- the protocol -----------------------------------------------------------------------------------
 
 
-class HelloProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with direct answers, deadlines, limits and back-pressure (module docstring).
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse requests with httptools, answer each from the Site (module docstring)."""
 
-    uvicorn builds one per connection; pass it as `http=functools.partial(HelloProtocol, settings=...)`.
-    """
-
-    def __init__(self, *args: Any, settings: ProtocolSettings, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.settings = settings
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.loop = service.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
         self.phase = IDLE
-        self.pending_bytes = self.header_bytes = self.body_bytes = 0
+        self.url = b""
+        self.accept: bytes | None = None
+        self.host_count = self.header_count = self.header_bytes = self.pending_bytes = self.body_bytes = 0
+        self.has_body = self.answered = self.keep_alive = False  # of the current request
+        self.closing = False  # its last answer said `Connection: close` (or it was closed): nothing more is parsed
+        self.stop: str | None = None  # why a callback stopped the parser
         self.request_timer: asyncio.TimerHandle | None = None
         self.timer_body_bytes = 0
-        self.held = b""  # read but not parsed yet: the client is not reading its answers
         self.write_timer: asyncio.TimerHandle | None = None
+        self.write_paused = self.read_paused = False
+        self.held = b""  # read but not parsed yet: the client is not reading its answers, or the turn is over
+        self.turn_answers = 0
+        self.idle_since: float | None = None
 
     # the connection
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        # uvicorn's connection_made without the two addresses (a socket object and two syscalls);
-        # app_scope() looks them up only for a request that goes to the app.
-        self.connections.add(self)
-        self.transport = transport
-        self.flow = FlowControl(transport)
-        self.server = self.client = None
-        self.scheme = "http"  # the workers serve no TLS
-        if len(self.connections) > self.settings.max_connections:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=QUEUED_HIGH, low=QUEUED_LOW)  # type: ignore[attr-defined]
+        connections = self.service.connections
+        connections.add(self)
+        self.idle_since = self.loop.time()  # close_idle closes it if no request comes
+        if len(connections) > self.service.limits.max_connections:
             self.shed_connections()
-        self.idle_since: float | None = self.loop.time()  # close_idle closes it if no request comes
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.service.connections.discard(self)
         self.cancel_request_timer()
         if self.write_timer is not None:
             self.write_timer.cancel()
-        super().connection_lost(exc)
+        self.held = b""
 
-    @staticmethod
-    def close_idle(connections: set, now: float, timeout: float) -> None:
-        """Close the connections with no request begun since their last direct answer or their start."""
-        for connection in list(connections):
-            since = getattr(connection, "idle_since", None)
-            if since is not None and now - since > timeout and not connection.transport.is_closing():
-                connection.transport.close()
+    def close(self) -> None:
+        self.closing = True
+        self.transport.close()
 
     def shed_connections(self) -> None:
         """Near the file limit: close idle connections first, then ones still sending a request, to 90%."""
-        settings = self.settings
+        service = self.service
         rank = {IDLE: 0, HEADERS: 1, BODY: 2}
         candidates = sorted(
-            (
-                other
-                for other in self.connections
-                if other is not self
-                and (other.cycle is None or other.cycle.response_complete)
-                and not other.transport.is_closing()
-            ),
+            (other for other in service.connections if other is not self and not other.closing),
             key=lambda other: rank[other.phase],
         )
-        excess = len(self.connections) - int(settings.max_connections * 0.9)
+        excess = len(service.connections) - int(service.limits.max_connections * 0.9)
         for other in candidates[:excess]:
-            other.transport.close()
-        settings.warnings.warning(
+            other.close()
+        service.warnings.warning(
             "file-limit",
             "near the file limit (%d connections): closed %d idle or unfinished connections",
-            settings.max_connections,
+            service.limits.max_connections,
             min(excess, len(candidates)),
         )
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self.flow.pause_reading()  # a client that does not read its answers gets no more of them made
-        # uvicorn resumes reading after each ASGI answer; data_received holds what it reads meanwhile.
-        self.write_timer = self.loop.call_later(self.settings.write_timeout, self.write_timed_out)
+    # flow control
 
-    def write_timed_out(self) -> None:
-        self.settings.warnings.warning("unread", "dropped a connection whose answers went unread too long")
-        self.transport.abort()  # close() would wait for the unread answers to be sent: forever
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.pause_reading()  # a client that does not read its answers gets no more of them made
+        self.write_timer = self.loop.call_later(self.service.limits.write_timeout, self.write_timed_out)
 
     def resume_writing(self) -> None:
-        super().resume_writing()
+        self.write_paused = False
         if self.write_timer is not None:
             self.write_timer.cancel()
             self.write_timer = None
-        if not self.pipeline:  # uvicorn pauses reading for pipelined requests too: it resumes those itself
-            self.flow.resume_reading()
-        if self.held and not self.transport.is_closing():
-            self.data_received(b"")
+        if self.held:
+            self.take_turn()
+        else:
+            self.resume_reading()
+
+    def write_timed_out(self) -> None:
+        self.service.warnings.warning("unread", "dropped a connection whose answers went unread too long")
+        self.closing = True
+        self.transport.abort()  # close() would wait for the unread answers to be sent: forever
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closing:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.closing:
+            self.read_paused = False
+            self.transport.resume_reading()
 
     # bytes in
 
     def data_received(self, data: bytes) -> None:
-        """Parse a read; a big one (pipelined requests) in slices, holding the rest while writes wait."""
-        if self.held:  # uvicorn resumed reading (after an ASGI answer) before the held bytes were parsed
-            data, self.held = self.held + data, b""
-        while len(data) > READ_SLICE and not self.transport.is_closing():
-            self.parse(data[:READ_SLICE])
-            data = data[READ_SLICE:]
-            if self.flow.write_paused:
-                self.held = data  # parsed when the client has read enough of its answers (resume_writing)
-                self.flow.pause_reading()
-                self.idle_since = None  # not idle: write_timeout watches it now
-                self._unset_keepalive_if_required()
+        if self.closing:
+            return
+        if self.held:  # read before the pause took effect: parsed after what is held
+            self.held += data
+            return
+        self.turn_answers = 0
+        if len(data) <= READ_SLICE and not self.write_paused:
+            self.parse(data)  # the usual read: one request or a few, parsed at once
+        else:
+            self.feed(data)
+
+    def feed(self, data: bytes) -> None:
+        """Parse data, in slices if it is big; hold the rest while answers wait or the turn's answers are made."""
+        while data:
+            if self.write_paused or self.turn_answers >= ANSWERS_PER_TURN:
+                self.held = data
+                self.pause_reading()
+                self.idle_since = None  # not idle: write_timeout or the next turn takes it on
+                if not self.write_paused:
+                    self.service.wait_turn(self)
                 return
-        if not self.transport.is_closing():
-            self.parse(data)
+            if len(data) > READ_SLICE:
+                piece, data = data[:READ_SLICE], data[READ_SLICE:]
+            else:
+                piece, data = data, b""
+            self.parse(piece)
+            if self.closing:
+                return
+        if not self.write_paused:
+            self.resume_reading()
+
+    def take_turn(self) -> None:
+        """Parse on what was held, when the answers are read (resume_writing) or on its turn (run_turns)."""
+        if self.closing or self.write_paused or not self.held:
+            return
+        data, self.held = self.held, b""
+        self.turn_answers = 0
+        self.feed(data)
 
     def parse(self, data: bytes) -> None:
-        # uvicorn's data_received, except: only a request (on_message_begin) stops the keep-alive timer, not
-        # any bytes; warnings are rate-limited; an upgrade request is answered as plain HTTP and parsing goes on.
         if self.phase == HEADERS:  # on_message_begin resets it: the bytes of reads since the headers began
             self.pending_bytes += len(data)
         try:
@@ -321,99 +396,169 @@ class HelloProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade as upgrade:
             self.refuse_upgrade(data[upgrade.args[0] :])
             return
+        except httptools.HttpParserCallbackError:
+            self.parser_stopped()
+            return
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, HeadersTooLarge):
-                self.reject(431, "Request Header Fields Too Large")
-            else:
-                self.settings.warnings.warning("malformed", "invalid HTTP request received: %s", exc)
-                self.send_400_response("Invalid HTTP request received.")
+            self.malformed(exc)
             return
         if self.phase == HEADERS and self.pending_bytes > MAX_PENDING_HEADER_BYTES:
-            self.reject(431, "Request Header Fields Too Large")  # a header that never ends: llhttp buffers it
+            self.reject(431)  # a header that never ends: llhttp buffers it
             return
         # Most requests arrive whole; only an unfinished one starts a clock (a timer per request costs).
-        if self.phase != IDLE and self.request_timer is None and not self.transport.is_closing():
+        if self.phase != IDLE and self.request_timer is None and not self.closing:
             if self.phase == HEADERS and HTTP09_LINE.search(data):
-                self.reject(400, "Bad Request")  # HTTP/0.9: llhttp would wait for headers that never come
+                self.reject(400)  # HTTP/0.9: llhttp would wait for headers that never come
                 return
             self.arm_request_timer()
 
+    def parser_stopped(self) -> None:
+        stop, self.stop = self.stop, None
+        if stop == TOO_LARGE:
+            self.reject(431)
+        elif stop != CLOSING:  # an exception of ours in a callback: a bug, not the client's doing
+            log.exception("error while handling a request")
+            self.closing = True
+            self.transport.abort()
+
+    def malformed(self, exc: Exception) -> None:
+        if self.closing:
+            return  # bytes after an answer that closes: llhttp refuses them, and nobody reads them
+        self.service.warnings.warning("malformed", "invalid HTTP request received: %s", exc)
+        if self.answered and self.phase == BODY:
+            self.close()  # its answer is written: a second one would answer no request
+        else:
+            self.reject(400)
+
     def refuse_upgrade(self, rest: bytes) -> None:
         """No protocol switch here: the request was answered as plain HTTP; parse what follows it likewise."""
-        declares_body = any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
         self.parser = httptools.HttpRequestParser(self)
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
-        if declares_body:
+        self.phase = IDLE
+        if self.has_body:
             # llhttp took its body for the new protocol: what follows cannot be told apart from it. Close.
-            if self.cycle is None or self.cycle.response_complete:
-                self.transport.close()
-            else:
-                self.cycle.keep_alive = False
-        elif rest and not self.transport.is_closing():
-            self.data_received(rest)
+            self.close()
+        elif rest and not self.closing:
+            self.parse(rest)
 
     # the parser's callbacks
 
     def on_message_begin(self) -> None:
-        # uvicorn's, without the ASGI scope: app_scope() builds it only for a request that goes to the app.
+        if self.closing:
+            self.stop = CLOSING
+            raise StopParsing
         self.url = b""
-        self.expect_100_continue = False
-        self.headers = []
+        self.accept = None
+        self.host_count = self.header_count = self.header_bytes = self.pending_bytes = 0
+        self.has_body = self.answered = False
         self.idle_since = None  # only a request ends idleness, not stray bytes
-        self._unset_keepalive_if_required()  # uvicorn's timer, armed after an ASGI answer
-        self.phase, self.pending_bytes, self.header_bytes = HEADERS, 0, 0
+        self.phase = HEADERS
 
-    def app_scope(self) -> None:
-        """uvicorn's per-request ASGI scope and the connection's addresses, for a request the app answers."""
-        if self.client is None:
-            self.server = get_local_addr(self.transport)
-            self.client = get_remote_addr(self.transport)
-        self.scope = {
-            "type": "http",
-            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
-            "http_version": "1.1",
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "root_path": self.root_path,
-            "headers": self.headers,
-            "state": self.app_state.copy(),
-        }
+    def on_url(self, url: bytes) -> None:
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # uvicorn's on_header, with the limits checked before the worker holds more.
         self.header_bytes += len(name) + len(value)
-        if self.header_bytes > MAX_HEADER_BYTES or len(self.headers) >= self.settings.max_header_count:
-            raise HeadersTooLarge
+        self.header_count += 1
+        if self.header_bytes > MAX_HEADER_BYTES or self.header_count > self.service.limits.max_header_count:
+            self.stop = TOO_LARGE
+            raise StopParsing
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100_continue = True
-        self.headers.append((name, value))
+        if name == b"host":
+            self.host_count += 1
+        elif name == b"accept":
+            self.accept = value
+        elif (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+            self.has_body = True
 
     def on_headers_complete(self) -> None:
         self.phase, self.body_bytes = BODY, 0
         self.cancel_request_timer()
-        if len(self.url) + self.header_bytes > MAX_HEADER_BYTES:
-            self.reject_request(431, "Request Header Fields Too Large")
-        elif self.parser.get_http_version() == "0.9":
-            self.reject_request(400, "Bad Request")  # a request line without a version: llhttp takes it
-        elif not self.answer_directly():
-            self.app_scope()
-            super().on_headers_complete()
+        self.respond()
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
-        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self.phase = IDLE
         self.cancel_request_timer()
-        super().on_message_complete()
+        if self.answered and not self.keep_alive and not self.closing:
+            self.close()  # answered before its body was read: closed once it is
+
+    # answers
+
+    def respond(self) -> None:
+        """Answer the request whose headers are complete: at once, from the Site."""
+        started = time.perf_counter()
+        parser = self.parser
+        version = parser.get_http_version()
+        if len(self.url) + self.header_bytes > MAX_HEADER_BYTES:
+            return self.reject(431)
+        if version != "1.1" and version != "1.0":
+            return self.reject(400 if version == "0.9" else 505)  # 0.9: a request line without a version
+        if self.host_count > 1 or (self.host_count == 0 and version == "1.1"):
+            return self.reject(400)  # RFC 9112 3.2
+        method = parser.get_method()
+        service = self.service
+        site = service.site
+        route = site.routes.get(self.url)
+        if route is None:  # not a route as it stands: with a query, percent-encoded, absolute-form, or none
+            path = route_path(self.url)
+            if path is None:
+                return self.reject(400)
+            route = site.routes.get(path, OTHER)
+        # A request with a body is answered at once and closed once its body is read: nothing here uses one.
+        keep_alive = version == "1.1" and not (service.draining or self.has_body) and parser.should_keep_alive()
+        head = method == b"HEAD"
+        if route == OTHER:
+            status, data = service.prebuilt(route, 404, keep_alive, head)
+        elif method != b"GET" and not head:
+            status, data = service.prebuilt(route, 405, keep_alive, head)
+        elif route in site.fixed:
+            status, data = service.prebuilt(route, 200, keep_alive, head)
+        else:
+            answer = site.answer(route, self.accept, service.draining)
+            status, data = answer[0], frame(answer, service.date, keep_alive, head)
+        label = METHOD_LABELS.get(method, OTHER)
+        self.write_answer(label, route, status, data, keep_alive, started)
+
+    def write_answer(self, method: str, route: str, status: int, data: bytes, keep_alive: bool, started: float) -> None:
+        """Count the answer and write it, one step (nothing can come between); close after it unless keep_alive."""
+        self.service.metrics.observe(method, route, status, time.perf_counter() - started)
+        self.transport.write(data)
+        self.answered, self.keep_alive = True, keep_alive
+        self.turn_answers += 1
+        if self.service.access_log:
+            self.log_access(status)
+        if keep_alive or (self.has_body and self.phase == BODY):
+            self.idle_since = self.loop.time()  # a body still coming after its answer: at most keep_alive_timeout
+        else:
+            self.close()
+
+    def log_access(self, status: int) -> None:
+        peer = self.transport.get_extra_info("peername") or ("-", 0)
+        access.info(
+            '%s:%s - "%s %s HTTP/%s" %d',
+            peer[0],
+            peer[1],
+            self.parser.get_method().decode("latin-1"),
+            self.url.decode("latin-1"),
+            self.parser.get_http_version(),
+            status,
+        )
+
+    def reject(self, status: int) -> None:
+        """Answer a request that cannot be served (400, 408, 431, 505), then close."""
+        if self.closing:
+            return
+        answer = frame(rejection(status), self.service.date, keep_alive=False, head=False)
+        self.phase = IDLE  # closed at once, whatever of the request is still to come
+        self.write_answer(OTHER, OTHER, status, answer, keep_alive=False, started=time.perf_counter())
 
     # deadlines
 
     def arm_request_timer(self) -> None:
-        timeout = self.settings.header_timeout if self.phase == HEADERS else self.settings.body_timeout
+        limits = self.service.limits
+        timeout = limits.header_timeout if self.phase == HEADERS else limits.body_timeout
         self.timer_body_bytes = self.body_bytes
         self.request_timer = self.loop.call_later(timeout, self.request_timed_out)
 
@@ -426,100 +571,7 @@ class HelloProtocol(HttpToolsProtocol):
         self.request_timer = None
         if self.phase == BODY and self.body_bytes != self.timer_body_bytes:
             self.arm_request_timer()  # the body is still coming: another body_timeout for the next bytes
-        elif self.phase == HEADERS or self.cycle is None or not self.cycle.response_started:
-            self.reject(408, "Request Timeout")
+        elif self.phase == HEADERS:
+            self.reject(408)
         else:
-            self.transport.close()  # answered already; its body stopped coming
-
-    # answers
-
-    def answer_directly(self) -> bool:
-        """Write the prebuilt answer to a GET of a static route; False leaves the request to the app.
-
-        The app keeps everything else: other methods and routes, a query string, draining (its answers
-        say `Connection: close`), and a request pipelined behind one whose answer is not complete.
-        """
-        direct = self.settings.direct
-        route = direct.routes.get(self.url) if direct is not None else None
-        if (
-            route is None
-            or self.settings.state.draining
-            or self.parser.get_method() != b"GET"
-            or (self.cycle is not None and not self.cycle.response_complete)
-        ):
-            return False
-        started = time.perf_counter()
-        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        data = direct.get(route, keep_alive, self.server_state.default_headers)
-        self.cycle = ANSWERED  # what uvicorn's other callbacks look at: this request's answer is complete
-        self.server_state.total_requests += 1
-        self.settings.metrics.observe("GET", route, 200, time.perf_counter() - started)
-        self.transport.write(data)
-        if keep_alive:
-            self.idle_since = self.loop.time()
-        else:
-            self.transport.close()
-        return True
-
-    def reject_request(self, status: int, reason: str) -> None:
-        self.cycle = ANSWERED  # uvicorn's callbacks for the rest of this request see it finished
-        self.reject(status, reason)
-
-    def send_400_response(self, msg: str) -> None:
-        self.settings.metrics.observe("other", "other", 400, 0.0)
-        super().send_400_response(msg)
-
-    def reject(self, status: int, reason: str) -> None:
-        if self.transport.is_closing():
-            return
-        self.settings.metrics.observe("other", "other", status, 0.0)
-        body = reason.encode() + b"\n"
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
-        )
-        self.transport.close()
-
-
-# --- the server -------------------------------------------------------------------------------------
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's Server that says when it is ready, leaves when its supervisor does, and drains before exit."""
-
-    def __init__(self, config: uvicorn.Config, state: Any, ready: tuple[int, str], drain_timeout: float) -> None:
-        super().__init__(config)
-        self.state, self.drain_timeout = state, drain_timeout
-        self.ready_fd, self.ready_message = ready
-        self.parent = os.getppid()
-
-    @staticmethod
-    def loop_time() -> float:
-        return asyncio.get_running_loop().time()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            os.write(self.ready_fd, self.ready_message.encode())
-            os.close(self.ready_fd)
-
-    async def on_tick(self, counter: int) -> bool:
-        HelloProtocol.close_idle(self.server_state.connections, self.loop_time(), self.config.timeout_keep_alive)
-        if os.getppid() != self.parent:  # the supervisor is gone: do not serve on as an orphan
-            self.should_exit = True
-        return await super().on_tick(counter)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # Drain before uvicorn's own shutdown, which closes idle keep-alive connections
-        # without a word and so loses a request that is on its way.
-        self.state.draining = True
-        for server in self.servers:
-            server.close()
-        for sock in sockets or []:
-            sock.close()
-        deadline = time.monotonic() + self.drain_timeout
-        while self.server_state.connections and time.monotonic() < deadline and not self.force_exit:
-            # No ticks while draining: idle connections are closed here, as on a tick.
-            HelloProtocol.close_idle(self.server_state.connections, self.loop_time(), self.config.timeout_keep_alive)
-            await asyncio.sleep(0.02)
-        await super().shutdown()
+            self.close()  # answered already; its body stopped coming

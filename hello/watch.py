@@ -41,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hello.deploy import Deployment
 from hello.jobs import http_get
 
-# The metric names hello/protocol.py and hello_world.py create (SPEC "Metrics"); tests/test_update_watch.py
+# The metric names hello/metrics_files.py and hello_world.py create (SPEC "Metrics"); tests/test_update_watch.py
 # reads them from a live server, so a rename fails there.
 REQUESTS = "hello_world_requests"  # counter family; samples hello_world_requests_total{method,path,code}
 DURATION = "hello_world_request_duration_seconds"  # histogram family, labelled by path

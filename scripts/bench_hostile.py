@@ -55,7 +55,7 @@ def never_read(port: int, seconds: float = 10) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
     sock.settimeout(1)
-    chunk = b"GET / HTTP/1.1\r\n\r\n" * 4096
+    chunk = b"GET / HTTP/1.1\r\nHost:x\r\n\r\n" * 2800  # 72 KiB; HTTP/1.1 needs Host (else 400, closed)
     deadline = time.monotonic() + seconds
     with contextlib.suppress(OSError):
         while time.monotonic() < deadline:

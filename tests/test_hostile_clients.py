@@ -235,7 +235,7 @@ def count_answers(sock: socket.socket, expected: int, timeout: float) -> int:
 
 def send_requests(sock: socket.socket, budget: int, deadline: float) -> tuple[int, bool]:
     """Pipeline GET / (whole requests only) until budget bytes are sent or a send blocks: (bytes sent, blocked)."""
-    chunk = b"GET / HTTP/1.1\r\n\r\n" * 4096  # 72 KiB
+    chunk = b"GET / HTTP/1.1\r\nHost:x\r\n\r\n" * 2800  # 72 KiB
     sent, rest = 0, chunk
     while sent < budget and time.monotonic() < deadline:
         try:
@@ -258,7 +258,7 @@ def test_a_client_that_never_reads_cannot_make_the_worker_buffer_without_limit(h
     assert blocked, f"the server read {sent / 2**20:.0f} MiB of requests whose answers nobody read"
     assert grown_mib < 12, f"unread answers grew the worker's peak RSS by {grown_mib:.1f} MiB"
     # Once the client reads, the server reads on: every whole request it sent is answered.
-    requests = sent // len(b"GET / HTTP/1.1\r\n\r\n")
+    requests = sent // len(b"GET / HTTP/1.1\r\nHost:x\r\n\r\n")
     assert count_answers(sock, requests, 60) == requests
     sock.close()
     assert http_get(server.url + "/")[2] == HELLO
@@ -309,7 +309,7 @@ def test_clients_cannot_grow_the_log_without_bound(hello_server):
         read_until(sock, lambda got: False, 10)
         sock.close()
         sock = connect(server.port)
-        sock.sendall(b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
         read_until(sock, lambda got: got.endswith(HELLO), 10)
         sock.close()
     assert http_get(server.url + "/")[2] == HELLO

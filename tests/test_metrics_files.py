@@ -1,11 +1,15 @@
-"""hello/metrics_files.py: dead workers' metric files merged with every count exact, and /metrics flat over reloads.
+"""hello/metrics_files.py: requests counted straight into prometheus_client's files, dead workers' files merged
+with every count exact, /metrics flat over reloads, and the internals all that relies on.
 
 Real prometheus_client processes write the files (each child process is a worker that comes and goes),
-real merges and scrapes read them, and a real server is reloaded with SIGHUP.
+real merges and scrapes read them, and a real server is reloaded with SIGHUP. The first tests fail loudly,
+naming what changed, when a prometheus_client upgrade changes what hello/metrics_files.py relies on: then
+re-read the internals its docstring lists, adjust it, and update TESTED_WITH.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -14,13 +18,15 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from conftest import http_get, wait_until
+from conftest import PYTHON, REPO, http_get, wait_until
 from hello import metrics_files
 
 # A worker: counts, observes (multiples of 1/8, so every sum is exact in binary) and exits.
@@ -63,6 +69,81 @@ def scrape(directory: Path, collector_class: type = MultiProcessCollector) -> di
 
 def db_files(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.glob("*.db"))
+
+
+def test_the_installed_and_pinned_versions_are_the_ones_the_module_was_written_against():
+    pins = dict(
+        line.split("#")[0].strip().split("==")
+        for line in (REPO / "requirements.txt").read_text().splitlines()
+        if "==" in line
+    )
+    for dist, version in metrics_files.TESTED_WITH.items():
+        installed = importlib.metadata.version(dist)
+        assert installed == version, (
+            f"{dist} {installed} is installed; hello/metrics_files.py was written against {version}: "
+            "re-check the internals its docstring names, then update TESTED_WITH"
+        )
+        pinned = pins.get(dist) or pins.get(dist.replace("-", "_"))
+        assert pinned == version, f"requirements.txt pins {dist} {pinned}, hello/metrics_files.py names {version}"
+
+
+def test_request_metrics_write_prometheus_client_shared_files_as_its_collector_reads_them(tmp_path):
+    # In a fresh process: multiprocess mode is chosen when prometheus_client is imported.
+    script = """
+import json
+import pytest
+from prometheus_client import CollectorRegistry, multiprocess
+from hello.metrics_files import RequestMetrics
+metrics = RequestMetrics(("/", "other"), (0.001, 0.1))
+for _ in range(3):
+    metrics.observe("GET", "/", 200, 0.0005)
+metrics.observe("GET", "other", 404, 0.05)
+for index in range(1000):  # enough new series to make prometheus_client grow its file and map it anew
+    metrics.observe("GET", "/", 1000 + index, 0.5)
+metrics.observe("GET", "/", 200, 0.5)  # a series from before the growth, through its old map
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+samples = [sample for metric in registry.collect() for sample in metric.samples]
+print(json.dumps({s.name + json.dumps(s.labels, sort_keys=True): s.value for s in samples}))
+"""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = subprocess.run([PYTHON, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    samples = json.loads(result.stdout)
+
+    def sample(name: str, **labels: str) -> float:
+        return samples[name + json.dumps(labels, sort_keys=True)]
+
+    assert max(path.stat().st_size for path in tmp_path.glob("counter_*.db")) > 65536, "the file did not grow"
+    assert sample("hello_world_requests_total", method="GET", path="/", code="200") == 4
+    assert sample("hello_world_requests_total", method="GET", path="/", code="1999") == 1  # after the growth
+    assert sample("hello_world_requests_total", method="GET", path="other", code="404") == 1
+    assert sample("hello_world_request_duration_seconds_bucket", path="/", le="0.001") == 3
+    assert sample("hello_world_request_duration_seconds_bucket", path="/", le="+Inf") == 1004
+    assert sample("hello_world_request_duration_seconds_count", path="/") == 1004
+    assert sample("hello_world_request_duration_seconds_sum", path="/") == pytest.approx(3 * 0.0005 + 1001 * 0.5)
+    assert sample("hello_world_request_duration_seconds_bucket", path="other", le="0.1") == 1
+
+
+def test_the_shared_page_is_rendered_at_most_once_a_second_after_a_burst_and_shared(tmp_path):
+    pages = metrics_files.SharedPage(tmp_path, burst=3, per_second=1.0)
+    other_worker = metrics_files.SharedPage(tmp_path, burst=0, per_second=0.0)  # renders only with no page yet
+    renders: list[int] = []
+
+    def render() -> bytes:
+        renders.append(len(renders))
+        return b"page %d" % len(renders)
+
+    started = time.monotonic()
+    served = [pages.get("text", render) for _ in range(50)]
+    elapsed = time.monotonic() - started
+    assert served[:3] == [b"page 1", b"page 2", b"page 3"]  # scrapes now and then: always a fresh page
+    assert len(renders) <= 3 + elapsed + 1, f"{len(renders)} renders in {elapsed:.2f} s"  # a flood: one a second
+    assert served[-1] == b"page %d" % len(renders)
+    assert other_worker.get("text", render) == served[-1]  # the newest page, whoever rendered it
+    wait_until(lambda: pages.get("text", render) != served[-1], 5, "a new render a second later")
+    assert other_worker.get("text", render) == b"page %d" % len(renders)
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".db") or ".tmp" in path.name]
 
 
 def test_prometheus_client_files_are_named_and_read_as_the_merge_expects(tmp_path):

@@ -198,60 +198,54 @@ def test_reading_a_live_server_counts_what_it_answered(site: ScratchDeployment) 
 
 
 HEALTHZ_TEST = "tests_smoke/check_healthz.py"
-HEALTHZ_ONLY = '''"""The bad commit's whole test suite: the new code's app answers /healthz."""
-import asyncio
+HEALTHZ_ONLY = '''"""The bad commit's whole test suite: the new code's site answers /healthz."""
 import os
 import sys
 import tempfile
 
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()  # the app's metrics live in multiprocess files
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()  # the site's metrics live in multiprocess files
 sys.path.insert(0, ".")
 
 import hello_world  # noqa: E402
 
-
-app = hello_world.make_app(hello_world.read_build_info(), hello_world.WorkerState())
-sent = []
-
-
-async def receive():
-    return {"type": "http.request"}
-
-
-async def send(message):
-    sent.append(message)
-
-
-asyncio.run(app({"type": "http", "path": "/healthz", "method": "GET", "headers": []}, receive, send))
-assert sent[0]["status"] == 200 and sent[1]["body"] == b"ok\\n", sent
+site, _ = hello_world.make_site(hello_world.read_build_info())
+status, headers, body = site.answer("/healthz", None, False)
+assert (status, body) == (200, b"ok\\n"), (status, body)
 print("/healthz: 200 ok")
 '''
+BUGGY = "hello/protocol.py"  # where a bad commit puts its bug: the HTTP layer answers / itself
 
 
-def buggy_hello_world(text: str, bug: str, prelude: str = "") -> str:
-    """hello_world.py whose / runs `bug` (statements, after the answer is chosen) for the load's requests: clients
-    sending no User-Agent (validation_test.py's urllib sends one, so the verify step passes as for a subtle bug).
-    `prelude` goes before make_app."""
+def buggy_protocol(text: str, bug: str, prelude: str = "") -> str:
+    """hello/protocol.py whose / runs `bug` (statements, once its answer is chosen, before it is written) for the
+    load's requests: clients sending no User-Agent (validation_test.py's urllib sends one, so the verify step
+    passes as for a subtle bug). `prelude` goes before the protocol's classes."""
     edits = {
-        "def make_app(": f"{prelude}\n\n\ndef make_app(",
-        "            status, headers, body = static[path]\n": (
-            "            status, headers, body = static[path]\n"
-            "            if path == '/' and b'user-agent' not in dict(scope['headers']):\n"
-            + "".join(f"                {line}\n" for line in bug.splitlines())
+        "class StopParsing(Exception):": f"{prelude}\n\n\nclass StopParsing(Exception):",
+        "        self.idle_since = None  # only a request ends idleness, not stray bytes\n": (
+            "        self.idle_since = None  # only a request ends idleness, not stray bytes\n"
+            "        self.agent = False\n"
         ),
-        # the protocol answers static GETs itself; / must go through the app
-        "    app.static = static ": "    app.static = {p: answer for p, answer in static.items() if p != '/'} ",
+        "        name = name.lower()\n": (
+            "        name = name.lower()\n        if name == b'user-agent':\n            self.agent = True\n"
+        ),
+        "        label = METHOD_LABELS.get(method, OTHER)\n": (
+            "        label = METHOD_LABELS.get(method, OTHER)\n"
+            "        if route == '/' and not getattr(self, 'agent', True):\n"
+            + "".join(f"            {line}\n" for line in bug.splitlines())
+        ),
     }
     for old, new in edits.items():
-        assert text.count(old) == 1, f"hello_world.py changed: the test cannot insert its bug at {old!r}"
+        assert text.count(old) == 1, f"hello/protocol.py changed: the test cannot insert its bug at {old!r}"
         text = text.replace(old, new)
     return text
 
 
-def flaky_hello_world(text: str) -> str:
-    """hello_world.py whose / answers 500 to one request in ten of the load."""
-    bug = "if next(FLAKY) % 10 == 0:\n    status, headers, body = _text(500, 'flaky\\n')"
-    return buggy_hello_world(text, bug, prelude="FLAKY = __import__('itertools').count(1)")
+def flaky_protocol(text: str) -> str:
+    """hello/protocol.py whose / answers 500 to one request in ten of the load."""
+    flaky = "status, data = 500, frame((500, (), b'flaky\\n'), service.date, keep_alive, head)"
+    bug = f"if next(FLAKY) % 10 == 0:\n    {flaky}"
+    return buggy_protocol(text, bug, prelude="FLAKY = __import__('itertools').count(1)")
 
 
 @pytest.mark.parametrize("deploy", ["local", "compose"])
@@ -259,10 +253,8 @@ def test_a_commit_answering_500_to_one_in_ten_is_rolled_back_by_the_watch(
     site: ScratchDeployment, tmp_path: Path, deploy: str
 ) -> None:
     before = site.served()
-    flaky = flaky_hello_world((site.deploy / "hello_world.py").read_text())
-    bad = site.commit(
-        f"/ answers 500 to one request in ten ({deploy})", {"hello_world.py": flaky, HEALTHZ_TEST: HEALTHZ_ONLY}
-    )
+    flaky = flaky_protocol((site.deploy / BUGGY).read_text())
+    bad = site.commit(f"/ answers 500 to one request in ten ({deploy})", {BUGGY: flaky, HEALTHZ_TEST: HEALTHZ_ONLY})
     settings = {**WATCH, "test_command": f"{site.python} {HEALTHZ_TEST}"}
     # compose: the docker stand-in's `compose up` reloads the real server, whose /metrics the watch reads
     env = (
@@ -293,8 +285,10 @@ def test_a_commit_answering_500_to_one_in_ten_is_rolled_back_by_the_watch(
 
 def test_a_commit_whose_p99_grew_is_rolled_back_by_the_watch(site: ScratchDeployment, tmp_path: Path) -> None:
     before = site.served()
-    slow = buggy_hello_world((site.deploy / "hello_world.py").read_text(), "await __import__('asyncio').sleep(0.5)")
-    bad = site.commit("/ takes 500 ms", {"hello_world.py": slow, HEALTHZ_TEST: HEALTHZ_ONLY})
+    # answered 500 ms later, without blocking the worker (as the old ASGI bug awaited a sleep)
+    later = "self.loop.call_later(0.5, self.write_answer, label, route, status, data, keep_alive, started)\nreturn"
+    slow = buggy_protocol((site.deploy / BUGGY).read_text(), later)
+    bad = site.commit("/ takes 500 ms", {BUGGY: slow, HEALTHZ_TEST: HEALTHZ_ONLY})
     # 500 ms against the old code's p99 of a few ms (its whole life's histogram, with this load's requests):
     # far past 3x however busy the machine; at about 4 answers a second, 6 s bring the 10 requests to judge from.
     limits = {"watch": "6s", "min_requests": 10, "max_latency_ratio": 3.0}
