@@ -14,7 +14,9 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              /version: the commit it serves is the rollback point. A server that is not running is refused
              (exit 1): without a serving commit there is nothing to roll back to (`make start` first).
   fetch      `git fetch`; a remote that is not a fast-forward of the checkout (or of the serving commit) is
-             refused with nothing changed. Nothing new: exit 0, nothing else done.
+             refused with nothing changed, and so is one that tracks local state (anything at or under the
+             run dir, the backup destination, .venv or .env inside the checkout) or whose checkout would delete
+             or replace an untracked or ignored path. Nothing new: exit 0, nothing else done.
   test       in the release, an isolated copy of the new commit (hello/release.py: <run_dir>/release, a git
              worktree with its own venv: the live one when no requirements file changed, else a copy of it with
              the changed files pip-installed), system.update.test_command runs; the live checkout and venv
@@ -22,7 +24,8 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              (or a command that cannot run) -> nothing deployed, nothing to undo
   backup     system.update.backup_first (default true): `backup_script.py create`, the normal backup under
              its lock, of what serves now; a failed backup stops the update, nothing deployed (exit 1)
-  checkout   the tests passed: `git merge --ff-only` of the live checkout to the tested commit
+  checkout   the tests passed: `git checkout --no-overwrite-ignore -B <branch> <commit>` of the live checkout to
+             the tested commit (also for rollbacks: git refuses, rather than delete an untracked or ignored path)
   build      local: `pip install -r` into the live venv of the requirements files that changed (none: skipped);
              compose: `docker compose build --build-arg COMMIT=<sha> hello-world` with HELLO_COMMIT=<sha>
              (docker-compose.yml tags the image hello-world:<sha>; a fixed image name is also tagged <sha>)
@@ -55,9 +58,9 @@ the commits it would deploy and the steps, and changes nothing else: no release,
 
 rollback: back to the previous good release (the newest `good` of update.log not serving now), or to COMMIT,
 which must be an ancestor of the checkout that once served as a good release: preflight (no remote needed),
-choose, then test (unless --no-test, recorded), backup, checkout (`git reset --hard`), build, deploy, verify and
-watch as above. While the newest deploy is such a rollback and the remote still holds the commit rolled back from, an
-update is "held" (exit 0, nothing done) until --force.
+choose (the same local-state checks as fetch), then test (unless --no-test, recorded), backup, checkout, build,
+deploy, verify and watch as above. While the newest deploy is such a rollback and the remote still holds the commit
+rolled back from, an update is "held" (exit 0, nothing done) until --force.
 
 history: every deploy and rollback of <run_dir>/update.log (hello/history.py), newest first: time, user, from
 and to commit with their subject lines, outcome, each step's duration; --all: every run, up-to-date ones too.
