@@ -14,14 +14,17 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              /version: the commit it serves is the rollback point. A server that is not running is refused
              (exit 1): without a serving commit there is nothing to roll back to (`make start` first).
   fetch      `git fetch`; a remote that is not a fast-forward of the checkout (or of the serving commit) is
-             refused with nothing changed, and so is one that tracks local state (anything at or under the
-             run dir, the backup destination, .venv or .env inside the checkout) or whose checkout would delete
-             or replace an untracked or ignored path. Nothing new: exit 0, nothing else done.
-  test       in the release, an isolated copy of the new commit (hello/release.py: <run_dir>/release, a git
-             worktree with its own venv: the live one when no requirements file changed, else a copy of it with
-             the changed files pip-installed), system.update.test_command runs; the live checkout and venv
-             have not moved, so a worker the supervisor respawns meanwhile starts the serving code. Failure
-             (or a command that cannot run) -> nothing deployed, nothing to undo
+             refused with nothing changed, and so is one not signed by an allowed key (verify_signatures
+             set), one that tracks local state (anything at or under the run dir, the backup destination,
+             .venv or .env inside the checkout) or whose checkout would delete or replace an untracked or
+             ignored path. Nothing new: exit 0, nothing else done.
+  test       in the release, an isolated copy of the new commit (hello/release.py: a clone in a fresh
+             $TMPDIR/hello-release-*, linked from <run_dir>/release, with its venv: the live one read-only when
+             no requirements file changed, else a copy of it with the changed files pip-installed),
+             system.update.test_command runs, as system.update.test_user when the kit runs as root (it cannot
+             write the live checkout, venv or run_dir); the live checkout and venv have not moved, so a worker
+             the supervisor respawns meanwhile starts the serving code. Failure (or a command that cannot run)
+             -> nothing deployed, nothing to undo
   backup     system.update.backup_first (default true): `backup_script.py create`, the normal backup under
              its lock, of what serves now; a failed backup stops the update, nothing deployed (exit 1)
   checkout   the tests passed: `git checkout --no-overwrite-ignore -B <branch> <commit>` of the live checkout to

@@ -9,6 +9,7 @@
     tracked_at(repo, commit, paths)   # what commit tracks at or under paths
     overwritten_local(repo, old, new) # untracked or ignored paths a move from old to new would delete or replace
     switch_branch(repo, branch, commit)  # the branch to commit and checked out, refusing to touch untracked paths
+    signature_problem(repo, commit, allowed_signers)  # why commit is not signed by an allowed key (None: it is)
 
 Every call runs `git -C <repo>` with git_env(): no password prompt ever waits (an update runs from cron).
 """
@@ -138,3 +139,15 @@ def switch_branch(repo: Path, branch: str, commit: str) -> None:
         said = next((line for line in lines if line.startswith(("error:", "fatal:"))), f"exit {result.returncode}")
         paths = [line.strip() for line in lines if line.startswith("\t")]  # git lists the paths indented
         raise GitError(f"`git checkout {short(commit)}` failed: {said} {', '.join(paths[:5])}".rstrip())
+
+
+def signature_problem(repo: Path, commit: str, allowed_signers: str) -> str | None:
+    """Why commit is not signed by a key of the ssh allowed-signers file (git verify-commit); None when it is."""
+    if not Path(allowed_signers).is_file():
+        return f"the allowed-signers file {allowed_signers} is missing"
+    config = ("-c", "gpg.format=ssh", "-c", f"gpg.ssh.allowedSignersFile={allowed_signers}")
+    result = git(repo, *config, "verify-commit", commit, check=False)
+    if result.returncode == 0:
+        return None
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else "no signature"  # a key not allowed: "No principal matched."

@@ -40,13 +40,14 @@ from hello.git import (
     is_ancestor,
     overwritten_local,
     short,
+    signature_problem,
     switch_branch,
     tracked_at,
 )
 from hello.history import DEPLOYS, current_user, read_entries, update_log
 from hello.hooks import HookFailed, run_hooks
 from hello.jobs import LockHeld, job_lock, metrics_textfile, record_job, write_atomically
-from hello.release import RELEASE_DIR, Release, ReleaseError, changed_requirements, live_venv
+from hello.release import Release, ReleaseError, TestUser, changed_requirements, live_venv, test_user
 from hello.watch import Watch, WatchError, watch_metrics, watch_plan, watch_skipped
 
 JOB = "hello_world_update"
@@ -152,6 +153,7 @@ class Updater:
         self.target = ""
         self.pending = self.run_dir / "update.pending.json"
         self.recovering: dict[str, Any] = {}
+        self.tester: TestUser | None = None  # who runs the tests (None: this process's user)
 
     # the whole run
 
@@ -193,7 +195,7 @@ class Updater:
     def deliver(self, test: bool) -> int:
         """Test self.target in a release, back up, move the checkout, build, deploy and verify; else roll back."""
         if test:
-            release = Release(self.repo, self.run_dir)
+            release = Release(self.repo, self.run_dir, self.tester)
             try:
                 with self.report.step("test") as note:
                     self.test(note, release)
@@ -249,7 +251,7 @@ class Updater:
             self.settle(self.preflight(note, remote=False))
         with self.report.step("choose") as note:
             self.target = self.rollback_target(self.args.commit)
-            self.check_target_tree(self.target)
+            self.check_target(self.target)
             subject = git_out(self.repo, "log", "-1", "--format=%s", self.target)
             note.detail = f"{short(self.serving)} -> {short(self.target)} ({subject})"
         if self.args.no_test:
@@ -265,7 +267,7 @@ class Updater:
         with self.report.step("preflight") as note:
             self.settle(self.preflight(note, remote=False))
         self.target = self.rollback_target(self.args.commit)
-        self.check_target_tree(self.target)
+        self.check_target(self.target)
         self.report.say(f"would roll back {short(self.serving)} -> {short(self.target)}; would run:")
         for name, what in self.plan():
             if not (name == "test" and self.args.no_test):
@@ -338,7 +340,7 @@ class Updater:
         build, deploy = self.deployment.plan(self.serving, self.target)
         update = self.config["update"]
         steps = [
-            ("test", f"{update['test_command']}  (in {self.run_dir / RELEASE_DIR} at {short(self.target)})"),
+            ("test", f"{update['test_command']}  (in a copy of {short(self.target)}{self.tested_as()})"),
             ("backup", "backup_script.py create" if update["backup_first"] else ""),
             ("checkout", f"git checkout --no-overwrite-ignore -B {self.branch} {short(self.target)}"),
             ("build", build),
@@ -357,6 +359,10 @@ class Updater:
         """Check the test command, the checkout, the remote (unless not remote) and the server: what was found.
         Raises Refused."""
         self.test_argv()
+        try:
+            self.tester = test_user(self.config["update"]["test_user"])
+        except ReleaseError as exc:
+            raise Refused(str(exc)) from None
         try:
             top = git_out(self.repo, "rev-parse", "--show-toplevel")
         except GitError:
@@ -433,7 +439,7 @@ class Updater:
                     f"{self.remote}/{self.branch} ({short(target)}) is not a fast-forward of the {name} "
                     f"({short(commit)}): diverged history, refusing"
                 )
-        self.check_target_tree(target)
+        self.check_target(target)
         count = git_out(self.repo, "rev-list", "--count", f"{self.serving}..{target}")
         note.detail = f"{self.remote}/{self.branch} {short(self.serving)}..{short(target)} ({count} new commit(s))"
         return target
@@ -456,9 +462,15 @@ class Updater:
         protected.pop(".", None)  # the checkout itself: every commit tracks something there
         return protected
 
-    def check_target_tree(self, target: str) -> None:
-        """Refused, before anything runs, when target tracks protected local state or its checkout would delete
-        or replace an untracked or ignored path (git would also refuse, but only after the tests and backup)."""
+    def check_target(self, target: str) -> None:
+        """Refused, before anything runs, when target is not signed by an allowed key (verify_signatures set),
+        tracks protected local state, or its checkout would delete or replace an untracked or ignored path (git
+        would also refuse, but only after the tests and backup)."""
+        allowed = self.config["update"]["verify_signatures"]
+        if allowed:
+            problem = signature_problem(self.repo, target, allowed)
+            if problem:
+                raise Refused(f"{short(target)} is not signed by a key of {allowed} (verify_signatures): {problem}")
         for path, what in self.protected_paths().items():
             tracked = tracked_at(self.repo, target, [path])
             if tracked:
@@ -483,6 +495,9 @@ class Updater:
             self.head = self.target
         note.detail = f"the checkout is at {short(self.target)}"
 
+    def tested_as(self) -> str:
+        return f", as {self.tester.name}" if self.tester else ""
+
     def test_argv(self) -> list[str]:
         """system.update.test_command split as a shell would; Refused when it cannot be split or is empty."""
         command = self.config["update"]["test_command"]
@@ -502,14 +517,13 @@ class Updater:
         except (ReleaseError, OSError) as exc:
             raise UpdateError(f"cannot make the release to test: {exc}") from None
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        env = release.env({**os.environ, "PATH": path})
+        options = release.run_options({**os.environ, "PATH": path})
         self.report.say(f"test: {made}")
         self.report.say(f"test: {command}  (in {release.path})")
         try:
             result = subprocess.run(
                 argv,
-                cwd=release.path,
-                env=env,
+                **options,
                 stdout=self.report.out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

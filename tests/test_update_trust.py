@@ -11,28 +11,44 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
+import subprocess
+import sysconfig
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import ProcessRegistry
+from conftest import ProcessRegistry, require_tool
 from hello.git import GitError, switch_branch
 from tests.support.deployment import assert_step, log_lines, serving_deployment, shown
-from tests.support.scratch import ScratchDeployment, git
+from tests.support.scratch import SMOKE_TEST, ScratchDeployment, git
 
 PROTECTED = ("run", "backups", ".venv", ".env")  # the shipped layout's local state inside the checkout
 # What is compared byte for byte: all but run/, where the server and the record step write (its PID is compared,
 # and the operator's file planted there).
 COMPARED = ["backups", ".venv", ".env", "run/operator-notes.txt", "run/hello_world.pid"]
 ARCHIVE = "hello-world-20260101T020000Z.tar.gz"
+# The deployment's tests run as nobody (system.update.test_user), with a Python nobody can run (this suite's lives
+# under /root here) and without pytest: every test_ function of the smoke file, called in order.
+RUN_SMOKE = 'ns = runpy.run_path("tests_smoke/test_smoke.py"); [ns[n]() for n in sorted(ns) if n.startswith("test_")]'
+AS_NOBODY = f"/usr/bin/python3 -c 'import runpy; {RUN_SMOKE}'"
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
-    """This module's serving deployment, its run dir and backups inside the checkout."""
-    with serving_deployment(tmp_path_factory.mktemp("trust"), state_inside=True) as pair:
-        yield pair
+def deployment() -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
+    """This module's serving deployment, its run dir and backups inside the checkout, in a folder every user may
+    enter (pytest's are root's 0700): what keeps the test user out of it is ownership, as on a real host."""
+    root = Path(tempfile.mkdtemp(prefix="hello-trust-"))
+    root.chmod(0o755)
+    try:
+        with serving_deployment(root, state_inside=True) as pair:
+            site = pair[0]
+            site.write_config(site.config_path, {"update": {"test_user": "nobody", "test_command": AS_NOBODY}})
+            yield pair
+    finally:
+        shutil.rmtree(root)
 
 
 @pytest.fixture
@@ -63,8 +79,15 @@ def files_under(root: Path, names: list[str]) -> dict[str, tuple[int, bytes]]:
     return found
 
 
-def push(site: ScratchDeployment, message: str, write: dict[str, str] | None = None, delete: tuple = ()) -> str:
-    """A commit on the remote's tip writing (git add -f: ignored paths too) and deleting paths; the commit."""
+def push(
+    site: ScratchDeployment,
+    message: str,
+    write: dict[str, str] | None = None,
+    delete: tuple = (),
+    key: Path | None = None,
+) -> str:
+    """A commit on the remote's tip writing (git add -f: ignored paths too) and deleting paths, signed with the
+    ssh key when given; the commit."""
     git(site.dev, "fetch", "-q", "origin")
     git(site.dev, "reset", "-q", "--hard", "origin/main")
     for name, text in (write or {}).items():
@@ -76,7 +99,8 @@ def push(site: ScratchDeployment, message: str, write: dict[str, str] | None = N
         git(site.dev, "add", "-f", "--", name)
     for name in delete:
         git(site.dev, "rm", "-q", "--", name)
-    git(site.dev, "commit", "-q", "-m", message)
+    signing = ("-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "commit", "-S") if key else ("commit",)
+    git(site.dev, *signing, "-q", "-m", message)
     git(site.dev, "push", "-q", "--force", "origin", "HEAD:main")
     return git(site.dev, "rev-parse", "HEAD")
 
@@ -176,3 +200,109 @@ def test_git_itself_refuses_to_replace_ignored_paths(tmp_path: Path) -> None:
         switch_branch(repo, "main", bad)
     assert git(repo, "rev-parse", "HEAD") == first
     assert (repo / "backups" / ARCHIVE).read_text() == "archive\n" and (repo / ".env").read_text() == "secret\n"
+
+
+# --- B. untested code cannot write into what serves ------------------------------------------------------------
+
+ATTACK = """
+import os
+import pathlib
+
+
+def test_attack():
+    tried = {}
+    targets = TARGETS + [os.path.join(os.environ["VIRTUAL_ENV"], "lib", LIB, "site-packages", "hello-attack-env.pth")]
+    for target in targets:
+        try:
+            with open(target, "a") as handle:
+                handle.write("# upstream was here\\n")
+            tried[target] = "WROTE"
+        except OSError as exc:
+            tried[target] = type(exc).__name__
+    print(f"attack as uid {os.getuid()}: {tried}")
+    assert False, "the tests fail: the commit is refused, its writes must not stay"
+"""
+
+
+def test_a_commit_whose_tests_write_into_what_serves_changes_none_of_it(site: ScratchDeployment) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the tests run as system.update.test_user only when the kit runs as root")
+    live_packages = Path(sysconfig.get_paths()["purelib"])  # the live venv: the server runs on this python
+    targets = [
+        live_packages / "hello-attack.pth",  # a .pth runs in every worker started later
+        site.deploy / "hello_world.py",
+        site.deploy / "ATTACK",
+        site.run_dir / "update.log",
+        site.run_dir / "attack",
+    ]
+    lib = live_packages.parent.name
+    attack = ATTACK.replace("TARGETS", repr([str(path) for path in targets])).replace("LIB", repr(lib))
+    planted = [live_packages / "hello-attack.pth", live_packages / "hello-attack-env.pth"]
+    checkout = files_under(site.deploy, [name for name in os.listdir(site.deploy) if name not in ("run", ".git")])
+    log = site.run_dir / "update.log"
+    served, logged = site.served(), log.read_bytes() if log.exists() else b""
+    push(site, "tests that write into what serves", write={"tests_smoke/test_smoke.py": attack})
+    try:
+        result = site.update()
+        assert result.returncode == 1, shown(result)
+        assert_step(result, "test", "FAILED")
+        assert "attack as uid 65534: " in result.stdout, shown(result)  # the tests ran as nobody
+        assert "WROTE" not in result.stdout, shown(result)
+        assert not any(path.exists() for path in planted), planted
+    finally:
+        for path in planted:
+            path.unlink(missing_ok=True)
+    assert files_under(site.deploy, [name for name in os.listdir(site.deploy) if name not in ("run", ".git")]) == (
+        checkout
+    )
+    assert not (site.run_dir / "attack").exists()
+    assert log.read_bytes().startswith(logged) and b"upstream was here" not in log.read_bytes()
+    assert site.served() == served == site.head()
+    assert not (site.run_dir / "release").exists()
+
+
+def test_the_smoke_test_passes_as_the_test_user(site: ScratchDeployment) -> None:
+    """The other side: a good commit's tests, run as nobody in its own copy, pass and it is deployed."""
+    good = push(site, "a good commit", write={"tests_smoke/test_smoke.py": SMOKE_TEST, "CHANGES": "good\n"})
+    result = site.update()
+    assert result.returncode == 0, shown(result)
+    made = re.search(r"^test: \S+ at \w+ as nobody.*, the live venv read-only", result.stdout, re.MULTILINE)
+    assert made, shown(result)
+    assert site.served() == good
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two ssh keys (trusted, stranger) and an allowed-signers file naming the trusted one."""
+    require_tool("ssh-keygen", "openssh-client")
+    folder = tmp_path_factory.mktemp("keys")
+    for name in ("trusted", "stranger"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(folder / name)],
+            check=True,
+            timeout=30,
+        )
+    allowed = folder / "allowed_signers"
+    allowed.write_text(f'scratch@example.invalid namespaces="git" {(folder / "trusted.pub").read_text()}')
+    return {"trusted": folder / "trusted", "stranger": folder / "stranger", "allowed": allowed}
+
+
+@pytest.mark.parametrize("signer", ["trusted", "unsigned", "stranger"])
+def test_verify_signatures_deploys_only_commits_signed_by_an_allowed_key(
+    site: ScratchDeployment, tmp_path: Path, keys: dict[str, Path], signer: str
+) -> None:
+    config = site.write_config(tmp_path / "config.yaml", {"update": {"verify_signatures": str(keys["allowed"])}})
+    served = site.served()
+    commit = push(site, f"signed: {signer}", write={"CHANGES": f"{signer}\n"}, key=keys.get(signer))
+    result = site.update(env={"HELLO_CONFIG": str(config)})
+    if signer == "trusted":
+        assert result.returncode == 0, shown(result)
+        assert site.served() == commit == site.head()
+        return
+    assert result.returncode == 1, shown(result)
+    assert_step(result, "fetch", "FAILED")
+    assert f"{commit[:10]} is not signed by a key of {keys['allowed']} (verify_signatures)" in result.stdout
+    assert ("No principal matched" if signer == "stranger" else "no signature") in result.stdout, shown(result)
+    assert not re.search(r"^(test|backup|checkout|deploy)\s", result.stdout, re.MULTILINE), shown(result)
+    assert site.served() == served == site.head()
+    assert log_lines(site)[-1]["outcome"] == "refused"

@@ -93,6 +93,9 @@ class ScratchDeployment:
         system["monitoring"]["pushgateway"]["url"] = None
         system["update"].update({"test_command": self.test_command, "deploy": "local", "interval": None})
         system["update"]["watch"] = 0  # no watch after the deploy unless a test sets one (tests/test_update_watch.py)
+        # The test command is this suite's python, which another user may not be able to run (pyenv under /root):
+        # the tests run as root here; tests/test_update_trust.py runs them as nobody.
+        system["update"]["test_user"] = None
         system["backup"].update({"source": str(self.deploy), "destination": str(self.backups)})
         for key, value in overrides.items():  # a section's keys are merged, a top-level key replaced
             if isinstance(value, dict):
