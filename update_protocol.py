@@ -59,8 +59,9 @@ already matches the remote, so that what serves has been tested and verified.
 the commits it would deploy and the steps, and changes nothing else: no release, no merge, no reload.
 --force runs every step even when already up to date (redeploys the current commit).
 
-rollback: back to the previous good release (the newest `good` of update.log not serving now), or to COMMIT,
-which must be an ancestor of the checkout that once served as a good release: preflight (no remote needed),
+rollback: back to the previous good release (the newest `good` of update.log, or `from` of a deploy: the commit
+serving when it began, not serving now), or to COMMIT, which must be an ancestor of the checkout that once served
+as such a good release (the commit `make start` served before the first update counts): preflight (no remote needed),
 choose (the same local-state checks as fetch), then test (unless --no-test, recorded), backup, checkout, build,
 deploy, verify and watch as above. While the newest deploy is such a rollback and the remote still holds the commit
 rolled back from, an update is "held" (exit 0, nothing done) until --force.

@@ -62,7 +62,7 @@ def live_venv() -> Path | None:
 
 
 @dataclass(frozen=True)
-class TestUser:
+class Tester:
     """Who runs the tests when the kit runs as root."""
 
     name: str
@@ -74,7 +74,7 @@ class TestUser:
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
 
-def test_user(name: str | None) -> TestUser | None:
+def tester_for(name: str | None) -> Tester | None:
     """The user the tests run as: name's when this process is root and name is another user; None: as this
     process. Raises ReleaseError when name is no user here."""
     if name is None or os.geteuid() != 0:
@@ -83,10 +83,10 @@ def test_user(name: str | None) -> TestUser | None:
         entry = pwd.getpwnam(name)
     except KeyError:
         raise ReleaseError(f"system.update.test_user {name!r} is no user on this host") from None
-    return None if entry.pw_uid == 0 else TestUser(name, entry.pw_uid, entry.pw_gid)
+    return None if entry.pw_uid == 0 else Tester(name, entry.pw_uid, entry.pw_gid)
 
 
-def hand_over(top: Path, user: TestUser) -> None:
+def hand_over(top: Path, user: Tester) -> None:
     """chown top and all under it to user, never following a symlink (a venv symlink stays pointing at root's)."""
     os.chown(top, user.uid, user.gid, follow_symlinks=False)
     for folder, dirs, files in os.walk(top):
@@ -119,7 +119,7 @@ def pip_install(venv: Path, cwd: Path, names: list[str], options: dict[str, Any]
 class Release:
     """The release of repo at one commit, with its venv, for the tests to run in (as user, when one is given)."""
 
-    def __init__(self, repo: Path, run_dir: Path, user: TestUser | None = None) -> None:
+    def __init__(self, repo: Path, run_dir: Path, user: Tester | None = None) -> None:
         self.repo, self.user = repo, user
         self.link = Path(run_dir).resolve() / RELEASE_DIR
         self.top: Path | None = None

@@ -47,7 +47,7 @@ from hello.git import (
 from hello.history import DEPLOYS, current_user, read_entries, update_log
 from hello.hooks import HookFailed, run_hooks
 from hello.jobs import LockHeld, job_lock, metrics_textfile, record_job, write_atomically
-from hello.release import Release, ReleaseError, TestUser, changed_requirements, live_venv, test_user
+from hello.release import Release, ReleaseError, Tester, changed_requirements, live_venv, tester_for
 from hello.watch import Watch, WatchError, watch_metrics, watch_plan, watch_skipped
 
 JOB = "hello_world_update"
@@ -153,7 +153,7 @@ class Updater:
         self.target = ""
         self.pending = self.run_dir / "update.pending.json"
         self.recovering: dict[str, Any] = {}
-        self.tester: TestUser | None = None  # who runs the tests (None: this process's user)
+        self.tester: Tester | None = None  # who runs the tests (None: this process's user)
 
     # the whole run
 
@@ -278,7 +278,7 @@ class Updater:
     def rollback_target(self, wanted: str | None) -> str:
         """The commit to go back to: wanted, if it once served as a good release and is an ancestor of the
         checkout, else the newest good release that is not serving now. Raises Refused."""
-        goods = [str(entry["good"]) for entry in reversed(read_entries(self.run_dir)) if entry.get("good")]
+        goods = good_releases(read_entries(self.run_dir))
         if wanted is None:
             for commit in goods:
                 if commit != self.serving and has_commit(self.repo, commit):
@@ -360,7 +360,7 @@ class Updater:
         Raises Refused."""
         self.test_argv()
         try:
-            self.tester = test_user(self.config["update"]["test_user"])
+            self.tester = tester_for(self.config["update"]["test_user"])
         except ReleaseError as exc:
             raise Refused(str(exc)) from None
         try:
@@ -609,6 +609,19 @@ class Updater:
             write_atomically(self.pending, json.dumps(data).encode() + b"\n")
         except OSError as exc:
             raise UpdateError(f"cannot write {self.pending}: {exc}") from None
+
+
+def good_releases(entries: list[dict[str, Any]]) -> list[str]:
+    """The commits a rollback may go to, newest first: each run's `good` (left serving, tested and verified), and
+    the `from` of each update that deployed: the commit that was serving when it began (the one `make start`
+    served before the first update among them)."""
+    found: list[str] = []
+    for entry in reversed(entries):
+        began = entry.get("from") if entry.get("outcome") in DEPLOYS - {"rollback"} else None
+        for commit in (entry.get("good"), began):
+            if isinstance(commit, str) and commit and commit not in found:
+                found.append(commit)
+    return found
 
 
 def record(config: dict[str, Any], updater: Updater, code: int, started: float) -> None:

@@ -306,3 +306,24 @@ def test_verify_signatures_deploys_only_commits_signed_by_an_allowed_key(
     assert not re.search(r"^(test|backup|checkout|deploy)\s", result.stdout, re.MULTILINE), shown(result)
     assert site.served() == served == site.head()
     assert log_lines(site)[-1]["outcome"] == "refused"
+
+
+# --- C. rollback reaches the release that served before the first update ------------------------------------
+
+
+def test_rollback_reaches_the_commit_that_served_before_the_first_update(site: ScratchDeployment) -> None:
+    log = site.run_dir / "update.log"
+    earlier = log.read_bytes() if log.exists() else b""
+    log.unlink(missing_ok=True)  # a deployment on which no update ran yet
+    try:
+        first = site.served()  # what `make start` served
+        commit = push(site, "the first update", write={"CHANGES": "first\n"})
+        assert site.update().returncode == 0 and site.served() == commit
+        assert [(entry["from"], entry.get("good")) for entry in log_lines(site)] == [(first, commit)]
+        result = site.update("rollback", first)
+        assert result.returncode == 0, shown(result)
+        assert site.served() == first == site.head()
+        entry = log_lines(site)[-1]
+        assert (entry["outcome"], entry["from"], entry["to"], entry["good"]) == ("rollback", commit, first, first)
+    finally:
+        log.write_bytes(earlier + (log.read_bytes() if log.exists() else b""))
