@@ -14,15 +14,21 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              /version: the commit it serves is the rollback point. A server that is not running is refused
              (exit 1): without a serving commit there is nothing to roll back to (`make start` first).
   fetch      `git fetch`; a remote that is not a fast-forward of the checkout (or of the serving commit) is
-             refused with nothing changed. Nothing new: exit 0, nothing else done.
-  test       in the release, an isolated copy of the new commit (hello/release.py: <run_dir>/release, a git
-             worktree with its own venv: the live one when no requirements file changed, else a copy of it with
-             the changed files pip-installed), system.update.test_command runs; the live checkout and venv
-             have not moved, so a worker the supervisor respawns meanwhile starts the serving code. Failure
-             (or a command that cannot run) -> nothing deployed, nothing to undo
+             refused with nothing changed, and so is one not signed by an allowed key (verify_signatures
+             set), one that tracks local state (anything at or under the run dir, the backup destination,
+             .venv or .env inside the checkout) or whose checkout would delete or replace an untracked or
+             ignored path. Nothing new: exit 0, nothing else done.
+  test       in the release, an isolated copy of the new commit (hello/release.py: a clone in a fresh
+             $TMPDIR/hello-release-*, linked from <run_dir>/release, with its venv: the live one read-only when
+             no requirements file changed, else a copy of it with the changed files pip-installed),
+             system.update.test_command runs, as system.update.test_user when the kit runs as root (it cannot
+             write the live checkout, venv or run_dir); the live checkout and venv have not moved, so a worker
+             the supervisor respawns meanwhile starts the serving code. Failure (or a command that cannot run)
+             -> nothing deployed, nothing to undo
   backup     system.update.backup_first (default true): `backup_script.py create`, the normal backup under
              its lock, of what serves now; a failed backup stops the update, nothing deployed (exit 1)
-  checkout   the tests passed: `git merge --ff-only` of the live checkout to the tested commit
+  checkout   the tests passed: `git checkout --no-overwrite-ignore -B <branch> <commit>` of the live checkout to
+             the tested commit (also for rollbacks: git refuses, rather than delete an untracked or ignored path)
   build      local: `pip install -r` into the live venv of the requirements files that changed (none: skipped);
              compose: `docker compose build --build-arg COMMIT=<sha> hello-world` with HELLO_COMMIT=<sha>
              (docker-compose.yml tags the image hello-world:<sha>; a fixed image name is also tagged <sha>)
@@ -53,11 +59,12 @@ already matches the remote, so that what serves has been tested and verified.
 the commits it would deploy and the steps, and changes nothing else: no release, no merge, no reload.
 --force runs every step even when already up to date (redeploys the current commit).
 
-rollback: back to the previous good release (the newest `good` of update.log not serving now), or to COMMIT,
-which must be an ancestor of the checkout that once served as a good release: preflight (no remote needed),
-choose, then test (unless --no-test, recorded), backup, checkout (`git reset --hard`), build, deploy, verify and
-watch as above. While the newest deploy is such a rollback and the remote still holds the commit rolled back from, an
-update is "held" (exit 0, nothing done) until --force.
+rollback: back to the previous good release (the newest `good` of update.log, or `from` of a deploy: the commit
+serving when it began, not serving now), or to COMMIT, which must be an ancestor of the checkout that once served
+as such a good release (the commit `make start` served before the first update counts): preflight (no remote needed),
+choose (the same local-state checks as fetch), then test (unless --no-test, recorded), backup, checkout, build,
+deploy, verify and watch as above. While the newest deploy is such a rollback and the remote still holds the commit
+rolled back from, an update is "held" (exit 0, nothing done) until --force.
 
 history: every deploy and rollback of <run_dir>/update.log (hello/history.py), newest first: time, user, from
 and to commit with their subject lines, outcome, each step's duration; --all: every run, up-to-date ones too.

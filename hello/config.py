@@ -394,6 +394,8 @@ SCHEMA: Schema = {
                 "before_deploy": (_command_list, []),  # one fails: nothing deployed
                 "after_deploy": (_command_list, []),  # one fails: rolled back
             },
+            "test_user": (_string_or_null, "nobody"),  # run as root: the tests run as this user; null: as root
+            "verify_signatures": (_path_or_null, None),  # an allowed-signers file: unsigned commits refused
         },
         "kubernetes": {  # deploy/kubernetes and system.update.deploy: kubernetes (hello/deploy_kubernetes.py)
             "registry": (_string_or_null, None),  # images go to <registry>/hello-world:<commit>; needed to deploy

@@ -6,6 +6,10 @@
     is_ancestor(repo, older, newer)   # merge-base --is-ancestor
     has_commit(repo, commit)          # the repository holds that commit
     changed_files(repo, old, new, names)  # which of names differ between two commits (and exist in the newer)
+    tracked_at(repo, commit, paths)   # what commit tracks at or under paths
+    overwritten_local(repo, old, new) # untracked or ignored paths a move from old to new would delete or replace
+    switch_branch(repo, branch, commit)  # the branch to commit and checked out, refusing to touch untracked paths
+    signature_problem(repo, commit, allowed_signers)  # why commit is not signed by an allowed key (None: it is)
 
 Every call runs `git -C <repo>` with git_env(): no password prompt ever waits (an update runs from cron).
 """
@@ -98,3 +102,62 @@ def changed_files(repo: Path, old: str, new: str, names: Iterable[str]) -> list[
     differ = git_out(repo, "diff", "--name-only", old, new, "--", *names).splitlines()
     present = git_out(repo, "ls-tree", "--name-only", new, "--", *names).splitlines()
     return [name for name in names if name in differ and name in present]
+
+
+def tracked_at(repo: Path, commit: str, paths: Iterable[str]) -> list[str]:
+    """What commit tracks at or under each of paths (relative to repo), in git's order."""
+    paths = list(paths)
+    if not paths:
+        return []
+    listed = git_out(repo, "ls-tree", "-r", "-z", "--name-only", commit, "--", *paths)
+    return [name for name in listed.split("\0") if name]
+
+
+def local_paths(repo: Path) -> set[str]:
+    """Every untracked and every ignored file (or symlink) of the checkout, relative to it."""
+    found: set[str] = set()
+    for extra in ((), ("--ignored", "--exclude-standard")):
+        listed = git_out(repo, "ls-files", "-z", "--others", *extra)
+        found.update(name for name in listed.split("\0") if name)
+    return found
+
+
+def overwritten_local(repo: Path, old: str, new: str) -> list[str]:
+    """The untracked or ignored paths of the checkout (at old) that moving it to new would delete or replace: a
+    path new writes that is one, lies under one (a file where new wants a folder), or holds one (a folder where
+    new wants a file). Sorted; [] when the move touches none."""
+    if old == new:
+        return []
+    listed = git_out(repo, "diff", "-z", "--no-renames", "--name-only", old, new)
+    changed = [name for name in listed.split("\0") if name]
+    local = local_paths(repo)
+    holding = {str(parent) for name in local for parent in Path(name).parents if str(parent) != "."}
+    hit: set[str] = set()
+    for name in changed:
+        if name in local or name in holding:
+            hit.add(name)
+        hit.update(str(parent) for parent in Path(name).parents if str(parent) in local)
+    return sorted(hit)
+
+
+def switch_branch(repo: Path, branch: str, commit: str) -> None:
+    """Point branch at commit and check it out; git refuses (GitError, nothing changed) rather than delete or
+    replace an untracked or ignored path, or lose a local change (unlike `reset --hard` and a plain merge)."""
+    result = git(repo, "checkout", "--quiet", "--no-overwrite-ignore", "-B", branch, commit, check=False)
+    if result.returncode != 0:  # git's last line is "Aborting": say what it refused, and which paths
+        lines = result.stderr.splitlines()
+        said = next((line for line in lines if line.startswith(("error:", "fatal:"))), f"exit {result.returncode}")
+        paths = [line.strip() for line in lines if line.startswith("\t")]  # git lists the paths indented
+        raise GitError(f"`git checkout {short(commit)}` failed: {said} {', '.join(paths[:5])}".rstrip())
+
+
+def signature_problem(repo: Path, commit: str, allowed_signers: str) -> str | None:
+    """Why commit is not signed by a key of the ssh allowed-signers file (git verify-commit); None when it is."""
+    if not Path(allowed_signers).is_file():
+        return f"the allowed-signers file {allowed_signers} is missing"
+    config = ("-c", "gpg.format=ssh", "-c", f"gpg.ssh.allowedSignersFile={allowed_signers}")
+    result = git(repo, *config, "verify-commit", commit, check=False)
+    if result.returncode == 0:
+        return None
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else "no signature"  # a key not allowed: "No principal matched."

@@ -32,17 +32,31 @@ from hello.config import EXIT_FAILED, EXIT_OK, served_url
 from hello.deploy import ComposeDeploy, DeployError, Deployment, LocalDeploy
 from hello.deploy_kubernetes import KubernetesDeploy
 from hello.deploys import deploy_series
-from hello.git import GitError, git, git_out, has_commit, is_ancestor, short
+from hello.git import (
+    GitError,
+    git,
+    git_out,
+    has_commit,
+    is_ancestor,
+    overwritten_local,
+    short,
+    signature_problem,
+    switch_branch,
+    tracked_at,
+)
 from hello.history import DEPLOYS, current_user, read_entries, update_log
 from hello.hooks import HookFailed, run_hooks
 from hello.jobs import LockHeld, job_lock, metrics_textfile, record_job, write_atomically
-from hello.release import RELEASE_DIR, Release, ReleaseError, changed_requirements
+from hello.release import Release, ReleaseError, Tester, changed_requirements, live_venv, tester_for
 from hello.watch import Watch, WatchError, watch_metrics, watch_plan, watch_skipped
 
 JOB = "hello_world_update"
 REMOTE_TIMEOUT = 20.0  # `git ls-remote`: an unreachable remote must fail fast, not hang
 TEST_TIMEOUT = 3600.0
 BACKUP_TIMEOUT = 3600.0  # backup_script.py create of a big source
+# Local state an upstream commit may never track (system.run_dir and system.backup.destination join them): a checkout
+# that wrote there would replace the venv that serves, the secrets, the archives or the kit's own state.
+PROTECTED_NAMES = {".venv": "the live venv", ".env": "the secrets file"}
 DEPLOY_MODES: dict[str, Callable[[dict[str, Any], Path], Deployment]] = {
     "local": LocalDeploy,
     "compose": ComposeDeploy,
@@ -139,6 +153,7 @@ class Updater:
         self.target = ""
         self.pending = self.run_dir / "update.pending.json"
         self.recovering: dict[str, Any] = {}
+        self.tester: Tester | None = None  # who runs the tests (None: this process's user)
 
     # the whole run
 
@@ -180,7 +195,7 @@ class Updater:
     def deliver(self, test: bool) -> int:
         """Test self.target in a release, back up, move the checkout, build, deploy and verify; else roll back."""
         if test:
-            release = Release(self.repo, self.run_dir)
+            release = Release(self.repo, self.run_dir, self.tester)
             try:
                 with self.report.step("test") as note:
                     self.test(note, release)
@@ -236,6 +251,7 @@ class Updater:
             self.settle(self.preflight(note, remote=False))
         with self.report.step("choose") as note:
             self.target = self.rollback_target(self.args.commit)
+            self.check_target(self.target)
             subject = git_out(self.repo, "log", "-1", "--format=%s", self.target)
             note.detail = f"{short(self.serving)} -> {short(self.target)} ({subject})"
         if self.args.no_test:
@@ -251,6 +267,7 @@ class Updater:
         with self.report.step("preflight") as note:
             self.settle(self.preflight(note, remote=False))
         self.target = self.rollback_target(self.args.commit)
+        self.check_target(self.target)
         self.report.say(f"would roll back {short(self.serving)} -> {short(self.target)}; would run:")
         for name, what in self.plan():
             if not (name == "test" and self.args.no_test):
@@ -261,7 +278,7 @@ class Updater:
     def rollback_target(self, wanted: str | None) -> str:
         """The commit to go back to: wanted, if it once served as a good release and is an ancestor of the
         checkout, else the newest good release that is not serving now. Raises Refused."""
-        goods = [str(entry["good"]) for entry in reversed(read_entries(self.run_dir)) if entry.get("good")]
+        goods = good_releases(read_entries(self.run_dir))
         if wanted is None:
             for commit in goods:
                 if commit != self.serving and has_commit(self.repo, commit):
@@ -323,9 +340,9 @@ class Updater:
         build, deploy = self.deployment.plan(self.serving, self.target)
         update = self.config["update"]
         steps = [
-            ("test", f"{update['test_command']}  (in {self.run_dir / RELEASE_DIR} at {short(self.target)})"),
+            ("test", f"{update['test_command']}  (in a copy of {short(self.target)}{self.tested_as()})"),
             ("backup", "backup_script.py create" if update["backup_first"] else ""),
-            ("checkout", f"git {'reset --hard' if self.args.rollback else 'merge --ff-only'} {short(self.target)}"),
+            ("checkout", f"git checkout --no-overwrite-ignore -B {self.branch} {short(self.target)}"),
             ("build", build),
             ("before-deploy", "; ".join(update["hooks"]["before_deploy"])),
             ("deploy", deploy),
@@ -342,6 +359,10 @@ class Updater:
         """Check the test command, the checkout, the remote (unless not remote) and the server: what was found.
         Raises Refused."""
         self.test_argv()
+        try:
+            self.tester = tester_for(self.config["update"]["test_user"])
+        except ReleaseError as exc:
+            raise Refused(str(exc)) from None
         try:
             top = git_out(self.repo, "rev-parse", "--show-toplevel")
         except GitError:
@@ -418,23 +439,64 @@ class Updater:
                     f"{self.remote}/{self.branch} ({short(target)}) is not a fast-forward of the {name} "
                     f"({short(commit)}): diverged history, refusing"
                 )
+        self.check_target(target)
         count = git_out(self.repo, "rev-list", "--count", f"{self.serving}..{target}")
         note.detail = f"{self.remote}/{self.branch} {short(self.serving)}..{short(target)} ({count} new commit(s))"
         return target
 
+    def protected_paths(self) -> dict[str, str]:
+        """The local state inside the checkout that no commit may track: {path relative to it: what it is}."""
+        top = self.repo.resolve()
+        named = {
+            Path(self.config["run_dir"]): "the run dir (system.run_dir)",
+            Path(self.config["backup"]["destination"]): "the backup destination (system.backup.destination)",
+            **{top / name: what for name, what in PROTECTED_NAMES.items()},
+        }
+        venv = live_venv()
+        if venv is not None:
+            named.setdefault(venv, "the live venv")
+        protected = {}
+        for path, what in named.items():
+            with contextlib.suppress(ValueError):  # outside the checkout: no commit can reach it
+                protected[path.resolve().relative_to(top).as_posix()] = what
+        protected.pop(".", None)  # the checkout itself: every commit tracks something there
+        return protected
+
+    def check_target(self, target: str) -> None:
+        """Refused, before anything runs, when target is not signed by an allowed key (verify_signatures set),
+        tracks protected local state, or its checkout would delete or replace an untracked or ignored path (git
+        would also refuse, but only after the tests and backup)."""
+        allowed = self.config["update"]["verify_signatures"]
+        if allowed:
+            problem = signature_problem(self.repo, target, allowed)
+            if problem:
+                raise Refused(f"{short(target)} is not signed by a key of {allowed} (verify_signatures): {problem}")
+        for path, what in self.protected_paths().items():
+            tracked = tracked_at(self.repo, target, [path])
+            if tracked:
+                raise Refused(f"{short(target)} tracks {tracked[0]!r} in {what}: a commit may not replace local state")
+        hit = overwritten_local(self.repo, self.head, target)
+        if hit:
+            shown = ", ".join(hit[:5]) + (", ..." if len(hit) > 5 else "")
+            raise Refused(
+                f"{short(target)} would delete or replace {len(hit)} untracked or ignored path(s) of the checkout: "
+                f"{shown}; move them out of the checkout first"
+            )
+
     def checkout(self, note: Note) -> None:
         """The tests passed: move the live checkout to the tested commit (back to it: a rollback by hand)."""
         if self.target != self.head:
-            forward = is_ancestor(self.repo, self.head, self.target)
-            how = ("merge", "--ff-only", "--quiet") if forward else ("reset", "--hard", "--quiet")
             try:
-                git(self.repo, *how, self.target)
+                switch_branch(self.repo, self.branch, self.target)
             except GitError:
                 if not self.recovering:  # nothing changed: no interrupted update for the next run to finish
                     self.pending.unlink(missing_ok=True)
                 raise
             self.head = self.target
         note.detail = f"the checkout is at {short(self.target)}"
+
+    def tested_as(self) -> str:
+        return f", as {self.tester.name}" if self.tester else ""
 
     def test_argv(self) -> list[str]:
         """system.update.test_command split as a shell would; Refused when it cannot be split or is empty."""
@@ -455,14 +517,13 @@ class Updater:
         except (ReleaseError, OSError) as exc:
             raise UpdateError(f"cannot make the release to test: {exc}") from None
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        env = release.env({**os.environ, "PATH": path})
+        options = release.run_options({**os.environ, "PATH": path})
         self.report.say(f"test: {made}")
         self.report.say(f"test: {command}  (in {release.path})")
         try:
             result = subprocess.run(
                 argv,
-                cwd=release.path,
-                env=env,
+                **options,
                 stdout=self.report.out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -526,7 +587,7 @@ class Updater:
         if not deployed and self.head == self.serving:
             note.detail = f"nothing to undo: the live checkout and venv stayed on {short(self.serving)}"
             return
-        git(self.repo, "reset", "--hard", "--quiet", self.serving)
+        switch_branch(self.repo, self.branch, self.serving)  # refuses to touch untracked and ignored paths
         self.head = self.serving
         note.detail = f"checkout reset to the serving commit {short(self.serving)}"
         if not deployed:
@@ -548,6 +609,19 @@ class Updater:
             write_atomically(self.pending, json.dumps(data).encode() + b"\n")
         except OSError as exc:
             raise UpdateError(f"cannot write {self.pending}: {exc}") from None
+
+
+def good_releases(entries: list[dict[str, Any]]) -> list[str]:
+    """The commits a rollback may go to, newest first: each run's `good` (left serving, tested and verified), and
+    the `from` of each update that deployed: the commit that was serving when it began (the one `make start`
+    served before the first update among them)."""
+    found: list[str] = []
+    for entry in reversed(entries):
+        began = entry.get("from") if entry.get("outcome") in DEPLOYS - {"rollback"} else None
+        for commit in (entry.get("good"), began):
+            if isinstance(commit, str) and commit and commit not in found:
+                found.append(commit)
+    return found
 
 
 def record(config: dict[str, Any], updater: Updater, code: int, started: float) -> None:

@@ -2,11 +2,11 @@
 
 A bare remote seeded from this working tree (the whole project, this suite included), a deployment cloned from
 it and served by `make start`. Its config is the shipped config.yaml but for the port (a free one), the
-Pushgateway (null: an operator's own Pushgateway on the default port must not receive a test's update metrics)
-and the watch (2s: no traffic flows), in a file beside the checkout named by HELLO_CONFIG (a changed config.yaml
-in the checkout would be a dirty tree, which the update refuses). A good commit is pushed and `make update` runs
-with the shipped test_command, `make test`: the whole suite again, inside the update's release, under a parent
-make, with HELLO_CONFIG set.
+Pushgateway (null: an operator's own Pushgateway on the default port must not receive a test's update metrics),
+the watch (2s: no traffic flows) and the test user (null: see shipped_config), in a file beside the checkout
+named by HELLO_CONFIG (a changed config.yaml in the checkout would be a dirty tree, which the update refuses).
+A good commit is pushed and `make update` runs with the shipped test_command, `make test`: the whole suite again,
+inside the update's release, under a parent make, with HELLO_CONFIG set.
 There this test skips itself (NESTED_ENV, set for the update it runs).
 
 It costs about one suite run (with 200 generated restore cases, not 2000). It runs in `make test`; deselect it with
@@ -56,6 +56,9 @@ def shipped_config(port: int) -> str:
         ("    port: 8000\n", f"    port: {port}\n"),
         ("url: http://127.0.0.1:9091", "url: null"),
         ("watch: 30s ", "watch: 2s "),
+        # test_user: null: the nested suite runs as root, as before; this host's Python lives under /root (0700),
+        # which nobody cannot run (tests/test_update_trust.py runs a deployment's tests as nobody)
+        ("test_user: nobody ", "test_user: null "),
     )
     for old, new in edits:
         assert text.count(old) == 1, f"config.yaml no longer has one {old!r}"

@@ -22,11 +22,11 @@ from tests.support.scratch import ScratchDeployment, git
 
 
 @contextlib.contextmanager
-def serving_deployment(root: Path) -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
-    """A ScratchDeployment in root whose server runs for the block; every process it started killed after."""
+def serving_deployment(root: Path, **options: bool) -> Iterator[tuple[ScratchDeployment, ProcessRegistry]]:
+    """A ScratchDeployment(root, **options) whose server runs for the block; every process it started killed after."""
     require_tool("git")
     registry = ProcessRegistry()
-    site = ScratchDeployment(root, python=PYTHON)
+    site = ScratchDeployment(root, python=PYTHON, **options)
     try:
         site.server("start")
         registry.adopt(site.pid())

@@ -65,12 +65,14 @@ def deploy_files(source: Path) -> list[str]:
 
 
 class ScratchDeployment:
-    """remote.git (bare), deploy/ (the checkout that serves), dev/ (pushes commits), config.yaml, run/."""
+    """remote.git (bare), deploy/ (the checkout that serves), dev/ (pushes commits), config.yaml, run/ and
+    backups/ (state_inside: deploy/run and deploy/backups, git-ignored there, as the shipped config.yaml has them)."""
 
-    def __init__(self, root: Path, python: str = sys.executable, workers: int = 1) -> None:
+    def __init__(self, root: Path, python: str = sys.executable, workers: int = 1, state_inside: bool = False) -> None:
         self.root, self.python = root, python
         self.remote, self.deploy, self.dev = root / "remote.git", root / "deploy", root / "dev"
-        self.run_dir = root / "run"
+        state = self.deploy if state_inside else root
+        self.run_dir, self.backups = state / "run", state / "backups"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # One process, no plugins the smoke test does not use: the repo's `-n 4` would start four workers
@@ -91,7 +93,10 @@ class ScratchDeployment:
         system["monitoring"]["pushgateway"]["url"] = None
         system["update"].update({"test_command": self.test_command, "deploy": "local", "interval": None})
         system["update"]["watch"] = 0  # no watch after the deploy unless a test sets one (tests/test_update_watch.py)
-        system["backup"].update({"source": str(self.deploy), "destination": str(self.root / "backups")})
+        # The test command is this suite's python, which another user may not be able to run (pyenv under /root):
+        # the tests run as root here; tests/test_update_trust.py runs them as nobody.
+        system["update"]["test_user"] = None
+        system["backup"].update({"source": str(self.deploy), "destination": str(self.backups)})
         for key, value in overrides.items():  # a section's keys are merged, a top-level key replaced
             if isinstance(value, dict):
                 system[key].update(value)
