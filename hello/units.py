@@ -9,6 +9,8 @@ Units (names fixed: one systemd deployment per host):
                                  `systemctl reload` = scripts/service.py reload (SIGHUP, waits for the verdict)
   hello-world-<job>.service      one job (oneshot): the venv's python on the script, as cron runs it
                                  (hello/scheduled.py), so its own exit code (75: lock held) reaches systemd
+  hello-world-<program>.service  prometheus, alertmanager, pushgateway, node-exporter: the monitoring stack of
+                                 `make monitor` (same argv and configs), when Prometheus's url is on this host
   hello-world-<job>.timer        when: backup daily at system.backup.time (in system.backup.timezone,
                                  Persistent=true), the restore drill weekly an hour after it, validate every
                                  system.validation.interval, update every system.update.interval; a job
@@ -34,7 +36,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from hello import monitor_stack
 from hello.scheduled import JOBS, job_argv
 
 SERVICE = "hello-world.service"
@@ -182,6 +186,7 @@ def _common(config: dict[str, Any], checkout: Checkout, environ: dict[str, str])
 # Every unit: what none of the kit's work needs (issue 20.7; `systemd-analyze security` lists each).
 BASE_SANDBOX = (
     ("NoNewPrivileges", "yes"),
+    ("PrivateMounts", "yes"),  # implied by the others on a host; said, so the offline rating equals the live one
     ("PrivateDevices", "yes"),
     ("ProtectKernelTunables", "yes"),
     ("ProtectKernelModules", "yes"),
@@ -338,12 +343,79 @@ def job_units(config: dict[str, Any], checkout: Checkout, job: Job, environ: dic
     }
 
 
+def prometheus_is_local(config: dict[str, Any]) -> bool:
+    """Prometheus is to run on this host (its url is on the loopback): the kit runs the monitoring stack."""
+    url = config["monitoring"]["prometheus"]["url"]
+    return bool(url) and urlsplit(url).hostname in LOOPBACK
+
+
+# Debian's own units of the monitoring packages (install refuses while they are enabled or running).
+DEBIAN_UNITS = {
+    "prometheus": "prometheus.service",
+    "alertmanager": "prometheus-alertmanager.service",
+    "pushgateway": "prometheus-pushgateway.service",
+    "node_exporter": "prometheus-node-exporter.service",
+}
+
+
+def monitoring_unit_name(program: str) -> str:
+    return f"{PREFIX}-{program.replace('_', '-')}.service"
+
+
+def monitoring_units(config: dict[str, Any], checkout: Checkout, environ: dict[str, str]) -> dict[str, str]:
+    """Prometheus, Alertmanager, the Pushgateway and node_exporter as the kit's own units, with the argv of
+    `make monitor` (hello/monitor_stack.py) and its configs, rendered before each start: one source for both.
+
+    Not Debian's units: they read /etc/default/* and /etc/prometheus, listen on every address and keep their
+    data elsewhere; pointing them at the kit's files would need a drop-in replacing each ExecStart= anyway.
+    install refuses while Debian's are enabled or running (they would take the ports).
+    """
+    if not prometheus_is_local(config):
+        return {}
+    directory = monitor_stack.monitor_dir(config)
+    names = monitor_stack.wanted(config)
+    python, repo = _quoted(checkout.python), checkout.repo
+    render = f"{python} {_quoted(repo / 'scripts' / 'monitor.py')} render configs"
+    folders = (config["run_dir"], str(directory), str(monitor_stack.textfile_dir(config)))
+    units = {}
+    for name, url, argv in monitor_stack.services(config, directory, monitor_stack.binary_paths(names)):
+        others = [monitoring_unit_name(other) for other in names if other != name] + [SERVICE]
+        reloads = name in ("prometheus", "alertmanager")  # both re-read their config on SIGHUP
+        service = [
+            ("Type", "simple"),
+            *_common(config, checkout, environ),
+            *_make_dirs(config, folders),
+            ("ExecStartPre", render if reloads else None),
+            ("ExecStart", " ".join(_quoted(word) for word in argv)),
+            ("ExecReload", "/bin/kill -HUP $MAINPID" if reloads else None),
+            ("Restart", "on-failure"),
+            ("RestartSec", "1s"),
+            *BASE_SANDBOX,
+            *CONFINED,
+            *_filesystem(checkout, (str(directory),), (str(monitor_stack.textfile_dir(config)),)),
+            *_capabilities(config, ()),
+            ("RestrictAddressFamilies", f"{FAMILIES} AF_NETLINK"),  # Go asks the interfaces over netlink
+        ]
+        after = " ".join(others) if name == "prometheus" else SERVICE  # Prometheus last: its targets are up
+        units[monitoring_unit_name(name)] = (
+            _header(config)
+            + f"[Unit]\nDescription=Python Hello Printer: {name} of the monitoring stack at {url}\n"
+            + f"After=network-online.target {after}\nWants=network-online.target\n"
+            + "StartLimitIntervalSec=60s\nStartLimitBurst=5\n"
+            + "\n[Service]\n"
+            + _lines(service)
+            + "\n[Install]\nWantedBy=multi-user.target\n"
+        )
+    return units
+
+
 def render_units(config: dict[str, Any], checkout: Checkout, environ: dict[str, str] | None = None) -> dict[str, str]:
     """Every unit's file name and text for this checkout and config (environ: where HELLO_CONFIG is read)."""
     environ = dict(os.environ if environ is None else environ)
     units = {SERVICE: server_unit(config, checkout, environ)}
     for job in jobs(config):
         units.update(job_units(config, checkout, job, environ))
+    units.update(monitoring_units(config, checkout, environ))
     return units
 
 

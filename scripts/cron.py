@@ -31,17 +31,16 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hello.config import EXIT_CONFIG, EXIT_OK, ConfigError, load_config  # noqa: E402
 from hello.scheduled import job_argv  # noqa: E402
+from hello.units import prometheus_is_local  # noqa: E402
 
 BASE_PATH = ["/usr/local/bin", "/usr/bin", "/bin"]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"  # what `make` creates; the lines run it on the scripts
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 EVERY_MINUTE = "* * * * *"
 
 
@@ -82,11 +81,6 @@ def command(target: str, log: Path, unless: str = "") -> str:
     return _cron_escape(f"cd {repo} && mkdir -p {folder} && {run}")
 
 
-def monitoring_is_local(config: dict[str, Any]) -> bool:
-    url = config["monitoring"]["prometheus"]["url"]
-    return bool(url) and urlsplit(url).hostname in LOOPBACK
-
-
 def search_path() -> str:
     """Where make and python3 are found now, then the usual places."""
     found = [str(Path(tool).parent) for tool in (shutil.which("make"), shutil.which("python3")) if tool]
@@ -104,7 +98,7 @@ def entries(config: dict[str, Any]) -> list[dict[str, str]]:
         {"target": "start", "schedule": "@reboot", "command": command("start", log)},
         {"target": "start", "schedule": EVERY_MINUTE, "command": command("start", log)},  # silent while it runs
     ]
-    if monitoring_is_local(config):
+    if prometheus_is_local(config):
         running = f"{shlex.quote(str(VENV_PYTHON))} scripts/monitor.py status >/dev/null 2>&1"
         found += [
             {"target": "monitor", "schedule": "@reboot", "command": command("monitor", log)},

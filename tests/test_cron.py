@@ -169,8 +169,13 @@ def test_make_cron_prints_crontab_lines_only_on_a_fresh_clone(tmp_path: Path) ->
     """`make cron | crontab -` on a fresh clone: the venv's creation says nothing on stdout."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
-    for name in ("Makefile", "scripts/cron.py", "hello/scheduled.py"):  # this working tree's, under test
-        (clone / name).write_bytes((REPO / name).read_bytes())
+    changed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "-m", "-o", "--exclude-standard"], capture_output=True, text=True
+    ).stdout
+    for name in filter(None, changed.split("\0")):  # this working tree's uncommitted changes, under test
+        if (REPO / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            (clone / name).write_bytes((REPO / name).read_bytes())
     env = {k: v for k, v in os.environ.items() if k not in ("HELLO_CONFIG", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     done = subprocess.run(["make", "-s", "cron"], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool, wait_until, write_config
-from hello import restarts, sdnotify
+from hello import monitor_stack, restarts, sdnotify
 from hello.config import RunFiles, load_config
 from hello.units import (
     EXPOSURE_LIMIT,
@@ -62,10 +62,14 @@ def test_default_units_verify(tmp_path: Path, analyze: str) -> None:
     written = systemd_py(config, "render", "--destdir", str(tmp_path / "units"))
     assert written.returncode == 0, written.stderr
     assert sorted(path.name for path in (tmp_path / "units").iterdir()) == [
+        "hello-world-alertmanager.service",  # the monitoring stack: Prometheus's url is on this host
         "hello-world-backup.service",
         "hello-world-backup.timer",
         "hello-world-drill.service",
         "hello-world-drill.timer",
+        "hello-world-node-exporter.service",
+        "hello-world-prometheus.service",
+        "hello-world-pushgateway.service",
         "hello-world-validate.service",
         "hello-world-validate.timer",
         "hello-world.service",
@@ -292,7 +296,8 @@ def rated(units: dict[str, str]) -> dict[str, float]:
 @pytest.mark.parametrize("user", [None, "hello"])
 def test_every_unit_rates_within_its_limit(tmp_path: Path, analyze: str, user: str | None) -> None:
     levels = rated(units_for(tmp_path, {"server": {"user": user}, "update": {"interval": "1h"}}))
-    assert set(levels) == {f"hello-world{job}.service" for job in ("", "-backup", "-drill", "-validate", "-update")}
+    jobs = ("", "-backup", "-drill", "-validate", "-update", "-prometheus", "-alertmanager", "-pushgateway")
+    assert set(levels) == {f"hello-world{job}.service" for job in (*jobs, "-node-exporter")}
     assert levels[SERVICE] <= EXPOSURE_LIMIT == 4.0
     assert all(level <= exposure_limit(name) for name, level in levels.items()), levels
     assert max(level for name, level in levels.items() if "update" not in name) <= EXPOSURE_LIMIT
@@ -353,3 +358,21 @@ def test_tmp_and_home_layouts_render_units_that_see_them(tmp_path: Path) -> None
     service = render_units(elsewhere, Checkout(Path("/srv/hello"), venv / "python", "/usr/bin/make"), {})[SERVICE]
     assert setting(service, "ProtectHome") == ["read-only"]
     assert setting(service, "PrivateTmp") == ["no"]  # the venv itself is under /tmp here
+
+
+def test_monitoring_units_run_what_make_monitor_runs(tmp_path: Path, analyze: str) -> None:
+    """One source: each unit's ExecStart= is monitor_stack.services()'s argv; no units when Prometheus is remote."""
+    config = load_config(write_config(tmp_path, {"monitoring": {"node_exporter": {"url": None}}}))
+    units = render_units(config, Checkout.here(), {})
+    directory = monitor_stack.monitor_dir(config)
+    names = monitor_stack.wanted(config)
+    assert names == ["prometheus", "pushgateway", "alertmanager"]
+    for name, _, argv in monitor_stack.services(config, directory, monitor_stack.binary_paths(names)):
+        unit = units[f"hello-world-{name}.service"]
+        assert setting(unit, "ExecStart") == [" ".join(argv)]
+        assert setting(unit, "Restart") == ["on-failure"]
+        assert f"-{directory}" in setting(unit, "ReadWritePaths")
+    assert setting(units["hello-world-prometheus.service"], "ExecStartPre")[-1].endswith("monitor.py render configs")
+    assert "hello-world-node-exporter.service" not in units
+    remote = units_for(tmp_path, {"monitoring": {"prometheus": {"url": "http://prometheus.example:9090"}}})
+    assert not [name for name in remote if "prometheus" in name or "alertmanager" in name]
