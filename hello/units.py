@@ -119,9 +119,11 @@ def _offsite_reads(config: dict[str, Any]) -> tuple[str, ...]:
     offsite = config["backup"]["offsite"]
     if offsite["remote"] is None:
         return ()
-    if offsite_folder(config):
-        return (offsite["remote"],)
-    return (offsite["rclone_config"] or HOME_DIRS[1],)  # rclone's default: ~/.config/rclone/rclone.conf
+    # rclone reads its default config (~/.config/rclone/rclone.conf) even for a plain path: a home made
+    # inaccessible (ProtectHome=yes) is a fatal "permission denied" (seen as root and as a service user); a
+    # missing one is fine. So the home stays visible, read-only, unless rclone_config names the file.
+    home = (offsite["rclone_config"] or HOME_DIRS[1],)
+    return (offsite["remote"], *home) if offsite_folder(config) else home
 
 
 # Restoring a tree as it was, as root: owners (chown), modes of files it no longer may write, every file read back.

@@ -39,6 +39,7 @@ from hello.units import (  # noqa: E402
     check_units,
     exposure_limit,
     monitoring_unit_name,
+    offsite_folder,
     render_units,
 )
 
@@ -107,6 +108,18 @@ def python_for(user: str, python: Path) -> str | None:
     )
 
 
+def make_offsite_folder(config: dict) -> None:
+    """A plain-path remote must exist for the backup unit to write it (ReadWritePaths=); the units never create it
+    (an unmounted disk must fail the backup, not fill the root file system): install does, when its parent is
+    there, 0700 and owned by system.server.user."""
+    folder = offsite_folder(config)
+    if not folder or Path(folder).exists() or not Path(folder).parent.is_dir():
+        return
+    Path(folder).mkdir(mode=0o700)
+    if config["server"]["user"]:
+        shutil.chown(folder, config["server"]["user"])
+
+
 def install(units: dict[str, str], root: Path | None, config: dict) -> list[str]:
     if root is None:
         if not systemd_running():
@@ -127,6 +140,8 @@ def install(units: dict[str, str], root: Path | None, config: dict) -> list[str]
     problems = check_units(units)
     if problems:
         raise InstallError(f"the rendered units do not verify: {problems[0]}")
+    if root is None:
+        make_offsite_folder(config)
     unit_dir = (root or Path("/")) / UNIT_DIR
     unit_dir.mkdir(parents=True, exist_ok=True)
     stale = [name for name in ours(unit_dir) if name not in units]
