@@ -61,7 +61,7 @@ def host(tmp_path: Path) -> Iterator[SystemdHost]:
         yield booted
     finally:
         booted.stop()  # by PID, also after a failure
-        shutil.rmtree(tmp_path / "root", ignore_errors=True)
+        booted.remove()
 
 
 @pytest.fixture

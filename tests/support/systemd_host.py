@@ -139,6 +139,21 @@ def _build(tarball: Path, progress) -> Path:
     return tarball
 
 
+def _unpacked(tarball: Path) -> Path:
+    """The tarball unpacked beside it (once, whole or not at all): the read-only lower layer of every host."""
+    base = tarball.with_suffix(".root")
+    if base.is_dir():
+        return base
+    with open(CACHE / "systemd-host.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not base.is_dir():
+            partial = Path(tempfile.mkdtemp(prefix="systemd-host-unpack-", dir=CACHE))
+            _run(["tar", "-C", str(partial), "--numeric-owner", "-xpf", str(tarball)], timeout=600)
+            partial.chmod(0o755)
+            partial.rename(base)
+    return base
+
+
 class SystemdHost:
     """One booted container: its root folder, its nspawn process (by PID), and commands run inside."""
 
@@ -147,12 +162,20 @@ class SystemdHost:
         self.nspawn: subprocess.Popen | None = None
         self.log = root.parent / f"{name}.console.log"
         self.boots = 0
+        self.mounted = False
 
     # --- the root file system ---
 
     def unpack(self, tarball: Path) -> None:
-        self.root.mkdir(parents=True)
-        _run(["tar", "-C", str(self.root), "--numeric-owner", "-xpf", str(tarball)], timeout=600)
+        """The root file system: an overlay whose lower layer is the tarball unpacked once (cached beside it),
+        so a test writes only what it changes and a warm start copies nothing."""
+        base = _unpacked(tarball)
+        layers = self.root.parent / f"{self.root.name}.layers"
+        for folder in (self.root, layers / "upper", layers / "work"):
+            folder.mkdir(parents=True)
+        options = f"lowerdir={base},upperdir={layers / 'upper'},workdir={layers / 'work'}"
+        _run(["mount", "-t", "overlay", "overlay", "-o", options, str(self.root)])
+        self.mounted = True
         etc = self.root / "etc"
         if PIP_CONFIG.exists():
             shutil.copy(PIP_CONFIG, etc / "pip.conf")
@@ -242,6 +265,16 @@ class SystemdHost:
             os.kill(self.nspawn.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.nspawn.wait(timeout=20)
+
+    def remove(self) -> None:
+        """After stop(): unmount the overlay and remove this container's layers (never the cached base)."""
+        if self.mounted:
+            subprocess.run(["umount", str(self.root)], capture_output=True, timeout=60)
+            self.mounted = False
+        layers = self.root.parent / f"{self.root.name}.layers"
+        for folder in (self.root, layers):
+            if not os.path.ismount(folder):
+                shutil.rmtree(folder, ignore_errors=True)
 
     # --- commands inside ---
 
