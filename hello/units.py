@@ -16,8 +16,8 @@ Units (names fixed: one systemd deployment per host):
                                  system.validation.interval, update every system.update.interval; a job
                                  whose interval is null gets no units
 
-Each unit is sandboxed as far as its work allows (`systemd-analyze security`: the server rates at most
-EXPOSURE_LIMIT (4.0; the update 7.0), `make lint` checks it): no capabilities (the server: only
+Each unit is sandboxed as far as its work allows (`systemd-analyze security`: every unit rates at most
+EXPOSURE_LIMIT, 4.0, the update UPDATE_EXPOSURE_LIMIT, 7.0; `make lint` checks it): no capabilities (the server: only
 CAP_NET_BIND_SERVICE for a port below 1024; backup and drill as root: reading and restoring every file),
 the file system read-only but the folders it writes, no devices, no kernel tunables, modules or logs, the
 system calls of an ordinary service. The update is the exception: it runs the tests, pip and git.
@@ -246,15 +246,11 @@ def _capabilities(config: dict[str, Any], needed: tuple[str, ...]) -> list[tuple
 def _make_dirs(config: dict[str, Any], paths: tuple[str, ...]) -> list[tuple[str, Any]]:
     """ExecStartPre= lines creating the writable folders (as root: '+'), owned by User= when set.
 
-    `make clean` removes run/; install creates them too (a fresh clone has no run/).
+    A fresh clone has no run/, and `make clean` removes it; '+' runs outside the sandbox, and the '-' of
+    ReadWritePaths= lets that sandbox be set up before the folder exists.
     """
     owner = f"-o {config['server']['user']} " if config["server"]["user"] else ""
     return [("ExecStartPre", f"+/usr/bin/install -d -m 0700 {owner}{_quoted(path)}") for path in dict.fromkeys(paths)]
-
-
-def kit_folders(config: dict[str, Any]) -> list[str]:
-    """The folders of the kit's own that the units write (created by install and by each unit's ExecStartPre=)."""
-    return list(dict.fromkeys([config["run_dir"], config["backup"]["destination"]]))
 
 
 def _header(config: dict[str, Any]) -> str:
