@@ -20,11 +20,13 @@ help: ## list the targets (the default goal)
 	@bold=; plain=; if [ -t 1 ]; then bold=$$'\033[1m'; plain=$$'\033[0m'; fi; \
 	grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' -v b="$$bold" -v p="$$plain" '{printf "  %s%-18s%s %s\n", b, $$1, p, $$2}'
 
-# The venv is rebuilt only when a requirements file is newer than its stamp.
+# The venv is rebuilt only when a requirements file is newer than its stamp. What it says goes to stderr:
+# `make cron | crontab -` on a fresh clone must pipe crontab lines only.
 $(RUNTIME_STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
-	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV) >&2
+	@echo "$(PY) -m pip install -q -r requirements.txt" >&2
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt >&2
 	@touch $@
 
 $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
@@ -52,7 +54,7 @@ status: $(RUNTIME_STAMP) ## is the background server running, and which commit d
 reload: $(RUNTIME_STAMP) ## swap in the code now on disk with zero failed requests
 	@$(PY) scripts/service.py reload
 
-backup: $(RUNTIME_STAMP) ## one backup now (what cron calls)
+backup: $(RUNTIME_STAMP) ## one backup now (cron and systemd run backup_script.py create itself)
 	@$(PY) backup_script.py create
 
 backup-schedule: $(RUNTIME_STAMP) ## run the backup loop: one backup a day at system.backup.time
@@ -93,7 +95,9 @@ up: $(RUNTIME_STAMP) ## start the docker compose stack (needs a Docker engine an
 down: ## stop the docker compose stack
 	GF_ADMIN_PASSWORD=$${GF_ADMIN_PASSWORD:-unused} docker compose down
 
-cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml
+# The targets below are for humans: make exits 2 on any failure. Cron and the systemd units run the scripts
+# themselves (hello/scheduled.py), so they get the script's own code (1 failed, 2 bad config, 75 lock held).
+cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml (stdout: crontab lines only)
 	@$(PY) scripts/cron.py
 
 .PHONY: systemd systemd-install systemd-uninstall bench-restart

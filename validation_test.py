@@ -815,9 +815,12 @@ def check_backup_metric(ctx: Context) -> str:
 
 
 def backup_cron_lines(crontab_text: str) -> list[str]:
-    """The uncommented lines of a crontab that run a backup (backup_script.py, or `make backup` as `make cron` has)."""
+    """The uncommented lines of a crontab that run a backup (`backup_script.py [create]` as `make cron` has it, or
+    an older `make backup`); not the drill's or another subcommand's line."""
     lines = [line.strip() for line in crontab_text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return [line for line in lines if "backup_script" in line or re.search(r"\bmake\b.*\bbackup\b", line)]
+    other = r"backup_script\.py\s+(drill|verify|list|prune|restore|pull|schedule)\b"
+    runs = [line for line in lines if "backup_script" in line and not re.search(other, line)]
+    return runs + [line for line in lines if re.search(r"\bmake\b.*\bbackup\b", line) and line not in runs]
 
 
 def _cron_lines() -> tuple[list[str], str]:

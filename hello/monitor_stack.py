@@ -100,6 +100,22 @@ def write_auth(system: dict[str, Any]) -> Credentials:
     return credentials
 
 
+def textfile_dir(system: dict[str, Any]) -> Path:
+    """Where the jobs write their outcomes (hello.jobs.record_job) and node_exporter reads them."""
+    return Path(system["run_dir"]) / "metrics"
+
+
+def binary_paths(names: list[str]) -> dict[str, str]:
+    """Each program's path on this host, else where its Debian package puts it (for units rendered elsewhere)."""
+    return {name: find_binary(name) or f"/usr/bin/{BINARIES[name][0]}" for name in names}
+
+
+def wanted(system: dict[str, Any]) -> list[str]:
+    """The programs config.yaml asks for: Prometheus, and each of the others whose url is not null."""
+    local_ports(system)  # Prometheus needs a url: MonitorConfigError otherwise
+    return ["prometheus"] + [n for n in ("pushgateway", "alertmanager", "node_exporter") if optional_port(system, n)]
+
+
 def find_binary(name: str) -> str | None:
     for candidate in BINARIES[name]:
         path = shutil.which(candidate)
@@ -214,8 +230,7 @@ def services(system: dict[str, Any], directory: Path, binaries: dict[str, str]) 
             )
         )
     if node_port:
-        metrics = Path(system["run_dir"]) / "metrics"
-        metrics.mkdir(parents=True, exist_ok=True)
+        metrics = textfile_dir(system)
         result.append(
             (
                 "node_exporter",
@@ -262,16 +277,23 @@ def services(system: dict[str, Any], directory: Path, binaries: dict[str, str]) 
     return result
 
 
+def write_configs(system: dict[str, Any]) -> tuple[Credentials, list[Path]]:
+    """The login, Prometheus's config and (when it runs) Alertmanager's, 0600, into the private monitor folder."""
+    directory = private_dir(monitor_dir(system))
+    credentials = write_auth(system)
+    write_atomically(directory / "prometheus.yml", local_config_text(system).encode())
+    written = [directory / WEB_CONFIG_NAME, directory / "prometheus.yml"]
+    if "alertmanager" in wanted(system):
+        written.append(alerting.write_alertmanager_config(system, directory))
+    return credentials, written
+
+
 def start(system: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Start what is not running yet; return the state of each once it answers (/-/ready)."""
     directory = private_dir(monitor_dir(system))
-    local_ports(system)  # Prometheus needs a url: MonitorConfigError otherwise
-    wanted = ["prometheus"] + [n for n in ("pushgateway", "alertmanager", "node_exporter") if optional_port(system, n)]
-    binaries = require_binaries(wanted)
-    headers = basic_auth_header(write_auth(system))
-    write_atomically(directory / "prometheus.yml", local_config_text(system).encode())
-    if "alertmanager" in wanted:
-        alerting.write_alertmanager_config(system, directory)
+    binaries = require_binaries(wanted(system))
+    textfile_dir(system).mkdir(parents=True, exist_ok=True)
+    headers = basic_auth_header(write_configs(system)[0])
     state = running(read_state(directory))
     for name in ("alertmanager", "prometheus"):
         if name in state:

@@ -9,14 +9,16 @@ Lines printed:
     the time is the host's local time);
   - the validation every system.validation.interval (`15m` -> `*/15 * * * *`), none when it is null;
   - the update every system.update.interval, none when it is null;
-  - the server: `@reboot make start`, and every minute `make start QUIET=1`, which starts it only when
-    it is not running (silent and exit 0 when it is): a killed supervisor is back within a minute;
+  - the server: at @reboot and every minute `service.py start --quiet` (make start QUIET=1), which starts it
+    only when it is not running (silent and exit 0 when it is): a killed supervisor is back within a minute;
   - monitoring, when system.monitoring.prometheus.url is on this host (127.0.0.1, localhost, ::1):
-    `@reboot make monitor`, and every minute `make monitor` when `monitor.py status` finds nothing running.
+    at @reboot `monitor.py start` (make monitor), and every minute when `monitor.py status` finds nothing.
   - the restore drill weekly, on Sundays an hour after the backup (`02:00` -> `0 3 * * 0`).
-Each runs `cd <repo> && mkdir -p <run_dir> && make <target> >> <run_dir>/cron.log 2>&1`, after a
-PATH= line (cron's own PATH is minimal) and, when HELLO_CONFIG selects another file, a HELLO_CONFIG= line.
-Exit codes: 0 printed; 2 bad config.
+Each runs `cd <repo> && mkdir -p <run_dir> && <repo>/.venv/bin/python <script> <args> >> <run_dir>/cron.log 2>&1`
+(hello/scheduled.py: the script itself, never `make <target>`, which turns every failure into 2: cron's mail and
+any wrapper see the script's own code, 75 when another run holds the lock), after a PATH= line (cron's own PATH
+is minimal) and, when HELLO_CONFIG selects another file, a HELLO_CONFIG= line.
+Exit codes: 0 printed (stdout holds crontab lines only); 2 bad config.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -39,9 +40,11 @@ import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this
 # isort: split
 
 from hello.config import EXIT_CONFIG, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello.scheduled import job_argv  # noqa: E402
+from hello.units import prometheus_is_local  # noqa: E402
 
 BASE_PATH = ["/usr/local/bin", "/usr/bin", "/bin"]
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"  # what `make` creates; the lines run it on the scripts
 EVERY_MINUTE = "* * * * *"
 
 
@@ -73,18 +76,13 @@ def _cron_escape(text: str) -> str:
 
 
 def command(target: str, log: Path, unless: str = "") -> str:
-    """cd to the repo and run `make <target>` into the log; `unless`: a shell test that skips it when true."""
-    # run_dir must exist before the shell opens the log, or the redirection fails and make never runs.
+    """cd to the repo and run the job of `make <target>` into the log; `unless`: a shell test skipping it if true."""
+    # run_dir must exist before the shell opens the log, or the redirection fails and the job never runs.
     folder, repo, log_file = (shlex.quote(str(p)) for p in (log.parent, REPO, log))
-    run = f"make {target} >> {log_file} 2>&1"
+    run = f"{shlex.join(job_argv(VENV_PYTHON, REPO, target))} >> {log_file} 2>&1"
     if unless:
         run = f"{{ {unless} || {run}; }}"  # braces: a failed cd must not fall through to make
     return _cron_escape(f"cd {repo} && mkdir -p {folder} && {run}")
-
-
-def monitoring_is_local(config: dict[str, Any]) -> bool:
-    url = config["monitoring"]["prometheus"]["url"]
-    return bool(url) and urlsplit(url).hostname in LOOPBACK
 
 
 def search_path() -> str:
@@ -102,10 +100,10 @@ def entries(config: dict[str, Any]) -> list[dict[str, str]]:
     # Back by itself: after a reboot, and within a minute of a crash (start is a no-op while it runs).
     found += [
         {"target": "start", "schedule": "@reboot", "command": command("start", log)},
-        {"target": "start", "schedule": EVERY_MINUTE, "command": command("start QUIET=1", log)},
+        {"target": "start", "schedule": EVERY_MINUTE, "command": command("start", log)},  # silent while it runs
     ]
-    if monitoring_is_local(config):
-        running = f"{shlex.quote(str(REPO / '.venv' / 'bin' / 'python'))} scripts/monitor.py status >/dev/null 2>&1"
+    if prometheus_is_local(config):
+        running = f"{shlex.quote(str(VENV_PYTHON))} scripts/monitor.py status >/dev/null 2>&1"
         found += [
             {"target": "monitor", "schedule": "@reboot", "command": command("monitor", log)},
             {"target": "monitor", "schedule": EVERY_MINUTE, "command": command("monitor", log, unless=running)},

@@ -18,6 +18,7 @@ The hello-world target is the server that runs (its <run_dir>/hello_world.state.
     python scripts/monitor.py render alertmanager    # writes <run_dir>/monitor/alertmanager.yml (make up)
                                                      # and the login's web-config.yml and monitor-password
     python scripts/monitor.py render slo [--check|--write]  # monitoring/rules/hello_world_slo.rules.yml
+    python scripts/monitor.py render configs         # writes both local configs (the systemd units' ExecStartPre)
 
 The two Prometheus configs come from one source, hello/promconfig.py; the Alertmanager config
 comes from hello/alerting.py; hello/monitor_stack.py runs the processes; this command is the CLI.
@@ -62,7 +63,7 @@ from hello.config import (  # noqa: E402
 )
 from hello.jobs import pid_alive  # noqa: E402
 from hello.monitor_auth import PASSWORD_NAME, USER, WEB_CONFIG_NAME, private_dir  # noqa: E402
-from hello.monitor_stack import monitor_dir, read_state, running, start, stop, write_auth  # noqa: E402
+from hello.monitor_stack import monitor_dir, read_state, running, start, stop, write_auth, write_configs  # noqa: E402
 from hello.promconfig import (  # noqa: E402
     COMPOSE_CONFIG,
     MonitorConfigError,
@@ -133,7 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     status_parser = commands.add_parser("status", help="exit 0 if running, 1 if not")
     status_parser.add_argument("--json", action="store_true", help="print the state as JSON")
     render_parser = commands.add_parser("render", help="print or write a generated Prometheus config")
-    render_parser.add_argument("variant", choices=["compose", "local", "alertmanager", "slo"])
+    render_parser.add_argument("variant", choices=["compose", "local", "alertmanager", "slo", "configs"])
     render_parser.add_argument(
         "--check", action="store_true", help="compose, slo: exit 1 if the committed file differs"
     )
@@ -146,6 +147,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_render(args: argparse.Namespace, system: dict[str, Any]) -> int:
     if args.variant == "local":
         sys.stdout.write(local_config_text(system))
+        return EXIT_OK
+    if args.variant == "configs":  # what start writes; the systemd units run it before each start
+        print("wrote " + " ".join(str(path) for path in write_configs(system)[1]))
         return EXIT_OK
     if args.variant == "alertmanager":  # it may hold secrets: written (0600), never printed
         directory = private_dir(monitor_dir(system))

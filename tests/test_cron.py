@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import PYTHON, REPO, free_port, write_config
-from hello.config import RunFiles
+from hello.config import EXIT_LOCKED, RunFiles, load_config
+from hello.jobs import job_lock
 
 SCRIPT = str(REPO / "scripts" / "cron.py")
 
@@ -20,25 +22,27 @@ def cron(config: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([PYTHON, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=30)
 
 
-KEEP_UP = ("start", "monitor")  # the targets of the lines that bring the service back (tests below)
+KEEP_UP = ("scripts/service.py", "scripts/monitor.py")  # the lines that bring the service back (tests below)
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 
 
 def job_lines(output: str) -> list[str]:
     """The periodic jobs (backup, validate, update), not the lines that keep the service up."""
     lines = [line for line in output.splitlines() if line and line[0] in "0123456789*"]
-    return [line for line in lines if not any(f"make {target}" in line for target in KEEP_UP)]
+    return [line for line in lines if not any(script in line for script in KEEP_UP)]
 
 
 def test_repo_config_gives_backup_at_two_and_validation_every_15_minutes(tmp_path: Path) -> None:
     result = cron(write_config(tmp_path))
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "run"
-    expected_tail = f"&& mkdir -p {run_dir} && make {{}} >> {run_dir}/cron.log 2>&1"
+    expected_tail = f"&& mkdir -p {run_dir} && {VENV_PYTHON} {REPO}/{{}} >> {run_dir}/cron.log 2>&1"
     assert job_lines(result.stdout) == [
-        f"0 2 * * * cd {REPO} " + expected_tail.format("backup"),
-        f"*/15 * * * * cd {REPO} " + expected_tail.format("validate"),
-        f"0 3 * * 0 cd {REPO} " + expected_tail.format("drill"),  # weekly, an hour after the backup
+        f"0 2 * * * cd {REPO} " + expected_tail.format("backup_script.py create"),
+        f"*/15 * * * * cd {REPO} " + expected_tail.format("validation_test.py"),
+        f"0 3 * * 0 cd {REPO} " + expected_tail.format("backup_script.py drill"),  # weekly, after the backup
     ]
+    assert not [line for line in job_lines(result.stdout) if "make " in line]  # make turns every failure into 2
     path_line = next(line for line in result.stdout.splitlines() if line.startswith("PATH="))
     assert "/usr/bin" in path_line.split("=", 1)[1].split(":")
     assert f"HELLO_CONFIG={tmp_path / 'config.yaml'}" in result.stdout
@@ -56,7 +60,7 @@ def test_seed_config_with_unquoted_time(tmp_path: Path, written: str, schedule: 
     result = cron(config)
     assert result.returncode == 0, result.stderr
     assert job_lines(result.stdout)[0].startswith(f"{schedule} cd {REPO} && ")
-    assert job_lines(result.stdout)[0].endswith(f"make backup >> {tmp_path / 'run' / 'cron.log'} 2>&1")
+    assert job_lines(result.stdout)[0].endswith(f"backup_script.py create >> {tmp_path / 'run' / 'cron.log'} 2>&1")
 
 
 def test_timezone_intervals_and_json(tmp_path: Path) -> None:
@@ -75,11 +79,11 @@ def test_timezone_intervals_and_json(tmp_path: Path) -> None:
     assert lines.index("CRON_TZ=Europe/Berlin") < lines.index(job_lines(result.stdout)[0])
     schedules = [line.split(" cd ")[0] for line in job_lines(result.stdout)]
     assert schedules == ["45 3 * * *", "0 */6 * * *", "45 4 * * 0"]
-    assert "make validate" not in result.stdout and "make update" in result.stdout
+    assert "validation_test.py" not in result.stdout and "update_protocol.py" in result.stdout
 
     data = json.loads(cron(config, "--json").stdout)
     assert data["timezone"] == "Europe/Berlin"
-    assert [(e["target"], e["schedule"]) for e in data["entries"] if e["target"] not in KEEP_UP] == [
+    assert [(e["target"], e["schedule"]) for e in data["entries"] if e["target"] not in ("start", "monitor")] == [
         ("backup", "45 3 * * *"),
         ("update", "0 */6 * * *"),
         ("drill", "45 4 * * 0"),
@@ -104,28 +108,32 @@ def test_start_at_reboot_and_every_minute_when_down(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     log = tmp_path / "run" / "cron.log"
     prefix = f"cd {REPO} && mkdir -p {tmp_path / 'run'} && "
+    start = f"{VENV_PYTHON} {REPO}/scripts/service.py start --quiet >> {log} 2>&1"
     lines = result.stdout.splitlines()
-    assert f"@reboot {prefix}make start >> {log} 2>&1" in lines
-    assert f"* * * * * {prefix}make start QUIET=1 >> {log} 2>&1" in lines
+    assert f"@reboot {prefix}{start}" in lines
+    assert f"* * * * * {prefix}{start}" in lines
     # The repo's config has Prometheus on 127.0.0.1: monitoring comes back the same way.
-    assert f"@reboot {prefix}make monitor >> {log} 2>&1" in lines
-    guard = f"{REPO}/.venv/bin/python scripts/monitor.py status >/dev/null 2>&1"
-    assert f"* * * * * {prefix}{{ {guard} || make monitor >> {log} 2>&1; }}" in lines
+    monitor = f"{VENV_PYTHON} {REPO}/scripts/monitor.py start >> {log} 2>&1"
+    assert f"@reboot {prefix}{monitor}" in lines
+    guard = f"{VENV_PYTHON} scripts/monitor.py status >/dev/null 2>&1"
+    assert f"* * * * * {prefix}{{ {guard} || {monitor}; }}" in lines
 
 
 @pytest.mark.parametrize("url", [None, "http://prometheus.example:9090"])
 def test_no_monitor_lines_when_prometheus_is_not_local(tmp_path: Path, url: str | None) -> None:
     result = cron(write_config(tmp_path, {"monitoring": {"prometheus": {"url": url}}}))
     assert result.returncode == 0, result.stderr
-    assert "make monitor" not in result.stdout
-    assert "@reboot" in result.stdout and "make start QUIET=1" in result.stdout
+    assert "monitor.py" not in result.stdout
+    assert "@reboot" in result.stdout and "service.py start --quiet" in result.stdout
 
 
 def test_every_minute_line_is_quiet_and_exit_0_while_running(tmp_path: Path, processes) -> None:
     """The every-minute line, run by a real shell in cron's bare environment, against a running server."""
     port = free_port()
     config = write_config(tmp_path, {"server": {"port": port}})
-    line = next(line for line in cron(config).stdout.splitlines() if "make start QUIET=1" in line)
+    line = next(
+        line for line in cron(config).stdout.splitlines() if line.startswith("* * * * *") and "service.py" in line
+    )
     command = line.removeprefix("* * * * * ").replace(r"\%", "%")
     env = {"PATH": "/usr/bin:/bin", "HELLO_CONFIG": str(config)}
     first = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=120)
@@ -141,3 +149,38 @@ def test_every_minute_line_is_quiet_and_exit_0_while_running(tmp_path: Path, pro
     assert (tmp_path / "run" / "cron.log").stat().st_size == size  # nothing said while it runs
     assert files.running_pid() == pid
     assert subprocess.run([PYTHON, str(REPO / "scripts" / "service.py"), "stop"], env=env, timeout=60).returncode == 0
+
+
+def test_backup_line_exits_75_while_another_backup_holds_the_lock(tmp_path: Path) -> None:
+    """The scheduler sees the script's own exit code: 75 (lock held), not make's 2 for every failure."""
+    config = write_config(tmp_path)
+    line = next(line for line in cron(config).stdout.splitlines() if "backup_script.py create" in line)
+    command = line.split(" ", 5)[5].replace(r"\%", "%")  # after the five schedule fields, as cron's shell gets it
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "HELLO_CONFIG": str(config)}  # cron's bare environment
+    run_dir = Path(load_config(config)["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with job_lock(run_dir / "backup.lock"):  # another backup runs
+        held = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=120)
+    assert held.returncode == EXIT_LOCKED, (held.returncode, (run_dir / "cron.log").read_text())
+    assert "lock" in (run_dir / "cron.log").read_text()
+
+
+def test_make_cron_prints_crontab_lines_only_on_a_fresh_clone(tmp_path: Path) -> None:
+    """`make cron | crontab -` on a fresh clone: the venv's creation says nothing on stdout."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    changed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "-m", "-o", "--exclude-standard"], capture_output=True, text=True
+    ).stdout
+    for name in filter(None, changed.split("\0")):  # this working tree's uncommitted changes, under test
+        if (REPO / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            (clone / name).write_bytes((REPO / name).read_bytes())
+    env = {k: v for k, v in os.environ.items() if k not in ("HELLO_CONFIG", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    done = subprocess.run(["make", "-s", "cron"], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (clone / ".venv" / "bin" / "python").exists()  # it did make the venv
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("# Python Hello Printer jobs") and lines[1].startswith("PATH=")
+    schedule = re.compile(r"^(@reboot|[0-9*/,-]+( [0-9*/,-]+){4}) ")
+    assert all(line.startswith(("#", "PATH=", "CRON_TZ=", "HELLO_CONFIG=")) or schedule.match(line) for line in lines)

@@ -6,6 +6,7 @@ systemd is not PID 1 here: `systemd-analyze verify` and `systemctl --root` work 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,11 +16,23 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool, wait_until, write_config
-from hello import restarts, sdnotify
+from hello import monitor_stack, restarts, sdnotify
 from hello.config import RunFiles, load_config
-from hello.units import SERVICE, Checkout, calendars, check_units, enabled_timer, every_calendar, render_units
+from hello.units import (
+    EXPOSURE_LIMIT,
+    RESTORE_CAPABILITIES,
+    SERVICE,
+    Checkout,
+    calendars,
+    check_units,
+    enabled_timer,
+    every_calendar,
+    exposure_limit,
+    render_units,
+)
 
 SCRIPT = str(REPO / "scripts" / "systemd.py")
+PYTHON_OF_UNITS = REPO / ".venv" / "bin" / "python"
 
 
 @pytest.fixture
@@ -49,8 +62,14 @@ def test_default_units_verify(tmp_path: Path, analyze: str) -> None:
     written = systemd_py(config, "render", "--destdir", str(tmp_path / "units"))
     assert written.returncode == 0, written.stderr
     assert sorted(path.name for path in (tmp_path / "units").iterdir()) == [
+        "hello-world-alertmanager.service",  # the monitoring stack: Prometheus's url is on this host
         "hello-world-backup.service",
         "hello-world-backup.timer",
+        "hello-world-drill.service",
+        "hello-world-drill.timer",
+        "hello-world-node-exporter.service",
+        "hello-world-prometheus.service",
+        "hello-world-pushgateway.service",
         "hello-world-validate.service",
         "hello-world-validate.timer",
         "hello-world.service",
@@ -89,12 +108,15 @@ def test_server_unit_follows_config(tmp_path: Path, analyze: str) -> None:
     assert setting(service, "ExecReload") == [f"{REPO}/.venv/bin/python {REPO}/scripts/service.py reload"]
     assert setting(service, "ExecStart") == [f"{REPO}/.venv/bin/python {REPO}/hello_world.py"]
     assert setting(service, "ProtectSystem") == ["strict"] and setting(service, "NoNewPrivileges") == ["yes"]
-    assert setting(service, "ReadWritePaths") == [str(tmp_path / "run")]
-    assert setting(service, "ExecStartPre") == [f"+/usr/bin/install -d -o hello {tmp_path / 'run'}"]
+    assert setting(service, "ReadWritePaths") == [f"-{tmp_path / 'run'}"]  # '-': missing, no 226/NAMESPACE
+    assert setting(service, "ExecStartPre") == [f"+/usr/bin/install -d -m 0700 -o hello {tmp_path / 'run'}"]
     assert f"HELLO_CONFIG={tmp_path / 'config.yaml'}" in setting(service, "Environment")
+    assert setting(service, "CapabilityBoundingSet") == [""] and setting(service, "AmbientCapabilities") == []
     backup = units["hello-world-backup.service"]
-    assert setting(backup, "ReadWritePaths") == [str(tmp_path / "run"), str(tmp_path / "b")]
+    assert setting(backup, "ReadWritePaths") == [f"-{tmp_path / 'run'}", f"-{tmp_path / 'b'}"]
     assert setting(backup, "User") == ["hello"]
+    assert setting(backup, "ExecStart") == [f"{REPO}/.venv/bin/python {REPO}/backup_script.py create"]
+    assert setting(backup, "CapabilityBoundingSet") == [""]  # as hello it reads what hello may read
     assert check_units(units) == []
 
 
@@ -107,11 +129,16 @@ def test_timers_follow_config(tmp_path: Path, analyze: str) -> None:
     units = units_for(tmp_path, overrides)
     assert calendars(units) == {
         "hello-world-backup.timer": "*-*-* 03:45:00 Europe/Berlin",
+        "hello-world-drill.timer": "Sun *-*-* 04:45:00 Europe/Berlin",  # weekly, an hour after the backup
         "hello-world-update.timer": "*-*-* 00/6:00:00",
     }
     assert setting(units["hello-world-backup.timer"], "Persistent") == ["true"]
+    assert setting(units["hello-world-drill.timer"], "Persistent") == ["true"]
     assert setting(units["hello-world-update.timer"], "Persistent") == []
-    assert setting(units["hello-world-update.service"], "ExecStart")[0].endswith(f"-C {REPO} update")
+    assert setting(units["hello-world-update.service"], "ExecStart") == [f"{PYTHON_OF_UNITS} {REPO}/update_protocol.py"]
+    assert setting(units["hello-world-drill.service"], "ExecStart") == [
+        f"{PYTHON_OF_UNITS} {REPO}/backup_script.py drill"
+    ]
     assert not any("validate" in name for name in units)
     assert check_units(units) == []
 
@@ -156,7 +183,12 @@ def test_install_and_uninstall_under_a_root(tmp_path: Path, analyze: str) -> Non
     assert result.returncode == 0, result.stderr
     assert (unit_dir / "multi-user.target.wants" / SERVICE).is_symlink()
     timers = sorted(path.name for path in (unit_dir / "timers.target.wants").iterdir())
-    assert timers == ["hello-world-backup.timer", "hello-world-update.timer", "hello-world-validate.timer"]
+    assert timers == [
+        "hello-world-backup.timer",
+        "hello-world-drill.timer",
+        "hello-world-update.timer",
+        "hello-world-validate.timer",
+    ]
     assert oct((unit_dir / SERVICE).stat().st_mode & 0o777) == "0o644"
     # What validation's "a scheduler exists" finds: the enabled backup timer of this checkout.
     assert enabled_timer(REPO, "backup", root) == unit_dir / "hello-world-backup.timer"
@@ -248,4 +280,99 @@ def test_home_is_read_only_when_the_checkout_is_there(tmp_path: Path) -> None:
             expected
         }
         update = units["hello-world-update.service"]
-        assert setting(update, "ProtectSystem") == ["full"] and str(repo) in setting(update, "ReadWritePaths")
+        assert setting(update, "ProtectSystem") == ["full"] and f"-{repo}" in setting(update, "ReadWritePaths")
+
+
+# --- the sandbox (issue 20.7): systemd-analyze security, offline on the rendered files ---
+
+
+def rated(units: dict[str, str]) -> dict[str, float]:
+    levels: dict[str, float] = {}
+    problems = check_units(units, levels)
+    assert not problems, problems
+    return levels
+
+
+@pytest.mark.parametrize("user", [None, "hello"])
+def test_every_unit_rates_within_its_limit(tmp_path: Path, analyze: str, user: str | None) -> None:
+    levels = rated(units_for(tmp_path, {"server": {"user": user}, "update": {"interval": "1h"}}))
+    jobs = ("", "-backup", "-drill", "-validate", "-update", "-prometheus", "-alertmanager", "-pushgateway")
+    assert set(levels) == {f"hello-world{job}.service" for job in (*jobs, "-node-exporter")}
+    assert levels[SERVICE] <= EXPOSURE_LIMIT == 4.0
+    assert all(level <= exposure_limit(name) for name, level in levels.items()), levels
+    assert max(level for name, level in levels.items() if "update" not in name) <= EXPOSURE_LIMIT
+
+
+@pytest.mark.parametrize("dropped", ["CapabilityBoundingSet", "SystemCallFilter", "ProtectSystem", "PrivateUsers"])
+def test_lint_fails_a_server_unit_above_the_limit(tmp_path: Path, analyze: str, dropped: str) -> None:
+    """Each loosening alone may pass; together they must not: drop the named setting and the rest of the set."""
+    units = units_for(tmp_path)
+    loose = {"CapabilityBoundingSet", "SystemCallFilter", "ProtectSystem", "PrivateUsers", "RestrictAddressFamilies"}
+    loose |= {"RestrictNamespaces", "ProtectKernelTunables", "ProtectKernelModules", "PrivateDevices", dropped}
+    units[SERVICE] = "".join(line for line in units[SERVICE].splitlines(True) if line.split("=")[0] not in loose)
+    problems = check_units(units)
+    assert any(f"{SERVICE}: systemd-analyze security rates it" in problem for problem in problems), problems
+    result = subprocess.run(
+        [PYTHON, SCRIPT, "check", "--json"], capture_output=True, text=True, timeout=120, env=os.environ
+    )
+    assert result.returncode == 0, result.stdout + result.stderr  # the real units of this checkout pass
+    assert json.loads(result.stdout)["exposure"][SERVICE] <= EXPOSURE_LIMIT
+
+
+def test_low_port_gets_only_the_bind_capability(tmp_path: Path, analyze: str) -> None:
+    for user, ambient in ((None, []), ("hello", ["CAP_NET_BIND_SERVICE"])):
+        service = units_for(tmp_path, {"server": {"port": 80, "user": user}})[SERVICE]
+        assert setting(service, "CapabilityBoundingSet") == ["CAP_NET_BIND_SERVICE"]
+        assert setting(service, "AmbientCapabilities") == ambient
+        assert setting(service, "PrivateUsers") == []  # the capability must be the host's, not a namespace's
+    service = units_for(tmp_path, {"server": {"host": "0.0.0.0"}})[SERVICE]
+    assert setting(service, "IPAddressDeny") == []  # answers anyone when bound to every address
+    assert setting(units_for(tmp_path)[SERVICE], "IPAddressDeny") == ["any"]
+
+
+def test_plain_path_remote_is_writable_for_the_backup_and_read_by_the_drill(tmp_path: Path, analyze: str) -> None:
+    remote = "/mnt/usb/hello"
+    units = units_for(tmp_path, {"backup": {"offsite": {"remote": remote}}})
+    backup, drill = units["hello-world-backup.service"], units["hello-world-drill.service"]
+    assert f"-{remote}" in setting(backup, "ReadWritePaths")
+    # Never created by the unit: an unmounted disk fails the backup instead of filling the root file system.
+    assert not any(remote in line for line in setting(backup, "ExecStartPre"))
+    assert f"-{remote}" not in setting(drill, "ReadWritePaths")
+    assert setting(drill, "CapabilityBoundingSet") == [" ".join(RESTORE_CAPABILITIES)]  # restores owners as root
+    rated(units)
+    # An rclone remote with rclone's default config (in root's home): the home stays readable.
+    rclone = units_for(tmp_path, {"backup": {"offsite": {"remote": "offsite:hello"}}})
+    assert setting(rclone["hello-world-backup.service"], "ProtectHome") == ["read-only"]
+
+
+def test_tmp_and_home_layouts_render_units_that_see_them(tmp_path: Path) -> None:
+    """PrivateTmp= would hide a checkout under /tmp; ProtectHome=yes a venv whose python is pyenv's (in /root)."""
+    config = load_config(write_config(tmp_path))  # run_dir under /tmp (pytest's tmp_path)
+    srv = Checkout(Path("/srv/hello"), Path("/srv/hello/.venv/bin/python"), "/usr/bin/make")
+    service = render_units(config, srv, {})[SERVICE]
+    assert setting(service, "PrivateTmp") == ["no"] and setting(service, "ProtectHome") == ["yes"]
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").symlink_to("/root/.pyenv/versions/3.11.7/bin/python3.11")
+    elsewhere = {**config, "run_dir": "/srv/hello/run"}
+    service = render_units(elsewhere, Checkout(Path("/srv/hello"), venv / "python", "/usr/bin/make"), {})[SERVICE]
+    assert setting(service, "ProtectHome") == ["read-only"]
+    assert setting(service, "PrivateTmp") == ["no"]  # the venv itself is under /tmp here
+
+
+def test_monitoring_units_run_what_make_monitor_runs(tmp_path: Path, analyze: str) -> None:
+    """One source: each unit's ExecStart= is monitor_stack.services()'s argv; no units when Prometheus is remote."""
+    config = load_config(write_config(tmp_path, {"monitoring": {"node_exporter": {"url": None}}}))
+    units = render_units(config, Checkout.here(), {})
+    directory = monitor_stack.monitor_dir(config)
+    names = monitor_stack.wanted(config)
+    assert names == ["prometheus", "pushgateway", "alertmanager"]
+    for name, _, argv in monitor_stack.services(config, directory, monitor_stack.binary_paths(names)):
+        unit = units[f"hello-world-{name}.service"]
+        assert setting(unit, "ExecStart") == [" ".join(argv)]
+        assert setting(unit, "Restart") == ["on-failure"]
+        assert f"-{directory}" in setting(unit, "ReadWritePaths")
+    assert setting(units["hello-world-prometheus.service"], "ExecStartPre")[-1].endswith("monitor.py render configs")
+    assert "hello-world-node-exporter.service" not in units
+    remote = units_for(tmp_path, {"monitoring": {"prometheus": {"url": "http://prometheus.example:9090"}}})
+    assert not [name for name in remote if "prometheus" in name or "alertmanager" in name]

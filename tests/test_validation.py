@@ -483,6 +483,7 @@ def test_the_backup_line_of_make_cron_counts_as_a_scheduler() -> None:
     found = validation_test.backup_cron_lines(done.stdout)
     assert len(found) == 1 and "backup" in found[0], done.stdout
     assert validation_test.backup_cron_lines("# 0 2 * * * make backup\n*/15 * * * * make validate\n") == []
+    assert validation_test.backup_cron_lines("0 3 * * 0 cd /x && .venv/bin/python backup_script.py drill\n") == []
 
 
 def test_pytest_collects_nothing_from_validation_test_py() -> None:
