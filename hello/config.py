@@ -382,7 +382,7 @@ SCHEMA: Schema = {
             "protocol": (_string, "update_protocol.py"),
             "remote": (_string, "origin"),
             "branch": (_string, "main"),
-            "test_command": (_string, "make test"),
+            "test_command": (_string, "make test-fast"),
             "deploy": (_one_of("local", "compose", "kubernetes"), "local"),
             "interval": (_interval_or_null, None),  # null: no periodic update in `make cron`
             "backup_first": (_bool, True),  # a backup after the tests pass, before the deploy

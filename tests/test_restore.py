@@ -222,6 +222,7 @@ def scratch(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.fast
 def test_no_archive_changes_anything_outside_its_target(tmp_path: Path) -> None:
     folder = scratch(tmp_path)
     try:
@@ -313,6 +314,7 @@ def config(tmp_path: Path) -> dict:
     return load_config(write_config(tmp_path / "cfg", {"monitoring": {"pushgateway": {"url": None}}}))
 
 
+@pytest.mark.fast
 def test_setuid_and_setgid_are_dropped_unless_asked_for(tmp_path: Path) -> None:
     archive = write_archive(
         tmp_path,
@@ -335,6 +337,7 @@ def test_setuid_and_setgid_are_dropped_unless_asked_for(tmp_path: Path) -> None:
     assert modes == {"d": 0o2775, "d/suid": 0o4755, "sgid": 0o2711, "plain": 0o1640}
 
 
+@pytest.mark.fast
 def test_later_members_replace_earlier_ones_but_never_through_a_link(tmp_path: Path) -> None:
     """A name used twice: the later member wins (as with tar), and a file after a link replaces the link."""
     outside = tmp_path / "outside.txt"
@@ -563,6 +566,7 @@ def hostile_journals(final: Path, identities: list[list[int]]) -> st.SearchStrat
     )
 
 
+@pytest.mark.fast
 def test_a_hostile_journal_is_refused_or_harmless(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     base = tmp_path / "base"
@@ -736,6 +740,7 @@ def hostile_entry(draw: st.DrawFn) -> object:
     return record
 
 
+@pytest.mark.fast
 def test_hostile_manifests_are_refused_or_compared_inside_the_tree(tmp_path: Path) -> None:
     """Whatever the entries: ManifestError (one line), or a comparison that names only paths inside the tree."""
     root, kept = tmp_path / "tree", tmp_path / "kept"

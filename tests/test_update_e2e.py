@@ -5,12 +5,12 @@ it and served by `make start`. Its config is the shipped config.yaml but for the
 Pushgateway (null: an operator's own Pushgateway on the default port must not receive a test's update metrics),
 the watch (2s: no traffic flows) and the test user (null: see shipped_config), in a file beside the checkout
 named by HELLO_CONFIG (a changed config.yaml in the checkout would be a dirty tree, which the update refuses).
-A good commit is pushed and `make update` runs with the shipped test_command, `make test`: the whole suite again,
-inside the update's release, under a parent make, with HELLO_CONFIG set.
+A good commit is pushed and `make update` runs with the shipped test_command, `make test-fast`: the in-process
+tier of this suite, inside the update's release, under a parent make, with HELLO_CONFIG set.
 There this test skips itself (NESTED_ENV, set for the update it runs).
 
-It costs about one suite run (with 200 generated restore cases, not 2000). It runs in `make test`; deselect it with
-`make test PYTEST_ARGS='-m "not update_e2e"'`.
+It costs about a minute (the fast tier, with 200 generated restore cases, not 2000). It runs in `make test`;
+deselect it with `make test PYTEST_ARGS='-m "not update_e2e"'`.
 The deployment shares this suite's venv through a `.venv` symlink (a real install would take minutes and the
 network); its requirements files get the venv's make stamp times, so make installs nothing.
 """
@@ -32,7 +32,7 @@ from hello.release import MAKE_STAMPS
 from tests.support.scratch import GIT_IDENTITY
 
 NESTED_ENV = "HELLO_UPDATE_E2E_NESTED"  # the recursion guard: set inside the nested suite of this test's update
-UPDATE_TIMEOUT = 1800.0  # one whole suite run on a busy 2-core machine, with room
+UPDATE_TIMEOUT = 900.0  # the fast tier and the deploy on a busy 2-core machine, with room
 
 pytestmark = pytest.mark.update_e2e
 
@@ -50,7 +50,7 @@ def git(cwd: Path, *args: str) -> str:
 def shipped_config(port: int) -> str:
     """config.yaml as shipped, with the port, the Pushgateway and the watch changed; every other line as it is."""
     text = (REPO / "config.yaml").read_text()
-    assert "    test_command: make test " in text, "the shipped test_command is no longer `make test`"
+    assert "    test_command: make test-fast " in text, "the shipped test_command is no longer `make test-fast`"
     # watch: 2s, not 30s: no traffic flows here, the watch says "too little traffic to judge" sooner
     edits = (
         ("    port: 8000\n", f"    port: {port}\n"),
@@ -125,7 +125,7 @@ def test_make_update_with_the_shipped_config_deploys_a_good_commit(tmp_path: Pat
         result = make(deploy, "update", env, timeout=UPDATE_TIMEOUT)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-6000:]
-        assert "test: make test" in output and " passed" in output, output[-6000:]
+        assert "test: make test-fast" in output and " passed" in output, output[-6000:]
         assert f"updated {first[:10]} -> {good[:10]}" in output, output[-3000:]
         assert json.loads(http_get(url + "/version")[2])["commit"] == good == git(deploy, "rev-parse", "HEAD")
         assert http_get(url + "/")[2] == b"Hello, World!\n"
