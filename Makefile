@@ -33,8 +33,12 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 run: $(RUNTIME_STAMP) ## serve in the foreground on http://127.0.0.1:8000 (PORT=, HOST=, WORKERS= override)
 	$(PY) hello_world.py $(SERVER_ARGS)
 
-test: $(DEV_STAMP) ## run the whole test suite (exit 0 only if all pass)
+test: $(DEV_STAMP) ## run the whole test suite (exit 0 only if all pass), the e2e tier included
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-e2e
+test-e2e: $(DEV_STAMP) ## only the e2e tier: the image, the compose stack, a systemd host (podman, systemd-nspawn)
+	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 start: $(RUNTIME_STAMP) ## start the server in the background (pidfile and log in run/); QUIET=1: silent if it runs
 	@$(PY) scripts/service.py start $(SERVER_ARGS) $(if $(QUIET),--quiet)
