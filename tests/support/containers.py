@@ -34,7 +34,9 @@ IMAGES = REPO / "tests" / "e2e" / "images"
 CACHE = Path(os.environ.get("HELLO_E2E_CACHE", "/var/cache/hello-e2e"))
 # What the tier needs on the host (Debian package names); .ci/run installs them.
 PACKAGES = ("podman", "runc", "fuse-overlayfs", "slirp4netns", "uidmap", "debootstrap")
+PACKAGES += ("golang-github-containernetworking-plugin-dnsname",)  # compose's service names resolve (CNI)
 TOOLS = ("podman", "runc", "debootstrap")
+DNSNAME = Path("/usr/lib/cni/dnsname")
 SUITE = "bookworm"
 KEY_LABEL = "hello-e2e.key"
 # Stand-ins for the compose file's monitoring services (tests/e2e/images/monitoring): service -> the Debian
@@ -52,7 +54,8 @@ class PodmanError(RuntimeError):
 
 
 def missing_tools() -> list[str]:
-    return [tool for tool in TOOLS if not shutil.which(tool)]
+    missing = [tool for tool in TOOLS if not shutil.which(tool)]
+    return missing + ([] if DNSNAME.exists() else [str(DNSNAME)])
 
 
 def skip_reason() -> str:
