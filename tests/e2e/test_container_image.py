@@ -19,13 +19,11 @@ from hello.git import head_commit
 from tests.support import containers
 from tests.support.load import LoadClient, count_progress
 
-pytestmark = pytest.mark.xdist_group("container-image")  # one image build, on one worker
-
 REPO = containers.REPO
 NON_ROOT_UID = "10001"  # the Dockerfile's `hello` user
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one build per xdist worker (cached layers after the first)
 def image(podman_host: None) -> str:
     with containers.cache_lock():
         return containers.app_image(head_commit(REPO) or "unknown")

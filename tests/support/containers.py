@@ -104,15 +104,28 @@ def digest(*parts: bytes | str) -> str:
     return hashed.hexdigest()[:16]
 
 
+_lock_depth = 0  # cache_lock nests: a second flock of the file from this process would wait for itself
+
+
 @contextlib.contextmanager
 def cache_lock() -> Iterator[None]:
     """One builder at a time (pytest-xdist workers, parallel runs): the others wait, then find the image."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
         try:
             yield
         finally:
+            _lock_depth -= 1
+        return
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "containers.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _lock_depth = 1
+        try:
+            yield
+        finally:
+            _lock_depth = 0
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
