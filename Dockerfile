@@ -25,6 +25,9 @@ COPY . .
 # /version reports HELLO_COMMIT when there is no .git (there is none in the image). Set late: a new
 # commit rebuilds only this layer, not the dependencies.
 ARG COMMIT=unknown
+# A RUN that reads the argument puts its value in the layer cache's key under podman too: there (buildah, podman
+# 4.3) an `ENV X=${COMMIT}` layer built from another commit is reused, and /version reports the old commit.
+RUN test -n "${COMMIT}"
 ENV HELLO_COMMIT=${COMMIT}
 
 USER 10001:10001

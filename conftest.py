@@ -33,8 +33,8 @@ for _name in INHERITED_ENV:
     os.environ.pop(_name, None)
 
 REPO = Path(__file__).resolve().parent
-# The update tests' scratch deployment fixtures (`deployment`, `site`).
-pytest_plugins = ["tests.support.deployment"]
+# The update tests' scratch deployment fixtures (`deployment`, `site`); the e2e tier's marking and `podman_host`.
+pytest_plugins = ["tests.support.deployment", "tests.support.e2e"]
 from hello import proc as hello_proc  # noqa: E402
 from hello import promconfig  # noqa: E402 - the one source of the Prometheus config
 from hello.proc import free_port  # noqa: E402 - re-exported for the tests

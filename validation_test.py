@@ -65,6 +65,7 @@ from hello.git import GitError, git
 from hello.history import good_release, update_log
 from hello.jobs import job_gauges, metrics_textfile, record_job
 from hello.naming import JOB, BackupError, check_checksum, parse_archive
+from hello.promconfig import COMPOSE_ALERTMANAGER_TARGET
 
 log = logging.getLogger("validation")
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: 10x faster
@@ -577,7 +578,8 @@ def check_prometheus_alertmanager(ctx: Context) -> str:
     alertmanager, prom = need_alertmanager(ctx), ctx.need_prometheus()
     active = [a.get("url", "") for a in prometheus_api(prom, "/api/v1/alertmanagers").get("activeAlertmanagers", [])]
     wanted = urllib.parse.urlsplit(alertmanager.base).port
-    if not any(urllib.parse.urlsplit(url).port == wanted for url in active):
+    # The compose stack's Prometheus reaches Alertmanager by service name, whatever port the host publishes it on.
+    if not any(urllib.parse.urlsplit(url).port == wanted or COMPOSE_ALERTMANAGER_TARGET in url for url in active):
         raise CheckFailed(
             f"Prometheus at {prom.base} sends alerts to {', '.join(active) or 'no Alertmanager'}, "
             f"not {alertmanager.base} (its alerting: section; make monitor renders it)"

@@ -26,7 +26,8 @@ from typing import Any
 class WebhookSink:
     """Every JSON body POSTed, with its arrival time (time.time()) and path."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        """host: where it listens; 0.0.0.0 lets containers reach it (as host.containers.internal)."""
         self.received: list[tuple[float, str, dict[str, Any]]] = []
         sink = self
 
@@ -42,7 +43,7 @@ class WebhookSink:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep quiet
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
