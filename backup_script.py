@@ -72,7 +72,7 @@ from hello.drill import DrillFailed, Steps, drill
 from hello.jobs import LockHeld, NotPrivate, job_lock, record_job
 from hello.manifest import MANIFEST_DIR
 from hello.naming import DRILL_JOB, JOB, NAMING, SIDECAR, BackupError, UsageError, check_checksum, find_archives
-from hello.offsite_copies import configured_remote, copy_offsite, fetched, require_remote, session
+from hello.offsite_copies import configured_remote, copy_offsite, fetched, immutable, require_remote, session
 from hello.retention import keep_plan, prune
 from hello.schedule_loop import ScheduleError, run_schedule
 
@@ -172,6 +172,13 @@ def run_restore_offsite(config: dict[str, Any], name: str, target: str, force: b
 
 
 def run_prune_offsite(config: dict[str, Any], dry_run: bool) -> None:
+    if immutable(config):  # (a remote is set: the config check makes sure)
+        days = config["backup"]["offsite"]["immutable"]["retention_days"]
+        print(
+            f"prune: {config['backup']['offsite']['remote']} is immutable (Object Lock, {days} days): nothing deleted "
+            "there; its lifecycle rule or an admin-side job expires old copies"
+        )
+        return
     connection = configured_remote(config)
     if connection is not None:
         with connection as remote:

@@ -36,6 +36,14 @@ def configured_remote(
     return offsite.connect(settings["remote"], settings["rclone_config"], progress=show_progress, scratch=scratch)
 
 
+def immutable(config: dict[str, Any]) -> bool:
+    """The remote is an object-locked bucket (system.backup.offsite.immutable): the host never deletes there.
+
+    Its copies expire by the bucket's retention and a lifecycle rule or an admin-side job, never from the host,
+    whose key may write and read but not delete versions (README "Copies a compromised host cannot destroy")."""
+    return config["backup"]["offsite"]["immutable"] is not None
+
+
 def require_remote(config: dict[str, Any]) -> contextlib.AbstractContextManager[offsite.Remote]:
     remote = configured_remote(config, show_progress=sys.stderr.isatty())
     if remote is None:
@@ -61,7 +69,8 @@ def copy_offsite(config: dict[str, Any], remote: offsite.Remote | None, *, fresh
         uploaded = offsite.sync(remote, local, NAMING, keep_plan(config), fresh=fresh)
         files = remote.files()
         newest = list(offsite.archives_on(files, NAMING))[-1]
-        offsite.prune(remote, NAMING, keep_plan(config), dry_run=False, files=files)
+        if not immutable(config):
+            offsite.prune(remote, NAMING, keep_plan(config), dry_run=False, files=files)
     except (offsite.OffsiteError, BackupError, IndexError) as exc:
         problem = "no archive reached the remote" if isinstance(exc, IndexError) else str(exc)
         record_job(config, OFFSITE_JOB, success=False, started=started, finished=time.time())
