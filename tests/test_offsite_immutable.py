@@ -292,3 +292,19 @@ def test_backups_reach_the_locked_bucket_and_survive_an_attacker_with_the_hosts_
     for key, version in good.items():
         assert host.get_object(Bucket=BUCKET, Key=key, VersionId=version)["Body"].read() == taken[key], key
         assert owner.head_object(Bucket=BUCKET, Key=key, VersionId=version)["ObjectLockMode"] == "COMPLIANCE"
+
+    # README's way back with the host's own rclone (1.60 lists versions: `name.tar-v<time>.gz`): each archive taken
+    # before the attack is among its name's versions, readable by that version name.
+    def rclone(*args: str) -> str:
+        command = ["rclone", "--config", str(locked_s3.rclone_config), "--s3-versions", *args]
+        return subprocess.run(command, env=RCLONE_ENV, capture_output=True, text=True, check=True, timeout=60).stdout
+
+    listed = rclone("lsf", f"locked:{BUCKET}").split()
+    for name in names:
+        stem = name.removesuffix(".gz")
+        found = [each for each in listed if each.startswith(f"{stem}-v") and each.endswith(".gz")]
+        copies = []
+        for each in found:
+            rclone("copyto", f"locked:{BUCKET}/{each}", str(tmp_path / "back" / each))
+            copies.append((tmp_path / "back" / each).read_bytes())
+        assert taken[name] in copies, (name, found)
