@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hello import offsite
+from hello import offsite, offsite_versions
 from hello.jobs import record_job
 from hello.naming import NAMING, OFFSITE_JOB, BackupError, UsageError, check_checksum, find_archives, parse_archive
 from hello.retention import keep_plan
@@ -96,7 +96,10 @@ def fetched(config: dict[str, Any], remote: offsite.Remote, name: str) -> Iterat
     run_dir.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="offsite-download-", dir=run_dir))  # 0700: nobody else reads it
     try:
-        path = offsite.fetch(remote, name, folder, NAMING)
+        if immutable(config):  # the newest good version, behind any delete marker or garbage version
+            path = offsite_versions.fetch_newest_good(remote, name, folder, NAMING)
+        else:
+            path = offsite.fetch(remote, name, folder, NAMING)
         check_checksum(path)
         yield path
     finally:

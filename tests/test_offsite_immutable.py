@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -18,8 +19,12 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI, ProcessRegistry, wait_until, write_config
+from hello import offsite_versions
+from hello.manifest import MANIFEST_NAME
 from hello.proc import free_port
-from tests.support.backups import archives, backup, make_tree
+from tests.support.backups import archives, backup, make_tree, snapshot
+
+MANIFEST_DIR = MANIFEST_NAME.split("/")[0]
 
 BUCKET = "hello-locked"
 LOCK_DAYS = 1  # the bucket's default COMPLIANCE retention here; a real one is system.backup.offsite.immutable's
@@ -222,6 +227,7 @@ def test_backups_reach_the_locked_bucket_and_survive_an_attacker_with_the_hosts_
             "source": str(source),
             "destination": str(destination),
             "timezone": "UTC",
+            "exclude": [".git", "__pycache__", "*.log"],
             "offsite": {**offsite, "immutable": {"retention_days": 200}},
         },
     }
@@ -308,3 +314,31 @@ def test_backups_reach_the_locked_bucket_and_survive_an_attacker_with_the_hosts_
             rclone("copyto", f"locked:{BUCKET}/{each}", str(tmp_path / "back" / each))
             copies.append((tmp_path / "back" / each).read_bytes())
         assert taken[name] in copies, (name, found)
+
+    # The kit's own way back: `restore --offsite` finds the newest version that matches a version of its sidecar
+    # (each archive here is overwritten with garbage, its sidecar hidden, and the whole bucket hidden by the sync).
+    excluded = re.compile(r"(^|/)(\.git|__pycache__)(/|$)|\.log$")
+    expected = {k: v for k, v in snapshot(source).items() if not excluded.search(k)}
+    shutil.rmtree(destination)  # the host lost its disk
+    for name in names:
+        target = tmp_path / "restored" / name
+        restored = backup(config, "restore", "--offsite", name, "--target", str(target), timeout=120)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert snapshot(target, skip=(MANIFEST_DIR,)) == expected, name
+
+
+def test_versions_of_an_archive_are_its_own_newest_first_and_nothing_else() -> None:
+    name = "hello-world-20261204T164618Z.tar.gz"
+    listed = [
+        "hello-world-20261204T164618Z.tar-v2026-12-04-164621-000.gz",
+        "hello-world-20261204T164618Z.tar-v2026-12-04-170000-000.gz",
+        name,
+        "hello-world-20261204T164618Z.tar.gz-v2026-12-04-164619-000.sha256",  # its sidecar's version
+        "hello-world-20261204T164619Z.tar-v2026-12-04-170000-000.gz",  # another archive's
+        ".hello-world-20261204T164618Z.tar.gz-v2026-12-04-164621-000.partial",
+    ]
+    assert offsite_versions.versions_of(listed, name) == [name, listed[1], listed[0]]
+    assert offsite_versions.versions_of(listed, name + ".sha256") == [listed[3]]
+    assert offsite_versions.versions_spec("locked:hello-backups") == "locked,versions:hello-backups"
+    with pytest.raises(offsite_versions.OffsiteError):
+        offsite_versions.versions_spec("/mnt/usb/hello")

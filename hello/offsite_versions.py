@@ -1,0 +1,67 @@
+"""The versions of an archive on an object-locked S3 remote, and the newest good one behind what an attacker added.
+
+    path = fetch_newest_good(remote, "hello-world-20261204T020000Z.tar.gz", folder, naming)
+
+A compromised host cannot delete a locked version, but it can hide one behind a delete marker or put a garbage
+version over it. rclone (1.60 too) lists every version with `--s3-versions`, here the connection string
+`name,versions:bucket`, a version named with its time before the extension (`x.tar-v2026-12-04-164621-000.gz`);
+the newest version of an archive that matches a version of its sidecar is the one restored. Only a direct s3
+remote (a crypt remote over it hides the version names).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hello.offsite import Naming, OffsiteError, Remote, local_digests
+
+VERSION_RE = re.compile(r"^(?P<stem>.+)-v(?P<time>\d{4}-\d\d-\d\d-\d{6}-\d{3})(?P<ext>\.[^.]*)?$")
+
+
+def versions_spec(spec: str) -> str:
+    """`name:path` -> `name,versions:path`: the same remote listing every version (rclone's connection string)."""
+    name, sep, path = spec.partition(":")
+    if not sep or spec.startswith("/"):
+        raise OffsiteError(f"{spec}: versions need an s3 remote (name:bucket), not a plain path")
+    return f"{name},versions:{path}"
+
+
+def versions_of(listed: list[str], name: str) -> list[str]:
+    """The listed names that are `name` itself or a version of it, newest first (the current one first)."""
+    found = []
+    for each in listed:
+        match = VERSION_RE.match(each)
+        if match and match.group("stem") + (match.group("ext") or "") == name:
+            found.append((match.group("time"), each))
+    return ([name] if name in listed else []) + [each for _, each in sorted(found, reverse=True)]
+
+
+def fetch_newest_good(remote: Remote, name: str, folder: Path, naming: Naming) -> Path:
+    """Download the newest version of an archive that matches a version of its sidecar into folder; its path.
+
+    The sidecar that matched is written beside it, so the caller's own checksum check passes on the same bytes."""
+    versions = Remote(versions_spec(remote.spec), remote.daemon)
+    listed = list(versions.files())
+    archives, sidecars = versions_of(listed, name), versions_of(listed, naming.sidecar(name))
+    if not archives:
+        raise OffsiteError(f"{remote.path(name)}: no such archive on the remote, in any version")
+    digests: dict[str, str] = {}
+    for sidecar in sidecars:
+        try:
+            text = versions.read_text(sidecar)
+            digests[naming.sidecar_digest(text, name)] = text
+        except (OffsiteError, ValueError):
+            continue  # a garbage sidecar version: not a witness
+    for candidate in archives:
+        path = folder / name
+        versions.download(candidate, path)
+        digest = local_digests(path, {"sha256"})["sha256"]
+        if digest in digests:
+            path.with_name(naming.sidecar(name)).write_text(digests[digest], encoding="utf-8")
+            return path
+        path.unlink()
+    raise OffsiteError(
+        f"{remote.path(name)}: none of its {len(archives)} version(s) matches "
+        f"any of its {len(sidecars)} sidecar version(s)"
+    )
