@@ -63,7 +63,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hello import offsite, restore
+from hello import offsite, offsite_versions, restore
 from hello.archive import open_tar_stream, verify_archive
 from hello.archive_writer import TERMINATION, Progress, Terminated
 from hello.backup_create import create
@@ -132,7 +132,7 @@ def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
 
 def run_list_offsite(config: dict[str, Any], as_json: bool) -> int:
     with require_remote(config) as remote:
-        files = remote.files()
+        files = offsite_versions.every_file(remote) if immutable(config) else remote.files()
     rows = [
         {
             "name": name,
@@ -229,7 +229,8 @@ def _drill_newest(config: dict[str, Any], run_dir: Path):
             raise BackupError(f"no archives in {config['backup']['destination']} to drill")
         return drill(found[-1].path, scratch, steps)
     with connection as remote:
-        names = list(offsite.archives_on(remote.files(), NAMING))
+        files = offsite_versions.every_file(remote) if immutable(config) else remote.files()
+        names = list(offsite.archives_on(files, NAMING))
         if not names:
             raise BackupError(f"no archives on {remote.spec} to drill")
         with fetched(config, remote, names[-1]) as path:

@@ -37,6 +37,20 @@ def versions_of(listed: list[str], name: str) -> list[str]:
     return ([name] if name in listed else []) + [each for _, each in sorted(found, reverse=True)]
 
 
+def every_file(remote: Remote) -> dict[str, int]:
+    """name -> size of every file that exists in some version, hidden or not (the current or else newest one's size).
+
+    What `list --offsite` and the drill see on an immutable remote: a delete marker hides nothing from them."""
+    listed = Remote(versions_spec(remote.spec), remote.daemon).files()
+    folded: dict[str, tuple[str, int]] = {}
+    for each, size in listed.items():
+        match = VERSION_RE.match(each)
+        name, when = (match.group("stem") + (match.group("ext") or ""), match.group("time")) if match else (each, "~")
+        if name not in folded or when > folded[name][0]:  # "~" sorts after every time: the current version wins
+            folded[name] = (when, size)
+    return {name: size for name, (_, size) in folded.items()}
+
+
 def fetch_newest_good(remote: Remote, name: str, folder: Path, naming: Naming) -> Path:
     """Download the newest version of an archive that matches a version of its sidecar into folder; its path.
 

@@ -325,6 +325,12 @@ def test_backups_reach_the_locked_bucket_and_survive_an_attacker_with_the_hosts_
         restored = backup(config, "restore", "--offsite", name, "--target", str(target), timeout=120)
         assert restored.returncode == 0, restored.stdout + restored.stderr
         assert snapshot(target, skip=(MANIFEST_DIR,)) == expected, name
+    # list sees every archive behind the markers, and the drill restores the newest good version of the newest
+    listing = backup(config, "list", "--offsite", "--json", timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert [(row["name"], row["has_checksum"]) for row in json.loads(listing.stdout)] == [(n, True) for n in names]
+    drilled = backup(config, "drill", timeout=120)
+    assert drilled.returncode == 0 and f"drill passed: {names[-1]}" in drilled.stdout, drilled.stdout + drilled.stderr
 
 
 def test_versions_of_an_archive_are_its_own_newest_first_and_nothing_else() -> None:
