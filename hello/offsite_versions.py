@@ -12,10 +12,13 @@ remote (a crypt remote over it hides the version names).
 from __future__ import annotations
 
 import re
+import tempfile
+import time
 from pathlib import Path
 
 from hello.offsite import Naming, OffsiteError, Remote, local_digests
 
+CANARY = ".hello-world-canary"  # a few bytes written twice per check: its older version is what the check deletes
 VERSION_RE = re.compile(r"^(?P<stem>.+)-v(?P<time>\d{4}-\d\d-\d\d-\d{6}-\d{3})(?P<ext>\.[^.]*)?$")
 
 
@@ -78,4 +81,30 @@ def fetch_newest_good(remote: Remote, name: str, folder: Path, naming: Naming) -
     raise OffsiteError(
         f"{remote.path(name)}: none of its {len(archives)} version(s) matches "
         f"any of its {len(sidecars)} sidecar version(s)"
+    )
+
+
+def check_canary_locked(remote: Remote, scratch: Path | None) -> None:
+    """Prove the remote refuses this host's key a version delete; OffsiteError saying so when it does not.
+
+    The canary is written twice (its first version becomes an old one, named with its time) and that old version
+    deleted through the versions listing, which deletes by version id: a bucket with Object Lock refuses it."""
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        local = Path(folder) / "canary"
+        for _ in range(2):
+            local.write_text(f"hello-world canary {time.time_ns()}\n", encoding="utf-8")
+            params = {"srcFs": folder, "srcRemote": "canary", "dstFs": remote.spec, "dstRemote": CANARY}
+            remote.daemon.job("operations/copyfile", f"writing {remote.path(CANARY)}", **params)
+    versions = Remote(versions_spec(remote.spec), remote.daemon)
+    old = versions_of(list(versions.files()), CANARY)[1:]
+    if not old:
+        raise OffsiteError(f"{remote.spec}: keeps no old versions of {CANARY}: versioning (and Object Lock) is off")
+    try:
+        versions.delete(old[-1])
+    except OffsiteError:
+        if old[-1] in versions.files():
+            return  # refused, and still there
+        raise
+    raise OffsiteError(
+        f"{remote.spec}: this host's key deleted a version ({old[-1]}): the bucket does not enforce Object Lock"
     )

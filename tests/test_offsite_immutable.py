@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI, ProcessRegistry, wait_until, write_config
-from hello import offsite_versions
+from conftest import IN_CI, PYTHON, REPO, ProcessRegistry, wait_until, write_config
+from hello import offsite, offsite_versions
 from hello.manifest import MANIFEST_NAME
 from hello.proc import free_port
 from tests.support.backups import archives, backup, make_tree, snapshot
@@ -27,6 +27,7 @@ from tests.support.backups import archives, backup, make_tree, snapshot
 MANIFEST_DIR = MANIFEST_NAME.split("/")[0]
 
 BUCKET = "hello-locked"
+UNLOCKED = "hello-unlocked"  # versioned, no Object Lock: what the canary check must catch
 LOCK_DAYS = 1  # the bucket's default COMPLIANCE retention here; a real one is system.backup.offsite.immutable's
 # rclone 1.60's s3 backend fails every call while AWS_CA_BUNDLE is set ("unsupported transport"): README says so.
 RCLONE_ENV = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
@@ -126,7 +127,7 @@ def locked_s3(tmp_path_factory: pytest.TempPathFactory):
         {
             "name": "host",
             "credentials": [dict(zip(("accessKey", "secretKey"), host, strict=True))],
-            "actions": [f"Read:{BUCKET}", f"List:{BUCKET}", f"Write:{BUCKET}"],
+            "actions": [f"{verb}:{bucket}" for bucket in (BUCKET, UNLOCKED) for verb in ("Read", "List", "Write")],
         },
     ]
     s3_json = base / "s3.json"
@@ -175,6 +176,8 @@ def locked_s3(tmp_path_factory: pytest.TempPathFactory):
                 "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": LOCK_DAYS}},
             },
         )
+        owner.create_bucket(Bucket=UNLOCKED)
+        owner.put_bucket_versioning(Bucket=UNLOCKED, VersioningConfiguration={"Status": "Enabled"})
         store.rclone_config.write_text(
             "[locked]\ntype = s3\nprovider = Other\nregion = us-east-1\nforce_path_style = true\n"
             f"endpoint = {store.endpoint}\naccess_key_id = {host[0]}\nsecret_access_key = {host[1]}\n"
@@ -348,3 +351,48 @@ def test_versions_of_an_archive_are_its_own_newest_first_and_nothing_else() -> N
     assert offsite_versions.versions_spec("locked:hello-backups") == "locked,versions:hello-backups"
     with pytest.raises(offsite_versions.OffsiteError):
         offsite_versions.versions_spec("/mnt/usb/hello")
+
+
+def test_the_canary_check_passes_on_the_locked_bucket_and_fails_on_a_versioned_one_without_a_lock(
+    tmp_path: Path, locked_s3: LockedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    with offsite.connect(f"locked:{BUCKET}", str(locked_s3.rclone_config), scratch=tmp_path) as remote:
+        offsite_versions.check_canary_locked(remote, tmp_path)
+    unlocked = offsite.connect(f"locked:{UNLOCKED}", str(locked_s3.rclone_config), scratch=tmp_path)
+    refused = pytest.raises(offsite.OffsiteError, match="deleted a version .* does not enforce Object Lock")
+    with unlocked as remote, refused:
+        offsite_versions.check_canary_locked(remote, tmp_path)
+
+
+CANARY_CHECK = "the off-host bucket refuses this host a delete (canary)"
+
+
+@pytest.mark.parametrize(("bucket", "status"), [(BUCKET, "PASS"), (UNLOCKED, "FAIL")])
+def test_validation_proves_the_lock_live_with_the_hosts_own_key(
+    tmp_path: Path, locked_s3: LockedS3, monkeypatch: pytest.MonkeyPatch, bucket: str, status: str
+) -> None:
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    offsite_settings = {"remote": f"locked:{bucket}", "rclone_config": str(locked_s3.rclone_config)}
+    overrides = {
+        "monitoring": {"prometheus": {"url": None}, "pushgateway": {"url": None}},
+        "backup": {
+            "destination": str(tmp_path / "b"),
+            "offsite": {**offsite_settings, "immutable": {"retention_days": 200}},
+        },
+    }
+    config = write_config(tmp_path / "cfg", overrides)
+    done = subprocess.run(
+        [PYTHON, str(REPO / "validation_test.py"), "--json", "--only", "backup"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HELLO_CONFIG": str(config)},
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    results = {r["check"]: (r["status"], r["detail"]) for r in json.loads(done.stdout)}
+    assert results[CANARY_CHECK][0] == status, results[CANARY_CHECK]
+    if status == "FAIL":
+        assert "does not enforce Object Lock" in results[CANARY_CHECK][1]
+    else:
+        assert "refused (retention 200 days)" in results[CANARY_CHECK][1]
