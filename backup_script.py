@@ -66,7 +66,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hello import offsite, restore
+from hello import offsite, offsite_versions, restore
 from hello.archive import open_tar_stream, verify_archive
 from hello.archive_writer import TERMINATION, Progress, Terminated
 from hello.backup_create import create
@@ -75,7 +75,7 @@ from hello.drill import DrillFailed, Steps, drill
 from hello.jobs import LockHeld, NotPrivate, job_lock, record_job
 from hello.manifest import MANIFEST_DIR
 from hello.naming import DRILL_JOB, JOB, NAMING, SIDECAR, BackupError, UsageError, check_checksum, find_archives
-from hello.offsite_copies import configured_remote, copy_offsite, fetched, require_remote, session
+from hello.offsite_copies import configured_remote, copy_offsite, fetched, immutable, require_remote, session
 from hello.retention import keep_plan, prune
 from hello.schedule_loop import ScheduleError, run_schedule
 
@@ -135,7 +135,7 @@ def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
 
 def run_list_offsite(config: dict[str, Any], as_json: bool) -> int:
     with require_remote(config) as remote:
-        files = remote.files()
+        files = offsite_versions.every_file(remote) if immutable(config) else remote.files()
     rows = [
         {
             "name": name,
@@ -175,6 +175,13 @@ def run_restore_offsite(config: dict[str, Any], name: str, target: str, force: b
 
 
 def run_prune_offsite(config: dict[str, Any], dry_run: bool) -> None:
+    if immutable(config):  # (a remote is set: the config check makes sure)
+        days = config["backup"]["offsite"]["immutable"]["retention_days"]
+        print(
+            f"prune: {config['backup']['offsite']['remote']} is immutable (Object Lock, {days} days): nothing deleted "
+            "there; its lifecycle rule or an admin-side job expires old copies"
+        )
+        return
     connection = configured_remote(config)
     if connection is not None:
         with connection as remote:
@@ -225,7 +232,8 @@ def _drill_newest(config: dict[str, Any], run_dir: Path):
             raise BackupError(f"no archives in {config['backup']['destination']} to drill")
         return drill(found[-1].path, scratch, steps)
     with connection as remote:
-        names = list(offsite.archives_on(remote.files(), NAMING))
+        files = offsite_versions.every_file(remote) if immutable(config) else remote.files()
+        names = list(offsite.archives_on(files, NAMING))
         if not names:
             raise BackupError(f"no archives on {remote.spec} to drill")
         with fetched(config, remote, names[-1]) as path:

@@ -57,7 +57,7 @@ from typing import Any
 
 import yaml
 
-from hello import alerting, monitor_auth, promtext, restarts, slo, units
+from hello import alerting, monitor_auth, offsite, offsite_versions, promtext, restarts, slo, units
 from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
 from hello.dashboard import expanded_queries
 from hello.deploys import DEPLOY_METRIC, recorded_deploy
@@ -97,6 +97,7 @@ FIX_SCRAPES = "wait a minute for scrapes, then `make validate`"
 FIX_SCHEDULER = "run `make cron | crontab -` or `make systemd-install`"
 FIX_RECEIVER = "set system.monitoring.alertmanager.receivers.webhook_url or email.to"
 FIX_DEPLOY = "run `make update FORCE=1`"
+FIX_OBJECT_LOCK = "give the bucket a default Object Lock retention (README: copies a compromised host cannot destroy)"
 
 
 class CheckFailed(Exception):
@@ -792,6 +793,26 @@ def job_metrics(ctx: Context, job: str) -> tuple[dict[str, float], str]:
 
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@check("backup", "the off-host bucket refuses this host a delete (canary)", fix=FIX_OBJECT_LOCK)
+def check_offsite_locked(ctx: Context) -> str:
+    settings = ctx.config["backup"]["offsite"]
+    if settings["immutable"] is None:
+        raise CheckSkipped("system.backup.offsite.immutable is null (no object-locked remote)")
+    scratch = ctx.run_dir if ctx.run_dir.is_dir() else None
+    try:
+        with offsite.connect(settings["remote"], settings["rclone_config"], scratch=scratch) as remote:
+            offsite_versions.check_canary_locked(remote, scratch)
+    except offsite.OffsiteError as exc:
+        raise CheckFailed(str(exc)) from None
+    days = settings["immutable"]["retention_days"]
+    try:
+        archive = newest_archive(ctx)
+    except CheckFailed:
+        return f"a version delete with this host's key was refused (retention {days} days)"
+    left = days - (time.time() - archive_time(archive)) / 86400
+    return f"a version delete with this host's key was refused; {archive.name} stays locked {left:.1f} more days"
 
 
 @check("backup", "the backup metric agrees with it", fix=FIX_BACKUP)

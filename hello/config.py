@@ -282,6 +282,46 @@ def _remote_or_null(value: Any) -> str | None:
     return value
 
 
+def _immutable_or_null(value: Any) -> dict[str, int] | None:
+    """null, or {retention_days: N}: the remote is an object-locked bucket whose default retention is N days."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"retention_days"}:
+        raise _Invalid(
+            f"expected null or {{retention_days: N}} (the bucket's default Object Lock retention), {_got(value)}"
+        )
+    try:
+        return {"retention_days": _int_at_least(1, 36500)(value["retention_days"])}
+    except _Invalid as exc:
+        raise _Invalid(f"retention_days: {exc}") from None
+
+
+IMMUTABLE_MARGIN_DAYS = 7  # beyond the longest kept period: a late or missed run never leaves a kept copy unlocked
+
+
+def longest_kept_days(keep: dict[str, int]) -> int:
+    """The age in days of the oldest archive system.backup.keep keeps (daily backups; a month counted as 31 days)."""
+    return max(keep["daily"], 7 * keep["weekly"], 31 * keep["monthly"])
+
+
+def _check_immutable(system: dict[str, Any]) -> None:
+    """An immutable remote's retention must outlast every copy retention keeps, or the oldest kept ones are unlocked."""
+    backup = system["backup"]
+    immutable = backup["offsite"]["immutable"]
+    if immutable is None:
+        return
+    if backup["offsite"]["remote"] is None:
+        raise _KeyError("system.backup.offsite.immutable", "set, but system.backup.offsite.remote is null")
+    needed = longest_kept_days(backup["keep"]) + IMMUTABLE_MARGIN_DAYS
+    if immutable["retention_days"] < needed:
+        raise _KeyError(
+            "system.backup.offsite.immutable.retention_days",
+            f"{immutable['retention_days']} days is shorter than the longest kept period of system.backup.keep "
+            f"({needed - IMMUTABLE_MARGIN_DAYS} days) plus a margin of {IMMUTABLE_MARGIN_DAYS}: "
+            f"set it (and the bucket's default retention) to at least {needed}",
+        )
+
+
 def _command_list(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
         raise _Invalid(f"expected a list of shell commands, {_got(value)}")
@@ -373,6 +413,7 @@ SCHEMA: Schema = {
             "offsite": {
                 "remote": (_remote_or_null, None),  # null: local archives only
                 "rclone_config": (_path_or_null, None),  # null: rclone's default config file
+                "immutable": (_immutable_or_null, None),  # an object-locked bucket: {retention_days: N}; no prune
             },
             "hooks": {
                 "before": (_command_list, []),  # their $HELLO_BACKUP_STAGING goes into the archive
@@ -561,6 +602,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         raise ConfigError(f"{shown}: {exc}") from None
     try:
         checked = _check(raw, SCHEMA, "", path.resolve().parent)
+        _check_immutable(checked["system"])
     except _KeyError as exc:
         raise ConfigError(f"{shown}: {exc}") from None
     system = checked["system"]

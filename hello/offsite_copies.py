@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hello import offsite
+from hello import offsite, offsite_versions
 from hello.jobs import record_job
 from hello.naming import NAMING, OFFSITE_JOB, BackupError, UsageError, check_checksum, find_archives, parse_archive
 from hello.retention import keep_plan
@@ -34,6 +34,14 @@ def configured_remote(
         return None
     scratch = Path(config["run_dir"])  # a remote file is read through a private folder there
     return offsite.connect(settings["remote"], settings["rclone_config"], progress=show_progress, scratch=scratch)
+
+
+def immutable(config: dict[str, Any]) -> bool:
+    """The remote is an object-locked bucket (system.backup.offsite.immutable): the host never deletes there.
+
+    Its copies expire by the bucket's retention and a lifecycle rule or an admin-side job, never from the host,
+    whose key may write and read but not delete versions (README "Copies a compromised host cannot destroy")."""
+    return config["backup"]["offsite"]["immutable"] is not None
 
 
 def require_remote(config: dict[str, Any]) -> contextlib.AbstractContextManager[offsite.Remote]:
@@ -61,7 +69,8 @@ def copy_offsite(config: dict[str, Any], remote: offsite.Remote | None, *, fresh
         uploaded = offsite.sync(remote, local, NAMING, keep_plan(config), fresh=fresh)
         files = remote.files()
         newest = list(offsite.archives_on(files, NAMING))[-1]
-        offsite.prune(remote, NAMING, keep_plan(config), dry_run=False, files=files)
+        if not immutable(config):
+            offsite.prune(remote, NAMING, keep_plan(config), dry_run=False, files=files)
     except (offsite.OffsiteError, BackupError, IndexError) as exc:
         problem = "no archive reached the remote" if isinstance(exc, IndexError) else str(exc)
         record_job(config, OFFSITE_JOB, success=False, started=started, finished=time.time())
@@ -87,7 +96,10 @@ def fetched(config: dict[str, Any], remote: offsite.Remote, name: str) -> Iterat
     run_dir.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="offsite-download-", dir=run_dir))  # 0700: nobody else reads it
     try:
-        path = offsite.fetch(remote, name, folder, NAMING)
+        if immutable(config):  # the newest good version, behind any delete marker or garbage version
+            path = offsite_versions.fetch_newest_good(remote, name, folder, NAMING)
+        else:
+            path = offsite.fetch(remote, name, folder, NAMING)
         check_checksum(path)
         yield path
     finally:

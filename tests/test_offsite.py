@@ -915,4 +915,4 @@ def test_offsite_commands_without_a_remote_are_usage_errors(tmp_path: Path, sftp
 def test_offsite_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"backup": {"offsite": {"remote": "/mnt/usb/hello", "rclone_config": "rc.conf"}}})
     loaded = load_config(config)["backup"]["offsite"]
-    assert loaded == {"remote": "/mnt/usb/hello", "rclone_config": str(tmp_path / "rc.conf")}
+    assert loaded == {"remote": "/mnt/usb/hello", "rclone_config": str(tmp_path / "rc.conf"), "immutable": None}
