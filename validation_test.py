@@ -425,6 +425,18 @@ def dashboard_path(ctx: Context) -> Path:
     raise CheckFailed(f"no dashboard {name}.json (or uid {name!r}) in {folder}")
 
 
+def slo_without_budget(ctx: Context, prom: Endpoint) -> list[str]:
+    """The record prefixes of the objectives with no budget left yet: Prometheus' SLO windows hold none of
+    their user traffic (a fresh deployment; no 5xx series yet for availability)."""
+
+    def unknown() -> list[str]:
+        objectives = slo.objectives(ctx.config)
+        empty = [o for o in objectives if not prometheus_api(prom, "/api/v1/query", {"query": o.budget_left})["result"]]
+        return [f"{slo.RECORD_PREFIX}{objective.sli}:" for objective in empty]
+
+    return ctx.once("slo without budget", unknown)
+
+
 @check("monitoring", "every dashboard panel's query returns data", fix=FIX_SCRAPES)
 def check_dashboard(ctx: Context) -> str:
     prom = ctx.need_prometheus()
@@ -444,6 +456,8 @@ def check_dashboard(ctx: Context) -> str:
             never = "hello_world_update_" in expr and update_never_ran(ctx)
             # No deploy yet (or none since the deploy metric exists): the Deploys panel and annotation are empty.
             never = never or (DEPLOY_METRIC in expr and not recorded_deploy(metrics_textfile(ctx.config, JOB_UPDATE)))
+            # No user traffic in the SLO windows yet (a fresh deployment): the SLO row has nothing to judge.
+            never = never or any(prefix in expr for prefix in slo_without_budget(ctx, prom))
             (excused if never else empty).append(f"{title!r}: {expr}")
     if empty:
         no_backup = any("hello_world_backup_" in query for query in empty) and not _has_archive(ctx)
@@ -451,7 +465,7 @@ def check_dashboard(ctx: Context) -> str:
             f"{len(empty)} of {len(queries)} queries returned no data: " + "; ".join(empty),
             f"{FIX_BACKUP}, then wait a minute for scrapes" if no_backup else "",
         )
-    note = f" ({len(excused)} empty: no update or no deploy recorded yet)" if excused else ""
+    note = f" ({len(excused)} empty: no update, deploy or user traffic recorded yet)" if excused else ""
     return f"{len(queries) - len(excused)} queries of {path.name} returned data{note}"
 
 

@@ -41,7 +41,8 @@ HEADER = (
 GROUP = "hello-world-slo"
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 BUDGET_WINDOW = "30d"
-OBJECTIVE_RECORD = "hello_world:slo_objective:ratio"  # {slo=...}: the objective as a share, for the dashboard
+RECORD_PREFIX = "hello_world:slo_"  # every recording rule of this file; the dashboard's SLO row reads only these
+OBJECTIVE_RECORD = f"{RECORD_PREFIX}objective:ratio"  # {slo=...}: the objective as a share, for the dashboard
 LOW_TRAFFIC_ERROR_RATIO = 0.05  # HelloWorldHighErrorRate's threshold, as before the SLOs
 LOW_TRAFFIC_MIN_ERRORS = 10  # ... and at least this many failed user requests in the hour
 USER = f'path!~"{"|".join(OPERATIONAL_PATHS)}"'
@@ -78,14 +79,14 @@ class Objective:
         return round(1 - self.objective, 12)
 
     def ratio(self, window: str) -> str:
-        return f"hello_world:slo_{self.sli}:ratio_rate{window}"
+        return f"{RECORD_PREFIX}{self.sli}:ratio_rate{window}"
 
     def burnrate(self, window: str) -> str:
-        return f"hello_world:slo_{self.sli}:burnrate{window}"
+        return f"{RECORD_PREFIX}{self.sli}:burnrate{window}"
 
     @property
     def budget_left(self) -> str:
-        return f"hello_world:slo_{self.sli}:budget_remaining{BUDGET_WINDOW}"
+        return f"{RECORD_PREFIX}{self.sli}:budget_remaining{BUDGET_WINDOW}"
 
 
 def objectives(system: dict[str, Any]) -> tuple[Objective, Objective]:
@@ -126,7 +127,7 @@ def recording_rules(objective: Objective, threshold: float) -> list[dict[str, An
     labels = {"slo": objective.slo}
     rules: list[dict[str, Any]] = [
         {
-            "record": "hello_world:slo_objective:ratio",
+            "record": OBJECTIVE_RECORD,
             "expr": f"vector({_number(objective.objective)})",
             "labels": labels,
         }
