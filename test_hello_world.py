@@ -383,7 +383,8 @@ def test_reload_under_load_loses_nothing_and_serves_the_new_code(checkout):
 def test_reload_to_broken_code_keeps_the_old_code_serving(checkout):
     assert make(checkout, "start").returncode == 0
     good = served_commit(checkout)
-    client = LoadClient(checkout["port"], keep_alive=True)
+    # Three reloads (one waits out a 2s timeout) on a busy machine: longer than the client's default 30s
+    client = LoadClient(checkout["port"], keep_alive=True, max_seconds=120)
     client.start()
     try:
         count_progress([client], 100)

@@ -30,7 +30,7 @@ class LoadClient(threading.Thread):
     connection per request. `refused` counts new connections the server would not take (it stopped).
     """
 
-    def __init__(self, port: int, keep_alive: bool, max_requests: int = 20000, max_seconds: float = 30) -> None:
+    def __init__(self, port: int, keep_alive: bool, max_requests: int = 200_000, max_seconds: float = 30) -> None:
         super().__init__(daemon=True)
         self.port, self.keep_alive = port, keep_alive
         self.max_requests, self.deadline = max_requests, time.monotonic() + max_seconds
