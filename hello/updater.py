@@ -322,7 +322,7 @@ class Updater:
 
     def dry_run(self) -> int:
         with self.report.step("preflight") as note:
-            remote_tip = self.settle(self.preflight(note))
+            remote_tip = self.settle(self.preflight(note, planning=True))
         if self.up_to_date(remote_tip):
             return EXIT_OK
         with self.report.step("fetch") as note:
@@ -355,9 +355,9 @@ class Updater:
 
     # the steps
 
-    def preflight(self, note: Note, remote: bool = True) -> Found:
+    def preflight(self, note: Note, remote: bool = True, planning: bool = False) -> Found:
         """Check the test command, the checkout, the remote (unless not remote) and the server: what was found.
-        Raises Refused."""
+        Raises Refused; planning (a dry run) only warns that the server is down and plans from the checkout."""
         self.test_argv()
         try:
             self.tester = tester_for(self.config["update"]["test_user"])
@@ -382,7 +382,10 @@ class Updater:
         try:
             serving = self.deployment.serving_commit()
         except DeployError as exc:
-            raise Refused(f"{exc}: nothing to roll back to; start the server first (make start)") from None
+            if not planning:
+                raise Refused(f"{exc}: nothing to roll back to; start the server first (make start)") from None
+            self.report.say(f"WARNING: {exc}: a real update would refuse; start the server first (make start)")
+            serving = head
         serving, recovering = self.recover_pending(serving)
         note.detail = (
             f"on {self.branch}, clean; serving {short(serving)}; checkout {short(head)}; "

@@ -113,6 +113,18 @@ def test_dry_run_prints_the_commits_and_steps_and_changes_nothing(site: ScratchD
     assert site.remote_tip() == commit
 
 
+def test_dry_run_shows_the_plan_also_while_the_server_is_down(site: ScratchDeployment) -> None:
+    """Issue 24.6: a dry run is for looking; with the server down it warns and plans from the checkout."""
+    commit = site.harmless_commit("dry while down")
+    assert site.server("stop").returncode == 0
+    result = site.update("--dry-run")
+    assert result.returncode == 0, shown(result)
+    assert "WARNING:" in result.stdout and "a real update would refuse" in result.stdout, shown(result)
+    assert f"{commit[:7]} harmless change dry while down" in result.stdout, shown(result)
+    refused = site.update()
+    assert refused.returncode != 0 and "start the server first (make start)" in refused.stdout + refused.stderr
+
+
 # --- failures: nothing deployed, or rolled back -------------------------------------------------------
 
 
