@@ -97,7 +97,7 @@ FIX_SCRAPES = "wait a minute for scrapes, then `make validate`"
 FIX_SCHEDULER = "run `make cron | crontab -` or `make systemd-install`"
 FIX_RECEIVER = "set system.monitoring.alertmanager.receivers.webhook_url or email.to"
 FIX_DEPLOY = "run `make update FORCE=1`"
-FIX_OBJECT_LOCK = "give the bucket a default Object Lock retention (README: copies a compromised host cannot destroy)"
+FIX_OBJECT_LOCK = "lock the bucket; see system.backup.offsite.immutable"
 
 
 class CheckFailed(Exception):
@@ -809,7 +809,7 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-@check("backup", "the off-host bucket refuses this host a delete (canary)", fix=FIX_OBJECT_LOCK)
+@check("backup", "off-host copies refuse a delete (canary)", fix=FIX_OBJECT_LOCK)
 def check_offsite_locked(ctx: Context) -> str:
     settings = ctx.config["backup"]["offsite"]
     if settings["immutable"] is None:

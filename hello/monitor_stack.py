@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import secrets
 import shutil
 import socket
@@ -68,7 +69,15 @@ def ensure_credentials(system: dict[str, Any]) -> Credentials:
     if found:
         return found
     path = password_path(system)
-    write_atomically(path, (secrets.token_urlsafe(32) + "\n").encode(), mode=0o600)
+    # Made whole under another name, then linked into place: of two first starts at once (the systemd units),
+    # one password wins and both go on with it.
+    draft = path.with_name(f".{path.name}.{os.getpid()}.new")
+    write_atomically(draft, (secrets.token_urlsafe(32) + "\n").encode(), mode=0o600)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+    finally:
+        draft.unlink()
     created = read_credentials(system)
     assert created is not None  # just written
     return created

@@ -383,7 +383,7 @@ def monitoring_units(config: dict[str, Any], checkout: Checkout, environ: dict[s
             ("Type", "simple"),
             *_common(config, checkout, environ),
             *_make_dirs(config, folders),
-            ("ExecStartPre", render if reloads else None),
+            ("ExecStartPre", render if name != "node_exporter" else None),  # configs, the login's files
             ("ExecStart", " ".join(_quoted(word) for word in argv)),
             ("ExecReload", "/bin/kill -HUP $MAINPID" if reloads else None),
             ("Restart", "on-failure"),

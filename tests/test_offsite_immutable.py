@@ -375,7 +375,7 @@ def test_the_canary_check_passes_on_the_locked_bucket_and_fails_on_a_versioned_o
         offsite_versions.check_canary_locked(remote, tmp_path)
 
 
-CANARY_CHECK = "the off-host bucket refuses this host a delete (canary)"
+CANARY_CHECK = "off-host copies refuse a delete (canary)"
 
 
 @pytest.mark.parametrize(("bucket", "status"), [(BUCKET, "PASS"), (UNLOCKED, "FAIL")])
