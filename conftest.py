@@ -67,8 +67,9 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
 
 
 def require_tool(name: str, package: str | None = None) -> str:
-    """The path of a program the test needs: skip loudly without it, but fail in CI, which must install it."""
-    path = shutil.which(name)
+    """The path of a program the test needs: skip loudly without it, but fail in CI, which must install it.
+    The sbin folders too: cron's bare PATH (/usr/bin:/bin) leaves out where runuser and debootstrap live."""
+    path = shutil.which(name, path=f"{os.environ.get('PATH', os.defpath)}:/usr/sbin:/sbin")
     if path:
         return path
     reason = f"{name} is not installed (Debian package {package or name}); .ci/run installs it"

@@ -215,9 +215,7 @@ def test_round_trip_create_offsite_restore_is_byte_exact(tmp_path: Path, sftp: S
 
 
 def test_copies_on_a_plain_path_remote_are_private_to_the_kit(tmp_path: Path, sftp: Sftp) -> None:
-    # /usr/sbin is not on cron's bare PATH
-    runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-    runuser = runuser or require_tool("runuser", "util-linux")
+    runuser = require_tool("runuser", "util-linux")
     # A mounted disk others can look into (0755 down to it, unlike pytest's private tmp_path): a new folder for the
     # copies on it, and a folder an older version filled with a 0644 copy in 0755.
     disk = Path(tempfile.mkdtemp(prefix="usb-disk-"))

@@ -67,11 +67,14 @@ def local_state(site: ScratchDeployment) -> dict[str, bytes]:
 
 
 def files_under(root: Path, names: list[str]) -> dict[str, tuple[int, bytes]]:
-    """Each regular file at or under the names (relative to root): its mode and bytes (a symlink: its target)."""
+    """Each regular file at or under the names (relative to root): its mode and bytes (a symlink: its target).
+    Not __pycache__: the kit itself (root) writes its bytecode there where PYTHONDONTWRITEBYTECODE is unset."""
     found = {}
     for name in names:
         top = root / name
         for path in [top, *sorted(top.rglob("*"))] if top.is_dir() and not top.is_symlink() else [top]:
+            if "__pycache__" in path.relative_to(root).parts:
+                continue
             if path.is_symlink():
                 found[str(path.relative_to(root))] = (0, os.readlink(path).encode())
             elif path.is_file():
