@@ -104,7 +104,7 @@ down: ## stop the docker compose stack
 	GF_ADMIN_PASSWORD=$${GF_ADMIN_PASSWORD:-unused} $(COMPOSE) down
 
 # The targets below are for humans: make exits 2 on any failure. Cron and the systemd units run the scripts
-# themselves (hello/scheduled.py), so they get the script's own code (1 failed, 2 bad config, 75 lock held).
+# themselves (hello/platform/scheduled.py), so they get the script's own code (1 failed, 2 bad config, 75 lock held).
 cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml (stdout: crontab lines only)
 	@$(PY) scripts/cron.py
 
@@ -153,7 +153,7 @@ k8s-render: $(DEV_STAMP) ## regenerate deploy/kubernetes/**/generated/ from conf
 	$(PY) scripts/k8s.py render
 
 check-config: $(RUNTIME_STAMP) ## check config.yaml (or HELLO_CONFIG) and print it normalised
-	@$(PY) -m hello.config
+	@$(PY) -m hello.base.config
 
 clean: ## stop start/monitor, then remove the venv, caches and run/ (never backups/)
 	-@[ ! -x $(PY) ] || $(PY) scripts/service.py stop

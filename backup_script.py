@@ -10,16 +10,16 @@
     python backup_script.py drill                      restore the newest archive into a scratch folder, compare
     python backup_script.py list|verify [NAME] --offsite, restore NAME --offsite --target DIR   the off-host copies
 
-Settings come from config.yaml (system.backup, run_dir, monitoring.pushgateway) via hello/config.py.
+Settings come from config.yaml (system.backup, run_dir, monitoring.pushgateway) via hello/base/config.py.
 Exit codes: 0 done; 1 the job failed (nothing partial left); 2 bad usage or config; 75 another run holds
 <run_dir>/backup.lock (for restore: another restore into that target holds its lock in <run_dir>/restore/).
 
 This module is the command: arguments, output, exit codes, the lock and the metrics of each run. The parts:
-hello/naming.py (names, sidecars, the checksum check), hello/archive.py (reading back, verify),
-hello/archive_writer.py (the tar stream), hello/backup_create.py (one archive, crash-safe), hello/retention.py
-(keep and prune), hello/offsite_copies.py (the remote), hello/schedule_loop.py (the daily loop), hello/restore.py.
+hello/backup/: naming.py (names, sidecars, the checksum check), archive.py (reading back, verify),
+archive_writer.py (the tar stream), create.py (one archive, crash-safe), retention.py (keep and prune),
+offsite.py (the remote, over rclone.py), schedule_loop.py (the daily loop), restore.py.
 
-A restore (hello/restore.py) changes nothing outside its target, whatever the archive holds: members are
+A restore (hello/backup/restore.py) changes nothing outside its target, whatever the archive holds: members are
 written into a new folder beside the target without ever following a symbolic link, checked on disk,
 and the folder then takes the target's place. Setuid/setgid bits are dropped unless --keep-setuid. A
 `restore --force` killed between its two renames is completed by the next restore into that target: its journal
@@ -38,20 +38,21 @@ under another spelling), and every file or directory whose name matches a system
 Symbolic links are stored as links. Compression is gzip-compatible, by ISA-L (python-isal) in a
 background thread, so `tar xzf` and `gzip -t` read the archives.
 
-Each archive ends with its manifest (.hello-backup/manifest.json, hello/manifest.py): every member's name, type,
+Each archive ends with its manifest (.hello-backup/manifest.json, hello/backup/manifest.py): every member's name, type,
 size, mode and sha256, the commit being served and the config used; what system.backup.hooks.before wrote to
-$HELLO_BACKUP_STAGING is under .hello-backup/staging/ (hello/backup_hooks.py). A failing hook, or a destination with
-less free space than the last archive's size plus a margin (hello/disk_guard.py), fails the run before anything is
-written. With system.backup.offsite.remote set, create then copies every archive the remote lacks (hello/offsite.py,
+$HELLO_BACKUP_STAGING is under .hello-backup/staging/ (hello/backup/hooks.py). A failing hook, or a destination
+with less free space than the last archive's size plus a margin (hello/backup/disk_guard.py), fails the run before
+anything is written. With system.backup.offsite.remote set, create then copies every archive the remote lacks
+(hello/backup/rclone.py,
 through rclone: temporary name, checksum checked there, rename) and prunes the remote by the same plan; a failed
 copy keeps the local archives, records hello_world_backup_offsite_success 0 and exits 1. `drill` verifies the newest
 archive (off-host when configured), restores it into <run_dir>/drill/ and compares it with its manifest
-(hello/drill.py), recording hello_world_backup_drill_success.
+(hello/backup/drill.py), recording hello_world_backup_drill_success.
 """
 
 from __future__ import annotations
 
-import hello.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 import argparse
@@ -66,18 +67,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hello import offsite, offsite_versions, restore
-from hello.archive import open_tar_stream, verify_archive
-from hello.archive_writer import TERMINATION, Progress, Terminated
-from hello.backup_create import create
-from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
-from hello.drill import DrillFailed, Steps, drill
-from hello.jobs import LockHeld, NotPrivate, job_lock, record_job
-from hello.manifest import MANIFEST_DIR
-from hello.naming import DRILL_JOB, JOB, NAMING, SIDECAR, BackupError, UsageError, check_checksum, find_archives
-from hello.offsite_copies import configured_remote, copy_offsite, fetched, immutable, require_remote, session
-from hello.retention import keep_plan, prune
-from hello.schedule_loop import ScheduleError, run_schedule
+from hello.backup import offsite_versions, rclone, restore
+from hello.backup.archive import open_tar_stream, verify_archive
+from hello.backup.archive_writer import TERMINATION, Progress, Terminated
+from hello.backup.create import create
+from hello.backup.drill import DrillFailed, Steps, drill
+from hello.backup.manifest import MANIFEST_DIR
+from hello.backup.naming import DRILL_JOB, JOB, NAMING, SIDECAR, BackupError, UsageError, check_checksum, find_archives
+from hello.backup.offsite import configured_remote, copy_offsite, fetched, immutable, require_remote, session
+from hello.backup.retention import keep_plan, prune
+from hello.backup.schedule_loop import ScheduleError, run_schedule
+from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
+from hello.base.jobs import LockHeld, NotPrivate, job_lock, record_job
 
 log = logging.getLogger("backup")
 
@@ -130,7 +131,7 @@ def run_create(config: dict[str, Any], *, show_progress: bool = False) -> int:
     return EXIT_OK if copied else EXIT_FAILED
 
 
-# --- off-host copies (hello/offsite_copies.py, hello/offsite.py) ---
+# --- off-host copies (hello/backup/offsite.py, hello/backup/rclone.py) ---
 
 
 def run_list_offsite(config: dict[str, Any], as_json: bool) -> int:
@@ -144,7 +145,7 @@ def run_list_offsite(config: dict[str, Any], as_json: bool) -> int:
             "size": files[name],
             "has_checksum": NAMING.sidecar(name) in files,
         }
-        for name, created in offsite.archives_on(files, NAMING).items()
+        for name, created in rclone.archives_on(files, NAMING).items()
     ]
     status = {True: "sidecar ok", False: "NO SIDECAR"}
     return _print_listing(rows, as_json, lambda row: status[row["has_checksum"]], f"no archives on {remote.spec}")
@@ -152,7 +153,7 @@ def run_list_offsite(config: dict[str, Any], as_json: bool) -> int:
 
 def run_verify_offsite(config: dict[str, Any], name: str | None) -> int:
     with require_remote(config) as remote:
-        names = [name] if name else list(offsite.archives_on(remote.files(), NAMING))
+        names = [name] if name else list(rclone.archives_on(remote.files(), NAMING))
         if not names:
             log.error("no archives on %s to verify", remote.spec)
             return EXIT_FAILED
@@ -160,8 +161,8 @@ def run_verify_offsite(config: dict[str, Any], name: str | None) -> int:
         for each in names:
             started = time.monotonic()
             try:
-                offsite.verify(remote, each, NAMING)
-            except offsite.OffsiteError as exc:
+                rclone.verify(remote, each, NAMING)
+            except rclone.OffsiteError as exc:
                 failed += 1
                 print(f"FAIL {exc}")
             else:
@@ -185,11 +186,11 @@ def run_prune_offsite(config: dict[str, Any], dry_run: bool) -> None:
     connection = configured_remote(config)
     if connection is not None:
         with connection as remote:
-            doomed = offsite.prune(remote, NAMING, keep_plan(config), dry_run=dry_run)
+            doomed = rclone.prune(remote, NAMING, keep_plan(config), dry_run=dry_run)
         print(f"prune: {'would delete' if dry_run else 'deleted'} {len(doomed)} archive(s) on {remote.spec}")
 
 
-# --- the restore drill (hello/drill.py) ---
+# --- the restore drill (hello/backup/drill.py) ---
 
 
 def _drill_restore(config: dict[str, Any], archive: Path, target: Path) -> Path | None:
@@ -204,7 +205,7 @@ def run_drill(config: dict[str, Any]) -> int:
             started = time.time()
             try:
                 result = _drill_newest(config, run_dir)
-            except (BackupError, offsite.OffsiteError, DrillFailed, OSError, tarfile.TarError) as exc:
+            except (BackupError, rclone.OffsiteError, DrillFailed, OSError, tarfile.TarError) as exc:
                 record_job(config, DRILL_JOB, success=False, started=started, finished=time.time())
                 raise BackupError(f"drill failed: {exc}") from None
             record_job(config, DRILL_JOB, success=True, started=started, finished=time.time())
@@ -233,7 +234,7 @@ def _drill_newest(config: dict[str, Any], run_dir: Path):
         return drill(found[-1].path, scratch, steps)
     with connection as remote:
         files = offsite_versions.every_file(remote) if immutable(config) else remote.files()
-        names = list(offsite.archives_on(files, NAMING))
+        names = list(rclone.archives_on(files, NAMING))
         if not names:
             raise BackupError(f"no archives on {remote.spec} to drill")
         with fetched(config, remote, names[-1]) as path:
@@ -314,11 +315,11 @@ def _print_listing(rows: list[dict[str, Any]], as_json: bool, status, nothing: s
     return EXIT_OK
 
 
-# --- restore (hello/restore.py: what is written where, and the checks) ---
+# --- restore (hello/backup/restore.py: what is written where, and the checks) ---
 
 
 def _restore(config: dict[str, Any], path: Path, target: str, *, force: bool, keep_setid: bool) -> restore.Restored:
-    """The checked restore of the archive at path (hello/restore.py); its errors as this command's."""
+    """The checked restore of the archive at path (hello/backup/restore.py); its errors as this command's."""
     check_checksum(path)
     try:
         return restore.restore(
@@ -352,7 +353,7 @@ def run_restore(config: dict[str, Any], archive: str, target: str, force: bool, 
     return EXIT_OK
 
 
-# --- prune (hello/retention.py) ---
+# --- prune (hello/backup/retention.py) ---
 
 
 def run_prune(config: dict[str, Any], dry_run: bool) -> int:
@@ -368,7 +369,7 @@ def run_prune(config: dict[str, Any], dry_run: bool) -> int:
     return EXIT_OK
 
 
-# --- schedule (hello/schedule_loop.py) ---
+# --- schedule (hello/backup/schedule_loop.py) ---
 
 
 def _scheduled_run(config: dict[str, Any]) -> None:
@@ -473,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"backup_script.py: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (BackupError, offsite.OffsiteError) as exc:
+    except (BackupError, rclone.OffsiteError) as exc:
         print(f"backup_script.py: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (OSError, tarfile.TarError) as exc:  # one line naming the problem, never a traceback

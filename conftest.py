@@ -35,10 +35,10 @@ for _name in INHERITED_ENV:
 REPO = Path(__file__).resolve().parent
 # The update tests' scratch deployment fixtures (`deployment`, `site`); the e2e tier's marking and `podman_host`.
 pytest_plugins = ["tests.support.deployment", "tests.support.e2e"]
-from hello import proc as hello_proc  # noqa: E402
-from hello import promconfig  # noqa: E402 - the one source of the Prometheus config
-from hello.proc import free_port  # noqa: E402 - re-exported for the tests
-from hello.webhook_sink import WebhookSink  # noqa: E402 - the webhook receiver of the alerting tests
+from hello.base import proc as hello_proc  # noqa: E402
+from hello.base.proc import free_port  # noqa: E402 - re-exported for the tests
+from hello.monitoring import promconfig  # noqa: E402 - the one source of the Prometheus config
+from hello.monitoring.webhook_sink import WebhookSink  # noqa: E402 - the webhook receiver of the alerting tests
 
 PYTHON = sys.executable
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -59,7 +59,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """hello.proc.wait_until, failing the test (AssertionError) naming `what` at the deadline."""
+    """hello.base.proc.wait_until, failing the test (AssertionError) naming `what` at the deadline."""
     try:
         return hello_proc.wait_until(predicate, timeout, what, interval)
     except hello_proc.TimedOut as exc:
@@ -347,8 +347,8 @@ def start_node_exporter(registry: ProcessRegistry, directory: Path, textfile_dir
 
 
 def start_alertmanager(registry: ProcessRegistry, directory: Path, system: dict[str, Any], port: int) -> str:
-    """A ready Alertmanager on port with the config hello/alerting.py renders from system; its URL."""
-    from hello import alerting
+    """A ready Alertmanager on port with the config hello/monitoring/alerting.py renders from system; its URL."""
+    from hello.monitoring import alerting
 
     binary = require_tool("prometheus-alertmanager")
     url = f"http://127.0.0.1:{port}"

@@ -10,9 +10,9 @@ Endpoints: / (Hello, World!), /healthz, /readyz, /version, /metrics (see README)
 
 How it is built: a small supervisor process binds the listening socket and
 runs N worker processes that share it. Each worker serves the routes below
-(make_site) with the project's own HTTP layer, hello/protocol.py (httptools'
+(make_site) with the project's own HTTP layer, hello/server/protocol.py (httptools'
 parser on uvloop: deadlines, limits, back-pressure), and counts each answer
-in prometheus_client's multiprocess files (hello/metrics_files.py), so that
+in prometheus_client's multiprocess files (hello/server/metrics_files.py), so that
 /metrics sums every worker, past and present.
 
 Reload (SIGHUP, `make reload`): the supervisor starts a new generation of
@@ -24,7 +24,7 @@ import or to get ready within reload_timeout is stopped, and the old
 generation keeps serving. SIGTERM and SIGINT drain every worker the same way.
 
 Files in system.run_dir: hello_world.pid (the supervisor), hello_world.log
-(background mode: --log-file, rotated by hello/logfile.py), hello_world.state.json
+(background mode: --log-file, rotated by hello/server/logfile.py), hello_world.state.json
 (URL, commit, last reload result), multiproc/ (the metric files of the workers, emptied at start;
 a dead worker's are merged into one file per type, so /metrics takes no longer after many reloads).
 
@@ -34,7 +34,7 @@ Exit codes: 0 success; 1 failed (the port is taken, the workers cannot start);
 
 from __future__ import annotations
 
-import hello.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 import argparse
@@ -53,8 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hello import restarts, sdnotify
-from hello.config import (
+from hello.base.config import (
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
@@ -65,14 +64,15 @@ from hello.config import (
     load_config,
     server_url,
 )
-from hello.git import head_commit
-from hello.jobs import write_atomically
-from hello.logfile import LogPipe
-from hello.request_metrics import LATENCY_BUCKETS
+from hello.base.git import head_commit
+from hello.base.jobs import write_atomically
+from hello.base.request_metrics import LATENCY_BUCKETS
+from hello.server import restarts, sdnotify
+from hello.server.logfile import LogPipe
 
 if TYPE_CHECKING:
-    from hello.metrics_files import RequestMetrics
-    from hello.protocol import Site
+    from hello.server.metrics_files import RequestMetrics
+    from hello.server.protocol import Site
 
 VERSION = "1.0.0"
 REPO_DIR = Path(__file__).resolve().parent
@@ -110,8 +110,8 @@ def make_site(build: BuildInfo) -> tuple[Site, RequestMetrics]:
     from prometheus_client import CollectorRegistry, Gauge
     from prometheus_client.exposition import choose_encoder
 
-    from hello.metrics_files import LockedCollector, RequestMetrics, SharedPage
-    from hello.protocol import Site
+    from hello.server.metrics_files import LockedCollector, RequestMetrics, SharedPage
+    from hello.server.protocol import Site
 
     metrics = RequestMetrics((*ROUTES, "other"), LATENCY_BUCKETS)
     build_info = Gauge(
@@ -119,7 +119,7 @@ def make_site(build: BuildInfo) -> tuple[Site, RequestMetrics]:
     )
     build_info.labels(build.version, build.commit).set(1)
     exposition = CollectorRegistry()
-    LockedCollector(exposition)  # the supervisor merges dead workers' files (hello/metrics_files.py)
+    LockedCollector(exposition)  # the supervisor merges dead workers' files (hello/server/metrics_files.py)
 
     version_body = json.dumps({"version": build.version, "commit": build.commit}).encode() + b"\n"
     fixed = {
@@ -153,13 +153,13 @@ def make_site(build: BuildInfo) -> tuple[Site, RequestMetrics]:
     return site, metrics
 
 
-# --- the worker: hello/protocol.py's HTTP layer on uvloop ----------------------------------------------
+# --- the worker: hello/server/protocol.py's HTTP layer on uvloop ----------------------------------------------
 
 
 def worker_main(listen_fd: int, ready_fd: int) -> int:
     """Serve on the inherited listening socket until told to stop; say 'ready' on ready_fd once serving."""
-    from hello import http_server
-    from hello.protocol import Limits, Service, connection_limit
+    from hello.server import http_server
+    from hello.server.protocol import Limits, Service, connection_limit
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     server_config = json.loads(os.environ[SETTINGS_ENV])  # checked by the supervisor, never re-read here
@@ -292,7 +292,7 @@ class Supervisor:
     def forget(self, worker: Worker) -> None:
         from prometheus_client import multiprocess
 
-        from hello.metrics_files import merge_dead_quietly
+        from hello.server.metrics_files import merge_dead_quietly
 
         multiprocess.mark_process_dead(worker.proc.pid, str(self.files.multiproc))
         merge_dead_quietly(self.files.multiproc, worker.proc.pid)  # so /metrics stays flat over reloads

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, free_port, http_get, wait_until, write_config
-from hello.git import git_out
-from hello.jobs import pid_alive
+from hello.base.git import git_out
+from hello.base.jobs import pid_alive
 from tests.support.load import LoadClient, count_progress, metric_value
 
 PROJECT_FILES = (

@@ -8,7 +8,7 @@ Run it:
 
 Steps, each printed with its outcome and duration; the first failure stops the run:
 
-  lock       one update at a time: <run_dir>/update.lock (hello.jobs.job_lock); held by a live run -> exit 75
+  lock       one update at a time: <run_dir>/update.lock (hello.base.jobs.job_lock); held by a live run -> exit 75
   preflight  system.update.test_command splits as a shell would (an unbalanced quote is refused), clean working
              tree, on system.update.branch, the remote answers `git ls-remote`, and the server answers
              /version: the commit it serves is the rollback point. A server that is not running is refused
@@ -18,7 +18,7 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              set), one that tracks local state (anything at or under the run dir, the backup destination,
              .venv or .env inside the checkout) or whose checkout would delete or replace an untracked or
              ignored path. Nothing new: exit 0, nothing else done.
-  test       in the release, an isolated copy of the new commit (hello/release.py: a clone in a fresh
+  test       in the release, an isolated copy of the new commit (hello/update/release.py: a clone in a fresh
              $TMPDIR/hello-release-*, linked from <run_dir>/release, with its venv: the live one read-only when
              no requirements file changed, else a copy of it with the changed files pip-installed),
              system.update.test_command runs, as system.update.test_user when the kit runs as root (it cannot
@@ -32,24 +32,26 @@ Steps, each printed with its outcome and duration; the first failure stops the r
   build      local: `pip install -r` into the live venv of the requirements files that changed (none: skipped);
              compose: `docker compose build --build-arg COMMIT=<sha> hello-world` with HELLO_COMMIT=<sha>
              (docker-compose.yml tags the image hello-world:<sha>; a fixed image name is also tagged <sha>)
-  before-deploy  system.update.hooks.before_deploy (hello/hooks.py), if any: one fails -> rollback, nothing deployed
+  before-deploy  system.update.hooks.before_deploy (hello/update/hooks.py), if any: one fails -> rollback,
+             nothing deployed
   deploy     local: `python scripts/service.py reload` (zero-downtime; new code that cannot start leaves the old
              serving); compose: `docker compose up -d --no-deps hello-world` with HELLO_COMMIT=<sha>, then
              wait until `docker compose ps` says healthy (rollback: the old commit's image, rebuilt if gone)
-             kubernetes: hello/deploy_kubernetes.py builds and pushes <system.kubernetes.registry>/hello-world:<sha>,
+             kubernetes: hello/update/deploy_kubernetes.py builds and pushes
+             <system.kubernetes.registry>/hello-world:<sha>,
              `kubectl set image`, `kubectl rollout status`, verifies through `kubectl port-forward`; its rollback
              is `kubectl rollout undo` to the revision before, verified the same way
   verify     /version serves the new commit, /readyz is 200, `validation_test.py --only service` passes
   after-deploy   system.update.hooks.after_deploy, if any: one fails -> rollback
   watch      system.update.watch seconds (0: off; deploy: local only) of the new code's own /metrics
-             (hello/watch.py): its 5xx ratio above max_error_ratio or its p99 above max_latency_ratio x the p99
+             (hello/update/watch.py): its 5xx ratio above max_error_ratio or its p99 above max_latency_ratio x the p99
              before the deploy, judged from min_requests requests on -> rollback; too little traffic: kept
   rollback   (after a failed deploy, verify or watch) reset to the serving commit, redeploy it unless it still
              serves, verify it; exit 1
-  record     SPEC update metrics (hello.jobs.record_job: textfile + Pushgateway) and one JSON line in
+  record     SPEC update metrics (hello.base.jobs.record_job: textfile + Pushgateway) and one JSON line in
              <run_dir>/update.log: time, from, to, outcome, exit code, step durations, and `good`, the commit
              left serving tested and verified (updated, redeployed: the new one; rolled back: the old one);
-             the metrics carry the last deploy or rollback with its outcome and commits (hello/deploys.py)
+             the metrics carry the last deploy or rollback with its outcome and commits (hello/update/deploy_records.py)
 
 A run killed half-way (kill -9) leaves <run_dir>/update.pending.json naming its rollback point. The next
 run takes over the stale lock, keeps that rollback point, and runs every step again even if the checkout
@@ -66,11 +68,12 @@ choose (the same local-state checks as fetch), then test (unless --no-test, reco
 deploy, verify and watch as above. While the newest deploy is such a rollback and the remote still holds the commit
 rolled back from, an update is "held" (exit 0, nothing done) until --force.
 
-history: every deploy and rollback of <run_dir>/update.log (hello/history.py), newest first: time, user, from
+history: every deploy and rollback of <run_dir>/update.log (hello/update/history.py), newest first: time, user, from
 and to commit with their subject lines, outcome, each step's duration; --all: every run, up-to-date ones too.
 
-Code: this module is the command (arguments, the last line, --json); the steps are hello/updater.py, the deploy
-modes hello/deploy.py (local, compose) and hello/deploy_kubernetes.py, git hello/git.py, the release hello/release.py.
+Code: this module is the command (arguments, the last line, --json); the steps are hello/update/updater.py, the deploy
+modes hello/update/deploy.py (local, compose) and hello/update/deploy_kubernetes.py, git hello/base/git.py, the release
+hello/update/release.py.
 
 Exit codes: 0 updated or already up to date (history: printed); 1 refused or failed (nothing changed, or rolled back);
 2 bad usage or config; 75 another update holds the lock.
@@ -78,7 +81,7 @@ Exit codes: 0 updated or already up to date (history: printed); 1 refused or fai
 
 from __future__ import annotations
 
-import hello.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 import argparse
@@ -90,11 +93,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
-from hello.deploy_kubernetes import check_config
-from hello.git import short
-from hello.history import history, render
-from hello.updater import FAILURES, Locked, Refused, Report, Updater, record
+from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
+from hello.base.git import short
+from hello.update.deploy_kubernetes import check_config
+from hello.update.history import history, render
+from hello.update.updater import FAILURES, Locked, Refused, Report, Updater, record
 
 REPO_DIR = Path(__file__).resolve().parent
 

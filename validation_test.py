@@ -31,7 +31,7 @@ test_*.py here, and nothing in this file is named test*.
 
 from __future__ import annotations
 
-import hello.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 import argparse
@@ -57,15 +57,19 @@ from typing import Any
 
 import yaml
 
-from hello import alerting, monitor_auth, offsite, offsite_versions, promtext, restarts, slo, units
-from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
-from hello.dashboard import expanded_queries
-from hello.deploys import DEPLOY_METRIC, recorded_deploy
-from hello.git import GitError, git
-from hello.history import good_release, update_log
-from hello.jobs import job_gauges, metrics_textfile, record_job
-from hello.naming import JOB, BackupError, check_checksum, parse_archive
-from hello.promconfig import COMPOSE_ALERTMANAGER_TARGET
+from hello.backup import offsite_versions, rclone
+from hello.backup.naming import JOB, BackupError, check_checksum, parse_archive
+from hello.base import monitor_login, promtext
+from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
+from hello.base.git import GitError, git
+from hello.base.jobs import job_gauges, metrics_textfile, record_job
+from hello.monitoring import alerting, slo
+from hello.monitoring.dashboard import expanded_queries
+from hello.monitoring.promconfig import COMPOSE_ALERTMANAGER_TARGET
+from hello.platform import units
+from hello.server import restarts
+from hello.update.deploy_records import DEPLOY_METRIC, recorded_deploy
+from hello.update.history import good_release, update_log
 
 log = logging.getLogger("validation")
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has it: 10x faster
@@ -228,10 +232,10 @@ def sample_names(text: str) -> set[str]:
 
 
 def _monitor_login(config: dict[str, Any]) -> dict[str, str]:
-    """Alertmanager's and the Pushgateway's login (hello/monitor_auth.py); a bad password file: none, warned."""
+    """Alertmanager's and the Pushgateway's login (hello/base/monitor_login.py); a bad password file: none, warned."""
     try:
-        return monitor_auth.auth_headers(config)
-    except monitor_auth.AuthError as exc:
+        return monitor_login.auth_headers(config)
+    except monitor_login.AuthError as exc:
         log.warning("%s", exc)
         return {}
 
@@ -666,7 +670,7 @@ VALIDATION_JOB = "hello_world_validation"  # metric prefix and Pushgateway job o
 
 
 def record_results(config: dict[str, Any], results: list[Result], started: float) -> Path:
-    """This run as metrics (textfile and Pushgateway, via hello.jobs.record_job); SKIPped checks are left out."""
+    """This run as metrics (textfile and Pushgateway, via hello.base.jobs.record_job); SKIPped checks are left out."""
     checks = {(r.group, r.check): 1.0 if r.status == PASS else 0.0 for r in results if r.status != SKIP}
     return record_job(
         config,
@@ -816,9 +820,9 @@ def check_offsite_locked(ctx: Context) -> str:
         raise CheckSkipped("system.backup.offsite.immutable is null (no object-locked remote)")
     scratch = ctx.run_dir if ctx.run_dir.is_dir() else None
     try:
-        with offsite.connect(settings["remote"], settings["rclone_config"], scratch=scratch) as remote:
+        with rclone.connect(settings["remote"], settings["rclone_config"], scratch=scratch) as remote:
             offsite_versions.check_canary_locked(remote, scratch)
-    except offsite.OffsiteError as exc:
+    except rclone.OffsiteError as exc:
         raise CheckFailed(str(exc)) from None
     days = settings["immutable"]["retention_days"]
     try:
@@ -918,7 +922,7 @@ def check_scheduler(ctx: Context) -> str:
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[str]:
-    """hello.git.git in the checkout, 30 s at most; GitError when git is missing or hangs."""
+    """hello.base.git.git in the checkout, 30 s at most; GitError when git is missing or hangs."""
     return git(CHECKOUT, *args, timeout=30, check=False)
 
 

@@ -11,7 +11,7 @@ Writes into $HELLO_BACKUP_STAGING (set by backup_script.py):
   pushgateway/   a copy of the Pushgateway's --persistence.file (from its /api/v1/status), when it has one.
   alertmanager/silences.json   the silences (GET /api/v2/silences); restore with `amtool silence import`.
 URLs default to system.monitoring.* in config.yaml; a service set to null (or not configured) is skipped.
-The Pushgateway and Alertmanager get the login `make monitor` made (hello/monitor_auth.py).
+The Pushgateway and Alertmanager get the login `make monitor` made (hello/base/monitor_login.py).
 Exit codes: 0 done; 1 a configured service did not answer or refused (the backup then fails, naming this hook);
 2 bad usage or config, or HELLO_BACKUP_STAGING not set.
 """
@@ -30,13 +30,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 
-from hello.backup_hooks import STAGING_ENV  # noqa: E402
-from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
-from hello.monitor_auth import AuthError, auth_headers  # noqa: E402
+from hello.backup.hooks import STAGING_ENV  # noqa: E402
+from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello.base.monitor_login import AuthError, auth_headers  # noqa: E402
 
 TIMEOUT = 60.0  # a snapshot of a large TSDB takes a while
 

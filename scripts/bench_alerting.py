@@ -5,7 +5,7 @@
 
 On a scratch deployment in a temp folder, on free ports: a real `hello_world.py`, `scripts/monitor.py
 start` (Prometheus and Alertmanager from the host's binaries, the repo's alert rules unchanged, so
-HelloWorldDown keeps its `for: 1m`) and a webhook receiver of its own (hello/webhook_sink.py). Each
+HelloWorldDown keeps its `for: 1m`) and a webhook receiver of its own (hello/monitoring/webhook_sink.py). Each
 run stops the server (SIGTERM, waits for its exit), takes the time until the webhook receives
 HelloWorldDown firing, starts the server again and waits for the resolved notification (also timed).
 It prints each run, then what governs the figure with config.yaml's defaults.
@@ -31,15 +31,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 import yaml  # noqa: E402
 
-from hello.config import DEFAULT_PATH, load_config, parse_duration  # noqa: E402
-from hello.jobs import http_get  # noqa: E402
-from hello.proc import free_port, wait_until  # noqa: E402
-from hello.webhook_sink import WebhookSink  # noqa: E402
+from hello.base.config import DEFAULT_PATH, load_config, parse_duration  # noqa: E402
+from hello.base.jobs import http_get  # noqa: E402
+from hello.base.proc import free_port, wait_until  # noqa: E402
+from hello.monitoring.webhook_sink import WebhookSink  # noqa: E402
 
 DEADLINE = 300.0  # seconds a notification may take before the run counts as failed
 DOWN_FOR = 60.0  # HelloWorldDown's `for:` in monitoring/rules/hello_world.rules.yml

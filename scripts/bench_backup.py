@@ -40,12 +40,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 
-from hello.manifest import MANIFEST_DIR  # noqa: E402
-from hello.naming import find_archives  # noqa: E402
+from hello.backup.manifest import MANIFEST_DIR  # noqa: E402
+from hello.backup.naming import find_archives  # noqa: E402
 
 MB = 1_000_000
 GOAL_SPEED, GOAL_SIZE, GOAL_RSS_GROWTH = 1.5, 1.15, 1.5

@@ -3,7 +3,7 @@
     python scripts/bench_config.py [--checker PATH] [--limit-mib 2048] [--deadline 30]
 
 Each case is written to a temporary file and checked by `python <checker> FILE` (default: this checkout's
-hello/config.py) in a child process under an address-space limit (RLIMIT_AS) and a deadline, so that a checker
+hello/base/config.py) in a child process under an address-space limit (RLIMIT_AS) and a deadline, so that a checker
 without the defence cannot take the machine down: it is killed instead, and its figures are lower bounds.
 Peak RSS is GNU time's %M (also for a killed child); prlimit (util-linux) sets the limit.
 Prints one line per case: exit code, seconds, peak RSS, the first line of stderr. Exit code 0.
@@ -75,7 +75,9 @@ def measure(checker: Path, text: str, limit_mib: int, deadline: float) -> tuple[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checker", type=Path, default=REPO / "hello/config.py", help="the hello/config.py to run")
+    parser.add_argument(
+        "--checker", type=Path, default=REPO / "hello/base/config.py", help="the hello/base/config.py to run"
+    )
     parser.add_argument("--limit-mib", type=int, default=2048, help="address-space limit of the child")
     parser.add_argument("--deadline", type=float, default=30.0, help="seconds before the child is killed")
     args = parser.parse_args(argv)

@@ -26,11 +26,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 
-from hello.proc import free_port  # noqa: E402
+from hello.base.proc import free_port  # noqa: E402
 
 FLOOD = b"GET / HTTP/1.1\r\n" + b"a:\r\n" * (960 * 1024 // 4)
 

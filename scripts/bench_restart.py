@@ -35,14 +35,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 import yaml  # noqa: E402
 
-from hello.config import EXIT_FAILED, EXIT_OK, RunFiles  # noqa: E402
-from hello.jobs import http_get, pid_alive  # noqa: E402
-from hello.proc import TimedOut, free_port, wait_until  # noqa: E402
+from hello.base.config import EXIT_FAILED, EXIT_OK, RunFiles  # noqa: E402
+from hello.base.jobs import http_get, pid_alive  # noqa: E402
+from hello.base.proc import TimedOut, free_port, wait_until  # noqa: E402
 
 CRON_ENV_PATH = "/usr/bin:/bin"
 READY_TIMEOUT = 120.0  # generous: a busy 2-core machine

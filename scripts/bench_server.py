@@ -61,12 +61,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 import yaml  # noqa: E402
 
-from hello.config import (  # noqa: E402
+from hello.base.config import (  # noqa: E402
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
@@ -75,8 +75,8 @@ from hello.config import (  # noqa: E402
     load_config,
     parse_duration,
 )
-from hello.jobs import http_get  # noqa: E402
-from hello.proc import free_port, tail  # noqa: E402
+from hello.base.jobs import http_get  # noqa: E402
+from hello.base.proc import free_port, tail  # noqa: E402
 
 log = logging.getLogger("bench_server")
 

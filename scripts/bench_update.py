@@ -42,11 +42,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 
-from hello.git import GitError  # noqa: E402
+from hello.base.git import GitError  # noqa: E402
 from tests.support.scratch import Load, ScratchDeployment  # noqa: E402 - a benchmark is a test-side tool
 
 # --- the benchmark --------------------------------------------------------------------------------

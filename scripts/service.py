@@ -5,7 +5,7 @@
     python scripts/service.py status [--json]                             # make status
     python scripts/service.py reload                                      # make reload
 
-The server's files are in system.run_dir (see hello.config.RunFiles). This
+The server's files are in system.run_dir (see hello.base.config.RunFiles). This
 module never imports hello_world.py, so that `reload` still works, and says
 why the new code was refused, when the code on disk is broken.
 
@@ -33,11 +33,11 @@ from pathlib import Path
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 
-from hello.config import (  # noqa: E402
+from hello.base.config import (  # noqa: E402
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_LOCKED,
@@ -49,7 +49,7 @@ from hello.config import (  # noqa: E402
     load_config,
     server_url,
 )
-from hello.jobs import LockHeld, http_get, job_lock, pid_alive  # noqa: E402
+from hello.base.jobs import LockHeld, http_get, job_lock, pid_alive  # noqa: E402
 
 
 def start(config: dict, files: RunFiles, server_args: list[str], quiet: bool = False) -> int:

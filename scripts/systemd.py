@@ -5,7 +5,7 @@
     python scripts/systemd.py install [--root DIR]       # make systemd-install [DESTDIR=dir]
     python scripts/systemd.py uninstall [--root DIR]     # make systemd-uninstall [DESTDIR=dir]
 
-hello/units.py renders them (what each unit is: see there and README "Running under systemd").
+hello/platform/units.py renders them (what each unit is: see there and README "Running under systemd").
 install checks the units with systemd-analyze (verify, calendar, security), refuses while Debian's own
 monitoring units are enabled or running (they would take the ports) or when system.server.user cannot run
 the venv's python, writes them to <root>/etc/systemd/system (root: /),
@@ -30,13 +30,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import hello.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
+import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 
 # isort: split
 
-from hello.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFiles, load_config  # noqa: E402
-from hello.jobs import write_atomically  # noqa: E402
-from hello.units import (  # noqa: E402
+from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFiles, load_config  # noqa: E402
+from hello.base.jobs import write_atomically  # noqa: E402
+from hello.platform.units import (  # noqa: E402
     DEBIAN_UNITS,
     Checkout,
     UnitsError,

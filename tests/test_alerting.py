@@ -37,8 +37,8 @@ from conftest import (
     wait_until,
     write_config,
 )
-from hello import alerting, promconfig
-from hello.config import ConfigError, load_config
+from hello.base.config import ConfigError, load_config
+from hello.monitoring import alerting, promconfig
 
 SECRET_WEBHOOK = "https://ntfy.example.com/hello-alerts?auth=tk_secret123"
 SMTP_PASSWORD = "smtp-secret-456"  # noqa: S105 - a test value

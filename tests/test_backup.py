@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 
 import backup_script
 from conftest import PYTHON, free_port, http_get, require_tool, start_pushgateway, wait_until, write_config
-from hello import backup_hooks
-from hello.archive import verify_archive
-from hello.config import load_config
-from hello.jobs import job_lock
-from hello.naming import Archive
-from hello.retention import plan_retention
+from hello.backup import hooks
+from hello.backup.archive import verify_archive
+from hello.backup.naming import Archive
+from hello.backup.retention import plan_retention
+from hello.base.config import load_config
+from hello.base.jobs import job_lock
 from tests.support.backups import SCRIPT, archives, backup, make_tree, snapshot
 from tests.support.hooks import all_gone, hook_pids, kill_leftovers, spawning_hook
 
@@ -535,12 +535,12 @@ def test_a_dead_runs_lock_is_taken_over(tree) -> None:
 
 
 def test_a_hook_timing_out_is_killed_with_everything_it_started(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(backup_hooks, "HOOK_TIMEOUT", 1.0)
+    monkeypatch.setattr(hooks, "HOOK_TIMEOUT", 1.0)
     pids = tmp_path / "pids"
     try:
         with (
-            pytest.raises(backup_hooks.HookFailed, match=r"still running after 1 s; stopped"),
-            backup_hooks.staged([spawning_hook(pids)], cwd=tmp_path, parent=tmp_path / "run"),
+            pytest.raises(hooks.HookFailed, match=r"still running after 1 s; stopped"),
+            hooks.staged([spawning_hook(pids)], cwd=tmp_path, parent=tmp_path / "run"),
         ):
             pass
         hook, grandchild = hook_pids(pids)[1:]
@@ -555,7 +555,7 @@ def test_a_hook_left_running_in_the_background_ends_with_the_hook(tmp_path: Path
     # It exits at once, its child runs on (its output elsewhere: a child holding the hook's pipes would block a read).
     command = f'sleep 100000 >/dev/null 2>&1 & echo $PPID $$ $! > "{pids}"'
     try:
-        with backup_hooks.staged([command], cwd=tmp_path, parent=tmp_path / "run") as staging:
+        with hooks.staged([command], cwd=tmp_path, parent=tmp_path / "run") as staging:
             assert staging is not None
         all_gone(hook_pids(pids)[1:])
     finally:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from bench_config import alias_bomb
 from conftest import PYTHON, REPO
-from hello.config import MAX_CONFIG_BYTES, MAX_YAML_VALUES, ConfigError, load_config
+from hello.base.config import MAX_CONFIG_BYTES, MAX_YAML_VALUES, ConfigError, load_config
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 
@@ -23,13 +23,13 @@ MEMORY_CAP = 200 << 20  # address space of the checking process: a bomb that exp
 
 
 def check_capped(path: str) -> subprocess.CompletedProcess:
-    """python -m hello.config PATH under MEMORY_CAP, as a script run from cron would meet the file."""
+    """python -m hello.base.config PATH under MEMORY_CAP, as a script run from cron would meet the file."""
 
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
 
     return subprocess.run(
-        [PYTHON, str(REPO / "hello/config.py"), path], capture_output=True, text=True, timeout=60, preexec_fn=cap
+        [PYTHON, str(REPO / "hello/base/config.py"), path], capture_output=True, text=True, timeout=60, preexec_fn=cap
     )
 
 

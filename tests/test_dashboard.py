@@ -1,10 +1,10 @@
-"""hello/dashboard.py: the queries lint and validation both read, and Grafana's macros."""
+"""hello/monitoring/dashboard.py: the queries lint and validation both read, and Grafana's macros."""
 
 from __future__ import annotations
 
 import pytest
 
-from hello import dashboard as grafana
+from hello.monitoring import dashboard as grafana
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 

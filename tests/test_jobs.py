@@ -1,4 +1,4 @@
-"""hello/jobs.py: the job lock across real processes, and job metrics as a textfile and on a real Pushgateway."""
+"""hello/base/jobs.py: the job lock across real processes, and job metrics as a textfile and on a real Pushgateway."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, free_port, http_get, start_pushgateway
-from hello.jobs import LockHeld, NotPrivate, job_lock, private_dir, record_job
+from hello.base.jobs import LockHeld, NotPrivate, job_lock, private_dir, record_job
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 
 HOLDER = f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
-from hello.jobs import job_lock
+from hello.base.jobs import job_lock
 with job_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)

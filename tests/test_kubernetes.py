@@ -25,12 +25,12 @@ import yaml
 
 import lint_monitoring
 from conftest import PYTHON, REPO, deep_merge, free_port, http_get, require_tool, wait_until
-from hello import dashboard as grafana
-from hello import kubernetes_manifests as km
-from hello import slo
-from hello.config import load_config, parse_duration
-from hello.deploys import DEPLOY_METRIC, deploy_labels
-from hello.promconfig import HELLO_JOB
+from hello.base.config import load_config, parse_duration
+from hello.monitoring import dashboard as grafana
+from hello.monitoring import slo
+from hello.monitoring.promconfig import HELLO_JOB
+from hello.platform import kubernetes as km
+from hello.update.deploy_records import DEPLOY_METRIC, deploy_labels
 
 # README "make bench": 33.7 MiB RSS per worker, the supervisor 28.6 MiB; one worker saturates one core.
 WORKER_RSS_MIB, SUPERVISOR_RSS_MIB = 34, 29
@@ -152,7 +152,7 @@ def test_schema_checks_fail_on_unknown_fields_and_wrong_types(overlay: list) -> 
 
 
 def test_the_schema_libraries_are_the_versions_this_was_written_against() -> None:
-    """hello/kubernetes_manifests.py memoises kubernetes_validate.utils.schema_contents and reads cloudcoil's models."""
+    """hello/platform/kubernetes.py memoises kubernetes_validate.utils.schema_contents and reads cloudcoil's models."""
     import importlib.metadata
 
     import kubernetes_validate.utils

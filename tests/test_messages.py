@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from hello.config import ConfigError, load_config
-from hello.git import GitError, git
+from hello.base.config import ConfigError, load_config
+from hello.base.git import GitError, git
 from validation_test import CheckFailed, Context, check_last_update
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
@@ -35,7 +35,7 @@ def test_a_duration_in_quotes_is_plain_seconds(tmp_path: Path) -> None:
 
 def check_config(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hello.config", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "hello.base.config", *args], cwd=REPO, capture_output=True, text=True, timeout=60
     )
 
 

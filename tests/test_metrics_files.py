@@ -1,9 +1,9 @@
-"""hello/metrics_files.py: requests counted straight into prometheus_client's files, dead workers' files merged
+"""hello/server/metrics_files.py: requests counted straight into prometheus_client's files, dead workers' files merged
 with every count exact, /metrics flat over reloads, and the internals all that relies on.
 
 Real prometheus_client processes write the files (each child process is a worker that comes and goes),
 real merges and scrapes read them, and a real server is reloaded with SIGHUP. The first tests fail loudly,
-naming what changed, when a prometheus_client upgrade changes what hello/metrics_files.py relies on: then
+naming what changed, when a prometheus_client upgrade changes what hello/server/metrics_files.py relies on: then
 re-read the internals its docstring lists, adjust it, and update TESTED_WITH.
 """
 
@@ -27,7 +27,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from conftest import PYTHON, REPO, http_get, wait_until
-from hello import metrics_files
+from hello.server import metrics_files
 
 # A worker: counts, observes (multiples of 1/8, so every sum is exact in binary) and exits.
 WORKER = """
@@ -80,11 +80,13 @@ def test_the_installed_and_pinned_versions_are_the_ones_the_module_was_written_a
     for dist, version in metrics_files.TESTED_WITH.items():
         installed = importlib.metadata.version(dist)
         assert installed == version, (
-            f"{dist} {installed} is installed; hello/metrics_files.py was written against {version}: "
+            f"{dist} {installed} is installed; hello/server/metrics_files.py was written against {version}: "
             "re-check the internals its docstring names, then update TESTED_WITH"
         )
         pinned = pins.get(dist) or pins.get(dist.replace("-", "_"))
-        assert pinned == version, f"requirements.txt pins {dist} {pinned}, hello/metrics_files.py names {version}"
+        assert pinned == version, (
+            f"requirements.txt pins {dist} {pinned}, hello/server/metrics_files.py names {version}"
+        )
 
 
 def test_request_metrics_write_prometheus_client_shared_files_as_its_collector_reads_them(tmp_path):
@@ -93,7 +95,7 @@ def test_request_metrics_write_prometheus_client_shared_files_as_its_collector_r
 import json
 import pytest
 from prometheus_client import CollectorRegistry, multiprocess
-from hello.metrics_files import RequestMetrics
+from hello.server.metrics_files import RequestMetrics
 metrics = RequestMetrics(("/", "other"), (0.001, 0.1))
 for _ in range(3):
     metrics.observe("GET", "/", 200, 0.0005)
@@ -147,11 +149,13 @@ def test_the_shared_page_is_rendered_at_most_once_a_second_after_a_burst_and_sha
 
 
 def test_prometheus_client_files_are_named_and_read_as_the_merge_expects(tmp_path):
-    """The parts of prometheus_client's internals the merge depends on (hello/metrics_files.py's docstring)."""
+    """The parts of prometheus_client's internals the merge depends on (hello/server/metrics_files.py's docstring)."""
     pid = run_worker(tmp_path, seed=1)
     for kind in metrics_files.SUMMED_TYPES:
         path = metrics_files.worker_file(tmp_path, kind, pid)
-        assert path.exists(), f"prometheus_client no longer writes {path.name}: hello/metrics_files.py must follow"
+        assert path.exists(), (
+            f"prometheus_client no longer writes {path.name}: hello/server/metrics_files.py must follow"
+        )
         values = list(MmapedDict.read_all_values_from_file(str(path)))
         assert values and all(len(entry) == 4 for entry in values), "MmapedDict's record layout changed"
         assert all(json.loads(key)[0].startswith("t_") for key, *_ in values)

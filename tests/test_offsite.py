@@ -46,11 +46,11 @@ from conftest import (
     wait_until,
     write_config,
 )
-from hello import naming, offsite
-from hello.config import load_config
-from hello.manifest import MANIFEST_NAME
-from hello.offsite_copies import configured_remote
-from hello.retention import keep_plan, plan_retention
+from hello.backup import naming, rclone
+from hello.backup.manifest import MANIFEST_NAME
+from hello.backup.offsite import configured_remote
+from hello.backup.retention import keep_plan, plan_retention
+from hello.base.config import load_config
 from tests.support.backups import archives, backup, make_tree, snapshot
 
 MANIFEST_DIR = MANIFEST_NAME.split("/")[0]
@@ -396,7 +396,7 @@ def test_retention_on_the_remote_over_100_simulated_days(tmp_path: Path, sftp: S
         shutil.copyfile(real, folder / name)  # as a completed upload leaves it
         (folder / f"{name}.sha256").write_text(f"{hashlib.sha256(real.read_bytes()).hexdigest()}  {name}\n")
         placed.append(naming.Archive(Path(name), when))
-        offsite.prune(remote, naming.NAMING, keep_plan(config), dry_run=False)
+        rclone.prune(remote, naming.NAMING, keep_plan(config), dry_run=False)
         expected = {p.name for p in plan_retention(placed, keep, UTC)}
         names = {p.name for p in folder.iterdir()}
         assert {n for n in names if naming.ARCHIVE_RE.match(n)} == expected, f"day {day}"
@@ -405,7 +405,7 @@ def test_retention_on_the_remote_over_100_simulated_days(tmp_path: Path, sftp: S
     assert {"notes.txt", "hello-world-backup-plan.tar.gz"} <= {p.name for p in folder.iterdir()}
 
     config["backup"]["keep"] = {"daily": 0, "weekly": 0, "monthly": 0}
-    offsite.prune(remote, naming.NAMING, keep_plan(config), dry_run=False)
+    rclone.prune(remote, naming.NAMING, keep_plan(config), dry_run=False)
     left = sorted(p.name for p in folder.iterdir() if naming.ARCHIVE_RE.match(p.name))
     assert left == [name], "never the newest good copy"
 
@@ -825,7 +825,7 @@ def socket_inodes(pid: int) -> set[int]:
 def test_a_process_listening_first_never_receives_the_rcd_credentials(tmp_path: Path, monkeypatch) -> None:
     require_tool("rclone")
     # A local user's listener, on the port the daemon would be told to use: the race a port picked here, released,
-    # then bound by rclone leaves open (forced: the daemon is handed this port if it asks hello.offsite for one).
+    # then bound by rclone leaves open (forced: the daemon is handed this port if it asks hello.backup.rclone for one).
     attacker = socket.socket()
     attacker.bind(("127.0.0.1", 0))
     attacker.listen(8)
@@ -848,9 +848,9 @@ def test_a_process_listening_first_never_receives_the_rcd_credentials(tmp_path: 
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
-    monkeypatch.setattr(offsite, "free_port", lambda: port, raising=False)
+    monkeypatch.setattr(rclone, "free_port", lambda: port, raising=False)
     try:
-        with offsite.connect(str(tmp_path)) as remote:
+        with rclone.connect(str(tmp_path)) as remote:
             (tmp_path / "f").write_text("x\n")
             assert remote.files() == {"f": 2}, "answered by rclone, not by the listener"
             daemon = remote.daemon
@@ -879,14 +879,14 @@ def test_a_process_listening_first_never_receives_the_rcd_credentials(tmp_path: 
 
 def test_the_installed_rclone_offers_every_call_offsite_makes(tmp_path: Path) -> None:
     require_tool("rclone")
-    with offsite.connect(str(tmp_path)) as remote:
+    with rclone.connect(str(tmp_path)) as remote:
         offered = {command["Path"] for command in remote.daemon.call("rc/list")["commands"]}
         (tmp_path / "f").write_text("x\n")
         assert remote.files() == {"f": 2}
         assert "sha256" in remote.hash_kinds and remote.remote_hash("f", "sha256") == hashlib.sha256(b"x\n").hexdigest()
         assert remote.sha256("f") == hashlib.sha256(b"x\n").hexdigest()  # read through a private download
-    missing = set(offsite.RC_COMMANDS) - offered
-    assert not missing, f"rclone rcd lacks {sorted(missing)}: hello/offsite.py was written for 1.60"
+    missing = set(rclone.RC_COMMANDS) - offered
+    assert not missing, f"rclone rcd lacks {sorted(missing)}: hello/backup/rclone.py was written for 1.60"
 
 
 def test_remote_files_are_read_through_a_private_folder_and_a_dead_runs_is_swept(tmp_path: Path) -> None:
@@ -900,7 +900,7 @@ def test_remote_files_are_read_through_a_private_folder_and_a_dead_runs_is_swept
     for folder in (stale, live):
         folder.mkdir(parents=True)
         (folder / "file").write_bytes(b"a half-read archive")
-    with offsite.connect(str(remote_folder), scratch=scratch) as remote:
+    with rclone.connect(str(remote_folder), scratch=scratch) as remote:
         assert remote.read_text("f") == "x\n"
     assert not stale.exists(), "a dead run's read folder is removed"
     assert live.exists(), "a live one's is left alone"

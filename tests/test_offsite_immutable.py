@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI, PYTHON, REPO, ProcessRegistry, wait_until, write_config
-from hello import naming, offsite, offsite_versions
-from hello.manifest import MANIFEST_NAME
-from hello.proc import free_port
+from hello.backup import naming, offsite_versions, rclone
+from hello.backup.manifest import MANIFEST_NAME
+from hello.base.proc import free_port
 from tests.support.backups import archives, backup, make_tree, snapshot
 
 MANIFEST_DIR = MANIFEST_NAME.split("/")[0]
@@ -367,10 +367,10 @@ def test_the_canary_check_passes_on_the_locked_bucket_and_fails_on_a_versioned_o
     tmp_path: Path, locked_s3: LockedS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
-    with offsite.connect(f"locked:{BUCKET}", str(locked_s3.rclone_config), scratch=tmp_path) as remote:
+    with rclone.connect(f"locked:{BUCKET}", str(locked_s3.rclone_config), scratch=tmp_path) as remote:
         offsite_versions.check_canary_locked(remote, tmp_path)
-    unlocked = offsite.connect(f"locked:{UNLOCKED}", str(locked_s3.rclone_config), scratch=tmp_path)
-    refused = pytest.raises(offsite.OffsiteError, match="deleted a version .* does not enforce Object Lock")
+    unlocked = rclone.connect(f"locked:{UNLOCKED}", str(locked_s3.rclone_config), scratch=tmp_path)
+    refused = pytest.raises(rclone.OffsiteError, match="deleted a version .* does not enforce Object Lock")
     with unlocked as remote, refused:
         offsite_versions.check_canary_locked(remote, tmp_path)
 

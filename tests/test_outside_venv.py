@@ -1,4 +1,4 @@
-"""Commands typed as README shows them, by a Python outside the venv (issue 24.1; hello/venv.py).
+"""Commands typed as README shows them, by a Python outside the venv (issue 24.1; hello/base/venv.py).
 
 On a fresh clone, `python3 backup_script.py list --offsite` gave a ModuleNotFoundError traceback. Now each command
 run by the system's python3 runs in the checkout's .venv when there is one (os.execv), else says in one line what to

@@ -16,8 +16,8 @@ import pytest
 
 import backup_script
 from conftest import PYTHON, REPO, free_port, http_get, start_pushgateway, write_config
-from hello.config import load_config
-from hello.naming import sidecar_path
+from hello.backup.naming import sidecar_path
+from hello.base.config import load_config
 from tests.support.backups import archives
 
 PAGE = 4096

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import bench_restart
 from conftest import PYTHON, REPO, ProcessRegistry, free_port, wait_until
-from hello import restarts
-from hello.config import RunFiles
+from hello.base.config import RunFiles
+from hello.server import restarts
 
 VALIDATION = str(REPO / "validation_test.py")
 CHECK = "no restart after a crash since the last run"

@@ -1,4 +1,4 @@
-"""A restore changes nothing outside its target, whatever the archive holds (hello/restore.py).
+"""A restore changes nothing outside its target, whatever the archive holds (hello/backup/restore.py).
 
 The property test generates thousands of hostile archives (folders, files, symbolic links, hard links, fifos,
 devices; relative and absolute link targets; `..` anywhere; long names; names used twice), each with a valid
@@ -30,10 +30,10 @@ from hypothesis import strategies as st
 
 import backup_script
 from conftest import PYTHON, REPO, require_tool, write_config
-from hello import manifest as manifest_module
-from hello import restore
-from hello.config import load_config
-from hello.naming import check_checksum
+from hello.backup import manifest as manifest_module
+from hello.backup import restore
+from hello.backup.naming import check_checksum
+from hello.base.config import load_config
 
 CASES = int(os.environ.get("HELLO_RESTORE_CASES", "2000"))
 NOBODY = (65534, 65534, "nobody", "nogroup")

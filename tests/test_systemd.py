@@ -1,5 +1,5 @@
-"""The systemd units (hello/units.py, scripts/systemd.py) checked with the real systemd-analyze, installed under a
-scratch root with the real systemctl, and the supervisor's sd_notify messages received on a real unix socket.
+"""The systemd units (hello/platform/units.py, scripts/systemd.py) checked with the real systemd-analyze, installed
+under a scratch root with the real systemctl, and the supervisor's sd_notify messages received on a real unix socket.
 
 systemd is not PID 1 here: `systemd-analyze verify` and `systemctl --root` work without it; nothing is started.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool, wait_until, write_config
-from hello import monitor_stack, restarts, sdnotify
-from hello.config import RunFiles, load_config
-from hello.units import (
+from hello.base.config import RunFiles, load_config
+from hello.monitoring import stack
+from hello.platform.units import (
     EXPOSURE_LIMIT,
     RESTORE_CAPABILITIES,
     SERVICE,
@@ -30,6 +30,7 @@ from hello.units import (
     exposure_limit,
     render_units,
 )
+from hello.server import restarts, sdnotify
 
 SCRIPT = str(REPO / "scripts" / "systemd.py")
 PYTHON_OF_UNITS = REPO / ".venv" / "bin" / "python"
@@ -361,13 +362,13 @@ def test_tmp_and_home_layouts_render_units_that_see_them(tmp_path: Path) -> None
 
 
 def test_monitoring_units_run_what_make_monitor_runs(tmp_path: Path, analyze: str) -> None:
-    """One source: each unit's ExecStart= is monitor_stack.services()'s argv; no units when Prometheus is remote."""
+    """One source: each unit's ExecStart= is stack.services()'s argv; no units when Prometheus is remote."""
     config = load_config(write_config(tmp_path, {"monitoring": {"node_exporter": {"url": None}}}))
     units = render_units(config, Checkout.here(), {})
-    directory = monitor_stack.monitor_dir(config)
-    names = monitor_stack.wanted(config)
+    directory = stack.monitor_dir(config)
+    names = stack.wanted(config)
     assert names == ["prometheus", "pushgateway", "alertmanager"]
-    for name, _, argv in monitor_stack.services(config, directory, monitor_stack.binary_paths(names)):
+    for name, _, argv in stack.services(config, directory, stack.binary_paths(names)):
         unit = units[f"hello-world-{name}.service"]
         assert setting(unit, "ExecStart") == [" ".join(argv)]
         assert setting(unit, "Restart") == ["on-failure"]

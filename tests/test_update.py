@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, free_port, http_get, kill_group, wait_until
-from hello import hooks
-from hello.deploys import recorded_deploy
+from hello.update import hooks
+from hello.update.deploy_records import recorded_deploy
 from tests.support.deployment import assert_step, log_lines, metric, shown
 from tests.support.fake_docker import PS, UP, compose_env, docker_calls
 from tests.support.hooks import all_gone, hook_pids, kill_leftovers, spawning_hook

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, ProcessRegistry, free_port, http_get, require_tool
-from hello.git import git as hello_git
-from hello.release import MAKE_STAMPS
+from hello.base.git import git as hello_git
+from hello.update.release import MAKE_STAMPS
 from tests.support.scratch import GIT_IDENTITY
 
 NESTED_ENV = "HELLO_UPDATE_E2E_NESTED"  # the recursion guard: set inside the nested suite of this test's update

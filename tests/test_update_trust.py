@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ProcessRegistry, require_tool
-from hello.git import GitError, switch_branch
+from hello.base.git import GitError, switch_branch
 from tests.support.deployment import assert_step, log_lines, serving_deployment, shown
 from tests.support.scratch import SMOKE_TEST, ScratchDeployment, git
 

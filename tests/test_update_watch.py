@@ -1,4 +1,4 @@
-"""The watch after a deploy (hello/watch.py, system.update.watch): a regression under load is rolled back.
+"""The watch after a deploy (hello/update/watch.py, system.update.watch): a regression under load is rolled back.
 
 The judgement's parts are property-tested on their own (p99 from bucket deltas, the ratio thresholds).
 The watch itself runs against a real scratch deployment as tests/test_update.py's does (tests/support/scratch.py
@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, http_get
-from hello.config import ConfigError, load_config
-from hello.watch import DURATION, Limits, Reading, judge, parse, quantile, read
+from hello.base.config import ConfigError, load_config
+from hello.update.watch import DURATION, Limits, Reading, judge, parse, quantile, read
 from tests.support.deployment import assert_step, log_lines, metric, shown
 from tests.support.fake_docker import compose_env
 from tests.support.scratch import Load, ScratchDeployment
@@ -213,11 +213,11 @@ status, headers, body = site.answer("/healthz", None, False)
 assert (status, body) == (200, b"ok\\n"), (status, body)
 print("/healthz: 200 ok")
 '''
-BUGGY = "hello/protocol.py"  # where a bad commit puts its bug: the HTTP layer answers / itself
+BUGGY = "hello/server/protocol.py"  # where a bad commit puts its bug: the HTTP layer answers / itself
 
 
 def buggy_protocol(text: str, bug: str, prelude: str = "") -> str:
-    """hello/protocol.py whose / runs `bug` (statements, once its answer is chosen, before it is written) for the
+    """hello/server/protocol.py whose / runs `bug` (statements, once its answer is chosen, before it is written) for the
     load's requests: clients sending no User-Agent (validation_test.py's urllib sends one, so the verify step
     passes as for a subtle bug). `prelude` goes before the protocol's classes."""
     edits = {
@@ -236,13 +236,13 @@ def buggy_protocol(text: str, bug: str, prelude: str = "") -> str:
         ),
     }
     for old, new in edits.items():
-        assert text.count(old) == 1, f"hello/protocol.py changed: the test cannot insert its bug at {old!r}"
+        assert text.count(old) == 1, f"hello/server/protocol.py changed: the test cannot insert its bug at {old!r}"
         text = text.replace(old, new)
     return text
 
 
 def flaky_protocol(text: str) -> str:
-    """hello/protocol.py whose / answers 500 to one request in ten of the load."""
+    """hello/server/protocol.py whose / answers 500 to one request in ten of the load."""
     flaky = "status, data = 500, frame((500, (), b'flaky\\n'), service.date, keep_alive, head)"
     bug = f"if next(FLAKY) % 10 == 0:\n    {flaky}"
     return buggy_protocol(text, bug, prelude="FLAKY = __import__('itertools').count(1)")

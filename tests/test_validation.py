@@ -48,8 +48,8 @@ from conftest import (
     wait_until,
     write_config,
 )
-from hello import monitor_auth
-from hello.config import load_config
+from hello.base import monitor_login
+from hello.base.config import load_config
 
 CHECK = {func.__name__: (group, name) for group, name, func in validation_test.CHECKS}
 GROUP = {group: {key for key, (g, _) in CHECK.items() if g == group} for group in validation_test.GROUPS}
@@ -560,7 +560,7 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
             30,
             "Prometheus to scrape the service and the backup metrics",
         )
-        login = monitor_auth.auth_headers(load_config(config))  # make monitor's Alertmanager wants it
+        login = monitor_login.auth_headers(load_config(config))  # make monitor's Alertmanager wants it
         wait_until(lambda: watchdog_in(alertmanager, login), 60, "the Watchdog to reach Alertmanager")
         done = make("validate")
         assert done.returncode == 0, done.stdout + done.stderr
@@ -586,10 +586,10 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
 
 
 def test_the_kits_webhook_sink_prints_each_alert_it_receives(tmp_path: Path, processes: ProcessRegistry) -> None:
-    """README "First run": `python -m hello.webhook_sink PORT` is a receiver to try alert delivery with."""
+    """README "First run": `python -m hello.monitoring.webhook_sink PORT` is a receiver to try alert delivery with."""
     port, out = free_port(), tmp_path / "sink.out"
     with out.open("w") as stdout:
-        processes.start([PYTHON, "-m", "hello.webhook_sink", str(port)], cwd=REPO, stdout=stdout)
+        processes.start([PYTHON, "-m", "hello.monitoring.webhook_sink", str(port)], cwd=REPO, stdout=stdout)
     wait_until(lambda: f"http://127.0.0.1:{port}/alerts" in out.read_text(), 10, "the sink's webhook_url line")
     alert = {"status": "firing", "labels": {"alertname": "HelloWorldDown"}}
     body = json.dumps({"version": "4", "status": "firing", "alerts": [alert]}).encode()

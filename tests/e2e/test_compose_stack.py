@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from conftest import IN_CI, free_port, http_get, wait_until
-from hello.proc import terminate
-from hello.release import MAKE_STAMPS
-from hello.webhook_sink import WebhookSink
+from hello.base.proc import terminate
+from hello.monitoring.webhook_sink import WebhookSink
+from hello.update.release import MAKE_STAMPS
 from tests.support import containers
 from tests.support.scratch import Load, ScratchDeployment, git
 

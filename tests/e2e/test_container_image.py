@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, http_get, wait_until
-from hello.git import head_commit
+from hello.base.git import head_commit
 from tests.support import containers
 from tests.support.load import LoadClient, count_progress
 

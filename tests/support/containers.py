@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from hello.proc import TimedOut, terminate, wait_until
+from hello.base.proc import TimedOut, terminate, wait_until
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from hello.config import RunFiles
-from hello.git import git_out
-from hello.jobs import http_get
-from hello.proc import free_port
+from hello.base.config import RunFiles
+from hello.base.git import git_out
+from hello.base.jobs import http_get
+from hello.base.proc import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # What a deployment needs; tests and their helpers stay out (the deployment's tests are tests_smoke/).
@@ -54,7 +54,7 @@ GIT_IDENTITY = {  # the author of the commits tests and benchmarks make
 
 
 def git(cwd: Path, *args: str) -> str:
-    """hello.git's git_out with a scratch commit identity and no system git config; GitError when it fails."""
+    """hello.base.git's git_out with a scratch commit identity and no system git config; GitError when it fails."""
     return git_out(cwd, *args, timeout=60, env={**GIT_IDENTITY, "GIT_CONFIG_NOSYSTEM": "1"})
 
 

@@ -1,0 +1,1 @@
+"""Backups: writing and reading archives, retention, restore and drills, and the off-host copies (rclone)."""
