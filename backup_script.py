@@ -78,7 +78,9 @@ from hello.backup.offsite import configured_remote, copy_offsite, fetched, immut
 from hello.backup.retention import keep_plan, prune
 from hello.backup.schedule_loop import ScheduleError, run_schedule
 from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
-from hello.base.jobs import LockHeld, NotPrivate, job_lock, record_job
+from hello.base.files import NotPrivate
+from hello.base.job_metrics import record_job
+from hello.base.locks import LockHeld, job_lock
 
 log = logging.getLogger("backup")
 

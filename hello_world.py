@@ -64,8 +64,8 @@ from hello.base.config import (
     load_config,
     server_url,
 )
+from hello.base.files import write_atomically
 from hello.base.git import head_commit
-from hello.base.jobs import write_atomically
 from hello.base.request_metrics import LATENCY_BUCKETS
 from hello.server import restarts, sdnotify
 from hello.server.logfile import LogPipe

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import PYTHON, REPO, free_port, http_get, wait_until, write_config
 from hello.base.git import git_out
-from hello.base.jobs import pid_alive
+from hello.base.locks import pid_alive
 from tests.support.load import LoadClient, count_progress, metric_value
 
 PROJECT_FILES = (

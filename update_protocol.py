@@ -8,7 +8,7 @@ Run it:
 
 Steps, each printed with its outcome and duration; the first failure stops the run:
 
-  lock       one update at a time: <run_dir>/update.lock (hello.base.jobs.job_lock); held by a live run -> exit 75
+  lock       one update at a time: <run_dir>/update.lock (hello.base.locks.job_lock); held by a live run -> exit 75
   preflight  system.update.test_command splits as a shell would (an unbalanced quote is refused), clean working
              tree, on system.update.branch, the remote answers `git ls-remote`, and the server answers
              /version: the commit it serves is the rollback point. A server that is not running is refused
@@ -48,7 +48,7 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              before the deploy, judged from min_requests requests on -> rollback; too little traffic: kept
   rollback   (after a failed deploy, verify or watch) reset to the serving commit, redeploy it unless it still
              serves, verify it; exit 1
-  record     SPEC update metrics (hello.base.jobs.record_job: textfile + Pushgateway) and one JSON line in
+  record     SPEC update metrics (hello.base.job_metrics.record_job: textfile + Pushgateway) and one JSON line in
              <run_dir>/update.log: time, from, to, outcome, exit code, step durations, and `good`, the commit
              left serving tested and verified (updated, redeployed: the new one; rolled back: the old one);
              the metrics carry the last deploy or rollback with its outcome and commits (hello/update/deploy_records.py)

@@ -60,9 +60,10 @@ import yaml
 from hello.backup import offsite_versions, rclone
 from hello.backup.naming import JOB, BackupError, check_checksum, parse_archive
 from hello.base import monitor_login, promtext
-from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, parse_duration, served_url
+from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config, served_url
+from hello.base.config_schema import parse_duration
 from hello.base.git import GitError, git
-from hello.base.jobs import job_gauges, metrics_textfile, record_job
+from hello.base.job_metrics import job_gauges, metrics_textfile, record_job
 from hello.monitoring import alerting, slo
 from hello.monitoring.dashboard import expanded_queries
 from hello.monitoring.promconfig import COMPOSE_ALERTMANAGER_TARGET
@@ -670,7 +671,7 @@ VALIDATION_JOB = "hello_world_validation"  # metric prefix and Pushgateway job o
 
 
 def record_results(config: dict[str, Any], results: list[Result], started: float) -> Path:
-    """This run as metrics (textfile and Pushgateway, via hello.base.jobs.record_job); SKIPped checks are left out."""
+    """This run as metrics (textfile and Pushgateway, via job_metrics.record_job); SKIPped checks are left out."""
     checks = {(r.group, r.check): 1.0 if r.status == PASS else 0.0 for r in results if r.status != SKIP}
     return record_job(
         config,

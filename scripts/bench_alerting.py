@@ -36,8 +36,9 @@ import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv
 # isort: split
 import yaml  # noqa: E402
 
-from hello.base.config import DEFAULT_PATH, load_config, parse_duration  # noqa: E402
-from hello.base.jobs import http_get  # noqa: E402
+from hello.base.config import DEFAULT_PATH, load_config  # noqa: E402
+from hello.base.config_schema import parse_duration  # noqa: E402
+from hello.base.http_client import http_get  # noqa: E402
 from hello.base.proc import free_port, wait_until  # noqa: E402
 from hello.monitoring.webhook_sink import WebhookSink  # noqa: E402
 

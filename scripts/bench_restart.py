@@ -41,7 +41,8 @@ import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv
 import yaml  # noqa: E402
 
 from hello.base.config import EXIT_FAILED, EXIT_OK, RunFiles  # noqa: E402
-from hello.base.jobs import http_get, pid_alive  # noqa: E402
+from hello.base.http_client import http_get  # noqa: E402
+from hello.base.locks import pid_alive  # noqa: E402
 from hello.base.proc import TimedOut, free_port, wait_until  # noqa: E402
 
 CRON_ENV_PATH = "/usr/bin:/bin"

@@ -66,16 +66,9 @@ import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv
 # isort: split
 import yaml  # noqa: E402
 
-from hello.base.config import (  # noqa: E402
-    EXIT_CONFIG,
-    EXIT_FAILED,
-    EXIT_OK,
-    ConfigError,
-    RunFiles,
-    load_config,
-    parse_duration,
-)
-from hello.base.jobs import http_get  # noqa: E402
+from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFiles, load_config  # noqa: E402
+from hello.base.config_schema import parse_duration  # noqa: E402
+from hello.base.http_client import http_get  # noqa: E402
 from hello.base.proc import free_port, tail  # noqa: E402
 
 log = logging.getLogger("bench_server")

@@ -50,15 +50,8 @@ import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv
 # isort: split
 import yaml  # noqa: E402
 
-from hello.base.config import (  # noqa: E402
-    DEFAULT_PATH,
-    EXIT_CONFIG,
-    EXIT_FAILED,
-    EXIT_OK,
-    ConfigError,
-    load_config,
-    parse_duration,
-)
+from hello.base.config import DEFAULT_PATH, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, load_config  # noqa: E402
+from hello.base.config_schema import parse_duration  # noqa: E402
 from hello.monitoring import (  # noqa: E402
     alerting,
     promconfig,

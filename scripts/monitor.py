@@ -60,7 +60,7 @@ from hello.base.config import (  # noqa: E402
     ConfigError,
     load_config,
 )
-from hello.base.jobs import pid_alive  # noqa: E402
+from hello.base.locks import pid_alive  # noqa: E402
 from hello.base.monitor_login import PASSWORD_NAME, USER, WEB_CONFIG_NAME, private_dir  # noqa: E402
 from hello.monitoring import (  # noqa: E402
     alerting,

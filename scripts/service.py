@@ -49,7 +49,8 @@ from hello.base.config import (  # noqa: E402
     load_config,
     server_url,
 )
-from hello.base.jobs import LockHeld, http_get, job_lock, pid_alive  # noqa: E402
+from hello.base.http_client import http_get  # noqa: E402
+from hello.base.locks import LockHeld, job_lock, pid_alive  # noqa: E402
 
 
 def start(config: dict, files: RunFiles, server_args: list[str], quiet: bool = False) -> int:

@@ -35,7 +35,7 @@ import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv
 # isort: split
 
 from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError, RunFiles, load_config  # noqa: E402
-from hello.base.jobs import write_atomically  # noqa: E402
+from hello.base.files import write_atomically  # noqa: E402
 from hello.platform.units import (  # noqa: E402
     DEBIAN_UNITS,
     Checkout,

@@ -28,7 +28,7 @@ from hello.backup.archive import verify_archive
 from hello.backup.naming import Archive
 from hello.backup.retention import plan_retention
 from hello.base.config import load_config
-from hello.base.jobs import job_lock
+from hello.base.locks import job_lock
 from tests.support.backups import SCRIPT, archives, backup, make_tree, snapshot
 from tests.support.hooks import all_gone, hook_pids, kill_leftovers, spawning_hook
 

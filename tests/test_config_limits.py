@@ -29,7 +29,12 @@ def check_capped(path: str) -> subprocess.CompletedProcess:
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
 
     return subprocess.run(
-        [PYTHON, str(REPO / "hello/base/config.py"), path], capture_output=True, text=True, timeout=60, preexec_fn=cap
+        [PYTHON, "-m", "hello.base.config", path],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=cap,
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import PYTHON, REPO, free_port, write_config
 from hello.base.config import EXIT_LOCKED, RunFiles, load_config
-from hello.base.jobs import job_lock
+from hello.base.locks import job_lock
 
 SCRIPT = str(REPO / "scripts" / "cron.py")
 

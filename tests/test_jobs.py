@@ -1,4 +1,5 @@
-"""hello/base/jobs.py: the job lock across real processes, and job metrics as a textfile and on a real Pushgateway."""
+"""hello/base/locks.py and job_metrics.py: the job lock across real processes, and job metrics as a textfile and on a
+real Pushgateway."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, free_port, http_get, start_pushgateway
-from hello.base.jobs import LockHeld, NotPrivate, job_lock, private_dir, record_job
+from hello.base.files import NotPrivate, private_dir
+from hello.base.job_metrics import record_job
+from hello.base.locks import LockHeld, job_lock
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 
 HOLDER = f"""
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
-from hello.base.jobs import job_lock
+from hello.base.locks import job_lock
 with job_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)

@@ -25,7 +25,8 @@ import yaml
 
 import lint_monitoring
 from conftest import PYTHON, REPO, deep_merge, free_port, http_get, require_tool, wait_until
-from hello.base.config import load_config, parse_duration
+from hello.base.config import load_config
+from hello.base.config_schema import parse_duration
 from hello.monitoring import dashboard as grafana
 from hello.monitoring import slo
 from hello.monitoring.promconfig import HELLO_JOB

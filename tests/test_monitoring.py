@@ -44,9 +44,9 @@ from conftest import (
     wait_until,
     write_config,
 )
-from hello.base import jobs as hello_jobs
-from hello.base import monitor_login
+from hello.base import job_metrics, monitor_login
 from hello.base.config import DEFAULT_PATH, EXIT_OK, load_config
+from hello.base.locks import pid_alive
 from hello.monitoring import dashboard as grafana
 from hello.monitoring import promconfig, slo, stack
 from hello.monitoring.alerting import format_duration
@@ -616,7 +616,7 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
     assert "alerts go to  NOBODY" in proc.stdout  # no receiver configured: said loudly
     assert "no server runs" in proc.stdout  # which hello-world it scrapes, and why
     # node_exporter's textfile collector reads the run dir's metrics/, where the jobs write their outcomes.
-    hello_jobs.record_job(system, "hello_world_backup", success=True, started=time.time(), finished=time.time())
+    job_metrics.record_job(system, "hello_world_backup", success=True, started=time.time(), finished=time.time())
     wait_until(
         lambda: b"hello_world_backup_success 1" in http_get(node_url + "/metrics")[2], 10, "the textfile collector"
     )
@@ -655,7 +655,7 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
     stopped = monitor_cli(env, "stop")
     assert stopped.returncode == 0, stopped.stderr
     for entry in state.values():
-        assert not hello_jobs.pid_alive(entry["pid"])
+        assert not pid_alive(entry["pid"])
     assert monitor_cli(env, "status").returncode == 1
     assert "nothing was running" in monitor_cli(env, "stop").stdout
 
@@ -709,7 +709,7 @@ def test_alertmanager_and_pushgateway_refuse_other_local_users(tmp_path: Path, p
     assert json.loads(http_get(f"{alertmanager_url}/api/v2/silences", headers=login)[2]) == []
 
     # The kit's own clients still get in: a job's push, Prometheus' scrape of both and its alert delivery.
-    hello_jobs.record_job(system, "hello_world_backup", success=True, started=time.time(), finished=time.time())
+    job_metrics.record_job(system, "hello_world_backup", success=True, started=time.time(), finished=time.time())
     assert b"hello_world_backup_success" in http_get(f"{pushgateway_url}/metrics", headers=login)[2]
     wait_until(
         lambda: prometheus_query(prometheus_url, 'hello_world_backup_success{job="hello_world_backup"} == 1'),
@@ -782,7 +782,7 @@ def test_monitor_foreground_stops_both_on_ctrl_c(tmp_path: Path, processes: Proc
     os.kill(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=30) == 0, log.read_text()
     for entry in state.values():
-        assert not hello_jobs.pid_alive(entry["pid"]), log.read_text()
+        assert not pid_alive(entry["pid"]), log.read_text()
 
 
 # --- end to end: every dashboard panel's query returns data from a live Prometheus ---
@@ -835,7 +835,7 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
     # A backup and an update, recorded as the real scripts do: textfile and push to the Pushgateway.
     system = load_config(write_config(tmp_path / "jobs", {"monitoring": {"pushgateway": {"url": pushgateway_url}}}))
     now = time.time()
-    hello_jobs.record_job(
+    job_metrics.record_job(
         system,
         "hello_world_backup",
         success=True,
@@ -879,7 +879,7 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
             raise AssertionError(f"{exc}\ntargets: {targets[:2000]}\nserver log: {server.log()}") from None
 
     # The annotation as Grafana makes it: a range query, each series' value the event's time; one event per run.
-    recorded = [*recorded_deploy(hello_jobs.metrics_textfile(system, UPDATE_JOB)).values()]
+    recorded = [*recorded_deploy(job_metrics.metrics_textfile(system, UPDATE_JOB)).values()]
 
     def both_events() -> list[tuple[int, str]]:
         events = annotation_events(prometheus_url, deploys[0], now - 60, time.time() + scrape_interval, step=2)

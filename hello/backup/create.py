@@ -34,7 +34,7 @@ from hello.backup.naming import (
     sidecar_path,
     unlink_quietly,
 )
-from hello.base.jobs import fsync_dir
+from hello.base.files import fsync_dir
 
 
 def prepare_destination(destination: Path) -> None:

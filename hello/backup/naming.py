@@ -15,11 +15,10 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from hello.backup import rclone
 
 log = logging.getLogger("backup")
 
@@ -130,7 +129,18 @@ def check_checksum(path: Path) -> str:
     return actual
 
 
-NAMING = rclone.Naming(
+@dataclass(frozen=True)
+class Naming:
+    """The archive naming as the off-host copies (hello/backup/rclone.py) use it: NAMING below, handed in."""
+
+    created: Callable[[str], datetime | None]  # an archive's time from its name; None: not an archive name
+    sidecar: Callable[[str], str]  # archive name -> its checksum file's name
+    temp: Callable[[str], str]  # final name -> the dot-named name it has while unchecked
+    is_temp: Callable[[str], bool]
+    sidecar_digest: Callable[[str, str], str]  # (sidecar text, archive name) -> sha256; ValueError if malformed
+
+
+NAMING = Naming(
     created=lambda name: archive.created if (archive := parse_archive(Path(name))) else None,
     sidecar=lambda name: name + SIDECAR,
     temp=lambda name: f".{name}{PARTIAL}",

@@ -30,7 +30,7 @@ from hello.backup.naming import (
     parse_archive,
 )
 from hello.backup.retention import keep_plan
-from hello.base.jobs import record_job
+from hello.base.job_metrics import record_job
 
 
 def configured_remote(

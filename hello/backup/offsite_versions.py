@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hello.backup.rclone import Naming, OffsiteError, Remote, local_digests
+from hello.backup.naming import Naming
+from hello.backup.rclone import OffsiteError, Remote, local_digests
 
 CANARY = ".hello-world-canary"  # a few bytes written twice per check: its older version is what the check deletes
 VERSION_RE = re.compile(r"^(?P<stem>.+)-v(?P<time>\d{4}-\d\d-\d\d-\d{6}-\d{3})(?P<ext>\.[^.]*)?$")

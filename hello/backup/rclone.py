@@ -45,13 +45,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hello.base.jobs import pid_alive
+from hello.backup.naming import Naming
+from hello.backup.retention import Keep
+from hello.base.locks import pid_alive
 from hello.base.proc import die_with_parent
 
 log = logging.getLogger("offsite")
@@ -379,20 +381,6 @@ def connect(
 
 
 # --- the archives on a remote ---
-
-
-@dataclass(frozen=True)
-class Naming:
-    """The archive naming, defined in hello/backup/naming.py (NAMING) and handed in."""
-
-    created: Callable[[str], datetime | None]  # an archive's time from its name; None: not an archive name
-    sidecar: Callable[[str], str]  # archive name -> its checksum file's name
-    temp: Callable[[str], str]  # final name -> the dot-named name it has while unchecked
-    is_temp: Callable[[str], bool]
-    sidecar_digest: Callable[[str, str], str]  # (sidecar text, archive name) -> sha256; ValueError if malformed
-
-
-Keep = Callable[[dict[str, datetime]], set[str]]  # archives (name -> time) -> the names retention keeps
 
 
 def archives_on(files: dict[str, int], naming: Naming) -> dict[str, datetime]:

@@ -26,7 +26,7 @@ wrote) is written apart, into <run_dir>/restore/<key>.backup, not into the targe
 Only then does the new folder take the target's place: renamed over a missing or empty target or, with force,
 swapped in by two renames (target -> `.<name>.replaced-*`, new folder -> target).
 
-What a restore reads back lives in the private <run_dir>/restore (0700, ours; hello.base.jobs.private_dir), named by
+What a restore reads back lives in the private <run_dir>/restore (0700, ours; hello.base.files.private_dir), named by
 a hash of the target's resolved path (State): the lock, and the journal, which records each folder the restore
 makes beside the target (a random name, recorded before the folder exists, then its device and inode) and which
 folder the target was. A restore killed between the two renames leaves the target missing; the next restore
@@ -66,7 +66,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hello.backup.manifest import MANIFEST_DIR
-from hello.base.jobs import fsync_dir, job_lock, private_dir, write_atomically
+from hello.base.files import fsync_dir, private_dir, write_atomically
+from hello.base.locks import job_lock
 
 log = logging.getLogger("restore")
 
@@ -799,8 +800,8 @@ def restore(
     """Restore the archive open_archive() reads as target, all or nothing.
 
     Raises TargetError (target not a folder, or not empty without force), RestoreError (failed or refused; the
-    target as it was), hello.base.jobs.LockHeld (another restore into target runs), hello.base.jobs.NotPrivate (run_dir
-    cannot hold private state). What recover() finished or undid first is passed to say.
+    target as it was), hello.base.locks.LockHeld (another restore into target runs), hello.base.files.NotPrivate
+    (run_dir cannot hold private state). What recover() finished or undid first is passed to say.
     """
     final = Path(os.path.realpath(target))  # a target given through a link: the folder it names
     if Path(os.path.realpath(run_dir)).is_relative_to(final):

@@ -9,17 +9,19 @@ The newest archive that verifies is always kept too, whatever the rules say.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hello.backup import rclone
 from hello.backup.archive import verify_archive
 from hello.backup.naming import Archive, BackupError, find_archives, sidecar_path, unlink_quietly
-from hello.base.jobs import fsync_dir
+from hello.base.files import fsync_dir
 
 log = logging.getLogger("backup")
+
+Keep = Callable[[dict[str, datetime]], set[str]]  # archives (name -> time) -> the names retention keeps
 
 
 def config_zone(config: dict[str, Any]) -> tzinfo | None:
@@ -95,7 +97,7 @@ def prune(config: dict[str, Any], *, dry_run: bool, known_good: Path | None = No
     return doomed
 
 
-def keep_plan(config: dict[str, Any]) -> rclone.Keep:
+def keep_plan(config: dict[str, Any]) -> Keep:
     """The retention plan of system.backup.keep over archive names (the same plan as for local archives)."""
 
     def keep(archives: dict[str, datetime]) -> set[str]:

@@ -19,6 +19,8 @@ import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hello.base import files
+
 USER = "hello"
 PASSWORD_NAME = "monitor-password"
 WEB_CONFIG_NAME = "web-config.yml"
@@ -43,12 +45,10 @@ def password_path(system: dict[str, Any]) -> Path:
 
 
 def private_dir(path: Path) -> Path:
-    """path (the monitor folder) ours and 0700, in a run_dir no one else can change (hello.base.jobs.private_dir)."""
-    from hello.base import jobs  # here, not above: hello.base.jobs reads the login of this module for its pushes
-
+    """path (the monitor folder) ours and 0700, in a run_dir no one else can change (files.private_dir)."""
     try:
-        return jobs.private_dir(jobs.private_dir(path.parent, readable=True) / path.name)
-    except jobs.NotPrivate as exc:
+        return files.private_dir(files.private_dir(path.parent, readable=True) / path.name)
+    except files.NotPrivate as exc:
         raise AuthError(f"{exc}; then run make monitor again") from None
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hello.base.jobs import pid_alive
+from hello.base.locks import pid_alive
 
 log = logging.getLogger("hello.base.proc")
 

@@ -18,7 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-CHECKOUT = Path(__file__).resolve().parents[2]
+from hello.base.checkout import CHECKOUT
+
 VENV = CHECKOUT / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
 REQUIREMENTS = CHECKOUT / "requirements.txt"

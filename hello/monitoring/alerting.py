@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from hello.base.jobs import write_atomically
+from hello.base.files import write_atomically
 
 WEBHOOK_ENV = "HELLO_ALERT_WEBHOOK_URL"
 SMTP_PASSWORD_ENV = "HELLO_SMTP_PASSWORD"

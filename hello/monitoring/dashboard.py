@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from hello.base.config import parse_duration
+from hello.base.config_schema import parse_duration
 from hello.monitoring.alerting import format_duration
 
 DEFAULT_RANGE = 6 * 3600.0  # the seed dashboard's now-6h

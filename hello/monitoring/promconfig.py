@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from hello.base.checkout import CHECKOUT
 from hello.base.config import RunFiles, server_url
 from hello.base.monitor_login import USER, password_path
 from hello.monitoring.alerting import format_duration
 
-REPO = Path(__file__).resolve().parents[2]
-COMPOSE_CONFIG = REPO / "monitoring" / "prometheus.yml"
-RULES_DIR = REPO / "monitoring" / "rules"
+COMPOSE_CONFIG = CHECKOUT / "monitoring" / "prometheus.yml"
+RULES_DIR = CHECKOUT / "monitoring" / "rules"
 RULES_GLOB = "*.rules.yml"
 HELLO_JOB = "hello-world"
 COMPOSE_HELLO_TARGET = "hello-world:80"  # the seed's target: the compose service on port 80

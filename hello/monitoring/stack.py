@@ -31,7 +31,9 @@ from urllib.parse import urlsplit
 import bcrypt
 import yaml
 
-from hello.base.jobs import http_get, pid_alive, write_atomically
+from hello.base.files import write_atomically
+from hello.base.http_client import http_get
+from hello.base.locks import pid_alive
 from hello.base.monitor_login import (
     WEB_CONFIG_NAME,
     Credentials,
@@ -110,7 +112,7 @@ def write_auth(system: dict[str, Any]) -> Credentials:
 
 
 def textfile_dir(system: dict[str, Any]) -> Path:
-    """Where the jobs write their outcomes (hello.base.jobs.record_job) and node_exporter reads them."""
+    """Where the jobs write their outcomes (hello.base.job_metrics.record_job) and node_exporter reads them."""
     return Path(system["run_dir"]) / "metrics"
 
 

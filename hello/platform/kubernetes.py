@@ -37,14 +37,15 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-KUBE_DIR = REPO / "deploy" / "kubernetes"
+from hello.base.checkout import CHECKOUT
+
+KUBE_DIR = CHECKOUT / "deploy" / "kubernetes"
 BASE = KUBE_DIR / "base"
 MONITORING_COMPONENT = KUBE_DIR / "components" / "monitoring"
 OVERLAY = KUBE_DIR / "overlays" / "example"
-CONFIG = REPO / "config.yaml"
-RULES_DIR = REPO / "monitoring" / "rules"
-DASHBOARD = REPO / "monitoring" / "grafana" / "dashboards" / "hello-world-dashboard.json"
+CONFIG = CHECKOUT / "config.yaml"
+RULES_DIR = CHECKOUT / "monitoring" / "rules"
+DASHBOARD = CHECKOUT / "monitoring" / "grafana" / "dashboards" / "hello-world-dashboard.json"
 
 APP = "hello-world"  # Deployment, Service, container, image and the Prometheus job all carry this name
 VALIDATION_SERVICE = "hello-world-validation"
@@ -146,7 +147,7 @@ def write_generated() -> list[Path]:
 def stale() -> list[str]:
     """The generated files missing or differing from what their sources make now (repo-relative)."""
     return [
-        str(path.relative_to(REPO))
+        str(path.relative_to(CHECKOUT))
         for path, text in generate().items()
         if not path.exists() or path.read_text(encoding="utf-8") != text
     ]
@@ -181,7 +182,7 @@ def render(directory: Path) -> list[dict[str, Any]]:
 
 def _shown(path: Path) -> str:
     try:
-        return str(path.relative_to(REPO))
+        return str(path.relative_to(CHECKOUT))
     except ValueError:
         return str(path)
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from hello.base.checkout import CHECKOUT
 from hello.monitoring import stack
 from hello.platform.scheduled import JOBS, job_argv
 
@@ -70,7 +71,7 @@ class Checkout:
 
     @classmethod
     def here(cls) -> Checkout:
-        repo = Path(__file__).resolve().parents[2]
+        repo = CHECKOUT
         make = shutil.which("make") or "/usr/bin/make"
         return cls(repo, repo / ".venv" / "bin" / "python", make)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hello.base.config import RunFiles
-from hello.base.jobs import write_atomically
+from hello.base.files import write_atomically
 
 STARTS, STOPPED = "starts", "stopped"
 HISTORY = 50

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from hello.base.config import served_url
 from hello.base.git import short
-from hello.base.jobs import http_get
+from hello.base.http_client import http_get
 from hello.update.child_scripts import ScriptFailed, run_script
 from hello.update.release import ReleaseError, changed_requirements, live_venv, pip_install
 

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hello.update.history import DEPLOYS
 
 if TYPE_CHECKING:
-    from hello.base.jobs import LabelledSeries  # hello_jobs imports this module (the metric's help text)
+    from hello.base.job_metrics import LabelledSeries  # hello_jobs imports this module (the metric's help text)
 
 log = logging.getLogger(__name__)
 

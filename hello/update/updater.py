@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hello.base.config import EXIT_FAILED, EXIT_OK, served_url
+from hello.base.files import write_atomically
 from hello.base.git import (
     GitError,
     git,
@@ -40,11 +41,12 @@ from hello.base.git import (
     switch_branch,
     tracked_at,
 )
-from hello.base.jobs import LockHeld, job_lock, metrics_textfile, record_job, write_atomically
+from hello.base.job_metrics import metrics_textfile, record_job
+from hello.base.locks import LockHeld, job_lock
 from hello.update.child_scripts import ScriptFailed, run_script, validate_service
 from hello.update.deploy import ComposeDeploy, DeployError, Deployment, LocalDeploy
 from hello.update.deploy_kubernetes import KubernetesDeploy
-from hello.update.deploy_records import deploy_series
+from hello.update.deploy_records import DEPLOY_HELP, DEPLOY_METRIC, deploy_series
 from hello.update.history import DEPLOYS, current_user, read_entries, update_log
 from hello.update.hooks import HookFailed, run_hooks
 from hello.update.release import Release, ReleaseError, Tester, changed_requirements, live_venv, tester_for
@@ -646,9 +648,7 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
         entry.update(report.extra)
         good = {"updated": updater.target, "redeployed": updater.target, "rolled-back": updater.serving}
         good["rollback"] = updater.target
-        if good.get(
-            report.outcome
-        ):  # what this run left serving, tested and verified (hello.update.history.good_release)
+        if good.get(report.outcome):  # what this run left serving, tested and verified (history.good_release)
             entry["good"] = good[report.outcome]
         try:
             path = record_job(
@@ -659,6 +659,7 @@ def record(config: dict[str, Any], updater: Updater, code: int, started: float) 
                 finished=finished,
                 extra={"hello_world_update_duration_seconds": finished - started, **watch_metrics(entry.get("watch"))},
                 series=deploy_series(entry, finished, metrics_textfile(config, JOB)),
+                helps={DEPLOY_METRIC: DEPLOY_HELP},
             )
             logfile = update_log(Path(config["run_dir"]))
             with open(logfile, "a", encoding="utf-8") as handle:

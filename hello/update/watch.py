@@ -38,7 +38,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from hello.base.jobs import http_get
+from hello.base.http_client import http_get
 from hello.update.deploy import Deployment
 
 # The metric names hello/server/metrics_files.py and hello_world.py create (SPEC "Metrics"); tests/test_update_watch.py

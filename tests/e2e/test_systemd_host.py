@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from conftest import IN_CI, REPO, free_port, http_get
-from hello.base.jobs import job_gauges
+from hello.base.job_metrics import job_gauges
 from hello.monitoring.webhook_sink import WebhookSink
 from tests.support.systemd_host import HostError, SystemdHost, missing_tools, rootfs_tarball
 

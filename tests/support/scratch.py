@@ -24,7 +24,7 @@ import yaml
 
 from hello.base.config import RunFiles
 from hello.base.git import git_out
-from hello.base.jobs import http_get
+from hello.base.http_client import http_get
 from hello.base.proc import free_port
 
 REPO = Path(__file__).resolve().parents[2]
