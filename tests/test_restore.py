@@ -365,7 +365,7 @@ KILLED_AT = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
 import backup_script
-from hello import restore
+from hello.backup import restore
 moment = sys.argv[2]
 real_rename, real_add, real_remove = os.rename, restore.Extractor.add, restore._remove_at
 def die():
