@@ -185,7 +185,7 @@ def worker_main(listen_fd: int, ready_fd: int) -> int:
 SETTINGS_ENV = "HELLO_SERVER_SETTINGS"  # system.server as the supervisor checked it, for its workers
 CONFIG_READER = """
 import json, sys
-from hello import config as hello_config
+from hello.base import config as hello_config
 try:
     print(json.dumps(hello_config.load_config()["server"]))
 except hello_config.ConfigError as exc:

@@ -396,7 +396,7 @@ def test_reload_to_broken_code_keeps_the_old_code_serving(checkout):
 
         # New code that imports but never gets ready: refused at the timeout, old code serving.
         git_out(checkout["dir"], "reset", "-q", "--hard", "HEAD~1")
-        hang = "    from hello import http_server\n"
+        hang = "    from hello.server import http_server\n"
         commit_change(checkout, hang, hang + "    time.sleep(3600)\n", "hangs")
         config = checkout["env"]["HELLO_CONFIG"]
         Path(config).write_text(Path(config).read_text().replace("reload_timeout: 20s", "reload_timeout: 2s"))
