@@ -19,6 +19,8 @@ import threading
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"  # every line of the supervisor and its workers
+
 
 class LogPipe:
     """stdout and stderr of this process and its children, written to a size-rotated file by one thread."""
