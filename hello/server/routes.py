@@ -69,7 +69,8 @@ def make_site(build: BuildInfo) -> tuple[Site, RequestMetrics]:
     def metrics_answer(accept: bytes | None):
         encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else None)
         name = "openmetrics" if content_type.startswith("application/openmetrics") else "text"
-        body = pages.get(name, lambda: encoder(exposition))  # a flood of scrapes costs about one render a second
+        # a flood of scrapes costs about one render a second
+        body = pages.render_or_newest(name, lambda: encoder(exposition))
         return 200, ((b"content-type", content_type.encode()), NO_STORE), body
 
     def answer(route: str, accept: bytes | None, is_draining: bool):

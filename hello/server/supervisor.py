@@ -140,9 +140,10 @@ class Supervisor:
                 log.warning("worker %d did not drain in time: killed", worker.proc.pid)
                 worker.proc.kill()
                 worker.proc.wait()
-            self.forget(worker)
+            self.clean_up_exited(worker)
 
-    def forget(self, worker: Worker) -> None:
+    def clean_up_exited(self, worker: Worker) -> None:
+        """Merge an exited worker's metric files into the merged ones (so /metrics stays flat); close its pipe."""
         from prometheus_client import multiprocess
 
         from hello.server.metrics_files import merge_dead_quietly
@@ -248,18 +249,19 @@ class Supervisor:
                 while os.stat(f"/proc/{worker.proc.pid}/fd/{fd}").st_ino == listener and time.monotonic() < deadline:
                     time.sleep(0.005)
 
-    def reap(self) -> None:
+    def reap_and_replace(self) -> None:
+        """Reap the old workers that drained (kill those past their deadline); replace a serving worker that died."""
         for worker in list(self.retiring):
             if worker.proc.poll() is None and time.monotonic() > worker.stop_deadline:
                 log.warning("old worker %d did not drain in time: killed", worker.proc.pid)
                 worker.proc.kill()
             if worker.proc.poll() is not None:
                 self.retiring.remove(worker)
-                self.forget(worker)
+                self.clean_up_exited(worker)
         for index, worker in enumerate(self.workers):
             if worker.proc.poll() is not None:
                 log.error("worker %d exited with code %s: starting another", worker.proc.pid, worker.proc.returncode)
-                self.forget(worker)
+                self.clean_up_exited(worker)
                 replacement = self.spawn()
                 error = self.wait_ready([replacement], self.server["reload_timeout"])
                 if error:
@@ -293,7 +295,7 @@ class Supervisor:
                     sdnotify.notify(sdnotify.reloading())
                     self.reload()
                     sdnotify.notify(sdnotify.READY, sdnotify.status(f"serving {self.serving()} on {self.url}"))
-            self.reap()
+            self.reap_and_replace()
 
     def stop(self, reason: str) -> int:
         log.info("stopping (%s): draining %d worker(s), serving %s", reason, len(self.workers), self.serving())
@@ -340,7 +342,7 @@ def serve(config: dict, flags: dict, command: Path, log_file: Path | None = None
     files.pidfile.write_text(f"{os.getpid()}\n")
     log_pipe = LogPipe(log_file, server["log_max_size"], server["log_keep"]) if log_file else None
     if log_pipe:
-        log_pipe.start()
+        log_pipe.capture_stdout_and_stderr()
     supervisor = Supervisor(config, flags, command, listener, files)
     try:
         return supervisor.run()
