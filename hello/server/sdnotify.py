@@ -1,6 +1,6 @@
 """Tell systemd how a Type=notify service is doing: sd_notify(3) over NOTIFY_SOCKET, no library needed.
 
-    from hello import sdnotify
+    from hello.server import sdnotify
     sdnotify.notify(sdnotify.READY)             # every worker is serving
     sdnotify.notify(sdnotify.reloading())       # a reload starts; READY=1 again when it ended
     sdnotify.notify(sdnotify.STOPPING)          # draining before exit
