@@ -6,27 +6,15 @@ Run it:
 
 In the background (make start, stop, status, reload) it is run by scripts/service.py.
 
-Endpoints: / (Hello, World!), /healthz, /readyz, /version, /metrics (see README).
+Endpoints: / (Hello, World!), /healthz, /readyz, /version, /metrics (see README and hello/server/routes.py).
 
-How it is built: a small supervisor process binds the listening socket and
-runs N worker processes that share it. Each worker serves the routes below
-(make_site) with the project's own HTTP layer, hello/server/protocol.py (httptools'
-parser on uvloop: deadlines, limits, back-pressure), and counts each answer
-in prometheus_client's multiprocess files (hello/server/metrics_files.py), so that
-/metrics sums every worker, past and present.
+How it is built: a small supervisor process (hello/server/supervisor.py) binds the listening socket and runs N
+worker processes that share it (hello/server/worker.py), each serving the routes with the project's own HTTP
+layer (hello/server/protocol.py). SIGHUP (`make reload`) starts a new generation of workers from the code on disk
+and drains the old one once the new one is ready; SIGTERM and SIGINT drain every worker and exit.
 
-Reload (SIGHUP, `make reload`): the supervisor starts a new generation of
-workers from the code now on disk and waits until each says it is ready.
-Only then does it tell the old workers to drain: stop accepting, answer the
-next request on every open connection with `Connection: close`, wait up to
-drain_timeout for the connections to leave, exit. New code that fails to
-import or to get ready within reload_timeout is stopped, and the old
-generation keeps serving. SIGTERM and SIGINT drain every worker the same way.
-
-Files in system.run_dir: hello_world.pid (the supervisor), hello_world.log
-(background mode: --log-file, rotated by hello/server/logfile.py), hello_world.state.json
-(URL, commit, last reload result), multiproc/ (the metric files of the workers, emptied at start;
-a dead worker's are merged into one file per type, so /metrics takes no longer after many reloads).
+Files in system.run_dir: hello_world.pid, hello_world.log (with --log-file), hello_world.state.json, multiproc/
+(see hello/server/supervisor.py).
 
 Exit codes: 0 success; 1 failed (the port is taken, the workers cannot start);
 2 bad usage or config.
@@ -38,460 +26,14 @@ import hello.base.venv  # noqa: F401 - first: outside the checkout's .venv this 
 
 # isort: split
 import argparse
-import contextlib
 import json
 import logging
-import os
-import select
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from hello.base.config import (
-    EXIT_CONFIG,
-    EXIT_FAILED,
-    EXIT_OK,
-    ConfigError,
-    RunFiles,
-    add_server_flags,
-    apply_server_flags,
-    load_config,
-    server_url,
-)
-from hello.base.files import write_atomically
-from hello.base.git import head_commit
-from hello.base.request_metrics import LATENCY_BUCKETS
-from hello.server import restarts, sdnotify
-from hello.server.logfile import LogPipe
-
-if TYPE_CHECKING:
-    from hello.server.metrics_files import RequestMetrics
-    from hello.server.protocol import Site
-
-VERSION = "1.0.0"
-REPO_DIR = Path(__file__).resolve().parent
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"
-
-log = logging.getLogger("hello_world")
-
-
-# --- what is being served -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BuildInfo:
-    version: str
-    commit: str
-
-
-def read_build_info() -> BuildInfo:
-    """The version and the git commit of the code on disk; HELLO_COMMIT (baked in at image build) without .git."""
-    commit = head_commit(REPO_DIR) if (REPO_DIR / ".git").exists() else None
-    return BuildInfo(VERSION, commit or os.environ.get("HELLO_COMMIT") or "unknown")
-
-
-# --- what is served -------------------------------------------------------------------------------
-
-
-ROUTES = ("/", "/healthz", "/readyz", "/version", "/metrics")
-METRICS_RENDERS = (5, 1.0)  # /metrics renders a worker may make at once, and per second after that
-NO_STORE = (b"cache-control", b"no-store")  # what a cache must not keep: health, readiness, version, metrics
-TEXT = (b"content-type", b"text/plain; charset=utf-8")
-
-
-def make_site(build: BuildInfo) -> tuple[Site, RequestMetrics]:
-    """The routes and their answers, built once; the request metrics they are counted in."""
-    from prometheus_client import CollectorRegistry, Gauge
-    from prometheus_client.exposition import choose_encoder
-
-    from hello.server.metrics_files import LockedCollector, RequestMetrics, SharedPage
-    from hello.server.protocol import Site
-
-    metrics = RequestMetrics((*ROUTES, "other"), LATENCY_BUCKETS)
-    build_info = Gauge(
-        "hello_world_build_info", "The running version and commit.", ["version", "commit"], multiprocess_mode="livemax"
-    )
-    build_info.labels(build.version, build.commit).set(1)
-    exposition = CollectorRegistry()
-    LockedCollector(exposition)  # the supervisor merges dead workers' files (hello/server/metrics_files.py)
-
-    version_body = json.dumps({"version": build.version, "commit": build.commit}).encode() + b"\n"
-    fixed = {
-        "/": (200, (TEXT,), b"Hello, World!\n"),
-        "/healthz": (200, (TEXT, NO_STORE), b"ok\n"),
-        "/version": (200, ((b"content-type", b"application/json"), NO_STORE), version_body),
-    }
-    ready, draining = (200, (TEXT, NO_STORE), b"ready\n"), (503, (TEXT, NO_STORE), b"draining\n")
-    pages = SharedPage(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), *METRICS_RENDERS)
-
-    def metrics_answer(accept: bytes | None):
-        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else None)
-        name = "openmetrics" if content_type.startswith("application/openmetrics") else "text"
-        body = pages.get(name, lambda: encoder(exposition))  # a flood of scrapes costs about one render a second
-        return 200, ((b"content-type", content_type.encode()), NO_STORE), body
-
-    def answer(route: str, accept: bytes | None, is_draining: bool):
-        if route == "/readyz":
-            return draining if is_draining else ready
-        if route == "/metrics":
-            return metrics_answer(accept)
-        return fixed[route]
-
-    site = Site(
-        routes={route.encode(): route for route in ROUTES},
-        answer=answer,
-        fixed=frozenset({"/", "/healthz", "/readyz", "/version"}),
-        not_found=(404, (TEXT,), b"not found\n"),
-        not_allowed=(405, (TEXT, (b"allow", b"GET, HEAD")), b"method not allowed\n"),
-    )
-    return site, metrics
-
-
-# --- the worker: hello/server/protocol.py's HTTP layer on uvloop ----------------------------------------------
-
-
-def worker_main(listen_fd: int, ready_fd: int) -> int:
-    """Serve on the inherited listening socket until told to stop; say 'ready' on ready_fd once serving."""
-    from hello.server import http_server
-    from hello.server.protocol import Limits, Service, connection_limit
-
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    server_config = json.loads(os.environ[SETTINGS_ENV])  # checked by the supervisor, never re-read here
-    build = read_build_info()
-    site, metrics = make_site(build)
-    limits = Limits(
-        header_timeout=server_config["header_timeout"],
-        body_timeout=server_config["body_timeout"],
-        write_timeout=server_config["write_timeout"],
-        keep_alive_timeout=server_config["keep_alive_timeout"],
-        max_header_count=server_config["max_header_count"],
-        max_connections=connection_limit(),
-    )
-
-    def make_service(loop) -> Service:
-        return Service(site, metrics, limits, loop, access_log=server_config["access_log"])
-
-    ready = (ready_fd, f"ready {build.version} {build.commit}")
-    http_server.run(make_service, socket.socket(fileno=listen_fd), ready, server_config["drain_timeout"])
-    return EXIT_OK
-
-
-SETTINGS_ENV = "HELLO_SERVER_SETTINGS"  # system.server as the supervisor checked it, for its workers
-CONFIG_READER = """
-import json, sys
-from hello.base import config as hello_config
-try:
-    print(json.dumps(hello_config.load_config()["server"]))
-except hello_config.ConfigError as exc:
-    sys.exit(str(exc))
-"""
-
-# The worker command: imports hello_world.py fresh from disk, so a reload serves the new code, and
-# reports an import error (a syntax error in new code) on the ready pipe instead of dying silently.
-WORKER_BOOTSTRAP = """
-import os, sys
-repo, listen_fd, ready_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-sys.path.insert(0, repo)
-try:
-    import hello_world
-except BaseException as exc:
-    os.write(ready_fd, f"failed: cannot import hello_world.py: {type(exc).__name__}: {exc}".encode())
-    sys.exit(1)
-sys.exit(hello_world.worker_main(listen_fd, ready_fd))
-"""
-
-
-# --- the supervisor -------------------------------------------------------------------------------
-
-
-@dataclass
-class Worker:
-    proc: subprocess.Popen
-    ready_pipe: int
-    message: str = ""
-    stop_deadline: float = 0.0
-
-
-class Supervisor:
-    """Holds the listening socket; starts, reloads and stops generations of workers."""
-
-    def __init__(self, config: dict, flags: dict, listener: socket.socket, files: RunFiles) -> None:
-        self.listener, self.files, self.url = listener, files, server_url(config)
-        self.server = config["server"]
-        self.flags = flags  # command-line overrides of system.server, kept over a reload
-        self.workers: list[Worker] = []
-        self.retiring: list[Worker] = []
-        self.signals: list[int] = []
-        self.state: dict[str, Any] = {
-            "pid": os.getpid(),
-            "url": self.url,
-            "workers": self.server["workers"],
-            "reloads": 0,
-        }
-
-    # workers
-
-    def spawn(self) -> Worker:
-        read_end, write_end = os.pipe()
-        env = {
-            **os.environ,
-            "PROMETHEUS_MULTIPROC_DIR": str(self.files.multiproc),
-            SETTINGS_ENV: json.dumps(self.server),
-        }
-        args = [sys.executable, "-c", WORKER_BOOTSTRAP, str(REPO_DIR), str(self.listener.fileno()), str(write_end)]
-        try:
-            proc = subprocess.Popen(args, pass_fds=(self.listener.fileno(), write_end), env=env, cwd=REPO_DIR)
-        finally:
-            os.close(write_end)
-        return Worker(proc, read_end)
-
-    def wait_ready(self, workers: list[Worker], timeout: float) -> str | None:
-        """None once every worker said 'ready', else why not (failure, early exit, timeout, a stop signal)."""
-        deadline = time.monotonic() + timeout
-        pending = {worker.ready_pipe: worker for worker in workers}
-        while pending:
-            if self.stop_requested():
-                return "interrupted by a stop signal"
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return f"not ready within {timeout:g}s (system.server.reload_timeout)"
-            readable, _, _ = select.select(list(pending), [], [], min(left, 0.5))
-            for fd in readable:
-                worker = pending.pop(fd)
-                worker.message = os.read(fd, 4096).decode(errors="replace")
-                os.close(fd)
-                if not worker.message.startswith("ready"):
-                    code = worker.proc.wait()
-                    return worker.message or f"worker exited with code {code} before it was ready"
-        return None
-
-    def stop_requested(self) -> bool:
-        return any(sig in (signal.SIGTERM, signal.SIGINT) for sig in self.signals)
-
-    def stop_workers(self, workers: list[Worker], timeout: float) -> None:
-        """Drain (SIGTERM) and wait; SIGKILL what is left at the deadline."""
-        for worker in workers:
-            with contextlib.suppress(ProcessLookupError):
-                worker.proc.terminate()
-        deadline = time.monotonic() + timeout
-        for worker in workers:
-            try:
-                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("worker %d did not drain in time: killed", worker.proc.pid)
-                worker.proc.kill()
-                worker.proc.wait()
-            self.forget(worker)
-
-    def forget(self, worker: Worker) -> None:
-        from prometheus_client import multiprocess
-
-        from hello.server.metrics_files import merge_dead_quietly
-
-        multiprocess.mark_process_dead(worker.proc.pid, str(self.files.multiproc))
-        merge_dead_quietly(self.files.multiproc, worker.proc.pid)  # so /metrics stays flat over reloads
-        with contextlib.suppress(OSError):
-            os.close(worker.ready_pipe)
-
-    def start_generation(self) -> tuple[list[Worker], str | None]:
-        workers = [self.spawn() for _ in range(self.server["workers"])]
-        error = self.wait_ready(workers, self.server["reload_timeout"])
-        if error:
-            # Some may be serving already (a stop during start): they drain like any other.
-            self.stop_workers(workers, timeout=self.server["drain_timeout"] + 5)
-        return workers, error
-
-    # state
-
-    def serving(self) -> str:
-        parts = self.workers[0].message.split() if self.workers else []
-        return f"version {parts[1]} commit {parts[2]}" if len(parts) == 3 else "nothing"
-
-    def save_state(self, **changes: Any) -> None:
-        parts = self.workers[0].message.split() if self.workers else []
-        if len(parts) == 3:  # "ready <version> <commit>"; a failed replacement worker says otherwise
-            self.state.update(version=parts[1], commit=parts[2], workers=len(self.workers))
-        self.state.update(changes)
-        write_atomically(self.files.statefile, json.dumps(self.state, indent=2).encode() + b"\n")
-
-    # the life cycle
-
-    def start(self) -> str | None:
-        self.workers, error = self.start_generation()
-        if error:
-            self.workers = []
-            return error
-        now = time.time()
-        history = restarts.starts_after(self.files.read_state(), now, os.getpid())  # before it is overwritten
-        self.save_state(started=now, **{restarts.STARTS: history})
-        log.info("started %s on %s with %d worker(s)", self.serving(), self.url, len(self.workers))
-        sdnotify.notify(sdnotify.READY, sdnotify.status(f"serving {self.serving()} on {self.url}"))
-        return None
-
-    def reread_config(self) -> str | None:
-        """Take the config file's server settings as they are now; why not, if the file is bad.
-
-        The code on disk reads it (a child process), not this process's copy of hello_config: an
-        update may bring new keys that only the new code knows.
-        """
-        try:
-            result = subprocess.run(
-                [sys.executable, "-c", CONFIG_READER], cwd=REPO_DIR, capture_output=True, text=True, timeout=60
-            )
-        except subprocess.TimeoutExpired:
-            return "reading the config took over 60 s"
-        if result.returncode != 0:
-            lines = result.stderr.strip().splitlines()
-            return lines[-1] if lines else f"reading the config failed with exit code {result.returncode}"
-        server = {**json.loads(result.stdout), **self.flags}
-        if (server["host"], server["port"]) != (self.server["host"], self.server["port"]):
-            log.warning(
-                "reload keeps listening on %s:%d: a new host or port needs a restart",
-                self.server["host"],
-                self.server["port"],
-            )
-            server["host"], server["port"] = self.server["host"], self.server["port"]
-        self.server = server
-        return None
-
-    def reload(self) -> None:
-        before = self.serving()
-        log.info("reload: starting new workers from the code on disk (serving %s)", before)
-        error = self.reread_config()
-        new: list[Worker] = []
-        if not error:
-            new, error = self.start_generation()
-        count = self.state["reloads"] + 1
-        if error:
-            log.error("reload failed, still serving %s: %s", before, error)
-            self.save_state(reloads=count, last_reload={"ok": False, "reason": error, "at": time.time()})
-            return
-        old, self.workers = self.workers, new
-        for worker in old:
-            worker.proc.terminate()  # drain: the new workers already accept on the same socket
-            worker.stop_deadline = time.monotonic() + self.server["drain_timeout"] + 5
-        self.retiring.extend(old)
-        self.wait_until_not_accepting(old, timeout=5)
-        log.info("reloaded: now serving %s (was %s)", self.serving(), before)
-        self.save_state(reloads=count, last_reload={"ok": True, "reason": "", "at": time.time()})
-
-    def wait_until_not_accepting(self, workers: list[Worker], timeout: float) -> None:
-        """Wait until each worker has closed its copy of the listening socket (or exited).
-
-        A worker notices SIGTERM on its next tick (0.1 s): until then it still takes new connections
-        and answers them with the old code. Only after this is the new code all there is.
-        """
-        fd = self.listener.fileno()
-        listener = os.fstat(fd).st_ino
-        deadline = time.monotonic() + timeout
-        for worker in workers:
-            with contextlib.suppress(OSError):  # no such fd or process: not accepting
-                while os.stat(f"/proc/{worker.proc.pid}/fd/{fd}").st_ino == listener and time.monotonic() < deadline:
-                    time.sleep(0.005)
-
-    def reap(self) -> None:
-        for worker in list(self.retiring):
-            if worker.proc.poll() is None and time.monotonic() > worker.stop_deadline:
-                log.warning("old worker %d did not drain in time: killed", worker.proc.pid)
-                worker.proc.kill()
-            if worker.proc.poll() is not None:
-                self.retiring.remove(worker)
-                self.forget(worker)
-        for index, worker in enumerate(self.workers):
-            if worker.proc.poll() is not None:
-                log.error("worker %d exited with code %s: starting another", worker.proc.pid, worker.proc.returncode)
-                self.forget(worker)
-                replacement = self.spawn()
-                error = self.wait_ready([replacement], self.server["reload_timeout"])
-                if error:
-                    log.error("replacement worker failed: %s", error)
-                    time.sleep(1)  # no hot loop while the code on disk cannot start
-                self.workers[index] = replacement
-
-    def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; SIGHUP reloads."""
-        wake_read, wake_write = os.pipe()
-        os.set_blocking(wake_write, False)
-        signal.set_wakeup_fd(wake_write)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, lambda signum, frame: self.signals.append(signum))
-        error = self.start()
-        if error and self.stop_requested():
-            log.info("stopped while starting")
-            return EXIT_OK
-        if error:
-            log.error("cannot start: %s", error)
-            return EXIT_FAILED
-        while True:
-            select.select([wake_read], [], [], 1.0)
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_read, 512)
-            while self.signals:
-                sig = self.signals.pop(0)
-                if sig in (signal.SIGTERM, signal.SIGINT):
-                    return self.stop(signal.Signals(sig).name)
-                if sig == signal.SIGHUP:
-                    sdnotify.notify(sdnotify.reloading())
-                    self.reload()
-                    sdnotify.notify(sdnotify.READY, sdnotify.status(f"serving {self.serving()} on {self.url}"))
-            self.reap()
-
-    def stop(self, reason: str) -> int:
-        log.info("stopping (%s): draining %d worker(s), serving %s", reason, len(self.workers), self.serving())
-        sdnotify.notify(sdnotify.STOPPING)
-        self.listener.close()
-        self.stop_workers(self.workers + self.retiring, timeout=self.server["drain_timeout"] + 5)
-        self.save_state(**{restarts.STOPPED: time.time()})
-        log.info("stopped")
-        return EXIT_OK
-
-
-# --- the command ---------------------------------------------------------------------------------
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def serve(config: dict, flags: dict, log_file: Path | None = None) -> int:
-    server, files = config["server"], RunFiles(Path(config["run_dir"]))
-    files.run_dir.mkdir(parents=True, exist_ok=True)
-    pid = files.running_pid()
-    if pid and pid != os.getpid():
-        log.error("already running as pid %d (see `make status`)", pid)
-        return EXIT_FAILED
-    try:
-        listener = bind(server["host"], server["port"])
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", server["host"], server["port"], exc.strerror or exc)
-        return EXIT_FAILED
-    shutil.rmtree(files.multiproc, ignore_errors=True)
-    files.multiproc.mkdir()
-    files.pidfile.write_text(f"{os.getpid()}\n")
-    log_pipe = LogPipe(log_file, server["log_max_size"], server["log_keep"]) if log_file else None
-    if log_pipe:
-        log_pipe.start()
-    supervisor = Supervisor(config, flags, listener, files)
-    try:
-        return supervisor.run()
-    finally:
-        if log_pipe:
-            log_pipe.close()
-        if files.running_pid() == os.getpid():
-            files.pidfile.unlink(missing_ok=True)
-        shutil.rmtree(files.multiproc, ignore_errors=True)
+from hello.base.config import EXIT_CONFIG, EXIT_OK, ConfigError, add_server_flags, apply_server_flags, load_config
+from hello.server import supervisor
+from hello.server.logfile import LOG_FORMAT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -499,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve Hello, World! in the foreground (see module docstring).")
     add_server_flags(parser)
     parser.add_argument("--log-file", type=Path, help="log there, rotated (system.server.log_max_size, log_keep)")
+    parser.add_argument(
+        supervisor.SETTINGS_FLAG,
+        action="store_true",
+        help="print system.server as JSON, as it would serve, and exit (a reload asks the code on disk so)",
+    )
     options = parser.parse_args(argv)
     try:
         config = load_config()
@@ -506,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    return serve(config, flags, options.log_file)
+    if options.print_settings:
+        print(json.dumps(config["server"]))
+        return EXIT_OK
+    return supervisor.serve(config, flags, Path(__file__).resolve(), options.log_file)
 
 
 if __name__ == "__main__":

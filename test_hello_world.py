@@ -329,9 +329,15 @@ def make(checkout: dict, *targets: str, timeout: float = 60) -> subprocess.Compl
     )
 
 
-def commit_change(checkout: dict, old: str, new: str, message: str) -> str:
-    path = checkout["dir"] / "hello_world.py"
-    path.write_text(path.read_text().replace(old, new, 1))
+ROUTES = "hello/server/routes.py"  # where the version is
+WORKER = "hello/server/worker.py"  # what each worker imports fresh from disk
+
+
+def commit_change(checkout: dict, file: str, old: str, new: str, message: str) -> str:
+    path = checkout["dir"] / file
+    text = path.read_text()
+    assert old in text, f"{file} has no {old!r} to change"
+    path.write_text(text.replace(old, new, 1))
     git_out(checkout["dir"], "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", message)
     return git_out(checkout["dir"], "rev-parse", "HEAD")
 
@@ -365,7 +371,9 @@ def test_reload_under_load_loses_nothing_and_serves_the_new_code(checkout):
         count_progress(clients, 200)
         commits = [first]
         for round_number in range(3):
-            commits.append(commit_change(checkout, 'VERSION = "', f'VERSION = "{round_number}', f"r{round_number}"))
+            commits.append(
+                commit_change(checkout, ROUTES, 'VERSION = "', f'VERSION = "{round_number}', f"r{round_number}")
+            )
             result = make(checkout, "reload")
             assert result.returncode == 0, result.stderr
             assert served_commit(checkout) == commits[-1]
@@ -388,7 +396,7 @@ def test_reload_to_broken_code_keeps_the_old_code_serving(checkout):
     client.start()
     try:
         count_progress([client], 100)
-        commit_change(checkout, "def worker_main(", "def worker_main(:", "syntax error")
+        commit_change(checkout, WORKER, "def main(", "def main(:", "syntax error")
         result = make(checkout, "reload")
         assert result.returncode != 0
         assert "old code still serving" in result.stderr and "SyntaxError" in result.stderr
@@ -396,8 +404,8 @@ def test_reload_to_broken_code_keeps_the_old_code_serving(checkout):
 
         # New code that imports but never gets ready: refused at the timeout, old code serving.
         git_out(checkout["dir"], "reset", "-q", "--hard", "HEAD~1")
-        hang = "    from hello.server import http_server\n"
-        commit_change(checkout, hang, hang + "    time.sleep(3600)\n", "hangs")
+        hang = "    logging.basicConfig("
+        commit_change(checkout, WORKER, hang, "    __import__('time').sleep(3600)\n" + hang, "hangs")
         config = checkout["env"]["HELLO_CONFIG"]
         Path(config).write_text(Path(config).read_text().replace("reload_timeout: 20s", "reload_timeout: 2s"))
         result = make(checkout, "reload")

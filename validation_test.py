@@ -1017,7 +1017,7 @@ def check_last_update(ctx: Context) -> str:
 )
 def check_restarts(ctx: Context) -> str:
     """The supervisor's start history (its state file) since validation last looked: a crash loop shows."""
-    ok, detail = restarts.look(ctx.run_dir, first_window=ctx.config["validation"]["interval"] or 900.0)
+    ok, detail = restarts.report_and_mark_seen(ctx.run_dir, first_window=ctx.config["validation"]["interval"] or 900.0)
     if ok is None:
         raise CheckSkipped(detail)
     if not ok:

@@ -1,4 +1,4 @@
-"""The trimmed connection set-up of hello_world.py's worker: idle connections still close on time.
+"""The trimmed connection set-up of the worker (hello/server/worker.py): idle connections still close on time.
 
 No timer is armed per connection or per keep-alive answer; the worker's tick (and its drain loop) closes
 connections idle past keep_alive_timeout. Real server, real sockets, real signals.

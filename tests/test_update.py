@@ -145,18 +145,22 @@ def test_commit_whose_tests_fail_is_not_deployed(site: ScratchDeployment) -> Non
 
 
 BREAKAGES = {
-    # the reload command itself cannot run: the old code keeps serving
-    "syntax-error": lambda text: text + "\ndef broken(:\n",
+    # the command itself cannot run: the reload refuses it (it reads the config with it), the old code keeps serving
+    "syntax-error": ("hello_world.py", lambda text: text + "\ndef broken(:\n"),
     # the CLI runs, the new workers cannot import: the supervisor keeps the old generation
-    "import-error": lambda text: text + "\nif __name__ != '__main__':\n    raise ImportError('broken on purpose')\n",
+    "import-error": (
+        "hello/server/worker.py",
+        lambda text: text + "\nif __name__ != '__main__':\n    raise ImportError('broken on purpose')\n",
+    ),
 }
+GREETING = "hello/server/routes.py"  # where the greeting literal is
 
 
 @pytest.mark.parametrize("breakage", sorted(BREAKAGES))
 def test_commit_that_cannot_start_is_rolled_back(site: ScratchDeployment, breakage: str) -> None:
     before = snapshot(site)
-    broken = BREAKAGES[breakage]((site.deploy / "hello_world.py").read_text())
-    site.commit(f"hello_world.py with a {breakage}", {"hello_world.py": broken})
+    path, break_it = BREAKAGES[breakage]
+    site.commit(f"{path} with a {breakage}", {path: break_it((site.deploy / path).read_text())})
     with Load(site.port, limit=5000) as load:
         result = site.update()
     assert result.returncode == 1, shown(result)
@@ -171,9 +175,9 @@ def test_commit_that_cannot_start_is_rolled_back(site: ScratchDeployment, breaka
 
 def test_commit_that_fails_verification_is_rolled_back(site: ScratchDeployment) -> None:
     before = snapshot(site)
-    text = (site.deploy / "hello_world.py").read_text()
-    assert "Hello, World!" in text, "the test needs the greeting literal in hello_world.py"
-    bad = site.commit("a different greeting", {"hello_world.py": text.replace("Hello, World!", "Goodbye, World!")})
+    text = (site.deploy / GREETING).read_text()
+    assert "Hello, World!" in text, f"the test needs the greeting literal in {GREETING}"
+    bad = site.commit("a different greeting", {GREETING: text.replace("Hello, World!", "Goodbye, World!")})
     with Load(site.port, limit=5000) as load:
         result = site.update()
     assert result.returncode == 1, shown(result)
@@ -525,10 +529,10 @@ def test_worker_killed_while_a_failing_update_tests_respawns_the_serving_code(
 ) -> None:
     good = site.harmless_commit("the recorded good release")
     assert site.update().returncode == 0 and site.served() == good
-    text = (site.deploy / "hello_world.py").read_text()
+    text = (site.deploy / GREETING).read_text()
     rejected = site.commit(
         "a new greeting whose tests fail",
-        {"hello_world.py": text.replace("Hello, World!", "Goodbye, World!"), "SMOKE": "broken\n"},
+        {GREETING: text.replace("Hello, World!", "Goodbye, World!"), "SMOKE": "broken\n"},
     )
     hold = tmp_path / "hold"
     update = start_held_update(site, processes, hold)

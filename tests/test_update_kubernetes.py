@@ -132,9 +132,10 @@ def test_failed_rollout_ends_in_rollout_undo_and_a_verified_old_commit(site: Scr
 
 def test_failed_verify_is_undone_and_the_old_commit_verified(site: ScratchDeployment, tmp_path: Path) -> None:
     served = site.served()
-    text = (site.deploy / "hello_world.py").read_text()
-    assert "Hello, World!" in text, "the test needs the greeting literal in hello_world.py"
-    site.commit("kubernetes: a different greeting", {"hello_world.py": text.replace("Hello, World!", "Goodbye!")})
+    greeting = "hello/server/routes.py"
+    text = (site.deploy / greeting).read_text()
+    assert "Hello, World!" in text, f"the test needs the greeting literal in {greeting}"
+    site.commit("kubernetes: a different greeting", {greeting: text.replace("Hello, World!", "Goodbye!")})
     result = site.update(env=kube_env(site, tmp_path))
     assert result.returncode == 1, shown(result)
     assert_step(result, "deploy")

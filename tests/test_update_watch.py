@@ -206,9 +206,9 @@ import tempfile
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()  # the site's metrics live in multiprocess files
 sys.path.insert(0, ".")
 
-import hello_world  # noqa: E402
+from hello.server.routes import make_site, read_build_info  # noqa: E402
 
-site, _ = hello_world.make_site(hello_world.read_build_info())
+site, _ = make_site(read_build_info())
 status, headers, body = site.answer("/healthz", None, False)
 assert (status, body) == (200, b"ok\\n"), (status, body)
 print("/healthz: 200 ok")

@@ -1,1 +1,2 @@
-"""The hello server: its HTTP protocol, the supervisor's state and logs, and the worker's metrics files."""
+"""The hello server: its supervisor and worker processes, what they serve, their HTTP layer, metrics files, state and
+logs."""

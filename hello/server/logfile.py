@@ -19,6 +19,8 @@ import threading
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(message)s"  # every line of the supervisor and its workers
+
 
 class LogPipe:
     """stdout and stderr of this process and its children, written to a size-rotated file by one thread."""
@@ -28,7 +30,8 @@ class LogPipe:
         self.handler.setFormatter(logging.Formatter("%(message)s"))
         self.thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def capture_stdout_and_stderr(self) -> None:
+        """Point fds 1 and 2 (inherited by the workers) at the pipe; start the thread that writes it to the file."""
         read_end, write_end = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -157,8 +157,9 @@ class SharedPage:
         self.tokens -= 1
         return True
 
-    def get(self, name: str, render: Callable[[], bytes]) -> bytes:
-        """The page called name (one per format): a new render while this worker has renders left, else the newest."""
+    def render_or_newest(self, name: str, render: Callable[[], bytes]) -> bytes:
+        """The page called name (one per format): a new render, written for every worker to read, while this worker
+        has renders left; else the newest page any worker wrote."""
         path = self.directory / f".page-{name}"
         if not self.take_token():
             page = self.newest(path, name)

@@ -6,8 +6,8 @@ A run whose state has no STOPPED after its start ended without the supervisor's 
 killer, a crash or a power loss. Each entry is {"at": epoch seconds, "pid": PID, "after": how the run
 before ended: "stop", "crash" or "first"}; the newest HISTORY entries are kept.
 
-Validation (`report`) names the starts since its own last look (SEEN_FILE in run_dir), and fails when
-one of them followed a crash, so a crash loop is visible.
+Validation (`report_and_mark_seen`) names the starts since its own last look, then records this look
+(SEEN_FILE in run_dir), and fails when one of them followed a crash, so a crash loop is visible.
 """
 
 from __future__ import annotations
@@ -91,10 +91,11 @@ def report(state: dict[str, Any], since: float, since_what: str) -> tuple[bool, 
     )
 
 
-def look(run_dir: Path, first_window: float) -> tuple[bool | None, str]:
-    """Validation's look at the start history since its last look (else the last first_window seconds).
+def report_and_mark_seen(run_dir: Path, first_window: float) -> tuple[bool | None, str]:
+    """Report the starts since validation's last look (else the last first_window seconds), then mark them seen.
 
-    (True, detail) no crash; (False, detail) a start after a crash; (None, why) no history to look at.
+    (True, detail) no crash; (False, detail) a start after a crash; (None, why) no history to look at (nothing
+    marked). Marking writes SEEN_FILE: the next call reports only the starts after this one.
     """
     files = RunFiles(run_dir)
     state = files.read_state()
