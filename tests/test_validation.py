@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 
-import validation_test
 from conftest import (
     PYTHON,
     REPO,
@@ -50,9 +49,14 @@ from conftest import (
 )
 from hello.base import monitor_login
 from hello.base.config import load_config
+from hello.validation import monitoring, scheduler
+from hello.validation.components import Context
+from hello.validation.core import GROUPS, CheckFailed, Result
+from hello.validation.registry import CHECKS, FIXES
+from hello.validation.report import render_table
 
-CHECK = {func.__name__: (group, name) for group, name, func in validation_test.CHECKS}
-GROUP = {group: {key for key, (g, _) in CHECK.items() if g == group} for group in validation_test.GROUPS}
+CHECK = {func.__name__: (group, name) for group, name, func in CHECKS}
+GROUP = {group: {key for key, (g, _) in CHECK.items() if g == group} for group in GROUPS}
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",
     "GIT_AUTHOR_EMAIL": "t@example.invalid",
@@ -455,11 +459,8 @@ def test_a_fresh_system_fails_in_lines_that_fit_and_say_what_to_do(hello_server)
 def test_every_checks_fail_line_fits_120_columns_with_its_fix() -> None:
     """Each check's own fix (what a FAIL shows when its fault names none) fits beside its name on one line."""
     long = "x" * 500
-    results = [
-        validation_test.Result(g, n, "FAIL", long, 0.0, validation_test.FIXES[(g, n)])
-        for g, n, _ in validation_test.CHECKS
-    ]
-    lines = validation_test.render_table(results).splitlines()
+    results = [Result(g, n, "FAIL", long, 0.0, FIXES[(g, n)]) for g, n, _ in CHECKS]
+    lines = render_table(results).splitlines()
     assert max(map(len, lines)) <= 120, "\n".join(line for line in lines if len(line) > 120)
     failed = [line for line in lines if line.startswith("FAIL")]
     assert len(failed) == len(results) and all(FIX_HINT.search(line) for line in failed), "\n".join(failed)
@@ -482,10 +483,10 @@ def test_bad_usage_and_bad_config_exit_2_with_one_line(tmp_path: Path) -> None:
 def test_the_backup_line_of_make_cron_counts_as_a_scheduler() -> None:
     done = run([PYTHON, str(REPO / "scripts" / "cron.py")], REPO, dict(os.environ))
     assert done.returncode == 0, done.stderr
-    found = validation_test.backup_cron_lines(done.stdout)
+    found = scheduler.backup_cron_lines(done.stdout)
     assert len(found) == 1 and "backup" in found[0], done.stdout
-    assert validation_test.backup_cron_lines("# 0 2 * * * make backup\n*/15 * * * * make validate\n") == []
-    assert validation_test.backup_cron_lines("0 3 * * 0 cd /x && .venv/bin/python backup_script.py drill\n") == []
+    assert scheduler.backup_cron_lines("# 0 2 * * * make backup\n*/15 * * * * make validate\n") == []
+    assert scheduler.backup_cron_lines("0 3 * * 0 cd /x && .venv/bin/python backup_script.py drill\n") == []
 
 
 def test_pytest_collects_nothing_from_validation_test_py() -> None:
@@ -550,7 +551,7 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: validation_test.schedule_loops({REPO}), 30, "the `make backup-schedule` loop")
+        wait_until(lambda: scheduler.schedule_loops({REPO}), 30, "the `make backup-schedule` loop")
         wait_until(
             lambda: (
                 prometheus_query(prometheus, 'count_over_time(up{job="hello-world"}[1m]) >= 3')
@@ -611,15 +612,15 @@ def test_the_slo_check_fails_without_the_rules_and_reports_the_budget_with_them(
         (tmp_path / name).mkdir()
         prometheus = start_prometheus(processes, tmp_path / name, server.port, None, 1.0, rules_dir)
         config = load_config(write_config(tmp_path / name, {"monitoring": {"prometheus": {"url": prometheus.url}}}))
-        context = validation_test.Context(config)
+        context = Context(config)
         if rules_dir == empty:
-            with pytest.raises(validation_test.CheckFailed, match="has not loaded the SLO rules"):
-                validation_test.check_slo_budget(context)
+            with pytest.raises(CheckFailed, match="has not loaded the SLO rules"):
+                monitoring.check_slo_budget(context)
             continue
 
-        def reported(context: validation_test.Context = context) -> str:
+        def reported(context: Context = context) -> str:
             http_get(server.url + "/")  # user traffic: the budget has something to be over
-            detail = validation_test.check_slo_budget(context)
+            detail = monitoring.check_slo_budget(context)
             return detail if "no user traffic" not in detail else ""
 
         detail = wait_until(reported, 30, "the SLO budget to be recorded", interval=0.5)
