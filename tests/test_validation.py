@@ -10,6 +10,7 @@ The operator path runs the Makefile targets from this repo with HELLO_CONFIG poi
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -496,6 +497,38 @@ def test_pytest_collects_nothing_from_validation_test_py() -> None:
         dict(os.environ),
     )
     assert done.returncode == 5, done.stdout  # 5: no tests collected
+
+
+@pytest.mark.fast
+def test_the_checks_run_in_the_order_of_validation_steps_md() -> None:
+    """Each check has its step in the operator's guide (a row starting its table), and they come in the same order:
+    the order hello/validation/__init__.py imports the group modules in."""
+    steps = re.findall(r"^\| ([^|]+?) \|", (REPO / "validation_steps.md").read_text(encoding="utf-8"), re.MULTILINE)
+    documented = [next((step for step in steps if name.startswith(step)), None) for _, name, _ in CHECKS]
+    assert None not in documented, [name for (_, name, _), step in zip(CHECKS, documented, strict=True) if not step]
+    assert documented == [step for step in steps if step in documented]
+
+
+@pytest.mark.fast
+def test_only_the_command_imports_hello_validation_and_its_groups_not_each_other() -> None:
+    """The seam points one way (hello/validation/__init__.py): no other command, script or package imports it; and
+    a group's module imports no other group's, so importing one never registers another group's checks early."""
+    importers, crossings = [], []
+    groups = {"service", "monitoring", "alert_delivery", "backup", "scheduler", "update", "restarts"}
+    for path in sorted({*REPO.glob("*.py"), *REPO.glob("scripts/*.py"), *REPO.glob("hello/**/*.py")}):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+        inside = path.relative_to(REPO).parts[:2] == ("hello", "validation")
+        if not inside and path.name != "validation_test.py" and any(n.startswith("hello.validation") for n in names):
+            importers.append(str(path.relative_to(REPO)))
+        if inside and path.stem in groups:
+            crossings += [f"{path.stem} -> {n}" for n in names if n.removeprefix("hello.validation.") in groups]
+    assert importers == [], "only validation_test.py and the tests may import hello.validation"
+    assert crossings == [], "what two groups share belongs in hello/validation/last_runs.py"
 
 
 # --- the operator's path --------------------------------------------------------------------------
