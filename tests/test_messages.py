@@ -12,7 +12,9 @@ import pytest
 from conftest import REPO
 from hello.base.config import ConfigError, load_config
 from hello.base.git import GitError, git
-from validation_test import CheckFailed, Context, check_last_update
+from hello.validation.components import Context
+from hello.validation.core import CheckFailed
+from hello.validation.update import check_last_update
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 

@@ -10,6 +10,7 @@ The operator path runs the Makefile targets from this repo with HELLO_CONFIG poi
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -29,7 +30,6 @@ from typing import Any
 
 import pytest
 
-import validation_test
 from conftest import (
     PYTHON,
     REPO,
@@ -50,9 +50,14 @@ from conftest import (
 )
 from hello.base import monitor_login
 from hello.base.config import load_config
+from hello.validation import monitoring, scheduler
+from hello.validation.components import Context
+from hello.validation.core import GROUPS, CheckFailed, Result
+from hello.validation.registry import CHECKS, FIXES
+from hello.validation.report import render_table
 
-CHECK = {func.__name__: (group, name) for group, name, func in validation_test.CHECKS}
-GROUP = {group: {key for key, (g, _) in CHECK.items() if g == group} for group in validation_test.GROUPS}
+CHECK = {func.__name__: (group, name) for group, name, func in CHECKS}
+GROUP = {group: {key for key, (g, _) in CHECK.items() if g == group} for group in GROUPS}
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",
     "GIT_AUTHOR_EMAIL": "t@example.invalid",
@@ -455,11 +460,8 @@ def test_a_fresh_system_fails_in_lines_that_fit_and_say_what_to_do(hello_server)
 def test_every_checks_fail_line_fits_120_columns_with_its_fix() -> None:
     """Each check's own fix (what a FAIL shows when its fault names none) fits beside its name on one line."""
     long = "x" * 500
-    results = [
-        validation_test.Result(g, n, "FAIL", long, 0.0, validation_test.FIXES[(g, n)])
-        for g, n, _ in validation_test.CHECKS
-    ]
-    lines = validation_test.render_table(results).splitlines()
+    results = [Result(g, n, "FAIL", long, 0.0, FIXES[(g, n)]) for g, n, _ in CHECKS]
+    lines = render_table(results).splitlines()
     assert max(map(len, lines)) <= 120, "\n".join(line for line in lines if len(line) > 120)
     failed = [line for line in lines if line.startswith("FAIL")]
     assert len(failed) == len(results) and all(FIX_HINT.search(line) for line in failed), "\n".join(failed)
@@ -482,10 +484,10 @@ def test_bad_usage_and_bad_config_exit_2_with_one_line(tmp_path: Path) -> None:
 def test_the_backup_line_of_make_cron_counts_as_a_scheduler() -> None:
     done = run([PYTHON, str(REPO / "scripts" / "cron.py")], REPO, dict(os.environ))
     assert done.returncode == 0, done.stderr
-    found = validation_test.backup_cron_lines(done.stdout)
+    found = scheduler.backup_cron_lines(done.stdout)
     assert len(found) == 1 and "backup" in found[0], done.stdout
-    assert validation_test.backup_cron_lines("# 0 2 * * * make backup\n*/15 * * * * make validate\n") == []
-    assert validation_test.backup_cron_lines("0 3 * * 0 cd /x && .venv/bin/python backup_script.py drill\n") == []
+    assert scheduler.backup_cron_lines("# 0 2 * * * make backup\n*/15 * * * * make validate\n") == []
+    assert scheduler.backup_cron_lines("0 3 * * 0 cd /x && .venv/bin/python backup_script.py drill\n") == []
 
 
 def test_pytest_collects_nothing_from_validation_test_py() -> None:
@@ -495,6 +497,38 @@ def test_pytest_collects_nothing_from_validation_test_py() -> None:
         dict(os.environ),
     )
     assert done.returncode == 5, done.stdout  # 5: no tests collected
+
+
+@pytest.mark.fast
+def test_the_checks_run_in_the_order_of_validation_steps_md() -> None:
+    """Each check has its step in the operator's guide (a row starting its table), and they come in the same order:
+    the order hello/validation/__init__.py imports the group modules in."""
+    steps = re.findall(r"^\| ([^|]+?) \|", (REPO / "validation_steps.md").read_text(encoding="utf-8"), re.MULTILINE)
+    documented = [next((step for step in steps if name.startswith(step)), None) for _, name, _ in CHECKS]
+    assert None not in documented, [name for (_, name, _), step in zip(CHECKS, documented, strict=True) if not step]
+    assert documented == [step for step in steps if step in documented]
+
+
+@pytest.mark.fast
+def test_only_the_command_imports_hello_validation_and_its_groups_not_each_other() -> None:
+    """The seam points one way (hello/validation/__init__.py): no other command, script or package imports it; and
+    a group's module imports no other group's, so importing one never registers another group's checks early."""
+    importers, crossings = [], []
+    groups = {"service", "monitoring", "alert_delivery", "backup", "scheduler", "update", "restarts"}
+    for path in sorted({*REPO.glob("*.py"), *REPO.glob("scripts/*.py"), *REPO.glob("hello/**/*.py")}):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+        inside = path.relative_to(REPO).parts[:2] == ("hello", "validation")
+        if not inside and path.name != "validation_test.py" and any(n.startswith("hello.validation") for n in names):
+            importers.append(str(path.relative_to(REPO)))
+        if inside and path.stem in groups:
+            crossings += [f"{path.stem} -> {n}" for n in names if n.removeprefix("hello.validation.") in groups]
+    assert importers == [], "only validation_test.py and the tests may import hello.validation"
+    assert crossings == [], "what two groups share belongs in hello/validation/last_runs.py"
 
 
 # --- the operator's path --------------------------------------------------------------------------
@@ -550,7 +584,7 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: validation_test.schedule_loops({REPO}), 30, "the `make backup-schedule` loop")
+        wait_until(lambda: scheduler.schedule_loops({REPO}), 30, "the `make backup-schedule` loop")
         wait_until(
             lambda: (
                 prometheus_query(prometheus, 'count_over_time(up{job="hello-world"}[1m]) >= 3')
@@ -611,15 +645,15 @@ def test_the_slo_check_fails_without_the_rules_and_reports_the_budget_with_them(
         (tmp_path / name).mkdir()
         prometheus = start_prometheus(processes, tmp_path / name, server.port, None, 1.0, rules_dir)
         config = load_config(write_config(tmp_path / name, {"monitoring": {"prometheus": {"url": prometheus.url}}}))
-        context = validation_test.Context(config)
+        context = Context(config)
         if rules_dir == empty:
-            with pytest.raises(validation_test.CheckFailed, match="has not loaded the SLO rules"):
-                validation_test.check_slo_budget(context)
+            with pytest.raises(CheckFailed, match="has not loaded the SLO rules"):
+                monitoring.check_slo_budget(context)
             continue
 
-        def reported(context: validation_test.Context = context) -> str:
+        def reported(context: Context = context) -> str:
             http_get(server.url + "/")  # user traffic: the budget has something to be over
-            detail = validation_test.check_slo_budget(context)
+            detail = monitoring.check_slo_budget(context)
             return detail if "no user traffic" not in detail else ""
 
         detail = wait_until(reported, 30, "the SLO budget to be recorded", interval=0.5)

@@ -5,7 +5,7 @@ metric jobs of the backup runs.
     hello-world-<...>.tar.gz.sha256                      its sidecar, a line `sha256sum -c` accepts (sidecar_path)
     .hello-world-<...>.tar.gz[.sha256].partial           a file still being written (PARTIAL_RE)
 
-backup_script.py, validation_test.py and hello/backup/rclone.py (through NAMING) all read these facts from here.
+backup_script.py, hello/validation/ and hello/backup/rclone.py (through NAMING) all read these facts from here.
 """
 
 from __future__ import annotations

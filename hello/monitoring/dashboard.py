@@ -7,7 +7,7 @@
 Collected: the targets of every panel, also of panels inside rows (a collapsed row holds its panels in its
 own "panels"), and the enabled Prometheus annotation queries (annotations.list[*].target.expr, or .expr);
 hidden targets and other data sources' queries are left out. Used by scripts/lint_monitoring.py (promtool
-parses each) and validation_test.py (each returns data), so the two cannot disagree about what it asks.
+parses each) and hello/validation/monitoring.py (each returns data), so the two cannot disagree about what it asks.
 
 The macros, as Grafana documents them for Prometheus (Grafana 7.2's blog post on $__rate_interval, and
 grafana/grafana#77234 which restored the formula):
