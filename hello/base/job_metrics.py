@@ -30,7 +30,6 @@ PUSH_TIMEOUT = 5.0  # seconds: a slow Pushgateway must not hold up a backup
 EXTRA_HELP = {
     "hello_world_backup_size_bytes": "Size of the archive written by the last backup run, in bytes.",
     "hello_world_backup_duration_seconds": "Duration of the last backup run, in seconds.",
-    "hello_world_validation_check_success": "1 if the check passed in the last validation run, 0 if it failed.",
 }
 # A labelled gauge of a job: metric name -> (label names, {label values: value}).
 LabelledSeries = dict[str, tuple[tuple[str, ...], dict[tuple[str, ...], float]]]

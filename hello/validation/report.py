@@ -15,8 +15,11 @@ from hello.validation.core import FAIL, PASS, SKIP, Result
 VALIDATION_JOB = "hello_world_validation"  # metric prefix and Pushgateway job of each run's results
 
 
+CHECK_SUCCESS_HELP = "1 if the check passed in the last validation run, 0 if it failed."
+
+
 def record_results(config: dict[str, Any], results: list[Result], started: float) -> Path:
-    """This run as metrics (textfile and Pushgateway, via hello.base.job_metrics.record_job); SKIPped checks are left out."""
+    """This run as metrics (textfile and Pushgateway, via job_metrics.record_job); SKIPped checks are left out."""
     checks = {(r.group, r.check): 1.0 if r.status == PASS else 0.0 for r in results if r.status != SKIP}
     return record_job(
         config,
@@ -25,6 +28,7 @@ def record_results(config: dict[str, Any], results: list[Result], started: float
         started=started,
         finished=time.time(),
         series={f"{VALIDATION_JOB}_check_success": (("group", "check"), checks)},
+        helps={f"{VALIDATION_JOB}_check_success": CHECK_SUCCESS_HELP},
     )
 
 
