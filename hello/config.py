@@ -322,6 +322,46 @@ def _check_immutable(system: dict[str, Any]) -> None:
         )
 
 
+def _address_or_null(value: Any) -> str | None:
+    """host:port to listen on or connect to (the vault's SFTP), or null."""
+    try:
+        return _host_port_or_null(value)
+    except _Invalid:
+        raise _Invalid(f"expected host:port such as 10.0.0.5:2222, or null, {_got(value)}") from None
+
+
+KEEP_RULES = ("last", "daily", "weekly", "monthly")
+
+
+def _keep_or_null(value: Any) -> dict[str, int] | None:
+    """null, or a retention like system.backup.keep (rules left out: production's)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= set(KEEP_RULES):
+        raise _Invalid(f"expected null or a mapping of {', '.join(KEEP_RULES)} (as system.backup.keep), {_got(value)}")
+    checked = {}
+    for rule, count in value.items():
+        try:
+            checked[rule] = _int_at_least(0)(count)
+        except _Invalid as exc:
+            raise _Invalid(f"{rule}: {exc}") from None
+    return checked
+
+
+def _check_vault(system: dict[str, Any]) -> None:
+    """The vault keeps every copy production keeps (rule by rule, at least as many): a copy it pruned while
+    production still holds it would be pulled back at the next run. Rules left out are production's."""
+    backup = system["backup"]
+    keep = {**backup["keep"], **(backup["vault"]["keep"] or {})}
+    for rule in KEEP_RULES:
+        if keep[rule] < backup["keep"][rule]:
+            raise _KeyError(
+                f"system.backup.vault.keep.{rule}",
+                f"{keep[rule]} is shorter than production's system.backup.keep.{rule} ({backup['keep'][rule]}): "
+                f"the vault would delete copies production still keeps; set it to at least {backup['keep'][rule]}",
+            )
+
+
 def _command_list(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
         raise _Invalid(f"expected a list of shell commands, {_got(value)}")
@@ -417,6 +457,18 @@ SCHEMA: Schema = {
             },
             "hooks": {
                 "before": (_command_list, []),  # their $HELLO_BACKUP_STAGING goes into the archive
+            },
+            # A second host pulls the archives over read-only SFTP (hello/vault_serve.py, hello/vault_pull.py).
+            "vault": {
+                "listen": (_address_or_null, None),  # production: serve-vault listens here; null: not served
+                "authorized_keys": (_path_or_null, None),  # production: the vault's public key(s)
+                "pull_from": (_address_or_null, None),  # vault: production's serve-vault; null: no pull
+                "identity": (_path_or_null, None),  # vault: its private SSH key
+                "known_hosts": (_path_or_null, None),  # vault: pins production's host key
+                "store": (_path, "vault"),  # vault: where the pulled copies live
+                "keep": (_keep_or_null, None),  # vault: its retention; null: system.backup.keep; never shorter
+                "interval": (_interval_or_null, "1h"),  # vault: how often cron and systemd pull
+                "drill": (_bool, True),  # vault: the restore drill on the newest copy after a pull that brought one
             },
         },
         "update": {
@@ -603,6 +655,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     try:
         checked = _check(raw, SCHEMA, "", path.resolve().parent)
         _check_immutable(checked["system"])
+        _check_vault(checked["system"])
     except _KeyError as exc:
         raise ConfigError(f"{shown}: {exc}") from None
     system = checked["system"]

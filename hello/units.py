@@ -13,7 +13,8 @@ Units (names fixed: one systemd deployment per host):
                                  `make monitor` (same argv and configs), when Prometheus's url is on this host
   hello-world-<job>.timer        when: backup daily at system.backup.time (in system.backup.timezone,
                                  Persistent=true), the restore drill weekly an hour after it, validate every
-                                 system.validation.interval, update every system.update.interval; a job
+                                 system.validation.interval, update every system.update.interval, the
+                                 vault's pull every system.backup.vault.interval (with pull_from set); a job
                                  whose interval is null gets no units
 
 Each unit is sandboxed as far as its work allows (`systemd-analyze security`: every unit rates at most
@@ -154,6 +155,12 @@ def jobs(config: dict[str, Any]) -> list[Job]:
             RESTORE_CAPABILITIES,
         ),
     ]
+    vault = backup["vault"]
+    if vault["pull_from"] is not None and vault["interval"] is not None:  # a vault host (hello/vault_pull.py)
+        reads = tuple(path for path in (vault["identity"], vault["known_hosts"]) if path)
+        pull = "the pull of production's archives (backup_script.py pull)"
+        calendar = every_calendar(vault["interval"])
+        found.append(Job("pull", pull, calendar, True, (run_dir, vault["store"]), reads, RESTORE_CAPABILITIES))
     for target, description, interval in (
         ("validate", "the validation of the live system (validation_test.py)", config["validation"]["interval"]),
         ("update", "the update protocol (update_protocol.py)", config["update"]["interval"]),
