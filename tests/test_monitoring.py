@@ -74,6 +74,8 @@ ALERTS = [
     "HelloWorldOffsiteBackupStale",  # issue 13
     "HelloWorldBackupDrillStale",
     "HelloWorldBackupDrillFailed",
+    "HelloWorldVaultCopyStale",  # issue 26
+    "HelloWorldVaultPullFailed",
     "HelloWorldErrorBudgetBurn",  # issue 25: generated from system.slo (hello/slo.py)
     "HelloWorldLatencyBudgetBurn",
 ]

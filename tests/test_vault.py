@@ -468,3 +468,19 @@ def test_a_vault_host_gets_a_cron_line_and_a_sandboxed_timer_for_the_pull(tmp_pa
         assert check_units(pull_units) == []
     plain = write_config(tmp_path / "prod", {})
     assert not any("pull" in name for name in render_units(load_config(plain), Checkout.here(), {}))
+
+
+def test_production_gets_a_sandboxed_serve_vault_unit_when_listen_is_set(tmp_path: Path) -> None:
+    keys = tmp_path / "vault.pub"
+    keys.write_text("ssh-ed25519 AAAA vault\n")
+    vault = {"listen": "10.0.0.5:2222", "authorized_keys": str(keys)}
+    config = load_config(write_config(tmp_path, {"backup": {"vault": vault}}))
+    units = render_units(config, Checkout.here(), {})
+    text = units["hello-world-serve-vault.service"]
+    assert "backup_script.py serve-vault" in text and "KillSignal=SIGTERM" in text
+    assert "WantedBy=multi-user.target" in text  # make systemd-install enables it
+    if Path("/usr/bin/systemd-analyze").exists():
+        assert check_units({"hello-world-serve-vault.service": text}) == []
+    assert "hello-world-serve-vault.service" not in render_units(
+        load_config(write_config(tmp_path / "p", {})), Checkout.here(), {}
+    )
