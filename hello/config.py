@@ -439,7 +439,7 @@ SCHEMA: Schema = {
             "destination": (_path, "backups"),
             "exclude": (
                 _string_list,
-                [".git", ".venv", "__pycache__", "backups", "run", ".pytest_cache", ".ruff_cache"],
+                [".git", ".venv", "__pycache__", "backups", "run", "vault", ".pytest_cache", ".ruff_cache"],
             ),
             # Secret files are left out of every archive (and so of every off-host copy) unless the operator
             # sets this to [] (README "Archive format"); apart from `exclude` so that a custom exclude keeps them out.
