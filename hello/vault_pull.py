@@ -5,8 +5,9 @@
 A second host runs the same kit with system.backup.vault.pull_from set. Each run, under <run_dir>/vault-pull.lock:
 1. lists production's archives (hello/vault_serve.py serves them read-only; the vault logs in with its own key and
    pins production's host key in its known_hosts: no password anywhere, no secret on any command line);
-2. copies the new complete ones (archive and sidecar, the kit's naming only) and the sidecars of those it already
-   holds into a fresh private folder in the store, <store>/.incoming, with rclone (one `sync/copy`);
+2. copies the new complete ones its retention keeps (archive and sidecar, the kit's naming only) and the sidecars
+   of those it already holds into a fresh private folder in the store, <store>/.incoming, with rclone (one
+   `sync/copy`);
 3. refuses, naming it, an archive production changed after the vault pulled it: another size or sidecar than the
    vault's copy, or rclone `copy --immutable` of the copies it holds failing (`immutable file modified`: another
    size or time); the vault's copy is never touched;
@@ -36,6 +37,7 @@ from hello.drill import DrillFailed, DrillResult, Steps, drill
 from hello.jobs import fsync_dir, private_dir, record_job, write_atomically
 from hello.naming import (
     NAMING,
+    Archive,
     BackupError,
     UsageError,
     check_checksum,
@@ -43,7 +45,7 @@ from hello.naming import (
     remove_leftovers,
     sidecar_path,
 )
-from hello.retention import prune
+from hello.retention import config_zone, plan_retention, prune
 from hello.vault_serve import vault_dir
 
 log = logging.getLogger("vault")
@@ -129,7 +131,8 @@ def _pull(config: dict[str, Any], result: PullResult, address: str, rclone_conf:
         files = remote.files()
         on_production = [name for name in offsite.archives_on(files, NAMING) if NAMING.sidecar(name) in files]
         held = {archive.path.name: archive for archive in find_archives(store)}
-        new = [name for name in on_production if name not in held]
+        kept = _kept_by_vault(config, [*held, *on_production])
+        new = [name for name in on_production if name not in held and name in kept]
         both = [name for name in on_production if name in held]
         incoming = _fresh_incoming(store)
         try:
@@ -163,6 +166,13 @@ def _pull(config: dict[str, Any], result: PullResult, address: str, rclone_conf:
     if result.pulled and steps is not None and config["backup"]["vault"]["drill"] and result.newest:
         result.drilled = drill(result.newest, run_dir / "drill", steps)
     return refused
+
+
+def _kept_by_vault(config: dict[str, Any], names: list[str]) -> set[str]:
+    """The archive names the vault's retention keeps among these: one it would prune at once is not pulled (nor
+    pulled again at every run while production still keeps it)."""
+    found = [Archive(Path(name), created) for name in names if (created := NAMING.created(name)) is not None]
+    return {path.name for path in plan_retention(found, vault_keep(config), config_zone(config))}
 
 
 def _fresh_incoming(store: Path) -> Path:
