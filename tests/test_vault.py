@@ -9,6 +9,7 @@ the test's "production root" still shares the disk, so what it may touch is prod
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import hashlib
 import os
@@ -26,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import IN_CI, PYTHON, REPO, ProcessRegistry, deep_merge, require_tool, wait_until, write_config
 from hello import vault_pull
 from hello.config import load_config
+from hello.jobs import job_lock
 from hello.units import Checkout, check_units, render_units
 from tests.support.backups import archives, backup, make_tree
 from tests.test_offsite import PASSWORD_FLAGS, CommandLineWatch
@@ -221,7 +223,7 @@ def test_a_pull_copies_every_archive_byte_exact_with_its_sidecar_and_drills(pair
     newest = archives(pair.store)[-1].name
     stamp = time.strptime(newest.removeprefix("hello-world-").removesuffix(".tar.gz"), "%Y%m%dT%H%M%SZ")
     assert values[f"{vault_pull.VAULT_JOB}_success"] == 1
-    assert values[vault_pull.NEWEST_METRIC] == time.mktime(stamp) - time.timezone
+    assert values[vault_pull.NEWEST_METRIC] == calendar.timegm(stamp)
     again = pair.pull()  # nothing new: nothing copied, no drill
     assert again.returncode == 0 and "pulled 0 archive(s)" in again.stdout, again.stderr
     assert "drill" not in again.stdout
@@ -412,7 +414,7 @@ def edit_config(path: Path, backup: dict) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def test_the_vault_prunes_by_its_own_longer_retention_and_never_pulls_back_what_it_pruned(pair: Pair) -> None:
+def test_the_vault_prunes_by_its_own_longer_retention(pair: Pair) -> None:
     production_keep = {"last": 2, "daily": 0, "weekly": 0, "monthly": 0}
     edit_config(pair.prod_config, {"keep": production_keep})
     # The vault's system.backup.keep says production's (the check compares with it); vault.keep is its own.
@@ -498,6 +500,13 @@ def test_bad_vault_settings_exit_2_with_one_line_naming_the_key(
     result = backup(config, *args)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_a_pull_while_another_runs_exits_75(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"monitoring": {"pushgateway": {"url": None}}})
+    with job_lock(tmp_path / "run" / "vault-pull.lock"):
+        result = backup(config, "pull")
+    assert result.returncode == 75 and "another pull holds" in result.stderr, result.stderr
 
 
 # --- the schedulers ---
