@@ -68,6 +68,13 @@ restore: $(RUNTIME_STAMP) ## restore a backup: make restore ARCHIVE=path TARGET=
 	@[ -n "$(ARCHIVE)" ] && [ -n "$(TARGET)" ] || { echo "usage: make restore ARCHIVE=path TARGET=dir [FORCE=1] [KEEP_SETUID=1]" >&2; exit 2; }
 	@$(PY) backup_script.py restore "$(ARCHIVE)" --target "$(TARGET)" $(if $(FORCE),--force) $(if $(KEEP_SETUID),--keep-setuid)
 
+.PHONY: pull serve-vault bench-vault
+pull: $(RUNTIME_STAMP) ## on the vault host: copy production's new archives, check each, prune, drill (cron/systemd: pull)
+	@$(PY) backup_script.py pull
+
+serve-vault: $(RUNTIME_STAMP) ## on production: serve the archives read-only over SFTP to the vault's key (foreground)
+	@$(PY) backup_script.py serve-vault
+
 drill: $(RUNTIME_STAMP) ## restore the newest archive (off-host when configured) into a scratch folder, compare its manifest
 	@$(PY) backup_script.py drill
 
@@ -132,6 +139,9 @@ bench-restart: $(RUNTIME_STAMP) ## time the way back after a supervisor SIGKILL 
 
 bench-offsite: $(DEV_STAMP) ## off-host upload against plain rclone copy, and the drill, on a local SFTP server
 	$(PY) scripts/bench_backup.py --offsite $(BENCH_ARGS)
+
+bench-vault: $(DEV_STAMP) ## a 300 MB pull by the vault against plain rclone copy, over a local read-only SFTP server
+	$(PY) scripts/bench_vault.py $(BENCH_ARGS)
 
 bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deployment
 	$(PY) scripts/bench_update.py $(BENCH_ARGS)

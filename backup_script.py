@@ -9,6 +9,8 @@
     python backup_script.py schedule [--at HH:MM[:SS] | --every SECONDS]   the daily loop (make backup-schedule)
     python backup_script.py drill                      restore the newest archive into a scratch folder, compare
     python backup_script.py list|verify [NAME] --offsite, restore NAME --offsite --target DIR   the off-host copies
+    python backup_script.py serve-vault                production: serve the archives read-only to the vault's key
+    python backup_script.py pull                       the vault: copy production's new archives, check, keep, drill
 
 Settings come from config.yaml (system.backup, run_dir, monitoring.pushgateway) via hello/base/config.py.
 Exit codes: 0 done; 1 the job failed (nothing partial left); 2 bad usage or config; 75 another run holds
@@ -67,7 +69,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hello.backup import offsite_versions, rclone, restore
+from hello.backup import offsite_versions, rclone, restore, vault_pull, vault_serve
 from hello.backup.archive import open_tar_stream, verify_archive
 from hello.backup.archive_writer import TERMINATION, Progress, Terminated
 from hello.backup.create import create
@@ -241,6 +243,29 @@ def _drill_newest(config: dict[str, Any], run_dir: Path):
             raise BackupError(f"no archives on {remote.spec} to drill")
         with fetched(config, remote, names[-1]) as path:
             return drill(path, scratch, steps)
+
+
+# --- the vault: a second host pulls (hello/backup/vault_serve.py, hello/backup/vault_pull.py) ---
+
+
+def run_pull(config: dict[str, Any]) -> int:
+    steps = Steps(
+        verify=check_checksum, restore=functools.partial(_drill_restore, config), remove_tree=restore.remove_tree
+    )
+    try:
+        with job_lock(Path(config["run_dir"]) / "vault-pull.lock"):
+            result = vault_pull.pull(config, steps)
+    except LockHeld as exc:
+        log.error("another pull holds %s (PID %s); not starting", exc.path, exc.pid)
+        return EXIT_LOCKED
+    newest = result.newest.name if result.newest else "none"
+    print(
+        f"pulled {len(result.pulled)} archive(s) from {result.source} into {result.store} in {result.seconds:.2f} s; "
+        f"newest there {newest}; pruned {len(result.pruned)}"
+    )
+    if result.drilled is not None:
+        print(f"  drill passed: {result.drilled.archive.name} ({result.drilled.seconds:.2f} s)")
+    return EXIT_OK
 
 
 # --- verify and list ---
@@ -435,6 +460,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     prune_cmd = commands.add_parser("prune", help="delete archives beyond system.backup.keep")
     prune_cmd.add_argument("--dry-run", action="store_true", help="print what would be deleted")
     commands.add_parser("drill", help="restore the newest archive into a scratch folder and compare its manifest")
+    commands.add_parser("serve-vault", help="serve the archives read-only over SFTP to the vault (foreground)")
+    commands.add_parser("pull", help="on the vault: copy production's new archives, check them, prune, drill")
     sched = commands.add_parser("schedule", help="the loop: one backup a day at system.backup.time")
     when = sched.add_mutually_exclusive_group()
     when.add_argument("--at", metavar="HH:MM[:SS]", help="another time of day than system.backup.time")
@@ -460,6 +487,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return run_drill(config)
     if args.command == "prune":
         return run_prune(config, args.dry_run)
+    if args.command == "serve-vault":
+        return vault_serve.serve(config)
+    if args.command == "pull":
+        return run_pull(config)
     return run_schedule_loop(config, args.at, args.every)
 
 

@@ -14,6 +14,7 @@ Lines printed:
   - monitoring, when system.monitoring.prometheus.url is on this host (127.0.0.1, localhost, ::1):
     at @reboot `monitor.py start` (make monitor), and every minute when `monitor.py status` finds nothing.
   - the restore drill weekly, on Sundays an hour after the backup (`02:00` -> `0 3 * * 0`).
+  - on a vault host (system.backup.vault.pull_from set): the pull every system.backup.vault.interval.
 Each runs `cd <repo> && mkdir -p <run_dir> && <repo>/.venv/bin/python <script> <args> >> <run_dir>/cron.log 2>&1`
 (hello/platform/scheduled.py: the script itself, never `make <target>`, which turns every failure into 2: cron's
 mail and any wrapper see the script's own code, 75 when another run holds the lock), after a PATH= line (cron's own PATH
@@ -111,6 +112,9 @@ def entries(config: dict[str, Any]) -> list[dict[str, str]]:
     found.append(
         {"target": "drill", "schedule": weekly_after(config["backup"]["time"]), "command": command("drill", log)}
     )
+    vault = config["backup"]["vault"]
+    if vault["pull_from"] is not None and vault["interval"] is not None:  # a vault host: it pulls from production
+        found.append({"target": "pull", "schedule": every(vault["interval"]), "command": command("pull", log)})
     return found
 
 

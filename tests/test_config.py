@@ -68,6 +68,7 @@ def test_the_shipped_config_yaml_equals_the_defaults():
         expected[key] = str((REPO / expected[key]).resolve())
     for key in ("source", "destination"):
         expected["backup"][key] = str((REPO / expected["backup"][key]).resolve())
+    expected["backup"]["vault"]["store"] = str((REPO / expected["backup"]["vault"]["store"]).resolve())
     config.pop("config_file")
     assert config == expected
     assert server_url(config) == "http://127.0.0.1:8000"
@@ -125,7 +126,7 @@ def test_durations(tmp_path, written, seconds):
         (
             "system:\n  backup:\n    kep: {daily: 1}\n",
             "config.yaml: system.backup.kep: unknown key (did you mean 'keep'?); known keys here: schedule, time,"
-            " timezone, source, destination, exclude, exclude_secrets, keep, offsite, hooks",
+            " timezone, source, destination, exclude, exclude_secrets, keep, offsite, hooks, vault",
         ),
         ("system:\n  backup: daily\n", "config.yaml: system.backup: expected a mapping of keys, got 'daily'"),
         (

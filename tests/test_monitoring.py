@@ -75,6 +75,8 @@ ALERTS = [
     "HelloWorldOffsiteBackupStale",  # issue 13
     "HelloWorldBackupDrillStale",
     "HelloWorldBackupDrillFailed",
+    "HelloWorldVaultCopyStale",  # issue 26
+    "HelloWorldVaultPullFailed",
     "HelloWorldErrorBudgetBurn",  # issue 25: generated from system.slo (hello/monitoring/slo.py)
     "HelloWorldLatencyBudgetBurn",
 ]

@@ -280,6 +280,12 @@ def longest_kept_days(keep: dict[str, int]) -> int:
 
 
 def check_across_keys(system: dict[str, Any]) -> None:
+    """The rules that tie one key to another; InvalidKey names the key to change."""
+    _check_immutable(system)
+    _check_vault(system)
+
+
+def _check_immutable(system: dict[str, Any]) -> None:
     """An immutable remote's retention must outlast every copy retention keeps, or the oldest kept ones are unlocked."""
     backup = system["backup"]
     immutable = backup["offsite"]["immutable"]
@@ -295,6 +301,48 @@ def check_across_keys(system: dict[str, Any]) -> None:
             f"({needed - IMMUTABLE_MARGIN_DAYS} days) plus a margin of {IMMUTABLE_MARGIN_DAYS}: "
             f"set it (and the bucket's default retention) to at least {needed}",
         )
+
+
+def _address_or_null(value: Any) -> str | None:
+    """host:port to listen on or connect to (the vault's SFTP), or null."""
+    try:
+        return _host_port_or_null(value)
+    except InvalidValue:
+        raise InvalidValue(f"expected host:port such as 10.0.0.5:2222, or null, {_got(value)}") from None
+
+
+KEEP_RULES = ("last", "daily", "weekly", "monthly")
+
+
+def _keep_or_null(value: Any) -> dict[str, int] | None:
+    """null, or a retention like system.backup.keep (rules left out: production's)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= set(KEEP_RULES):
+        raise InvalidValue(
+            f"expected null or a mapping of {', '.join(KEEP_RULES)} (as system.backup.keep), {_got(value)}"
+        )
+    checked = {}
+    for rule, count in value.items():
+        try:
+            checked[rule] = _int_at_least(0)(count)
+        except InvalidValue as exc:
+            raise InvalidValue(f"{rule}: {exc}") from None
+    return checked
+
+
+def _check_vault(system: dict[str, Any]) -> None:
+    """The vault keeps every copy production keeps (rule by rule, at least as many): a copy it pruned while
+    production still holds it would be pulled back at the next run. Rules left out are production's."""
+    backup = system["backup"]
+    keep = {**backup["keep"], **(backup["vault"]["keep"] or {})}
+    for rule in KEEP_RULES:
+        if keep[rule] < backup["keep"][rule]:
+            raise InvalidKey(
+                f"system.backup.vault.keep.{rule}",
+                f"{keep[rule]} is shorter than production's system.backup.keep.{rule} ({backup['keep'][rule]}): "
+                f"the vault would delete copies production still keeps; set it to at least {backup['keep'][rule]}",
+            )
 
 
 def _command_list(value: Any) -> list[str]:
@@ -373,7 +421,7 @@ SCHEMA: Schema = {
             "destination": (_path, "backups"),
             "exclude": (
                 _string_list,
-                [".git", ".venv", "__pycache__", "backups", "run", ".pytest_cache", ".ruff_cache"],
+                [".git", ".venv", "__pycache__", "backups", "run", "vault", ".pytest_cache", ".ruff_cache"],
             ),
             # Secret files are left out of every archive (and so of every off-host copy) unless the operator
             # sets this to [] (README "Archive format"); apart from `exclude` so that a custom exclude keeps them out.
@@ -391,6 +439,18 @@ SCHEMA: Schema = {
             },
             "hooks": {
                 "before": (_command_list, []),  # their $HELLO_BACKUP_STAGING goes into the archive
+            },
+            # A second host pulls the archives over read-only SFTP (hello/backup/vault_serve.py, vault_pull.py).
+            "vault": {
+                "listen": (_address_or_null, None),  # production: serve-vault listens here; null: not served
+                "authorized_keys": (_path_or_null, None),  # production: the vault's public key(s)
+                "pull_from": (_address_or_null, None),  # vault: production's serve-vault; null: no pull
+                "identity": (_path_or_null, None),  # vault: its private SSH key
+                "known_hosts": (_path_or_null, None),  # vault: pins production's host key
+                "store": (_path, "vault"),  # vault: where the pulled copies live
+                "keep": (_keep_or_null, None),  # vault: its retention; null: system.backup.keep; never shorter
+                "interval": (_interval_or_null, "1h"),  # vault: how often cron and systemd pull
+                "drill": (_bool, True),  # vault: the restore drill on the newest copy after a pull that brought one
             },
         },
         "update": {

@@ -17,6 +17,7 @@ from pathlib import Path
 JOBS: dict[str, tuple[str, tuple[str, ...]]] = {
     "backup": ("backup_script.py", ("create",)),
     "drill": ("backup_script.py", ("drill",)),
+    "pull": ("backup_script.py", ("pull",)),  # on a vault host (system.backup.vault.pull_from)
     "validate": ("validation_test.py", ()),
     "update": ("update_protocol.py", ()),
     "start": ("scripts/service.py", ("start", "--quiet")),  # silent, exit 0, when it runs already

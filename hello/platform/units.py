@@ -11,9 +11,11 @@ Units (names fixed: one systemd deployment per host):
                                  (hello/platform/scheduled.py), so its own exit code (75: lock held) reaches systemd
   hello-world-<program>.service  prometheus, alertmanager, pushgateway, node-exporter: the monitoring stack of
                                  `make monitor` (same argv and configs), when Prometheus's url is on this host
+  hello-world-serve-vault.service  production's read-only SFTP for the vault (system.backup.vault.listen set)
   hello-world-<job>.timer        when: backup daily at system.backup.time (in system.backup.timezone,
                                  Persistent=true), the restore drill weekly an hour after it, validate every
-                                 system.validation.interval, update every system.update.interval; a job
+                                 system.validation.interval, update every system.update.interval, the
+                                 vault's pull every system.backup.vault.interval (with pull_from set); a job
                                  whose interval is null gets no units
 
 Each unit is sandboxed as far as its work allows (`systemd-analyze security`: every unit rates at most
@@ -155,6 +157,12 @@ def jobs(config: dict[str, Any]) -> list[Job]:
             RESTORE_CAPABILITIES,
         ),
     ]
+    vault = backup["vault"]
+    if vault["pull_from"] is not None and vault["interval"] is not None:  # a vault host (hello/backup/vault_pull.py)
+        reads = tuple(path for path in (vault["identity"], vault["known_hosts"]) if path)
+        pull = "the pull of production's archives (backup_script.py pull)"
+        calendar = every_calendar(vault["interval"])
+        found.append(Job("pull", pull, calendar, True, (run_dir, vault["store"]), reads, RESTORE_CAPABILITIES))
     for target, description, interval in (
         ("validate", "the validation of the live system (validation_test.py)", config["validation"]["interval"]),
         ("update", "the update protocol (update_protocol.py)", config["update"]["interval"]),
@@ -408,6 +416,41 @@ def monitoring_units(config: dict[str, Any], checkout: Checkout, environ: dict[s
     return units
 
 
+VAULT_SERVE = f"{PREFIX}-serve-vault.service"
+
+
+def vault_serve_units(config: dict[str, Any], checkout: Checkout, environ: dict[str, str]) -> dict[str, str]:
+    """Production's read-only SFTP for the vault (backup_script.py serve-vault), when system.backup.vault.listen is
+    set: it reads the archives and the vault's public key, and writes only its host key in run_dir."""
+    vault, backup = config["backup"]["vault"], config["backup"]
+    if vault["listen"] is None:
+        return {}
+    command = f"{_quoted(checkout.python)} {_quoted(checkout.repo / 'backup_script.py')} serve-vault"
+    reads = (backup["destination"], *((vault["authorized_keys"],) if vault["authorized_keys"] else ()))
+    service = [
+        ("Type", "simple"),
+        *_common(config, checkout, environ),
+        *_make_dirs(config, (config["run_dir"],)),
+        ("ExecStart", command),
+        ("KillSignal", "SIGTERM"),  # it stops rclone and exits 0
+        ("Restart", "on-failure"),
+        ("RestartSec", "5s"),
+        *BASE_SANDBOX,
+        *CONFINED,
+        *_filesystem(checkout, (config["run_dir"],), reads),
+        *_capabilities(config, ("CAP_DAC_READ_SEARCH",) if not config["server"]["user"] else ()),  # 0600 archives
+        ("RestrictAddressFamilies", f"{FAMILIES} AF_NETLINK"),  # rclone (Go) asks the interfaces over netlink
+    ]
+    return {
+        VAULT_SERVE: _header(config)
+        + "[Unit]\nDescription=Python Hello Printer: the archives, read-only over SFTP for the vault\n"
+        + "After=network-online.target\nWants=network-online.target\n"
+        + "\n[Service]\n"
+        + _lines(service)
+        + "\n[Install]\nWantedBy=multi-user.target\n"
+    }
+
+
 def render_units(config: dict[str, Any], checkout: Checkout, environ: dict[str, str] | None = None) -> dict[str, str]:
     """Every unit's file name and text for this checkout and config (environ: where HELLO_CONFIG is read)."""
     environ = dict(os.environ if environ is None else environ)
@@ -415,6 +458,7 @@ def render_units(config: dict[str, Any], checkout: Checkout, environ: dict[str, 
     for job in jobs(config):
         units.update(job_units(config, checkout, job, environ))
     units.update(monitoring_units(config, checkout, environ))
+    units.update(vault_serve_units(config, checkout, environ))
     return units
 
 
