@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import IN_CI, PYTHON, REPO, ProcessRegistry, deep_merge, require_tool, wait_until, write_config
 from hello.backup import vault_pull
 from hello.base.config import load_config
-from hello.base.jobs import job_lock
+from hello.base.locks import job_lock
 from hello.platform.units import Checkout, check_units, render_units
 from tests.support.backups import archives, backup, make_tree
 from tests.test_offsite import PASSWORD_FLAGS, CommandLineWatch
