@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if not __package__:  # run by path: started again as `python -m scripts.<name>` (scripts/_as_module.py)
+    import _as_module  # noqa: F401
 
 import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 

@@ -43,7 +43,8 @@ from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
-sys.path.insert(0, str(REPO))
+if not __package__:  # run by path: started again as `python -m scripts.<name>` (scripts/_as_module.py)
+    import _as_module  # noqa: F401
 
 import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv this runs the command in it
 

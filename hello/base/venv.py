@@ -36,10 +36,14 @@ def _same(one: str | Path, other: Path) -> bool:
 
 
 def _command() -> list[str] | None:
-    """How this process was started, minus the interpreter: [script, args...] or [-m, module, args...]."""
+    """How this process was started, minus the interpreter: [script, args...] or [[-P,] -m, module, args...].
+
+    -P (a script run by path, started again as a module by scripts/_as_module.py): the cwd stays off sys.path.
+    """
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name:
-        return ["-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
+        safe_path = ["-P"] if sys.flags.safe_path else []
+        return [*safe_path, "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
     if not sys.argv or sys.argv[0] in ("", "-c", "-"):
         return None  # python -c or stdin: nothing to start again
     return list(sys.argv)
