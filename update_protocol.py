@@ -34,7 +34,7 @@ Steps, each printed with its outcome and duration; the first failure stops the r
              (docker-compose.yml tags the image hello-world:<sha>; a fixed image name is also tagged <sha>)
   before-deploy  system.update.hooks.before_deploy (hello/update/hooks.py), if any: one fails -> rollback,
              nothing deployed
-  deploy     local: `python scripts/service.py reload` (zero-downtime; new code that cannot start leaves the old
+  deploy     local: `python -m scripts.service reload` (zero-downtime; new code that cannot start leaves the old
              serving); compose: `docker compose up -d --no-deps hello-world` with HELLO_COMMIT=<sha>, then
              wait until `docker compose ps` says healthy (rollback: the old commit's image, rebuilt if gone)
              kubernetes: hello/update/deploy_kubernetes.py builds and pushes

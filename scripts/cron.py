@@ -1,6 +1,6 @@
 """Print the crontab lines that run this project's jobs, derived from config.yaml.
 
-    python scripts/cron.py [--json]        (make cron)
+    python -m scripts.cron [--json]        (make cron)
     make cron | crontab -                  install them (replaces the user's crontab)
 
 Lines printed:
@@ -9,13 +9,14 @@ Lines printed:
     the time is the host's local time);
   - the validation every system.validation.interval (`15m` -> `*/15 * * * *`), none when it is null;
   - the update every system.update.interval, none when it is null;
-  - the server: at @reboot and every minute `service.py start --quiet` (make start QUIET=1), which starts it
+  - the server: at @reboot and every minute `-m scripts.service start --quiet` (make start QUIET=1), which starts it
     only when it is not running (silent and exit 0 when it is): a killed supervisor is back within a minute;
   - monitoring, when system.monitoring.prometheus.url is on this host (127.0.0.1, localhost, ::1):
-    at @reboot `monitor.py start` (make monitor), and every minute when `monitor.py status` finds nothing.
+    at @reboot `-m scripts.monitor start` (make monitor), and every minute when its `status` finds nothing.
   - the restore drill weekly, on Sundays an hour after the backup (`02:00` -> `0 3 * * 0`).
   - on a vault host (system.backup.vault.pull_from set): the pull every system.backup.vault.interval.
-Each runs `cd <repo> && mkdir -p <run_dir> && <repo>/.venv/bin/python <script> <args> >> <run_dir>/cron.log 2>&1`
+Each runs `cd <repo> && mkdir -p <run_dir> && <repo>/.venv/bin/python <script> <args> >> <run_dir>/cron.log 2>&1`,
+<script> being `<repo>/backup_script.py` or, for scripts/, the module in the checkout (`-m scripts.service`)
 (hello/platform/scheduled.py: the script itself, never `make <target>`, which turns every failure into 2: cron's
 mail and any wrapper see the script's own code, 75 when another run holds the lock), after a PATH= line (cron's own PATH
 is minimal) and, when HELLO_CONFIG selects another file, a HELLO_CONFIG= line.
@@ -41,6 +42,7 @@ import hello.base.venv  # noqa: E402, F401 - first: outside the checkout's .venv
 
 # isort: split
 
+from hello.base.checkout import command_argv  # noqa: E402
 from hello.base.config import EXIT_CONFIG, EXIT_OK, ConfigError, load_config  # noqa: E402
 from hello.platform.scheduled import job_argv  # noqa: E402
 from hello.platform.units import prometheus_is_local  # noqa: E402
@@ -105,7 +107,7 @@ def entries(config: dict[str, Any]) -> list[dict[str, str]]:
         {"target": "start", "schedule": EVERY_MINUTE, "command": command("start", log)},  # silent while it runs
     ]
     if prometheus_is_local(config):
-        running = f"{shlex.quote(str(VENV_PYTHON))} scripts/monitor.py status >/dev/null 2>&1"
+        running = f"{shlex.join([*command_argv(VENV_PYTHON, REPO, 'scripts/monitor.py'), 'status'])} >/dev/null 2>&1"
         found += [
             {"target": "monitor", "schedule": "@reboot", "command": command("monitor", log)},
             {"target": "monitor", "schedule": EVERY_MINUTE, "command": command("monitor", log, unless=running)},

@@ -6,7 +6,7 @@
 
 Units (names fixed: one systemd deployment per host):
   hello-world.service            the supervisor in the foreground, Type=notify (hello/server/sdnotify.py),
-                                 `systemctl reload` = scripts/service.py reload (SIGHUP, waits for the verdict)
+                                 `systemctl reload` = `python -m scripts.service reload` (SIGHUP, waits for the verdict)
   hello-world-<job>.service      one job (oneshot): the venv's python on the script, as cron runs it
                                  (hello/platform/scheduled.py), so its own exit code (75: lock held) reaches systemd
   hello-world-<program>.service  prometheus, alertmanager, pushgateway, node-exporter: the monitoring stack of
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from hello.base.checkout import CHECKOUT
+from hello.base.checkout import CHECKOUT, command_argv
 from hello.monitoring import stack
 from hello.platform.scheduled import JOBS, job_argv
 
@@ -183,6 +183,12 @@ def _quoted(path: str | Path) -> str:
     return f'"{text}"' if re.search(r"\s", text) else text
 
 
+def _command_line(checkout: Checkout, script: str, *args: str) -> str:
+    """An Exec*= line running one of the checkout's commands (a script of scripts/: as a module, from the
+    WorkingDirectory= of _common, the checkout)."""
+    return " ".join(_quoted(word) for word in [*command_argv(checkout.python, checkout.repo, script), *args])
+
+
 def _lines(pairs: list[tuple[str, Any]]) -> str:
     return "".join(f"{key}={value}\n" for key, value in pairs if value is not None)
 
@@ -268,7 +274,7 @@ def _header(config: dict[str, Any]) -> str:
 
 def server_unit(config: dict[str, Any], checkout: Checkout, environ: dict[str, str]) -> str:
     server = config["server"]
-    python, repo = _quoted(checkout.python), checkout.repo
+    repo = checkout.repo
     low_port = server["port"] < PRIVILEGED_PORTS
     loopback = server["host"] in LOOPBACK
     service = [
@@ -276,9 +282,9 @@ def server_unit(config: dict[str, Any], checkout: Checkout, environ: dict[str, s
         ("NotifyAccess", "main"),
         *_common(config, checkout, environ),
         *_make_dirs(config, (config["run_dir"],)),
-        ("ExecStart", f"{python} {_quoted(repo / 'hello_world.py')}"),
+        ("ExecStart", _command_line(checkout, "hello_world.py")),
         # SIGHUP, then it waits for the supervisor's verdict: `systemctl reload` fails when the new code was refused.
-        ("ExecReload", f"{python} {_quoted(repo / 'scripts' / 'service.py')} reload"),
+        ("ExecReload", _command_line(checkout, "scripts/service.py", "reload")),
         ("KillSignal", "SIGTERM"),
         ("KillMode", "mixed"),  # SIGTERM to the supervisor only: it drains its workers itself
         ("TimeoutStartSec", f"{round(server['reload_timeout']) + 30}s"),
@@ -381,8 +387,7 @@ def monitoring_units(config: dict[str, Any], checkout: Checkout, environ: dict[s
         return {}
     directory = stack.monitor_dir(config)
     names = stack.wanted(config)
-    python, repo = _quoted(checkout.python), checkout.repo
-    render = f"{python} {_quoted(repo / 'scripts' / 'monitor.py')} render configs"
+    render = _command_line(checkout, "scripts/monitor.py", "render", "configs")
     folders = (config["run_dir"], str(directory), str(stack.textfile_dir(config)))
     units = {}
     for name, url, argv in stack.services(config, directory, stack.binary_paths(names)):
@@ -425,7 +430,7 @@ def vault_serve_units(config: dict[str, Any], checkout: Checkout, environ: dict[
     vault, backup = config["backup"]["vault"], config["backup"]
     if vault["listen"] is None:
         return {}
-    command = f"{_quoted(checkout.python)} {_quoted(checkout.repo / 'backup_script.py')} serve-vault"
+    command = _command_line(checkout, "backup_script.py", "serve-vault")
     reads = (backup["destination"], *((vault["authorized_keys"],) if vault["authorized_keys"] else ()))
     service = [
         ("Type", "simple"),
@@ -482,8 +487,10 @@ def enabled_timer(repo: Path, target: str, root: Path = Path("/")) -> Path | Non
         service = (unit_dir / f"{name}.service").read_text()
     except OSError:
         return None
-    script = _quoted(repo / JOBS[target][0])
+    script = " ".join(_quoted(word) for word in command_argv("python", repo, JOBS[target][0])[1:])
     runs_here = re.search(rf"^ExecStart=.* {re.escape(script)}( |$)", service, re.MULTILINE)
+    if script.startswith("-m "):  # a module of scripts/: this checkout's when it runs there
+        runs_here = runs_here and re.search(rf"^WorkingDirectory={re.escape(_quoted(repo))}$", service, re.MULTILINE)
     return unit_dir / f"{name}.timer" if runs_here else None
 
 

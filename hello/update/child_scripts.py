@@ -1,7 +1,8 @@
 """The checkout's own commands that an update runs as children, with the update's config file.
 
-    run_script(repo, config_file, "backup_script.py", "create", timeout)   # its last output line
-    validate_service(repo, config_file, say)                                # validation_test.py --only service
+    run_script(repo, config_file, "backup_script.py", "create", timeout)    # its last output line
+    run_script(repo, config_file, "scripts/service.py", "reload", timeout)  # as `python -m scripts.service`, in repo
+    validate_service(repo, config_file, say)                                 # validation_test.py --only service
 
 Each raises ScriptFailed, one line naming the command and why.
 """
@@ -14,6 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hello.base.checkout import command_argv
+
 VALIDATION_TIMEOUT = 120.0
 
 
@@ -22,8 +25,9 @@ class ScriptFailed(Exception):
 
 
 def run_script(repo: Path, config_file: str | Path, script: str, command: str, timeout: float) -> str:
-    """`python <repo>/<script> <command>` with HELLO_CONFIG=config_file; its last line. ScriptFailed when it fails."""
-    argv = [sys.executable, str(repo / script), command]
+    """`python <repo>/<script> <command>` (scripts/: `python -m scripts.<name>`) in repo with HELLO_CONFIG=config_file;
+    its last line. ScriptFailed when it fails."""
+    argv = [*command_argv(sys.executable, repo, script), command]
     env = {**os.environ, "HELLO_CONFIG": str(config_file)}
     name = f"{Path(script).name} {command}"
     try:

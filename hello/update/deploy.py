@@ -153,14 +153,14 @@ class ServedHere:
 
 
 class LocalDeploy(ServedHere):
-    """`system.update.deploy: local`: the live venv and `scripts/service.py reload` of the checkout."""
+    """`system.update.deploy: local`: the live venv and `python -m scripts.service reload` of the checkout."""
 
     mode = "local"
 
     def plan(self, old: str, new: str) -> tuple[str, str]:
         changed = changed_requirements(self.repo, old, new)
         build = f"pip install -r {', '.join(changed)} (live venv)" if changed else "nothing: requirements unchanged"
-        return build, "python scripts/service.py reload"
+        return build, "python -m scripts.service reload"
 
     def build(self, old: str, new: str) -> tuple[str, str]:
         changed = changed_requirements(self.repo, old, new)
@@ -181,7 +181,7 @@ class LocalDeploy(ServedHere):
             raise DeployError(str(exc)) from None
 
     def deploy(self, commit: str) -> str:
-        # scripts/service.py, not the new hello_world.py: it reports why new code that cannot start was refused.
+        # scripts.service, not the new hello_world.py: it reports why new code that cannot start was refused.
         config_file = self.config["config_file"]
         try:
             said = run_script(self.repo, config_file, "scripts/service.py", "reload", timeout=self.start_limit)
