@@ -47,16 +47,16 @@ test-e2e: $(DEV_STAMP) ## only the e2e tier: the image, the compose stack, a sys
 	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 start: $(RUNTIME_STAMP) ## start the server in the background (pidfile and log in run/); QUIET=1: silent if it runs
-	@$(PY) scripts/service.py start $(SERVER_ARGS) $(if $(QUIET),--quiet)
+	@$(PY) -m scripts.service start $(SERVER_ARGS) $(if $(QUIET),--quiet)
 
 stop: $(RUNTIME_STAMP) ## stop the background server gracefully
-	@$(PY) scripts/service.py stop
+	@$(PY) -m scripts.service stop
 
 status: $(RUNTIME_STAMP) ## is the background server running, and which commit does it serve
-	@$(PY) scripts/service.py status
+	@$(PY) -m scripts.service status
 
 reload: $(RUNTIME_STAMP) ## swap in the code now on disk with zero failed requests
-	@$(PY) scripts/service.py reload
+	@$(PY) -m scripts.service reload
 
 backup: $(RUNTIME_STAMP) ## one backup now (cron and systemd run backup_script.py create itself)
 	@$(PY) backup_script.py create
@@ -92,17 +92,17 @@ validate: $(RUNTIME_STAMP) ## check the live system (exit 0 only if no check fai
 	@$(PY) validation_test.py $(if $(ONLY),--only $(ONLY))
 
 monitor: $(RUNTIME_STAMP) ## run Prometheus, Alertmanager, Pushgateway, node_exporter from the host's binaries
-	@$(PY) scripts/monitor.py start
+	@$(PY) -m scripts.monitor start
 
 monitor-stop: $(RUNTIME_STAMP) ## stop what `make monitor` started
-	@$(PY) scripts/monitor.py stop
+	@$(PY) -m scripts.monitor stop
 
 # Compose v2: the docker CLI's plugin, else the standalone binary on PATH. Against podman (no docker engine):
 # make up COMPOSE=/path/to/docker-compose DOCKER_HOST=unix://<podman's API socket> COMPOSE_BAKE=false DOCKER_BUILDKIT=0
 COMPOSE ?= $(if $(shell command -v docker 2>/dev/null),docker compose,docker-compose)
 
 up: $(RUNTIME_STAMP) ## start the docker compose stack (needs a Docker engine or podman's API socket, and .env)
-	@$(PY) scripts/monitor.py render alertmanager && mkdir -p run/metrics \
+	@$(PY) -m scripts.monitor render alertmanager && mkdir -p run/metrics \
 		$(addprefix run/monitor/,alertmanager-compose-data prometheus-compose-data pushgateway-compose-data)
 	HELLO_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown) HELLO_UID=$$(id -u) HELLO_GID=$$(id -g) \
 		$(COMPOSE) up -d --build
@@ -113,59 +113,59 @@ down: ## stop the docker compose stack
 # The targets below are for humans: make exits 2 on any failure. Cron and the systemd units run the scripts
 # themselves (hello/platform/scheduled.py), so they get the script's own code (1 failed, 2 bad config, 75 lock held).
 cron: $(RUNTIME_STAMP) ## print the crontab lines derived from config.yaml (stdout: crontab lines only)
-	@$(PY) scripts/cron.py
+	@$(PY) -m scripts.cron
 
 .PHONY: systemd systemd-install systemd-uninstall bench-restart
 systemd: $(RUNTIME_STAMP) ## print the systemd units derived from config.yaml (DESTDIR=dir writes them there)
-	@$(PY) scripts/systemd.py render $(if $(DESTDIR),--destdir "$(DESTDIR)")
+	@$(PY) -m scripts.systemd render $(if $(DESTDIR),--destdir "$(DESTDIR)")
 
 systemd-install: $(RUNTIME_STAMP) ## install the units in /etc/systemd/system, enable and start them (DESTDIR=root: only write and enable)
-	@$(PY) scripts/systemd.py install $(if $(DESTDIR),--root "$(DESTDIR)")
+	@$(PY) -m scripts.systemd install $(if $(DESTDIR),--root "$(DESTDIR)")
 
 systemd-uninstall: $(RUNTIME_STAMP) ## stop, disable and remove the installed units (DESTDIR= as for systemd-install)
-	@$(PY) scripts/systemd.py uninstall $(if $(DESTDIR),--root "$(DESTDIR)")
+	@$(PY) -m scripts.systemd uninstall $(if $(DESTDIR),--root "$(DESTDIR)")
 
 bench: $(DEV_STAMP) ## benchmark the server beside nginx and the peers (granian, uvicorn, Go); prints ratios
-	$(PY) scripts/bench_server.py $(BENCH_ARGS)
+	$(PY) -m scripts.bench_server $(BENCH_ARGS)
 
 bench-metrics: $(DEV_STAMP) ## time /metrics after 10, 100 and 1000 reloads (RELOADS=10,100 to change)
-	$(PY) scripts/bench_server.py --reloads $(or $(RELOADS),10,100,1000) $(BENCH_ARGS)
+	$(PY) -m scripts.bench_server --reloads $(or $(RELOADS),10,100,1000) $(BENCH_ARGS)
 
 bench-backup: $(DEV_STAMP) ## benchmark backup create side by side with GNU tar
-	$(PY) scripts/bench_backup.py $(BENCH_ARGS)
+	$(PY) -m scripts.bench_backup $(BENCH_ARGS)
 
 bench-restart: $(RUNTIME_STAMP) ## time the way back after a supervisor SIGKILL under load (cron's start line)
-	$(PY) scripts/bench_restart.py $(BENCH_ARGS)
+	$(PY) -m scripts.bench_restart $(BENCH_ARGS)
 
 bench-offsite: $(DEV_STAMP) ## off-host upload against plain rclone copy, and the drill, on a local SFTP server
-	$(PY) scripts/bench_backup.py --offsite $(BENCH_ARGS)
+	$(PY) -m scripts.bench_backup --offsite $(BENCH_ARGS)
 
 bench-vault: $(DEV_STAMP) ## a 300 MB pull by the vault against plain rclone copy, over a local read-only SFTP server
-	$(PY) scripts/bench_vault.py $(BENCH_ARGS)
+	$(PY) -m scripts.bench_vault $(BENCH_ARGS)
 
 bench-update: $(DEV_STAMP) ## time a no-op and a full update on a scratch deployment
-	$(PY) scripts/bench_update.py $(BENCH_ARGS)
+	$(PY) -m scripts.bench_update $(BENCH_ARGS)
 
 bench-alerting: $(DEV_STAMP) ## time from a stopped server to the webhook's HelloWorldDown notification
-	$(PY) scripts/bench_alerting.py $(BENCH_ARGS)
+	$(PY) -m scripts.bench_alerting $(BENCH_ARGS)
 
 bench-config: $(RUNTIME_STAMP) ## time and peak memory of refusing hostile config files (alias bomb, huge, deep)
-	$(PY) scripts/bench_config.py $(BENCH_ARGS)
+	$(PY) -m scripts.bench_config $(BENCH_ARGS)
 
 lint: $(DEV_STAMP) ## ruff, promtool checks, compose file check, Dockerfile lint, systemd-analyze on the units, deploy/kubernetes checks
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) scripts/lint_monitoring.py
-	$(PY) scripts/systemd.py check
-	$(PY) scripts/k8s.py lint
+	$(PY) -m scripts.lint_monitoring
+	$(PY) -m scripts.systemd check
+	$(PY) -m scripts.k8s lint
 
 k8s-render: $(DEV_STAMP) ## regenerate deploy/kubernetes/**/generated/ from config.yaml, the alert rules and the dashboard
-	$(PY) scripts/k8s.py render
+	$(PY) -m scripts.k8s render
 
 check-config: $(RUNTIME_STAMP) ## check config.yaml (or HELLO_CONFIG) and print it normalised
 	@$(PY) -m hello.base.config
 
 clean: ## stop start/monitor, then remove the venv, caches and run/ (never backups/)
-	-@[ ! -x $(PY) ] || $(PY) scripts/service.py stop
-	-@[ ! -x $(PY) ] || $(PY) scripts/monitor.py stop
+	-@[ ! -x $(PY) ] || $(PY) -m scripts.service stop
+	-@[ ! -x $(PY) ] || $(PY) -m scripts.monitor stop
 	rm -rf $(VENV) .pytest_cache .ruff_cache run

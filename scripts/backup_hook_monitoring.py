@@ -1,7 +1,7 @@
 """A system.backup.hooks.before command: the monitoring state into the backup's staging folder.
 
-    hooks: {before: [".venv/bin/python scripts/backup_hook_monitoring.py"]}      (config.yaml, system.backup)
-    python scripts/backup_hook_monitoring.py [--prometheus URL] [--pushgateway URL] [--alertmanager URL]
+    hooks: {before: [".venv/bin/python -m scripts.backup_hook_monitoring"]}      (config.yaml, system.backup)
+    python -m scripts.backup_hook_monitoring [--prometheus URL] [--pushgateway URL] [--alertmanager URL]
 
 Writes into $HELLO_BACKUP_STAGING (set by backup_script.py):
   prometheus/    a TSDB snapshot through Prometheus' admin API (POST /api/v1/admin/tsdb/snapshot; `make monitor`

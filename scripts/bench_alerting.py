@@ -1,6 +1,6 @@
 """Measure the time from a stopped server to the webhook's HelloWorldDown notification.
 
-    python scripts/bench_alerting.py [--runs 2] [--scrape-interval 1s] [--critical-wait 1s] [--json]
+    python -m scripts.bench_alerting [--runs 2] [--scrape-interval 1s] [--critical-wait 1s] [--json]
                                                                               (make bench-alerting)
 
 On a scratch deployment in a temp folder, on free ports: a real `hello_world.py`, `scripts/monitor.py

@@ -1,7 +1,7 @@
 """Benchmark `backup_script.py create` side by side with GNU `tar czf` on generated trees.
 
-    python scripts/bench_backup.py [--sizes 50,500] [--cache DIR] [--json]      (make bench-backup)
-    python scripts/bench_backup.py --offsite [--sizes 50,500] [--json]          (make bench-offsite)
+    python -m scripts.bench_backup [--sizes 50,500] [--cache DIR] [--json]      (make bench-backup)
+    python -m scripts.bench_backup --offsite [--sizes 50,500] [--json]          (make bench-offsite)
 
 For each size (MB) it generates, once, a tree of mixed files under the cache folder (default
 /tmp/hello-bench-backup; it is reused by later runs): source-like text, already-compressed

@@ -1,6 +1,6 @@
 """Time and peak memory of refusing hostile config files (issue 9: within a second, under 100 MiB).
 
-    python scripts/bench_config.py [--checker PATH] [--limit-mib 2048] [--deadline 30]
+    python -m scripts.bench_config [--checker PATH] [--limit-mib 2048] [--deadline 30]
 
 Each case is written to a temporary file and checked by `python <checker> FILE` (default: this checkout's
 hello/base/config.py) in a child process under an address-space limit (RLIMIT_AS) and a deadline, so that a checker

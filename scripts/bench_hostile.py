@@ -1,6 +1,6 @@
 """What hostile clients make a worker hold: its RSS before and after each (issue 10, items 3 and 4).
 
-    .venv/bin/python scripts/bench_hostile.py [--script PATH/hello_world.py] [--json]
+    .venv/bin/python -m scripts.bench_hostile [--script PATH/hello_world.py] [--json]
 
 Starts the server (one worker, its own config and run dir in a temp dir, header_timeout 60s so that no
 timer ends an attack early), then measures the worker's RSS and peak RSS (VmRSS, VmHWM from /proc):

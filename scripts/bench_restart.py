@@ -1,6 +1,6 @@
 """Time the service's way back after its supervisor is SIGKILLed under load and cron's line starts it again.
 
-    python scripts/bench_restart.py [--rounds N] [--workers N] [--clients N] [--json]    (make bench-restart)
+    python -m scripts.bench_restart [--rounds N] [--workers N] [--clients N] [--json]    (make bench-restart)
 
 Each round, with a scratch config and run dir in a temp folder and a free port on 127.0.0.1:
   1. `scripts/service.py start` (as `make start`), then load: N keep-alive clients GET / in a loop;

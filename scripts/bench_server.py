@@ -1,7 +1,7 @@
 """Benchmark hello_world.py side by side with nginx and the servers a user would pick instead, using wrk.
 
     make bench                                   # 3 interleaved rounds of 8 s per server and mode (~5 minutes)
-    make bench BENCH_ARGS="--workers 2 --json"   # or: .venv/bin/python scripts/bench_server.py --help
+    make bench BENCH_ARGS="--workers 2 --json"   # or: .venv/bin/python -m scripts.bench_server --help
 
 What runs, each with --workers N (default 1) and its own temp dir:
 - ours: `hello_world.py` (full metrics, its own config and run dir, so a `make start` server is never touched);

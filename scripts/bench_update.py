@@ -2,7 +2,7 @@
 
 Run it (it is a benchmark, not a test):
 
-    make bench-update                       # or: .venv/bin/python scripts/bench_update.py [--rounds 5] [--json]
+    make bench-update                       # or: .venv/bin/python -m scripts.bench_update [--rounds 5] [--json]
 
 What it builds, all in a temp dir, nothing touching this checkout or its server:
 a bare git repository seeded from this working tree (the remote), a clone of it (the deployment) serving

@@ -1,6 +1,6 @@
 """Benchmark the vault's pull of a 300 MB archive against a plain `rclone copy` of the same file.
 
-    python scripts/bench_vault.py [--megabytes 300] [--runs 3] [--json]      (make bench-vault)
+    python -m scripts.bench_vault [--megabytes 300] [--runs 3] [--json]      (make bench-vault)
 
 Production's side is the real `backup_script.py serve-vault` (rclone serve sftp --read-only, key login, the kit's
 host key) on a free 127.0.0.1 port, serving a folder with one archive of random bytes (as incompressible as a gzip

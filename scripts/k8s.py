@@ -1,9 +1,9 @@
 """deploy/kubernetes: regenerate its generated files, and check it with the real tools (what `make lint` runs).
 
-    python scripts/k8s.py render            # make k8s-render: rewrite monitoring/rules/hello_world_slo.rules.yml
+    python -m scripts.k8s render            # make k8s-render: rewrite monitoring/rules/hello_world_slo.rules.yml
                                             # (config.yaml's system.slo), then deploy/kubernetes/**/generated/
                                             # from config.yaml, monitoring/rules/*.rules.yml and the dashboard
-    python scripts/k8s.py lint [--json]     # make lint: one line per check, PASS or FAIL with the reason
+    python -m scripts.k8s lint [--json]     # make lint: one line per check, PASS or FAIL with the reason
 
 The checks (hello/platform/kubernetes.py does the work):
 - the generated files match their sources (else: run `make k8s-render`)

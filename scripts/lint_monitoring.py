@@ -1,6 +1,6 @@
 """Check the monitoring and container files with the real tools: what `make lint` runs after ruff.
 
-    python scripts/lint_monitoring.py [--json]
+    python -m scripts.lint_monitoring [--json]
 
 One line per check, PASS or FAIL with the reason; exit 0 only if every check passed (1 otherwise).
 The checks read the repo's config.yaml (what the compose stack ships), loaded once: when it is invalid,

@@ -1,6 +1,6 @@
 """Run Prometheus, Alertmanager, the Pushgateway and node_exporter from the host's binaries; render their configs.
 
-`make monitor` runs `python scripts/monitor.py start`: Prometheus, Alertmanager, the Pushgateway
+`make monitor` runs `python -m scripts.monitor start`: Prometheus, Alertmanager, the Pushgateway
 and node_exporter (Debian packages prometheus, prometheus-alertmanager, prometheus-pushgateway,
 prometheus-node-exporter) start in the background, scraping the local service with this repo's
 alert rules and delivering alerts to the receivers of system.monitoring.alertmanager.
@@ -11,14 +11,14 @@ system.monitoring (a null pushgateway, alertmanager or node_exporter url: that o
 The hello-world target is the server that runs (its <run_dir>/hello_world.state.json, e.g. after
 `make start PORT=18080`), else system.server; `start` prints which and why.
 
-    python scripts/monitor.py start [--foreground]   # returns once both answer /-/ready
-    python scripts/monitor.py stop                   # stops what start started, by PID
-    python scripts/monitor.py status                 # exit 0 if running, 1 if not
-    python scripts/monitor.py render compose|local [--check]
-    python scripts/monitor.py render alertmanager    # writes <run_dir>/monitor/alertmanager.yml (make up)
+    python -m scripts.monitor start [--foreground]   # returns once both answer /-/ready
+    python -m scripts.monitor stop                   # stops what start started, by PID
+    python -m scripts.monitor status                 # exit 0 if running, 1 if not
+    python -m scripts.monitor render compose|local [--check]
+    python -m scripts.monitor render alertmanager    # writes <run_dir>/monitor/alertmanager.yml (make up)
                                                      # and the login's web-config.yml and monitor-password
-    python scripts/monitor.py render slo [--check|--write]  # monitoring/rules/hello_world_slo.rules.yml
-    python scripts/monitor.py render configs         # writes both local configs (the systemd units' ExecStartPre)
+    python -m scripts.monitor render slo [--check|--write]  # monitoring/rules/hello_world_slo.rules.yml
+    python -m scripts.monitor render configs         # writes both local configs (the systemd units' ExecStartPre)
 
 The two Prometheus configs come from one source, hello/monitoring/promconfig.py; the Alertmanager config
 comes from hello/monitoring/alerting.py; hello/monitoring/stack.py runs the processes; this command is the CLI.
@@ -172,7 +172,7 @@ def run_render(args: argparse.Namespace, system: dict[str, Any]) -> int:
         if not compose_config_is_current(system_of_repo):
             print(
                 f"{COMPOSE_CONFIG.relative_to(REPO)} does not match config.yaml: "
-                "run `python scripts/monitor.py render compose --write`",
+                "run `python -m scripts.monitor render compose --write`",
                 file=sys.stderr,
             )
             return EXIT_FAILED

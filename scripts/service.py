@@ -1,9 +1,9 @@
 """Run the hello server in the background: start, stop, status, reload.
 
-    python scripts/service.py start [--host H] [--port N] [--workers N] [--quiet]   # make start [QUIET=1]
-    python scripts/service.py stop                                        # make stop
-    python scripts/service.py status [--json]                             # make status
-    python scripts/service.py reload                                      # make reload
+    python -m scripts.service start [--host H] [--port N] [--workers N] [--quiet]   # make start [QUIET=1]
+    python -m scripts.service stop                                        # make stop
+    python -m scripts.service status [--json]                             # make status
+    python -m scripts.service reload                                      # make reload
 
 The server's files are in system.run_dir (see hello.base.config.RunFiles). This
 module never imports hello_world.py, so that `reload` still works, and says

@@ -1,9 +1,9 @@
 """The systemd units of this checkout, from config.yaml: print, write, check, install, uninstall.
 
-    python scripts/systemd.py [render] [--destdir DIR]   # make systemd [DESTDIR=dir]: print, or write into DIR
-    python scripts/systemd.py check [--json]             # make lint: systemd-analyze verify, calendar, security
-    python scripts/systemd.py install [--root DIR]       # make systemd-install [DESTDIR=dir]
-    python scripts/systemd.py uninstall [--root DIR]     # make systemd-uninstall [DESTDIR=dir]
+    python -m scripts.systemd [render] [--destdir DIR]   # make systemd [DESTDIR=dir]: print, or write into DIR
+    python -m scripts.systemd check [--json]             # make lint: systemd-analyze verify, calendar, security
+    python -m scripts.systemd install [--root DIR]       # make systemd-install [DESTDIR=dir]
+    python -m scripts.systemd uninstall [--root DIR]     # make systemd-uninstall [DESTDIR=dir]
 
 hello/platform/units.py renders them (what each unit is: see there and README "Running under systemd").
 install checks the units with systemd-analyze (verify, calendar, security), refuses while Debian's own

@@ -112,7 +112,7 @@ def compose_config_text(system: dict[str, Any]) -> str:
     # The committed file's header, kept byte for byte (render compose --check compares whole files).
     header = (
         "# Prometheus config of the docker compose stack. GENERATED from config.yaml by\n"
-        "# `python scripts/monitor.py render compose --write`: edit config.yaml or hello/monitoring/promconfig.py,\n"
+        "# `python -m scripts.monitor render compose --write`: edit config.yaml or hello/monitoring/promconfig.py,\n"
         "# then rerun.\n"
         "# `make lint` fails when this file no longer matches. `make monitor` uses the local variant.\n"
     )
