@@ -14,15 +14,14 @@ from conftest import PYTHON, REPO, free_port, write_config
 from hello.base.config import EXIT_LOCKED, RunFiles, load_config
 from hello.base.locks import job_lock
 
-SCRIPT = str(REPO / "scripts" / "cron.py")
-
 
 def cron(config: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HELLO_CONFIG": str(config)}
-    return subprocess.run([PYTHON, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=30)
+    argv = [PYTHON, "-m", "scripts.cron", *args]
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
 
 
-KEEP_UP = ("scripts/service.py", "scripts/monitor.py")  # the lines that bring the service back (tests below)
+KEEP_UP = ("-m scripts.service", "-m scripts.monitor")  # the lines that bring the service back (tests below)
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 
 
@@ -108,14 +107,14 @@ def test_start_at_reboot_and_every_minute_when_down(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     log = tmp_path / "run" / "cron.log"
     prefix = f"cd {REPO} && mkdir -p {tmp_path / 'run'} && "
-    start = f"{VENV_PYTHON} {REPO}/scripts/service.py start --quiet >> {log} 2>&1"
+    start = f"{VENV_PYTHON} -m scripts.service start --quiet >> {log} 2>&1"  # in the checkout: the cd before
     lines = result.stdout.splitlines()
     assert f"@reboot {prefix}{start}" in lines
     assert f"* * * * * {prefix}{start}" in lines
     # The repo's config has Prometheus on 127.0.0.1: monitoring comes back the same way.
-    monitor = f"{VENV_PYTHON} {REPO}/scripts/monitor.py start >> {log} 2>&1"
+    monitor = f"{VENV_PYTHON} -m scripts.monitor start >> {log} 2>&1"
     assert f"@reboot {prefix}{monitor}" in lines
-    guard = f"{VENV_PYTHON} scripts/monitor.py status >/dev/null 2>&1"
+    guard = f"{VENV_PYTHON} -m scripts.monitor status >/dev/null 2>&1"
     assert f"* * * * * {prefix}{{ {guard} || {monitor}; }}" in lines
 
 
@@ -123,8 +122,8 @@ def test_start_at_reboot_and_every_minute_when_down(tmp_path: Path) -> None:
 def test_no_monitor_lines_when_prometheus_is_not_local(tmp_path: Path, url: str | None) -> None:
     result = cron(write_config(tmp_path, {"monitoring": {"prometheus": {"url": url}}}))
     assert result.returncode == 0, result.stderr
-    assert "monitor.py" not in result.stdout
-    assert "@reboot" in result.stdout and "service.py start --quiet" in result.stdout
+    assert "scripts.monitor" not in result.stdout
+    assert "@reboot" in result.stdout and "-m scripts.service start --quiet" in result.stdout
 
 
 def test_every_minute_line_is_quiet_and_exit_0_while_running(tmp_path: Path, processes) -> None:
@@ -132,7 +131,7 @@ def test_every_minute_line_is_quiet_and_exit_0_while_running(tmp_path: Path, pro
     port = free_port()
     config = write_config(tmp_path, {"server": {"port": port}})
     line = next(
-        line for line in cron(config).stdout.splitlines() if line.startswith("* * * * *") and "service.py" in line
+        line for line in cron(config).stdout.splitlines() if line.startswith("* * * * *") and "scripts.service" in line
     )
     command = line.removeprefix("* * * * * ").replace(r"\%", "%")
     env = {"PATH": "/usr/bin:/bin", "HELLO_CONFIG": str(config)}
@@ -148,7 +147,8 @@ def test_every_minute_line_is_quiet_and_exit_0_while_running(tmp_path: Path, pro
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "run" / "cron.log").stat().st_size == size  # nothing said while it runs
     assert files.running_pid() == pid
-    assert subprocess.run([PYTHON, str(REPO / "scripts" / "service.py"), "stop"], env=env, timeout=60).returncode == 0
+    stop = subprocess.run([PYTHON, "-m", "scripts.service", "stop"], cwd=REPO, env=env, timeout=60)
+    assert stop.returncode == 0
 
 
 def test_backup_line_exits_75_while_another_backup_holds_the_lock(tmp_path: Path) -> None:

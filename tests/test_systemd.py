@@ -32,7 +32,7 @@ from hello.platform.units import (
 )
 from hello.server import restarts, sdnotify
 
-SCRIPT = str(REPO / "scripts" / "systemd.py")
+SCRIPT = ["-m", "scripts.systemd"]  # run in the checkout (cwd=REPO)
 PYTHON_OF_UNITS = REPO / ".venv" / "bin" / "python"
 
 
@@ -48,7 +48,7 @@ def units_for(tmp_path: Path, overrides: dict | None = None, environ: dict | Non
 
 def systemd_py(config: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HELLO_CONFIG": str(config)}
-    return subprocess.run([PYTHON, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([PYTHON, *SCRIPT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 def setting(text: str, key: str) -> list[str]:
@@ -106,7 +106,8 @@ def test_server_unit_follows_config(tmp_path: Path, analyze: str) -> None:
     assert setting(service, "KillSignal") == ["SIGTERM"] and setting(service, "KillMode") == ["mixed"]
     assert int(setting(service, "TimeoutStopSec")[0].removesuffix("s")) > 40 + 5  # above the supervisor's own drain
     assert setting(service, "Restart") == ["on-failure"]
-    assert setting(service, "ExecReload") == [f"{REPO}/.venv/bin/python {REPO}/scripts/service.py reload"]
+    assert setting(service, "ExecReload") == [f"{REPO}/.venv/bin/python -m scripts.service reload"]
+    assert setting(service, "WorkingDirectory") == [str(REPO)]  # where the module form runs
     assert setting(service, "ExecStart") == [f"{REPO}/.venv/bin/python {REPO}/hello_world.py"]
     assert setting(service, "ProtectSystem") == ["strict"] and setting(service, "NoNewPrivileges") == ["yes"]
     assert setting(service, "ReadWritePaths") == [f"-{tmp_path / 'run'}"]  # '-': missing, no 226/NAMESPACE
@@ -314,7 +315,7 @@ def test_lint_fails_a_server_unit_above_the_limit(tmp_path: Path, analyze: str, 
     problems = check_units(units)
     assert any(f"{SERVICE}: systemd-analyze security rates it" in problem for problem in problems), problems
     result = subprocess.run(
-        [PYTHON, SCRIPT, "check", "--json"], capture_output=True, text=True, timeout=120, env=os.environ
+        [PYTHON, *SCRIPT, "check", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120, env=os.environ
     )
     assert result.returncode == 0, result.stdout + result.stderr  # the real units of this checkout pass
     assert json.loads(result.stdout)["exposure"][SERVICE] <= EXPOSURE_LIMIT
@@ -373,7 +374,8 @@ def test_monitoring_units_run_what_make_monitor_runs(tmp_path: Path, analyze: st
         assert setting(unit, "ExecStart") == [" ".join(argv)]
         assert setting(unit, "Restart") == ["on-failure"]
         assert f"-{directory}" in setting(unit, "ReadWritePaths")
-    assert setting(units["hello-world-prometheus.service"], "ExecStartPre")[-1].endswith("monitor.py render configs")
+    render = setting(units["hello-world-prometheus.service"], "ExecStartPre")[-1]
+    assert render.endswith(" -m scripts.monitor render configs")
     assert "hello-world-node-exporter.service" not in units
     remote = units_for(tmp_path, {"monitoring": {"prometheus": {"url": "http://prometheus.example:9090"}}})
     assert not [name for name in remote if "prometheus" in name or "alertmanager" in name]
