@@ -30,6 +30,8 @@ PROJECT_FILES = (
     "Makefile",
     "requirements.txt",
     "requirements-dev.txt",
+    "scripts/__init__.py",
+    "scripts/_as_module.py",  # scripts/service.py run by path starts again as `-m scripts.service`
     "scripts/service.py",
 )
 
