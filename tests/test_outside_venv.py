@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_config
+from hello.base.checkout import CHECKOUT
+from tests.support.configs import write_config
 from tests.support.scratch import deploy_files
 
 # Every command README shows as `python <script>`, with arguments that only read or print.
@@ -50,9 +51,9 @@ def interpreters() -> list[str]:
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The checkout's files as a fresh clone has them: no .venv, no run/."""
     root = tmp_path_factory.mktemp("clone")
-    for name in deploy_files(REPO):
+    for name in deploy_files(CHECKOUT):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
+        shutil.copy2(CHECKOUT / name, root / name)
     return root
 
 
@@ -63,7 +64,7 @@ def typed(python: str, args: list[str], cwd: Path, config: Path) -> subprocess.C
 
 
 def test_readme_shows_no_command_this_test_does_not_run() -> None:
-    shown = set(re.findall(r"\bpython3? ((?:scripts/)?\w+\.py)\b", (REPO / "README.md").read_text()))
+    shown = set(re.findall(r"\bpython3? ((?:scripts/)?\w+\.py)\b", (CHECKOUT / "README.md").read_text()))
     assert shown and shown <= set(COMMANDS), f"README commands not covered: {sorted(shown - set(COMMANDS))}"
 
 
