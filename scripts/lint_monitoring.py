@@ -1,10 +1,10 @@
 """Check the monitoring and container files with the real tools: what `make lint` runs after ruff.
 
-    python scripts/lint_monitoring.py [--json] [--config PATH]
+    python scripts/lint_monitoring.py [--json]
 
 One line per check, PASS or FAIL with the reason; exit 0 only if every check passed (1 otherwise).
-The checks read the repo's config.yaml (what the compose stack ships; --config names another), loaded once: when
-it is invalid, its one-line reason goes to stderr and the exit code is 2, with no check run.
+The checks read the repo's config.yaml (what the compose stack ships; --config PATH names another), loaded once:
+when it is invalid, its one-line reason goes to stderr and the exit code is 2, with no check run.
 What each check reads and why: hello/monitoring/lint.py.
 """
 
