@@ -19,10 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, free_port, http_get, wait_until, write_config
+from hello.base.checkout import CHECKOUT
 from hello.base.git import git_out
+from hello.base.http_client import http_request
 from hello.base.locks import pid_alive
+from hello.base.proc import free_port, wait_until
+from tests.support.configs import write_config
 from tests.support.load import LoadClient, count_progress, metric_value
+from tests.support.tools import PYTHON
 
 PROJECT_FILES = (
     "hello_world.py",
@@ -41,35 +45,35 @@ PROJECT_FILES = (
 
 def test_endpoints_answer_as_spec_says(hello_server):
     server = hello_server()
-    status, headers, body = http_get(server.url + "/")
+    status, headers, body = http_request(server.url + "/")
     assert (status, body) == (200, b"Hello, World!\n")
     assert headers["content-type"].startswith("text/plain")
 
-    status, headers, body = http_get(server.url + "/", method="HEAD")
+    status, headers, body = http_request(server.url + "/", method="HEAD")
     assert (status, body, headers["content-length"]) == (200, b"", "14")
 
-    assert http_get(server.url + "/healthz")[0] == 200
-    assert http_get(server.url + "/readyz")[0] == 200
+    assert http_request(server.url + "/healthz")[0] == 200
+    assert http_request(server.url + "/readyz")[0] == 200
 
-    status, headers, body = http_get(server.url + "/version")
+    status, headers, body = http_request(server.url + "/version")
     version = json.loads(body)
     assert status == 200 and headers["content-type"] == "application/json"
-    assert version["commit"] == git_out(REPO, "rev-parse", "HEAD") and version["version"]
+    assert version["commit"] == git_out(CHECKOUT, "rev-parse", "HEAD") and version["version"]
 
-    status, headers, body = http_get(server.url + "/nope?x=1")
+    status, headers, body = http_request(server.url + "/nope?x=1")
     assert status == 404
-    status, headers, body = http_get(server.url + "/", method="POST")
+    status, headers, body = http_request(server.url + "/", method="POST")
     assert status == 405 and headers["allow"] == "GET, HEAD"
-    assert http_get(server.url + "/metrics", method="DELETE")[0] == 405
+    assert http_request(server.url + "/metrics", method="DELETE")[0] == 405
 
-    status, headers, body = http_get(server.url + "/metrics")
+    status, headers, body = http_request(server.url + "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     text = body.decode()
     assert f'hello_world_build_info{{commit="{version["commit"]}",version="{version["version"]}"}} 1.0' in text
     assert "_created" not in text
     assert 'path="/nope' not in text and 'path="other"' in text  # the route, never the raw URL
 
-    status, headers, body = http_get(server.url + "/metrics", headers={"Accept": "application/openmetrics-text"})
+    status, headers, body = http_request(server.url + "/metrics", headers={"Accept": "application/openmetrics-text"})
     assert headers["content-type"].startswith("application/openmetrics-text") and body.endswith(b"# EOF\n")
 
 
@@ -85,7 +89,7 @@ PROMETHEUS3_ACCEPT = (
 @pytest.mark.parametrize("accept", [PROMETHEUS3_ACCEPT, "text/plain;version=0.0.4", "*/*", None])
 def test_metrics_always_names_a_content_type_prometheus_3_parses(hello_server, accept):
     server = hello_server()
-    status, headers, body = http_get(server.url + "/metrics", headers={"Accept": accept} if accept else None)
+    status, headers, body = http_request(server.url + "/metrics", headers={"Accept": accept} if accept else None)
     media_type = (headers["content-type"] or "").split(";")[0].strip()
     assert status == 200 and media_type in ("text/plain", "application/openmetrics-text"), headers["content-type"]
     if media_type == "text/plain":
@@ -131,7 +135,7 @@ def test_bad_flags_and_config_exit_2_with_one_line(tmp_path):
     bad = tmp_path / "config.yaml"
     bad.write_text("system:\n  server:\n    port: 99999\n")
     result = subprocess.run(
-        [PYTHON, str(REPO / "hello_world.py")],
+        [PYTHON, str(CHECKOUT / "hello_world.py")],
         env={**os.environ, "HELLO_CONFIG": str(bad)},
         capture_output=True,
         text=True,
@@ -140,7 +144,7 @@ def test_bad_flags_and_config_exit_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().endswith("system.server.port: expected a whole number from 1 to 65535, got 99999")
     result = subprocess.run(
-        [PYTHON, str(REPO / "hello_world.py"), "--port", "0"], capture_output=True, text=True, timeout=30
+        [PYTHON, str(CHECKOUT / "hello_world.py"), "--port", "0"], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 2 and "--port" in result.stderr
 
@@ -149,7 +153,7 @@ def test_port_in_use_fails_with_the_reason(hello_server, tmp_path):
     server = hello_server()
     config = write_config(tmp_path / "second", {"server": {"port": server.port}})
     result = subprocess.run(
-        [PYTHON, str(REPO / "hello_world.py")],
+        [PYTHON, str(CHECKOUT / "hello_world.py")],
         env={**os.environ, "HELLO_CONFIG": str(config)},
         capture_output=True,
         text=True,
@@ -227,7 +231,7 @@ def test_malformed_and_slow_clients_never_hurt_others(hello_server):
     slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
     started = time.monotonic()
     for _ in range(20):
-        status, _, body = http_get(server.url + "/", timeout=1)
+        status, _, body = http_request(server.url + "/", timeout=1)
         assert (status, body) == (200, b"Hello, World!\n")
     assert time.monotonic() - started < 1, "other clients stalled behind the slow one"
     assert slow.recv(4096).startswith(b"HTTP/1.1 408")
@@ -238,7 +242,7 @@ def test_malformed_and_slow_clients_never_hurt_others(hello_server):
     assert idle.recv(4096) == b""
     idle.close()
 
-    assert http_get(server.url + "/")[0] == 200
+    assert http_request(server.url + "/")[0] == 200
     assert metric_value(server.url, "hello_world_requests_total", {"code": "431"}) == 1
     assert metric_value(server.url, "hello_world_requests_total", {"code": "408"}) == 1
     assert server.proc.poll() is None
@@ -299,10 +303,10 @@ def checkout(tmp_path: Path, processes) -> dict:
     work.mkdir()
     (work / "scripts").mkdir()
     # The shared package whole (copytree keeps mtimes too), before the files: it may be named among them.
-    shutil.copytree(REPO / "hello", work / "hello", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(CHECKOUT / "hello", work / "hello", ignore=shutil.ignore_patterns("__pycache__"))
     for name in PROJECT_FILES:
-        shutil.copy2(REPO / name, work / name)  # copy2 keeps mtimes: make sees the venv as up to date
-    (work / ".venv").symlink_to(REPO / ".venv")
+        shutil.copy2(CHECKOUT / name, work / name)  # copy2 keeps mtimes: make sees the venv as up to date
+    (work / ".venv").symlink_to(CHECKOUT / ".venv")
     git_out(work, "init", "-q", "-b", "main")
     git_out(work, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     git_out(work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
@@ -345,7 +349,7 @@ def commit_change(checkout: dict, file: str, old: str, new: str, message: str) -
 
 
 def served_commit(checkout: dict) -> str:
-    return json.loads(http_get(checkout["url"] + "/version")[2])["commit"]
+    return json.loads(http_request(checkout["url"] + "/version")[2])["commit"]
 
 
 def test_make_start_status_stop(checkout):
@@ -428,7 +432,7 @@ def test_reload_takes_the_config_as_it_is_now(checkout):
     result = make(checkout, "reload")
     assert result.returncode != 0
     assert "system.server.workers: expected a whole number from 1 to 64, got 0" in result.stderr
-    assert http_get(checkout["url"] + "/")[2] == b"Hello, World!\n"
+    assert http_request(checkout["url"] + "/")[2] == b"Hello, World!\n"
     config.write_text(good.replace("workers: 2", "workers: 3"))
     assert make(checkout, "reload").returncode == 0
     assert json.loads(checkout["pidfile"].with_name("hello_world.state.json").read_text())["workers"] == 3
@@ -450,13 +454,13 @@ def test_make_run_serves_on_the_port_given(processes, tmp_path):
     port = free_port()
     config = write_config(tmp_path)
     proc = processes.start(
-        ["make", "-s", "-C", str(REPO), "run", f"PORT={port}"],
+        ["make", "-s", "-C", str(CHECKOUT), "run", f"PORT={port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "HELLO_CONFIG": str(config)},
     )
     wait_until(
-        lambda: http_get(f"http://127.0.0.1:{port}/", timeout=1)[2] == b"Hello, World!\n",
+        lambda: http_request(f"http://127.0.0.1:{port}/", timeout=1)[2] == b"Hello, World!\n",
         30,
         f"make run on port {port}",
     )

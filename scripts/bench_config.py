@@ -21,18 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.hostile_configs import alias_bomb
+
 REPO = Path(__file__).resolve().parent.parent
 PRLIMIT = shutil.which("prlimit") or "/usr/bin/prlimit"  # util-linux
 TIME = "/usr/bin/time"  # GNU time (Debian package time)
-
-
-def alias_bomb() -> str:
-    """496 bytes: ten levels of nine aliases under system.server.port (9**10 strings once expanded)."""
-    lines = ["system:", "  server:", "    port:", '    - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    names = "abcdefghij"
-    lines += [f"    - &{cur} [{','.join(['*' + prev] * 9)}]" for prev, cur in zip(names, names[1:], strict=False)]
-    text = "\n".join(lines) + "\n"
-    return "# " + "x" * (496 - len(text) - 3) + "\n" + text
 
 
 CASES = {

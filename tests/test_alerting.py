@@ -23,22 +23,16 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import (
-    PYTHON,
-    REPO,
-    RULES_DIR,
-    ProcessRegistry,
-    WebhookSink,
-    free_port,
-    http_get,
-    require_tool,
-    start_alertmanager,
-    start_prometheus,
-    wait_until,
-    write_config,
-)
+from hello.base.checkout import CHECKOUT
 from hello.base.config import ConfigError, load_config
+from hello.base.http_client import http_request
+from hello.base.proc import free_port, wait_until
 from hello.monitoring import alerting, promconfig
+from hello.monitoring.webhook_sink import WebhookSink
+from tests.support.configs import write_config
+from tests.support.monitoring import RULES_DIR, start_alertmanager, start_prometheus
+from tests.support.processes import ProcessRegistry
+from tests.support.tools import PYTHON, require_tool
 
 SECRET_WEBHOOK = "https://ntfy.example.com/hello-alerts?auth=tk_secret123"
 SMTP_PASSWORD = "smtp-secret-456"  # noqa: S105 - a test value
@@ -97,7 +91,7 @@ def test_routing_by_severity_with_every_receiver_passes_amtool(tmp_path: Path) -
 
 
 def test_no_receiver_renders_a_valid_config_that_tells_nobody(tmp_path: Path) -> None:
-    path = alerting.write_alertmanager_config(load_config(REPO / "config.yaml"), tmp_path, environ={})
+    path = alerting.write_alertmanager_config(load_config(CHECKOUT / "config.yaml"), tmp_path, environ={})
     done = subprocess.run([amtool(), "check-config", str(path)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
     assert alerting.configured_receivers(yaml.safe_load(path.read_text())) == []
@@ -147,7 +141,7 @@ def test_unusable_alerting_settings_exit_2_in_one_line(
     }
     env.update(environ, HELLO_CONFIG=system["config_file"])
     done = subprocess.run(
-        [PYTHON, str(REPO / "scripts" / "monitor.py"), "render", "alertmanager"],
+        [PYTHON, str(CHECKOUT / "scripts" / "monitor.py"), "render", "alertmanager"],
         capture_output=True,
         text=True,
         env=env,
@@ -187,7 +181,7 @@ def test_monitor_scrapes_the_port_of_the_running_server_not_config_yaml(
 
     env = {**os.environ, "HELLO_CONFIG": str(path)}
     done = subprocess.run(
-        [PYTHON, str(REPO / "scripts" / "service.py"), "start", "--port", str(running_port)],
+        [PYTHON, str(CHECKOUT / "scripts" / "service.py"), "start", "--port", str(running_port)],
         capture_output=True,
         text=True,
         env=env,
@@ -203,7 +197,7 @@ def test_monitor_scrapes_the_port_of_the_running_server_not_config_yaml(
         local = yaml.safe_load(promconfig.local_config_text(system))
         assert local["scrape_configs"][0]["static_configs"][0]["targets"] == [f"127.0.0.1:{running_port}"]
     finally:
-        subprocess.run([PYTHON, str(REPO / "scripts" / "service.py"), "stop"], env=env, timeout=60, check=False)
+        subprocess.run([PYTHON, str(CHECKOUT / "scripts" / "service.py"), "stop"], env=env, timeout=60, check=False)
     assert promconfig.scrape_target(system)[0] == f"127.0.0.1:{config_port}"  # stopped: config.yaml's again
 
 
@@ -305,7 +299,7 @@ def test_a_stopped_server_reaches_the_webhook_and_the_mailbox_and_so_does_its_re
         # The Watchdog reaches the heartbeat URL, and nothing else is told while all is well.
         wait_until(lambda: webhook_sink.alerts("/heartbeat", "Watchdog", "firing"), 45, "the Watchdog's ping")
         wait_until(
-            lambda: json.loads(http_get(f"{prometheus.url}/api/v1/query?query=up")[2])["data"]["result"],
+            lambda: json.loads(http_request(f"{prometheus.url}/api/v1/query?query=up")[2])["data"]["result"],
             30,
             "the first scrape",
         )
@@ -334,7 +328,11 @@ def test_a_stopped_server_reaches_the_webhook_and_the_mailbox_and_so_does_its_re
 
         with open(server.log_path, "ab") as log:  # the same port and config: Prometheus's target comes back
             server.proc = processes.start(
-                [PYTHON, str(REPO / "hello_world.py")], cwd=REPO, env=server.env, stdout=log, stderr=subprocess.STDOUT
+                [PYTHON, str(CHECKOUT / "hello_world.py")],
+                cwd=CHECKOUT,
+                env=server.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         server.wait_ready()
         wait_until(
@@ -353,7 +351,7 @@ def test_a_stopped_server_reaches_the_webhook_and_the_mailbox_and_so_does_its_re
 
 def validate_monitoring(config: Path) -> tuple[int, dict[str, tuple[str, str]]]:
     done = subprocess.run(
-        [PYTHON, str(REPO / "validation_test.py"), "--json", "--only", "monitoring"],
+        [PYTHON, str(CHECKOUT / "validation_test.py"), "--json", "--only", "monitoring"],
         capture_output=True,
         text=True,
         env={**os.environ, "HELLO_CONFIG": str(config)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -21,16 +22,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import backup_script
-from conftest import PYTHON, free_port, http_get, require_tool, start_pushgateway, wait_until, write_config
-from hello.backup import hooks
-from hello.backup.archive import verify_archive
-from hello.backup.naming import Archive
+from hello.backup import hooks, restore
+from hello.backup.archive import open_tar_stream, verify_archive
+from hello.backup.naming import Archive, check_checksum
 from hello.backup.retention import plan_retention
 from hello.base.config import load_config
+from hello.base.http_client import http_request
 from hello.base.locks import job_lock
+from hello.base.proc import free_port, wait_until
 from tests.support.backups import SCRIPT, archives, backup, make_tree, snapshot
+from tests.support.configs import write_config
 from tests.support.hooks import all_gone, hook_pids, kill_leftovers, spawning_hook
+from tests.support.monitoring import start_pushgateway
+from tests.support.tools import PYTHON, require_tool
 
 # --- helpers ---
 
@@ -338,13 +342,19 @@ def test_a_failing_final_rename_puts_the_old_target_back(tmp_path: Path, monkeyp
             raise OSError(5, "Input/output error (simulated)")
         return real_rename(src, dst, **kwargs)
 
-    config = load_config(write_config(tmp_path / "cfg"))
+    run_dir = Path(load_config(write_config(tmp_path / "cfg"))["run_dir"])
+
+    def restore_it() -> restore.Restored:
+        check_checksum(archive)
+        stream = functools.partial(open_tar_stream, archive)
+        return restore.restore(stream, target, run_dir=run_dir, label=str(archive), force=True)
+
     monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(backup_script.BackupError, match="was left as it was"):
-        backup_script.run_restore(config, str(archive), str(target), force=True)
+    with pytest.raises(restore.RestoreError, match="was left as it was"):
+        restore_it()
     monkeypatch.undo()
     assert snapshot(place) == state, "the old contents are back, and nothing else is left beside them"
-    assert backup_script.run_restore(config, str(archive), str(target), force=True) == 0
+    assert restore_it().members == 1
     assert sorted(p.name for p in place.iterdir()) == ["target"]
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
 
@@ -810,7 +820,7 @@ def test_metrics_pushed_to_a_real_pushgateway(tmp_path: Path, processes) -> None
     config = config_for(tmp_path, source, tmp_path / "backups", pushgateway=url)
     result = backup(config)
     assert result.returncode == 0, result.stderr
-    body = http_get(url + "/metrics")[2].decode()
+    body = http_request(url + "/metrics")[2].decode()
     assert re.search(r'^hello_world_backup_success\{[^}]*job="hello_world_backup"[^}]*\} 1$', body, re.M)
     size = re.search(r'^hello_world_backup_size_bytes\{[^}]*job="hello_world_backup"[^}]*\} (\S+)$', body, re.M)
     assert size and float(size.group(1)) == archives(tmp_path / "backups")[0].stat().st_size

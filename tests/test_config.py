@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_config
+from hello.base.checkout import CHECKOUT
 from hello.base.config import ConfigError, load_config, server_url
 from hello.base.config_schema import SCHEMA
 from hello.base.request_metrics import LATENCY_BUCKETS
+from tests.support.configs import write_config
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 
@@ -62,13 +63,13 @@ def test_the_seed_config_loads_unchanged_and_keeps_its_meaning(tmp_path):
 
 
 def test_the_shipped_config_yaml_equals_the_defaults():
-    config = load_config(REPO / "config.yaml")
+    config = load_config(CHECKOUT / "config.yaml")
     expected = defaults(SCHEMA)["system"]
     for key in ("run_dir",):
-        expected[key] = str((REPO / expected[key]).resolve())
+        expected[key] = str((CHECKOUT / expected[key]).resolve())
     for key in ("source", "destination"):
-        expected["backup"][key] = str((REPO / expected["backup"][key]).resolve())
-    expected["backup"]["vault"]["store"] = str((REPO / expected["backup"]["vault"]["store"]).resolve())
+        expected["backup"][key] = str((CHECKOUT / expected["backup"][key]).resolve())
+    expected["backup"]["vault"]["store"] = str((CHECKOUT / expected["backup"]["vault"]["store"]).resolve())
     config.pop("config_file")
     assert config == expected
     assert server_url(config) == "http://127.0.0.1:8000"
@@ -186,7 +187,7 @@ def test_scripts_refuse_a_bad_config_before_anything_runs_with_exit_2(tmp_path, 
     bad.write_text("system:\n  backup:\n    time: 25:00\n")
     result = subprocess.run(
         [sys.executable, *script.split()],
-        cwd=REPO,
+        cwd=CHECKOUT,
         capture_output=True,
         text=True,
         timeout=30,

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench_config import alias_bomb
-from conftest import PYTHON, REPO
+from hello.base.checkout import CHECKOUT
 from hello.base.config import MAX_CONFIG_BYTES, MAX_YAML_VALUES, ConfigError, load_config
+from tests.support.hostile_configs import alias_bomb
+from tests.support.tools import PYTHON
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 
@@ -30,7 +31,7 @@ def check_capped(path: str) -> subprocess.CompletedProcess:
 
     return subprocess.run(
         [PYTHON, "-m", "hello.base.config", path],
-        cwd=REPO,
+        cwd=CHECKOUT,
         capture_output=True,
         text=True,
         timeout=60,
@@ -106,6 +107,6 @@ def test_alias_bombs_of_any_shape_are_refused(tmp_path_factory, width, depth, wh
 
 
 def test_the_shipped_config_is_far_below_the_limits() -> None:
-    shipped = REPO / "config.yaml"
+    shipped = CHECKOUT / "config.yaml"
     assert os.path.getsize(shipped) * 8 < MAX_CONFIG_BYTES
     assert load_config(shipped)["server"]["port"] == 8000

@@ -10,7 +10,7 @@ import signal
 import socket
 import time
 
-from conftest import http_get
+from hello.base.http_client import http_request
 
 IDLE = {"server": {"keep_alive_timeout": "1s", "drain_timeout": "30s"}}
 
@@ -50,7 +50,7 @@ def test_idle_keep_alive_connections_close_after_keep_alive_timeout(hello_server
         assert closed_within(sock, 20), f"an idle connection ({name}) was not closed"
         sock.close()
     assert time.monotonic() - started < 20
-    assert http_get(server.url + "/")[0] == 200
+    assert http_request(server.url + "/")[0] == 200
 
 
 def test_a_drain_closes_idle_connections_after_keep_alive_timeout_not_drain_timeout(hello_server):

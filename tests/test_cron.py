@@ -10,19 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, free_port, write_config
+from hello.base.checkout import CHECKOUT
 from hello.base.config import EXIT_LOCKED, RunFiles, load_config
 from hello.base.locks import job_lock
+from hello.base.proc import free_port
+from tests.support.configs import write_config
+from tests.support.tools import PYTHON
 
 
 def cron(config: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HELLO_CONFIG": str(config)}
     argv = [PYTHON, "-m", "scripts.cron", *args]
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run(argv, cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=30)
 
 
 KEEP_UP = ("-m scripts.service", "-m scripts.monitor")  # the lines that bring the service back (tests below)
-VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+VENV_PYTHON = CHECKOUT / ".venv" / "bin" / "python"
 
 
 def job_lines(output: str) -> list[str]:
@@ -35,11 +38,11 @@ def test_repo_config_gives_backup_at_two_and_validation_every_15_minutes(tmp_pat
     result = cron(write_config(tmp_path))
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "run"
-    expected_tail = f"&& mkdir -p {run_dir} && {VENV_PYTHON} {REPO}/{{}} >> {run_dir}/cron.log 2>&1"
+    expected_tail = f"&& mkdir -p {run_dir} && {VENV_PYTHON} {CHECKOUT}/{{}} >> {run_dir}/cron.log 2>&1"
     assert job_lines(result.stdout) == [
-        f"0 2 * * * cd {REPO} " + expected_tail.format("backup_script.py create"),
-        f"*/15 * * * * cd {REPO} " + expected_tail.format("validation_test.py"),
-        f"0 3 * * 0 cd {REPO} " + expected_tail.format("backup_script.py drill"),  # weekly, after the backup
+        f"0 2 * * * cd {CHECKOUT} " + expected_tail.format("backup_script.py create"),
+        f"*/15 * * * * cd {CHECKOUT} " + expected_tail.format("validation_test.py"),
+        f"0 3 * * 0 cd {CHECKOUT} " + expected_tail.format("backup_script.py drill"),  # weekly, after the backup
     ]
     assert not [line for line in job_lines(result.stdout) if "make " in line]  # make turns every failure into 2
     path_line = next(line for line in result.stdout.splitlines() if line.startswith("PATH="))
@@ -58,7 +61,7 @@ def test_seed_config_with_unquoted_time(tmp_path: Path, written: str, schedule: 
     )
     result = cron(config)
     assert result.returncode == 0, result.stderr
-    assert job_lines(result.stdout)[0].startswith(f"{schedule} cd {REPO} && ")
+    assert job_lines(result.stdout)[0].startswith(f"{schedule} cd {CHECKOUT} && ")
     assert job_lines(result.stdout)[0].endswith(f"backup_script.py create >> {tmp_path / 'run' / 'cron.log'} 2>&1")
 
 
@@ -106,7 +109,7 @@ def test_start_at_reboot_and_every_minute_when_down(tmp_path: Path) -> None:
     result = cron(write_config(tmp_path))
     assert result.returncode == 0, result.stderr
     log = tmp_path / "run" / "cron.log"
-    prefix = f"cd {REPO} && mkdir -p {tmp_path / 'run'} && "
+    prefix = f"cd {CHECKOUT} && mkdir -p {tmp_path / 'run'} && "
     start = f"{VENV_PYTHON} -m scripts.service start --quiet >> {log} 2>&1"  # in the checkout: the cd before
     lines = result.stdout.splitlines()
     assert f"@reboot {prefix}{start}" in lines
@@ -147,7 +150,7 @@ def test_every_minute_line_is_quiet_and_exit_0_while_running(tmp_path: Path, pro
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "run" / "cron.log").stat().st_size == size  # nothing said while it runs
     assert files.running_pid() == pid
-    stop = subprocess.run([PYTHON, "-m", "scripts.service", "stop"], cwd=REPO, env=env, timeout=60)
+    stop = subprocess.run([PYTHON, "-m", "scripts.service", "stop"], cwd=CHECKOUT, env=env, timeout=60)
     assert stop.returncode == 0
 
 
@@ -168,14 +171,14 @@ def test_backup_line_exits_75_while_another_backup_holds_the_lock(tmp_path: Path
 def test_make_cron_prints_crontab_lines_only_on_a_fresh_clone(tmp_path: Path) -> None:
     """`make cron | crontab -` on a fresh clone: the venv's creation says nothing on stdout."""
     clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    subprocess.run(["git", "clone", "-q", str(CHECKOUT), str(clone)], check=True, timeout=120)
     changed = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z", "-m", "-o", "--exclude-standard"], capture_output=True, text=True
+        ["git", "-C", str(CHECKOUT), "ls-files", "-z", "-m", "-o", "--exclude-standard"], capture_output=True, text=True
     ).stdout
     for name in filter(None, changed.split("\0")):  # this working tree's uncommitted changes, under test
-        if (REPO / name).is_file():
+        if (CHECKOUT / name).is_file():
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            (clone / name).write_bytes((REPO / name).read_bytes())
+            (clone / name).write_bytes((CHECKOUT / name).read_bytes())
     env = {k: v for k, v in os.environ.items() if k not in ("HELLO_CONFIG", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     done = subprocess.run(["make", "-s", "cron"], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

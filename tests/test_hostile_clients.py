@@ -19,8 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, free_port, http_get, wait_until, write_config
+from hello.base.checkout import CHECKOUT
+from hello.base.http_client import http_request
+from hello.base.proc import free_port, wait_until
+from tests.support.configs import write_config
 from tests.support.load import LoadClient, count_progress, metric_value
+from tests.support.tools import PYTHON
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 HELLO = b"Hello, World!\n"
@@ -132,7 +136,7 @@ def test_connections_that_never_finish_a_request_are_closed(hello_server):
     assert not open_cases, f"still open after 8 s: {sorted(open_cases)}"
     for sock in cases.values():
         sock.close()
-    assert http_get(server.url + "/")[2] == HELLO
+    assert http_request(server.url + "/")[2] == HELLO
 
 
 def test_a_server_at_its_file_limit_keeps_answering_new_clients(processes, tmp_path):
@@ -147,15 +151,15 @@ def test_a_server_at_its_file_limit_keeps_answering_new_clients(processes, tmp_p
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         proc = processes.start(
-            [PYTHON, str(REPO / "hello_world.py")],
-            cwd=REPO,
+            [PYTHON, str(CHECKOUT / "hello_world.py")],
+            cwd=CHECKOUT,
             env={**os.environ, "HELLO_CONFIG": str(config)},
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
         )
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_get(url + "/readyz", timeout=1)[0] == 200, 30, "the server to be ready")
+    wait_until(lambda: http_request(url + "/readyz", timeout=1)[0] == 200, 30, "the server to be ready")
     idle = []
     try:
         for _ in range(limit - 5):
@@ -163,7 +167,7 @@ def test_a_server_at_its_file_limit_keeps_answering_new_clients(processes, tmp_p
             sock.sendall(b"\r\n")  # bytes that are no request: the connection stays idle
             idle.append(sock)
         for attempt in range(3):  # a few new clients, one after another: each must be answered
-            status, _, body = http_get(url + "/", timeout=5)
+            status, _, body = http_request(url + "/", timeout=5)
             assert (status, body) == (200, HELLO), f"new client {attempt}: {status} {body!r}"
     finally:
         for sock in idle:
@@ -202,7 +206,7 @@ def test_many_tiny_headers_are_refused_early_and_hold_little_memory(hello_server
         sock.close()
     grown_mib = (status_kib(worker, "VmHWM") - peak_before) / 1024
     assert grown_mib < 8, f"four connections of tiny headers grew the worker's peak RSS by {grown_mib:.1f} MiB"
-    assert http_get(server.url + "/")[2] == HELLO
+    assert http_request(server.url + "/")[2] == HELLO
 
 
 # 4 ------------------------------------------------------------------------------------------------
@@ -261,7 +265,7 @@ def test_a_client_that_never_reads_cannot_make_the_worker_buffer_without_limit(h
     requests = sent // len(b"GET / HTTP/1.1\r\nHost:x\r\n\r\n")
     assert count_answers(sock, requests, 60) == requests
     sock.close()
-    assert http_get(server.url + "/")[2] == HELLO
+    assert http_request(server.url + "/")[2] == HELLO
 
 
 def test_a_client_that_never_reads_is_dropped_after_write_timeout(hello_server):
@@ -276,7 +280,7 @@ def test_a_client_that_never_reads_is_dropped_after_write_timeout(hello_server):
             dropped = True
     sock.close()
     assert dropped, "a client that never read its answers was still connected after 15 s"
-    assert http_get(server.url + "/")[2] == HELLO
+    assert http_request(server.url + "/")[2] == HELLO
 
 
 # 5 ------------------------------------------------------------------------------------------------
@@ -312,7 +316,7 @@ def test_clients_cannot_grow_the_log_without_bound(hello_server):
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
         read_until(sock, lambda got: got.endswith(HELLO), 10)
         sock.close()
-    assert http_get(server.url + "/")[2] == HELLO
+    assert http_request(server.url + "/")[2] == HELLO
     warnings = server.log_path.read_text().count("WARNING") - before
     assert warnings <= 2, f"60 bad requests wrote {warnings} WARNING lines:\n{server.log()}"
 
@@ -324,14 +328,14 @@ def test_the_background_log_is_rotated_with_several_workers_writing(processes, t
     log_path = tmp_path / "run" / "hello_world.log"
     log_path.parent.mkdir(parents=True)
     proc = processes.start(
-        [PYTHON, str(REPO / "hello_world.py"), "--log-file", str(log_path)],
-        cwd=REPO,
+        [PYTHON, str(CHECKOUT / "hello_world.py"), "--log-file", str(log_path)],
+        cwd=CHECKOUT,
         env={**os.environ, "HELLO_CONFIG": str(config)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_get(url + "/readyz", timeout=1)[0] == 200, 30, "the server to be ready")
+    wait_until(lambda: http_request(url + "/readyz", timeout=1)[0] == 200, 30, "the server to be ready")
     for _ in range(40):  # several connections: both workers answer, and both write to the log
         client = LoadClient(port, keep_alive=False, max_requests=10)
         client.run()

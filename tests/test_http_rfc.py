@@ -18,7 +18,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from conftest import PYTHON, REPO, http_get, wait_until
+from hello.base.checkout import CHECKOUT
+from hello.base.http_client import http_request
+from hello.base.proc import wait_until
+from tests.support.tools import PYTHON
 from tests.test_hostile_clients import connect, read_until, status_kib, workers_of
 
 HELLO = b"Hello, World!\n"
@@ -100,7 +103,7 @@ def test_health_readiness_version_and_metrics_are_not_stored_by_caches(hello_ser
     server = hello_server()
     for path in NO_STORE_ROUTES:
         for method in ("GET", "HEAD"):
-            status, headers, _ = http_get(server.url + path, method=method)
+            status, headers, _ = http_request(server.url + path, method=method)
             assert (status, headers["cache-control"]) == (200, "no-store"), (method, path)
 
 
@@ -148,7 +151,7 @@ def test_redbot_finds_nothing_unintended_on_the_live_endpoints(hello_server):
     found = {}
     for path in ("/", *NO_STORE_ROUTES, "/nope"):
         done = subprocess.run(
-            [PYTHON, str(REPO / "tests" / "support" / "redbot_notes.py"), server.url + path],
+            [PYTHON, str(CHECKOUT / "tests" / "support" / "redbot_notes.py"), server.url + path],
             capture_output=True,
             text=True,
             timeout=120,
@@ -176,7 +179,7 @@ def test_pipelined_http_1_0_requests_are_counted_only_as_answered(hello_server):
         assert data.endswith(HELLO) and b"connection: close" in data  # HTTP/1.0 keep-alive is not honoured
         answered += data.count(b"HTTP/1.1 200 ")
     assert answered == 20
-    assert http_get(server.url + "/healthz")[0] == 200  # the worker is past those reads
+    assert http_request(server.url + "/healthz")[0] == 200  # the worker is past those reads
     assert counted_since(server, before) == {("GET", "/", "200"): 20, ("GET", "/healthz", "200"): 1}
 
 
@@ -210,7 +213,7 @@ def test_a_flood_of_pipelined_metrics_requests_leaves_the_greeting_answered(hell
         while not stop.is_set() and len(latencies) < 400:
             started = time.monotonic()
             try:
-                ok = http_get(server.url + "/", timeout=1)[2] == HELLO
+                ok = http_request(server.url + "/", timeout=1)[2] == HELLO
             except OSError:
                 ok = False
             latencies.append(time.monotonic() - started if ok else None)
@@ -239,4 +242,4 @@ def test_a_flood_of_pipelined_metrics_requests_leaves_the_greeting_answered(hell
     )
     assert share >= 0.99, f"{len(latencies) - len(answered)} of {len(latencies)} probes failed or took over 1 s"
     assert (rss_during - rss_before) / 1024 < 64, f"the flood grew the worker from {rss_before} to {rss_during} KiB"
-    assert wait_until(lambda: http_get(server.url + "/")[2] == HELLO, 30, "the greeting after the flood")
+    assert wait_until(lambda: http_request(server.url + "/")[2] == HELLO, 30, "the greeting after the flood")

@@ -14,16 +14,19 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, free_port, http_get, start_pushgateway
+from hello.base.checkout import CHECKOUT
 from hello.base.files import NotPrivate, private_dir
+from hello.base.http_client import http_request
 from hello.base.job_metrics import record_job
 from hello.base.locks import LockHeld, job_lock
+from hello.base.proc import free_port
+from tests.support.monitoring import start_pushgateway
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 
-HOLDER = f"""
+# Run in the checkout (cwd), whose root is then on sys.path.
+HOLDER = """
 import sys, time
-sys.path.insert(0, {str(REPO)!r})
 from hello.base.locks import job_lock
 with job_lock(sys.argv[1]):
     print("held", flush=True)
@@ -37,7 +40,7 @@ def _values(path: Path) -> dict[str, float]:
 
 def test_lock_is_exclusive_across_processes_and_released(tmp_path: Path, processes) -> None:
     lock = tmp_path / "run" / "job.lock"
-    holder = processes.start([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
+    holder = processes.start([sys.executable, "-c", HOLDER, str(lock)], stdout=subprocess.PIPE, text=True, cwd=CHECKOUT)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(LockHeld) as caught, job_lock(lock):
         pass
@@ -129,7 +132,7 @@ def test_record_job_pushes_to_a_real_pushgateway_and_a_dead_one_only_warns(tmp_p
     url = start_pushgateway(processes, tmp_path / "pushgateway")
     config = {"run_dir": str(tmp_path / "run"), "monitoring": {"pushgateway": {"url": url}}}
     record_job(config, "hello_world_update", success=True, started=1.0, finished=2.0)
-    body = http_get(url + "/metrics")[2].decode()
+    body = http_request(url + "/metrics")[2].decode()
     assert 'hello_world_update_success{instance="",job="hello_world_update"} 1' in body
     assert 'hello_world_update_last_success_timestamp_seconds{instance="",job="hello_world_update"} 2' in body
 

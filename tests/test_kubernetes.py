@@ -23,15 +23,18 @@ from typing import Any
 import pytest
 import yaml
 
-import lint_monitoring
-from conftest import PYTHON, REPO, deep_merge, free_port, http_get, require_tool, wait_until
+from hello.base.checkout import CHECKOUT
 from hello.base.config import load_config
 from hello.base.config_schema import parse_duration
+from hello.base.http_client import http_request
+from hello.base.proc import free_port, wait_until
 from hello.monitoring import dashboard as grafana
-from hello.monitoring import slo
+from hello.monitoring import lint, slo
 from hello.monitoring.promconfig import HELLO_JOB
 from hello.platform import kubernetes as km
+from hello.platform.kubernetes import deep_merge
 from hello.update.deploy_records import DEPLOY_METRIC, deploy_labels
+from tests.support.tools import PYTHON, require_tool
 
 # README "make bench": 33.7 MiB RSS per worker, the supervisor 28.6 MiB; one worker saturates one core.
 WORKER_RSS_MIB, SUPERVISOR_RSS_MIB = 34, 29
@@ -208,7 +211,7 @@ def test_probes_answer_on_a_server_started_with_the_pod_config(overlay: list, tm
     assert probes["livenessProbe"]["path"] == probes["startupProbe"]["path"] == "/healthz"
     for name, probe in probes.items():
         assert ports[probe["port"]] == system["server"]["port"], name
-        status, _, _ = http_get(server.url + probe["path"])
+        status, _, _ = http_request(server.url + probe["path"])
         assert status == 200, (name, probe)
 
 
@@ -322,7 +325,7 @@ def test_validation_cronjob_command_passes_against_a_real_server(overlay: list, 
     command = km.find(overlay, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"]
     result = subprocess.run(
         [PYTHON, *command[1:]],
-        cwd=REPO,
+        cwd=CHECKOUT,
         env={"HELLO_CONFIG": str(path), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -378,7 +381,7 @@ def dashboard_series() -> list[dict[str, str]]:
     for name in sorted(
         {
             m
-            for expr in [expr for _, _, expr in grafana.queries(lint_monitoring.load_dashboard())]
+            for expr in [expr for _, _, expr in grafana.queries(lint.load_dashboard())]
             + [slo.RULES_FILE.read_text()]  # the SLO row reads recording rules: their inputs too
             for m in re.findall(r"\b(hello_world_\w+|up|node_\w+|ALERTS)\b", expr)
         }
@@ -409,7 +412,7 @@ def dashboard_series() -> list[dict[str, str]]:
 def test_dashboard_queries_return_data_with_either_label_set(overlay: list, tmp_path: Path, labels: str) -> None:
     require_tool("promtool", "prometheus")
     scrape = parse_duration("15s")
-    queries = grafana.queries(lint_monitoring.load_dashboard())
+    queries = grafana.queries(lint.load_dashboard())
     slo_rules = [str(slo.RULES_FILE)]  # the SLO row's queries are its recording rules
     tests = {
         "rule_files": slo_rules,
@@ -457,11 +460,11 @@ def test_pod_config_serves_as_the_image_user_from_read_only_code(overlay: list, 
     try:
         root.chmod(0o755)
         app = root / "app"
-        files = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True, check=True)
+        files = subprocess.run(["git", "-C", str(CHECKOUT), "ls-files"], capture_output=True, text=True, check=True)
         for name in files.stdout.split():
-            if name.split("/")[0] not in ("tests", "deploy", "monitoring") and (REPO / name).is_file():
+            if name.split("/")[0] not in ("tests", "deploy", "monitoring") and (CHECKOUT / name).is_file():
                 (app / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO / name, app / name)
+                shutil.copy2(CHECKOUT / name, app / name)
         for path in [app, *app.rglob("*")]:
             path.chmod(0o555 if path.is_dir() else 0o444)  # readOnlyRootFilesystem, as far as uid 10001 goes
         run_dir = root / "run"  # the emptyDir
@@ -487,12 +490,12 @@ def test_pod_config_serves_as_the_image_user_from_read_only_code(overlay: list, 
 
         def ready() -> bool:
             assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-            return http_get(url + "/readyz", timeout=1)[0] == 200
+            return http_request(url + "/readyz", timeout=1)[0] == 200
 
         wait_until(ready, 60, f"{url}/readyz as uid {user}")
-        assert http_get(url + "/healthz")[0] == 200
-        assert yaml.safe_load(http_get(url + "/version")[2])["commit"] == commit
-        assert b"hello_world_requests_total" in http_get(url + "/metrics")[2]
+        assert http_request(url + "/healthz")[0] == 200
+        assert yaml.safe_load(http_request(url + "/version")[2])["commit"] == commit
+        assert b"hello_world_requests_total" in http_request(url + "/metrics")[2]
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, (root / "server.log").read_text()[-3000:]

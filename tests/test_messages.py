@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from hello.base.checkout import CHECKOUT
 from hello.base.config import ConfigError, load_config
 from hello.base.git import GitError, git
 from hello.validation.components import Context
@@ -37,7 +37,7 @@ def test_a_duration_in_quotes_is_plain_seconds(tmp_path: Path) -> None:
 
 def check_config(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hello.base.config", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "hello.base.config", *args], cwd=CHECKOUT, capture_output=True, text=True, timeout=60
     )
 
 
@@ -60,19 +60,19 @@ def test_a_failed_git_command_quotes_the_line_that_says_what_failed(tmp_path: Pa
 
 
 def test_make_help_writes_no_escape_codes_into_a_pipe() -> None:
-    result = subprocess.run(["make", "-s", "-C", str(REPO), "help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["make", "-s", "-C", str(CHECKOUT), "help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "  run " in result.stdout
     assert "\033" not in result.stdout
 
 
 def test_make_restore_usage_names_every_option() -> None:
-    result = subprocess.run(["make", "-s", "-C", str(REPO), "restore"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["make", "-s", "-C", str(CHECKOUT), "restore"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "KEEP_SETUID=1" in result.stderr
 
 
 def test_monitor_help_names_the_four_services() -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts/monitor.py"), "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, str(CHECKOUT / "scripts/monitor.py"), "--help"], capture_output=True, text=True, timeout=60
     )
     assert "Prometheus, Alertmanager, the Pushgateway and node_exporter" in result.stdout
 

@@ -26,8 +26,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from conftest import PYTHON, REPO, http_get, wait_until
+from hello.base.checkout import CHECKOUT
+from hello.base.http_client import http_request
+from hello.base.proc import wait_until
 from hello.server import metrics_files
+from tests.support.tools import PYTHON
 
 # A worker: counts, observes (multiples of 1/8, so every sum is exact in binary) and exits.
 WORKER = """
@@ -74,7 +77,7 @@ def db_files(directory: Path) -> list[str]:
 def test_the_installed_and_pinned_versions_are_the_ones_the_module_was_written_against():
     pins = dict(
         line.split("#")[0].strip().split("==")
-        for line in (REPO / "requirements.txt").read_text().splitlines()
+        for line in (CHECKOUT / "requirements.txt").read_text().splitlines()
         if "==" in line
     )
     for dist, version in metrics_files.TESTED_WITH.items():
@@ -109,7 +112,7 @@ samples = [sample for metric in registry.collect() for sample in metric.samples]
 print(json.dumps({s.name + json.dumps(s.labels, sort_keys=True): s.value for s in samples}))
 """
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    result = subprocess.run([PYTHON, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([PYTHON, "-c", script], cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     samples = json.loads(result.stdout)
 
@@ -243,7 +246,7 @@ def test_reloads_keep_metric_files_flat_and_every_request_counted(hello_server):
     sent = 0
     for reload in range(1, 7):
         for _ in range(10):
-            assert http_get(server.url + "/")[0] == 200
+            assert http_request(server.url + "/")[0] == 200
             sent += 1
         os.kill(server.proc.pid, signal.SIGHUP)
         wait_until(
@@ -265,7 +268,7 @@ def test_reloads_keep_metric_files_flat_and_every_request_counted(hello_server):
     assert len(names) <= 5, names  # live counter, histogram, livemax gauge; merged counter, histogram
 
     def counted() -> float:
-        body = http_get(server.url + "/metrics")[2].decode()
+        body = http_request(server.url + "/metrics")[2].decode()
         match = re.search(r'^hello_world_requests_total\{code="200",method="GET",path="/"\} (\S+)$', body, re.M)
         return float(match.group(1)) if match else 0.0
 

@@ -27,31 +27,28 @@ from typing import Any
 import pytest
 import yaml
 
-import lint_monitoring
-import update_protocol
-from conftest import (
-    PYTHON,
-    REPO,
-    RULES_DIR,
-    ProcessRegistry,
-    free_port,
-    http_get,
-    prometheus_query,
-    require_tool,
-    start_node_exporter,
-    start_prometheus,
-    start_pushgateway,
-    wait_until,
-    write_config,
-)
 from hello.base import job_metrics, monitor_login
+from hello.base.checkout import CHECKOUT
 from hello.base.config import DEFAULT_PATH, EXIT_OK, load_config
+from hello.base.http_client import http_request
 from hello.base.locks import pid_alive
+from hello.base.proc import TimedOut, free_port, wait_until
 from hello.monitoring import dashboard as grafana
-from hello.monitoring import promconfig, slo, stack
+from hello.monitoring import lint, promconfig, slo, stack
 from hello.monitoring.alerting import format_duration
 from hello.update.deploy_records import DEPLOY_METRIC, recorded_deploy
 from hello.update.updater import JOB as UPDATE_JOB
+from hello.update.updater import Report, record
+from tests.support.configs import write_config
+from tests.support.monitoring import (
+    RULES_DIR,
+    prometheus_query,
+    start_node_exporter,
+    start_prometheus,
+    start_pushgateway,
+)
+from tests.support.processes import ProcessRegistry
+from tests.support.tools import PYTHON, require_tool
 
 ALERTS = [
     "HelloWorldDown",
@@ -113,15 +110,15 @@ def without_targets(config: dict[str, Any]) -> dict[str, Any]:
 
 def test_committed_compose_config_is_rendered_from_config_yaml() -> None:
     assert promconfig.COMPOSE_CONFIG.read_text() == promconfig.compose_config_text(load_config(DEFAULT_PATH))
-    assert run([PYTHON, str(REPO / "scripts" / "monitor.py"), "render", "compose", "--check"]).returncode == 0
+    assert run([PYTHON, str(CHECKOUT / "scripts" / "monitor.py"), "render", "compose", "--check"]).returncode == 0
 
 
 def test_a_stale_compose_config_fails_the_sync_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stale = tmp_path / "prometheus.yml"
     stale.write_text(promconfig.COMPOSE_CONFIG.read_text().replace("scrape_interval: 15s", "scrape_interval: 30s"))
     monkeypatch.setattr(promconfig, "COMPOSE_CONFIG", stale)
-    with pytest.raises(lint_monitoring.CheckFailed, match="render compose --write"):
-        lint_monitoring.check_compose_config_in_sync(load_config(DEFAULT_PATH))
+    with pytest.raises(lint.CheckFailed, match="render compose --write"):
+        lint.check_compose_config_in_sync(load_config(DEFAULT_PATH))
 
 
 @pytest.mark.parametrize(
@@ -176,7 +173,7 @@ def test_both_prometheus_configs_agree_with_config_yaml_and_pass_promtool(tmp_pa
             == targets_by_job(config)["alertmanager"]
         )
     # Both name the same rule files: compose's relative to monitoring/, the local one absolute.
-    assert (REPO / "monitoring" / compose["rule_files"][0]) == Path(local["rule_files"][0])
+    assert (CHECKOUT / "monitoring" / compose["rule_files"][0]) == Path(local["rule_files"][0])
 
     compose_path = tmp_path / "compose" / "prometheus.yml"
     compose_path.parent.mkdir()
@@ -187,7 +184,7 @@ def test_both_prometheus_configs_agree_with_config_yaml_and_pass_promtool(tmp_pa
     for path in (compose_path, local_path):
         proc = run([tool, "check", "config", str(path)])
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert f"{len(lint_monitoring.RULES)} rule files found" in proc.stdout  # the SLO rules too
+        assert f"{len(lint.RULES)} rule files found" in proc.stdout  # the SLO rules too
 
 
 def test_no_pushgateway_url_leaves_out_the_pushgateway_job(tmp_path: Path) -> None:
@@ -212,21 +209,16 @@ def test_null_alertmanager_and_node_exporter_urls_leave_them_out(tmp_path: Path)
 
 def test_alert_rules_pass_promtool_check() -> None:
     """Their unit tests run in lint_monitoring (test_lint_monitoring_passes_on_the_repo): the suite runs them once."""
-    proc = run([promtool(), "check", "rules", *map(str, lint_monitoring.RULES)])
+    proc = run([promtool(), "check", "rules", *map(str, lint.RULES)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_every_spec_alert_has_unit_tests_firing_and_not_firing() -> None:
-    rules = [
-        rule
-        for path in lint_monitoring.RULES
-        for g in yaml.safe_load(path.read_text())["groups"]
-        for rule in g["rules"]
-    ]
+    rules = [rule for path in lint.RULES for g in yaml.safe_load(path.read_text())["groups"] for rule in g["rules"]]
     assert sorted({rule["alert"] for rule in rules if "alert" in rule}) == sorted(ALERTS)
     cases = [
         case
-        for path in lint_monitoring.RULE_TESTS
+        for path in lint.RULE_TESTS
         for test in yaml.safe_load(path.read_text())["tests"]
         for case in test["alert_rule_test"]
     ]
@@ -284,7 +276,7 @@ def test_slo_rules_are_generated_from_config_and_a_stale_file_fails_lint(
 ) -> None:
     system = load_config(DEFAULT_PATH)
     assert slo.is_current(system), "run `make k8s-render`"
-    assert run([PYTHON, str(REPO / "scripts" / "monitor.py"), "render", "slo", "--check"]).returncode == 0
+    assert run([PYTHON, str(CHECKOUT / "scripts" / "monitor.py"), "render", "slo", "--check"]).returncode == 0
     other = load_config(
         write_config(tmp_path / "cfg", {"slo": {"availability": 99.5, "latency": {"threshold": "250ms"}}})
     )
@@ -294,8 +286,8 @@ def test_slo_rules_are_generated_from_config_and_a_stale_file_fails_lint(
     stale = tmp_path / slo.RULES_FILE.name
     stale.write_text(text)
     monkeypatch.setattr(slo, "RULES_FILE", stale)
-    with pytest.raises(lint_monitoring.CheckFailed, match="make k8s-render"):
-        lint_monitoring.check_slo_rules_in_sync(system)
+    with pytest.raises(lint.CheckFailed, match="make k8s-render"):
+        lint.check_slo_rules_in_sync(system)
     assert slo.write_rules(system) and slo.is_current(system) and not slo.write_rules(system)
 
 
@@ -340,14 +332,14 @@ def test_slo_unit_tests_catch_a_wrong_rule(tmp_path: Path, old: str, new: str, t
 
 
 def datasource_uids() -> set[str]:
-    return {ds["uid"] for ds in lint_monitoring.provisioned_datasources()}
+    return {ds["uid"] for ds in lint.provisioned_datasources()}
 
 
 def test_dashboard_and_provisioning_are_consistent() -> None:
-    dashboard = lint_monitoring.load_dashboard()
+    dashboard = lint.load_dashboard()
     assert datasource_uids() == {"prometheus"}
-    assert lint_monitoring.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard") == []
-    lint_monitoring.check_provisioning(load_config(DEFAULT_PATH))
+    assert lint.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard") == []
+    lint.check_provisioning(load_config(DEFAULT_PATH))
     assert dashboard["uid"] == load_config(DEFAULT_PATH)["monitoring"]["grafana"]["dashboard"]
     assert {panel["type"] for panel in dashboard["panels"]} == {"timeseries", "stat", "table", "row"}  # row: SLO
     exprs = " ".join(expr for _, _, expr in grafana.queries(dashboard))
@@ -379,7 +371,7 @@ def broken(dashboard: dict[str, Any], change: str) -> dict[str, Any]:
     elif change == "refresh":
         copy["refresh"] = "1m"
     elif change.startswith("annotation-"):
-        (annotation,) = lint_monitoring.query_annotations(copy)
+        (annotation,) = lint.query_annotations(copy)
         if change == "annotation-title":
             annotation["titleFormat"] = "{{commit}}"  # deploy or rollback? it does not say
         elif change == "annotation-time":
@@ -399,13 +391,13 @@ def broken(dashboard: dict[str, Any], change: str) -> dict[str, Any]:
     + ["annotation-title", "annotation-time", "annotation-metric", "annotation-datasource", "no-annotation"],
 )
 def test_dashboard_checks_catch_a_broken_dashboard(change: str) -> None:
-    dashboard = broken(lint_monitoring.load_dashboard(), change)
-    assert lint_monitoring.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard")
+    dashboard = broken(lint.load_dashboard(), change)
+    assert lint.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard")
 
 
 def test_a_collapsed_rows_panels_are_checked_too() -> None:
-    dashboard = broken(lint_monitoring.load_dashboard(), "seed-metric-in-a-collapsed-row")
-    problems = lint_monitoring.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard")
+    dashboard = broken(lint.load_dashboard(), "seed-metric-in-a-collapsed-row")
+    problems = lint.dashboard_problems(dashboard, datasource_uids(), "hello-world-dashboard")
     assert problems == ["panel 'Hidden': ['hello_world_requests'] not metrics of SPEC.md"]
 
 
@@ -414,19 +406,17 @@ def test_dashboard_queries_parse_and_a_broken_one_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     promtool()
-    lint_monitoring.check_dashboard_queries_parse(load_config(DEFAULT_PATH))
-    dashboard = lint_monitoring.load_dashboard()
+    lint.check_dashboard_queries_parse(load_config(DEFAULT_PATH))
+    dashboard = lint.load_dashboard()
     target = (
-        dashboard["panels"][5]["targets"][0]
-        if where == "panel"
-        else lint_monitoring.query_annotations(dashboard)[0]["target"]
+        dashboard["panels"][5]["targets"][0] if where == "panel" else lint.query_annotations(dashboard)[0]["target"]
     )
     target["expr"] = "sum by (code) (rate(hello_world_requests_total[$__rate_interval])"
     bad = tmp_path / "dashboard.json"
     bad.write_text(json.dumps(dashboard))
-    monkeypatch.setattr(lint_monitoring, "DASHBOARD", bad)
-    with pytest.raises(lint_monitoring.CheckFailed):
-        lint_monitoring.check_dashboard_queries_parse(load_config(DEFAULT_PATH))
+    monkeypatch.setattr(lint, "DASHBOARD", bad)
+    with pytest.raises(lint.CheckFailed):
+        lint.check_dashboard_queries_parse(load_config(DEFAULT_PATH))
 
 
 def test_grafana_macros_are_substituted_as_grafana_does() -> None:
@@ -442,15 +432,15 @@ def test_grafana_macros_are_substituted_as_grafana_does() -> None:
 
 
 def compose() -> str:
-    return lint_monitoring.compose_binary()
+    return lint.compose_binary()
 
 
 def test_compose_file_passes_the_real_compose_parser() -> None:
-    lint_monitoring.check_compose()
+    lint.check_compose()
     proc = run(
-        [*lint_monitoring.compose_args(), "config", "--format", "json"],
-        env=lint_monitoring.compose_env("secret"),
-        cwd=REPO,
+        [*lint.compose_args(), "config", "--format", "json"],
+        env=lint.compose_env("secret"),
+        cwd=CHECKOUT,
     )
     assert proc.returncode == 0, proc.stderr
     stack = json.loads(proc.stdout)
@@ -464,27 +454,25 @@ def test_compose_file_passes_the_real_compose_parser() -> None:
         assert service["restart"] == "unless-stopped", name
         if name == "hello-world":  # the image's HEALTHCHECK applies; compose must not override it
             assert "healthcheck" not in service
-            assert "no HEALTHCHECK on /healthz" not in lint_monitoring.dockerfile_problems(
-                lint_monitoring.DOCKERFILE.read_text()
-            )
+            assert "no HEALTHCHECK on /healthz" not in lint.dockerfile_problems(lint.DOCKERFILE.read_text())
         else:
             assert service["healthcheck"]["test"], name
     assert "--web.enable-lifecycle" in services["prometheus"]["command"]
     # Alertmanager reads the config make up renders (mode 0600, so it runs as the user); node_exporter the textfiles.
     mounts = {m["target"]: m["source"] for m in services["alertmanager"]["volumes"]}
-    assert mounts["/etc/alertmanager/alertmanager.yml"] == str(REPO / "run" / "monitor" / "alertmanager.yml")
+    assert mounts["/etc/alertmanager/alertmanager.yml"] == str(CHECKOUT / "run" / "monitor" / "alertmanager.yml")
     assert services["alertmanager"]["user"] == "65534:65534"  # make up sets HELLO_UID and HELLO_GID
     # Alertmanager and the Pushgateway want the login make up renders; Prometheus reads its 0600 password file.
     for name in ("alertmanager", "pushgateway"):
         web_config = next(arg for arg in services[name]["command"] if arg.startswith("--web.config.file="))
         mounts = {m["target"]: m["source"] for m in services[name]["volumes"]}
-        assert mounts[web_config.split("=", 1)[1]] == str(REPO / "run" / "monitor" / "web-config.yml"), name
+        assert mounts[web_config.split("=", 1)[1]] == str(CHECKOUT / "run" / "monitor" / "web-config.yml"), name
     for name in ("prometheus", "pushgateway", "alertmanager"):
         assert services[name]["user"] == "65534:65534", name
     mounts = {m["target"]: m["source"] for m in services["prometheus"]["volumes"]}
-    assert mounts[promconfig.COMPOSE_PASSWORD_FILE] == str(REPO / "run" / "monitor" / "monitor-password")
+    assert mounts[promconfig.COMPOSE_PASSWORD_FILE] == str(CHECKOUT / "run" / "monitor" / "monitor-password")
     node_mounts = {m["target"]: m["source"] for m in services["node-exporter"]["volumes"]}
-    assert node_mounts["/textfile"] == str(REPO / "run" / "metrics")
+    assert node_mounts["/textfile"] == str(CHECKOUT / "run" / "metrics")
     assert "--collector.textfile.directory=/textfile" in services["node-exporter"]["command"]
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "secret"
     assert {"grafana-data"} <= set(stack["volumes"])
@@ -500,31 +488,31 @@ def test_compose_file_passes_the_real_compose_parser() -> None:
     ],
 )
 def test_a_broken_compose_file_fails(tmp_path: Path, old: str, new: str) -> None:
-    text = lint_monitoring.COMPOSE_FILE.read_text()
+    text = lint.COMPOSE_FILE.read_text()
     assert old in text
     path = tmp_path / "docker-compose.yml"
     path.write_text(text.replace(old, new, 1))
-    with pytest.raises(lint_monitoring.CheckFailed):
-        lint_monitoring.check_compose(path)
+    with pytest.raises(lint.CheckFailed):
+        lint.check_compose(path)
 
 
 @pytest.mark.parametrize("password", [None, ""], ids=["unset", "empty"])
 def test_compose_refuses_to_run_without_an_admin_password(password: str | None) -> None:
-    proc = run([*lint_monitoring.compose_args(), "config", "-q"], env=lint_monitoring.compose_env(password), cwd=REPO)
+    proc = run([*lint.compose_args(), "config", "-q"], env=lint.compose_env(password), cwd=CHECKOUT)
     assert proc.returncode != 0
     assert "GF_ADMIN_PASSWORD" in proc.stderr
-    assert "GF_ADMIN_PASSWORD=" in (REPO / ".env.example").read_text()
-    assert ".env" in (REPO / ".gitignore").read_text().split()
+    assert "GF_ADMIN_PASSWORD=" in (CHECKOUT / ".env.example").read_text()
+    assert ".env" in (CHECKOUT / ".gitignore").read_text().split()
 
 
 def test_dockerfile_passes_hadolint_and_runs_the_spec_command(tmp_path: Path) -> None:
-    lint_monitoring.check_hadolint()
-    assert lint_monitoring.dockerfile_problems(lint_monitoring.DOCKERFILE.read_text()) == []
+    lint.check_hadolint()
+    assert lint.dockerfile_problems(lint.DOCKERFILE.read_text()) == []
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN apt-get install curl\nCMD python hello_world.py\n")
-    with pytest.raises(lint_monitoring.CheckFailed, match="DL3007"):
-        lint_monitoring.check_hadolint(bad)
-    assert len(lint_monitoring.dockerfile_problems(bad.read_text())) >= 5
+    with pytest.raises(lint.CheckFailed, match="DL3007"):
+        lint.check_hadolint(bad)
+    assert len(lint.dockerfile_problems(bad.read_text())) >= 5
 
 
 @pytest.mark.parametrize(
@@ -538,36 +526,33 @@ def test_dockerfile_passes_hadolint_and_runs_the_spec_command(tmp_path: Path) ->
     ],
 )
 def test_dockerfile_contract_check_catches(old: str, new: str, problem: str) -> None:
-    text = lint_monitoring.DOCKERFILE.read_text()
+    text = lint.DOCKERFILE.read_text()
     assert old in text
-    problems = lint_monitoring.dockerfile_problems(text.replace(old, new))
+    problems = lint.dockerfile_problems(text.replace(old, new))
     assert any(problem in line for line in problems), problems
 
 
 def test_dockerignore_keeps_out_state_and_secrets() -> None:
-    ignored = set((REPO / ".dockerignore").read_text().split())
+    ignored = set((CHECKOUT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".env", "run", "backups"} <= ignored
 
 
 def test_lint_monitoring_passes_on_the_repo() -> None:
     promtool()
-    proc = run([PYTHON, str(REPO / "scripts" / "lint_monitoring.py")], cwd=REPO)
+    proc = run([PYTHON, str(CHECKOUT / "scripts" / "lint_monitoring.py")], cwd=CHECKOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert sum(line.startswith("PASS  ") for line in lines) == len(lint_monitoring.CHECKS)
+    assert sum(line.startswith("PASS  ") for line in lines) == len(lint.CHECKS)
     assert not any(line.startswith("FAIL") for line in lines)
 
 
-def test_lint_monitoring_with_a_bad_config_exits_2_in_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_lint_monitoring_with_a_bad_config_exits_2_in_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "config.yaml"
     bad.write_text("system:\n  monitoring:\n    prometheus:\n      url: 9090\n")
-    monkeypatch.setattr(lint_monitoring, "DEFAULT_PATH", bad)
-    assert lint_monitoring.main([]) == 2
-    out = capsys.readouterr()
-    assert out.out == ""  # no check ran, so no FAIL lines
-    assert len(out.err.strip().splitlines()) == 1 and str(bad.name) in out.err
+    proc = run([PYTHON, str(CHECKOUT / "scripts" / "lint_monitoring.py"), "--config", str(bad)], cwd=CHECKOUT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""  # no check ran, so no FAIL lines
+    assert len(proc.stderr.strip().splitlines()) == 1 and str(bad.name) in proc.stderr
 
 
 # --- make monitor ---
@@ -586,7 +571,7 @@ def monitor_env(tmp_path: Path, overrides: dict | None = None) -> tuple[dict[str
 
 
 def monitor_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return run([PYTHON, str(REPO / "scripts" / "monitor.py"), *args], env=env)
+    return run([PYTHON, str(CHECKOUT / "scripts" / "monitor.py"), *args], env=env)
 
 
 def adopt_monitor_pids(processes: ProcessRegistry, system: dict[str, Any]) -> dict[str, Any]:
@@ -614,25 +599,25 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
         assert url in proc.stdout
     login = monitor_login.auth_headers(system)  # Alertmanager and the Pushgateway want it (hello/base/monitor_login.py)
     for url in (prometheus_url, pushgateway_url, alertmanager_url):
-        assert http_get(url + "/-/ready", headers=login)[0] == 200
+        assert http_request(url + "/-/ready", headers=login)[0] == 200
     assert "alerts go to  NOBODY" in proc.stdout  # no receiver configured: said loudly
     assert "no server runs" in proc.stdout  # which hello-world it scrapes, and why
     # node_exporter's textfile collector reads the run dir's metrics/, where the jobs write their outcomes.
     job_metrics.record_job(system, "hello_world_backup", success=True, started=time.time(), finished=time.time())
     wait_until(
-        lambda: b"hello_world_backup_success 1" in http_get(node_url + "/metrics")[2], 10, "the textfile collector"
+        lambda: b"hello_world_backup_success 1" in http_request(node_url + "/metrics")[2], 10, "the textfile collector"
     )
 
     # Prometheus sends its alerts to that Alertmanager; the Watchdog arrives there.
     def active_alertmanagers() -> list[str]:
-        body = json.loads(http_get(prometheus_url + "/api/v1/alertmanagers")[2])
+        body = json.loads(http_request(prometheus_url + "/api/v1/alertmanagers")[2])
         return [a["url"] for a in body["data"]["activeAlertmanagers"]]
 
     assert wait_until(active_alertmanagers, 15, "Prometheus to find Alertmanager") == [
         alertmanager_url + "/api/v2/alerts"
     ]
     # It scrapes the local service's port with this repo's rules, data under run_dir/monitor.
-    status, _, body = http_get(prometheus_url + "/api/v1/status/config")
+    status, _, body = http_request(prometheus_url + "/api/v1/status/config")
     config = yaml.safe_load(json.loads(body)["data"]["yaml"])
     assert targets_by_job(config)["hello-world"] == [f"127.0.0.1:{system['server']['port']}"]
     assert (stack.monitor_dir(system) / "prometheus-data").is_dir()
@@ -650,7 +635,7 @@ def test_monitor_starts_prometheus_and_pushgateway_and_stops_them(tmp_path: Path
     reloaded = monitor_cli(env, "start")
     assert reloaded.returncode == 0, reloaded.stderr
     assert json.loads((stack.monitor_dir(system) / "monitor.json").read_text()) == state
-    status, _, body = http_get(prometheus_url + "/api/v1/status/config")
+    status, _, body = http_request(prometheus_url + "/api/v1/status/config")
     config = yaml.safe_load(json.loads(body)["data"]["yaml"])
     assert targets_by_job(config)["hello-world"] == [f"127.0.0.1:{new_port}"]
 
@@ -706,13 +691,13 @@ def test_alertmanager_and_pushgateway_refuse_other_local_users(tmp_path: Path, p
     for what, (method, url, data) in attacks.items():
         assert _as_nobody_status(method, url, data) == "401", f"nobody could {what}"
     login = monitor_login.auth_headers(system)
-    status, _, body = http_get(f"{alertmanager_url}/api/v2/status", headers=login)
+    status, _, body = http_request(f"{alertmanager_url}/api/v2/status", headers=login)
     assert status == 200 and b"SECRET-heartbeat-token" in body  # what nobody was refused
-    assert json.loads(http_get(f"{alertmanager_url}/api/v2/silences", headers=login)[2]) == []
+    assert json.loads(http_request(f"{alertmanager_url}/api/v2/silences", headers=login)[2]) == []
 
     # The kit's own clients still get in: a job's push, Prometheus' scrape of both and its alert delivery.
     job_metrics.record_job(system, "hello_world_backup", success=True, started=time.time(), finished=time.time())
-    assert b"hello_world_backup_success" in http_get(f"{pushgateway_url}/metrics", headers=login)[2]
+    assert b"hello_world_backup_success" in http_request(f"{pushgateway_url}/metrics", headers=login)[2]
     wait_until(
         lambda: prometheus_query(prometheus_url, 'hello_world_backup_success{job="hello_world_backup"} == 1'),
         20,
@@ -723,12 +708,13 @@ def test_alertmanager_and_pushgateway_refuse_other_local_users(tmp_path: Path, p
     staging = tmp_path / "staging"  # the monitoring backup hook reads the Pushgateway and Alertmanager with it too
     staging.mkdir()
     hook = run(
-        [PYTHON, str(REPO / "scripts" / "backup_hook_monitoring.py")], env={**env, "HELLO_BACKUP_STAGING": str(staging)}
+        [PYTHON, str(CHECKOUT / "scripts" / "backup_hook_monitoring.py")],
+        env={**env, "HELLO_BACKUP_STAGING": str(staging)},
     )
     assert hook.returncode == 0 and (staging / "alertmanager" / "silences.json").is_file(), hook.stderr
     watchdog = urllib.parse.urlencode({"filter": 'alertname="Watchdog"'})
     wait_until(
-        lambda: json.loads(http_get(f"{alertmanager_url}/api/v2/alerts?{watchdog}", headers=login)[2]),
+        lambda: json.loads(http_request(f"{alertmanager_url}/api/v2/alerts?{watchdog}", headers=login)[2]),
         40,
         "Prometheus to deliver the Watchdog to Alertmanager",
     )
@@ -774,7 +760,7 @@ def test_monitor_foreground_stops_both_on_ctrl_c(tmp_path: Path, processes: Proc
     log = tmp_path / "foreground.log"
     with open(log, "wb") as out:
         proc = processes.start(
-            [PYTHON, str(REPO / "scripts" / "monitor.py"), "start", "--foreground"],
+            [PYTHON, str(CHECKOUT / "scripts" / "monitor.py"), "start", "--foreground"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -796,9 +782,9 @@ def has_number(result: list[dict[str, Any]]) -> bool:
 
 def record_update(system: dict[str, Any], outcome: str, serving: str, target: str) -> None:
     """What update_protocol.py records at the end of a successful run of this outcome."""
-    updater = SimpleNamespace(report=update_protocol.Report(out=io.StringIO(), outcome=outcome), serving=serving)
+    updater = SimpleNamespace(report=Report(out=io.StringIO(), outcome=outcome), serving=serving)
     updater.target = target
-    update_protocol.record(system, updater, EXIT_OK, time.time() - 5)
+    record(system, updater, EXIT_OK, time.time() - 5)
 
 
 def annotation_events(
@@ -807,7 +793,7 @@ def annotation_events(
     """(time in ms, title) of a useValueForTime annotation's events, as Grafana's Prometheus datasource makes them:
     per series, the value (a time in ms) of each point; points at most a step apart make one event."""
     query = {"query": annotation["target"]["expr"], "start": start, "end": end, "step": step}
-    status, _, body = http_get(f"{prometheus_url}/api/v1/query_range?{urllib.parse.urlencode(query)}")
+    status, _, body = http_request(f"{prometheus_url}/api/v1/query_range?{urllib.parse.urlencode(query)}")
     assert status == 200, body[:300]
     events = []
     for series in json.loads(body)["data"]["result"]:
@@ -845,10 +831,10 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
         finished=now,
         extra={"hello_world_backup_size_bytes": 1},
     )
-    # A deploy, then a rollback by hand, recorded by update_protocol.record() (update.log, textfile, Pushgateway).
+    # A deploy, then a rollback by hand, recorded by hello.update.updater.record() (update.log, textfile, Pushgateway).
     first, second = "1" * 40, "2" * 40
     record_update(system, "updated", first, second)
-    deploys = lint_monitoring.query_annotations(lint_monitoring.load_dashboard())
+    deploys = lint.query_annotations(lint.load_dashboard())
     assert [entry["name"] for entry in deploys] == ["Deploys and rollbacks"]
     deploy_expr = deploys[0]["target"]["expr"]
     wait_until(  # scraped before the rollback's push replaces it on the Pushgateway
@@ -861,9 +847,9 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
 
     def traffic() -> None:
         for path in ("/", "/", "/healthz", "/version", "/missing"):
-            http_get(server.url + path)
+            http_request(server.url + path)
 
-    dashboard = lint_monitoring.load_dashboard()
+    dashboard = lint.load_dashboard()
     queries = grafana.queries(dashboard)
     assert len(queries) >= 9
     for title, ref_id, expr in queries:
@@ -876,8 +862,8 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
 
         try:
             wait_until(answered, 30, f"panel {title!r} query {ref_id} to return data: {promql}", interval=0.5)
-        except AssertionError as exc:
-            targets = http_get(prometheus_url + "/api/v1/targets")[2].decode(errors="replace")
+        except (AssertionError, TimedOut) as exc:
+            targets = http_request(prometheus_url + "/api/v1/targets")[2].decode(errors="replace")
             raise AssertionError(f"{exc}\ntargets: {targets[:2000]}\nserver log: {server.log()}") from None
 
     # The annotation as Grafana makes it: a range query, each series' value the event's time; one event per run.
@@ -896,7 +882,7 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
 
     # The alert rules are loaded and evaluate cleanly; nothing that is fine fires.
     def rules_ok() -> list[dict[str, Any]]:
-        status, _, body = http_get(prometheus_url + "/api/v1/rules")
+        status, _, body = http_request(prometheus_url + "/api/v1/rules")
         rules = [rule for group in json.loads(body)["data"]["groups"] for rule in group["rules"]]
         return rules if rules and all(rule["health"] == "ok" for rule in rules) else []
 
@@ -922,7 +908,7 @@ def test_every_dashboard_query_returns_data_from_a_live_prometheus(
     ],
 )
 def test_the_prometheus_3_lint_finds_each_pitfall(expr: str, found: str) -> None:
-    problems = lint_monitoring.prometheus3_query_problems(expr, 15.0)
+    problems = lint.prometheus3_query_problems(expr, 15.0)
     assert len(problems) == 1 and found in problems[0], problems
 
 
@@ -937,17 +923,17 @@ def test_the_prometheus_3_lint_finds_each_pitfall(expr: str, found: str) -> None
     ],
 )
 def test_the_prometheus_3_lint_passes_what_3x_reads_the_same(expr: str) -> None:
-    assert lint_monitoring.prometheus3_query_problems(expr, 15.0) == []
+    assert lint.prometheus3_query_problems(expr, 15.0) == []
 
 
 def test_the_prometheus_3_lint_reads_config_keys_and_the_compose_pin() -> None:
     config = "global:\n  scrape_classic_histograms: true\nalerting:\n  alertmanagers:\n  - api_version: v1\n"
-    assert len(lint_monitoring.prometheus3_config_problems(config)) == 2
-    assert lint_monitoring.prometheus3_config_problems(promconfig.COMPOSE_CONFIG.read_text()) == []
+    assert len(lint.prometheus3_config_problems(config)) == 2
+    assert lint.prometheus3_config_problems(promconfig.COMPOSE_CONFIG.read_text()) == []
     old = {
         "services": {"prometheus": {"image": "prom/prometheus:v2.55.1", "command": ["--storage.tsdb.retention=15d"]}}
     }
-    assert len(lint_monitoring.prometheus3_compose_problems(old)) == 2
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    assert lint_monitoring.prometheus3_compose_problems(compose) == []
+    assert len(lint.prometheus3_compose_problems(old)) == 2
+    compose = yaml.safe_load((CHECKOUT / "docker-compose.yml").read_text())
+    assert lint.prometheus3_compose_problems(compose) == []
     assert compose["services"]["prometheus"]["image"].startswith("prom/prometheus:v3.13.")

@@ -33,25 +33,19 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import (
-    PYTHON,
-    REPO,
-    ProcessRegistry,
-    free_port,
-    http_get,
-    kill_group,
-    require_tool,
-    start_alertmanager,
-    start_ready,
-    wait_until,
-    write_config,
-)
 from hello.backup import naming, rclone
 from hello.backup.manifest import MANIFEST_NAME
 from hello.backup.offsite import configured_remote
 from hello.backup.retention import keep_plan, plan_retention
+from hello.base.checkout import CHECKOUT
 from hello.base.config import load_config
+from hello.base.http_client import http_request
+from hello.base.proc import free_port, wait_until
 from tests.support.backups import archives, backup, make_tree, snapshot
+from tests.support.configs import write_config
+from tests.support.monitoring import start_alertmanager
+from tests.support.processes import ProcessRegistry, kill_group, start_ready
+from tests.support.tools import PYTHON, require_tool
 
 MANIFEST_DIR = MANIFEST_NAME.split("/")[0]
 
@@ -310,9 +304,9 @@ def test_kill_9_during_upload_leaves_no_bad_final_file_and_the_next_run_complete
 
     for share in (0.0, 0.5, 0.8):  # as the upload starts, half way, late
         proc = subprocess.Popen(
-            [PYTHON, str(REPO / "backup_script.py"), "create"],
+            [PYTHON, str(CHECKOUT / "backup_script.py"), "create"],
             env=slow,
-            cwd=REPO,
+            cwd=CHECKOUT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -359,7 +353,11 @@ def test_unreachable_remote_keeps_the_local_archive_and_metrics_say_offsite_fail
     env = setup(tmp_path, sftp, "down:nowhere")
     environment = {**os.environ, "HELLO_CONFIG": str(env["config"]), "RCLONE_LOW_LEVEL_RETRIES": "1"}
     result = subprocess.run(
-        [PYTHON, str(REPO / "backup_script.py"), "create"], env=environment, capture_output=True, text=True, timeout=120
+        [PYTHON, str(CHECKOUT / "backup_script.py"), "create"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "off-host copy to down:nowhere failed" in result.stderr and "local archives are kept" in result.stderr
@@ -592,11 +590,11 @@ def test_readme_hook_puts_a_prometheus_snapshot_and_pushgateway_state_into_the_a
     )
 
     def scraped() -> bool:
-        answer = json.loads(http_get(f"{prom_url}/api/v1/query?query=up")[2])
+        answer = json.loads(http_request(f"{prom_url}/api/v1/query?query=up")[2])
         return bool(answer["data"]["result"])
 
     wait_until(scraped, 30, "Prometheus to scrape itself")
-    hook = f"{PYTHON} {REPO / 'scripts' / 'backup_hook_monitoring.py'}"
+    hook = f"{PYTHON} {CHECKOUT / 'scripts' / 'backup_hook_monitoring.py'}"
     env = setup(tmp_path, sftp, None, hooks={"before": [hook]})
     config = yaml.safe_load(env["config"].read_text())
     system = load_config(env["config"])
@@ -625,7 +623,7 @@ def test_readme_hook_puts_a_prometheus_snapshot_and_pushgateway_state_into_the_a
 
 def readme_rebuild_commands() -> str:
     """The shell block under README's "Rebuilding a host", as written there."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (CHECKOUT / "README.md").read_text(encoding="utf-8")
     begin = text.index("```sh\n", text.index("**Rebuilding a host**")) + len("```sh\n")
     return text[begin : text.index("```", begin)]
 
@@ -636,10 +634,10 @@ def test_rebuilding_a_host_from_the_archive_and_the_git_remote(tmp_path: Path, s
     that keeps what it is given (root's own crontab is not the test's to change)."""
     git = require_tool("git")
     remote_repo = tmp_path / "origin.git"
-    # The commit checked out here as the remote's main: under an update's test step REPO is a detached worktree,
+    # The commit checked out here as the remote's main: under an update's test step CHECKOUT is a detached worktree,
     # whose HEAD a plain `clone --bare` would not put on any branch.
     subprocess.run([git, "init", "-q", "--bare", "-b", "main", str(remote_repo)], check=True)
-    subprocess.run([git, "-C", str(REPO), "push", "-q", str(remote_repo), "HEAD:refs/heads/main"], check=True)
+    subprocess.run([git, "-C", str(CHECKOUT), "push", "-q", str(remote_repo), "HEAD:refs/heads/main"], check=True)
     old_host = tmp_path / "old-host"
     subprocess.run([git, "clone", "-q", str(remote_repo), str(old_host)], check=True)
     commit = subprocess.run(
@@ -694,7 +692,7 @@ def test_rebuilding_a_host_from_the_archive_and_the_git_remote(tmp_path: Path, s
             processes.adopt(int(pidfile.read_text()))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert not (new_host / MANIFEST_NAME).exists(), "the tree as it was; its manifest is kept apart"
-    status, _, body = http_get(f"http://127.0.0.1:{port}/version")
+    status, _, body = http_request(f"http://127.0.0.1:{port}/version")
     assert status == 200 and json.loads(body)["commit"] == commit
     assert "backup_script.py create" in crontab.read_text(), crontab.read_text()
     make = [require_tool("make"), "-C", str(new_host)]
@@ -780,9 +778,9 @@ def test_no_secret_on_any_command_line_during_backup_offsite_restore_and_drill(t
             args = tuple(archive.name if a is None else a for a in args)
         with CommandLineWatch() as watch:
             run = subprocess.Popen(  # in a session of its own: its processes are told apart from the machine's
-                [PYTHON, str(REPO / "backup_script.py"), *args],
+                [PYTHON, str(CHECKOUT / "backup_script.py"), *args],
                 env=environment,
-                cwd=REPO,
+                cwd=CHECKOUT,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -863,9 +861,9 @@ def test_a_process_listening_first_never_receives_the_rcd_credentials(tmp_path: 
                     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                     with pytest.raises(OSError, match="in use"):
                         squatter.bind((host, rcd_port))
-            status, _, _ = http_get(f"{daemon.url}/core/version", method="POST")
+            status, _, _ = http_request(f"{daemon.url}/core/version", method="POST")
             assert status == 401, "no answer without the credentials"
-            status, _, body = http_get(f"{daemon.url}/[/etc]/passwd", headers={"Authorization": daemon.auth})
+            status, _, body = http_request(f"{daemon.url}/[/etc]/passwd", headers={"Authorization": daemon.auth})
             assert b"root:" not in body, "no files served (--rc-serve off), even with the credentials"
     finally:
         stop.set()

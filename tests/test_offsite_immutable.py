@@ -19,11 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI, PYTHON, REPO, ProcessRegistry, wait_until, write_config
 from hello.backup import naming, offsite_versions, rclone
 from hello.backup.manifest import MANIFEST_NAME
-from hello.base.proc import free_port
+from hello.base.checkout import CHECKOUT
+from hello.base.proc import free_port, wait_until
 from tests.support.backups import archives, backup, make_tree, snapshot
+from tests.support.configs import write_config
+from tests.support.processes import ProcessRegistry
+from tests.support.tools import IN_CI, PYTHON
 
 MANIFEST_DIR = MANIFEST_NAME.split("/")[0]
 
@@ -393,7 +396,7 @@ def test_validation_proves_the_lock_live_with_the_hosts_own_key(
     }
     config = write_config(tmp_path / "cfg", overrides)
     done = subprocess.run(
-        [PYTHON, str(REPO / "validation_test.py"), "--json", "--only", "backup"],
+        [PYTHON, str(CHECKOUT / "validation_test.py"), "--json", "--only", "backup"],
         capture_output=True,
         text=True,
         env={**os.environ, "HELLO_CONFIG": str(config)},

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_config
+from hello.base.checkout import CHECKOUT
+from tests.support.configs import write_config
 from tests.support.scratch import deploy_files
 
 # Every command README shows as `python <script>`, with arguments that only read or print.
@@ -60,9 +61,9 @@ def interpreters() -> list[str]:
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The checkout's files as a fresh clone has them: no .venv, no run/."""
     root = tmp_path_factory.mktemp("clone")
-    for name in deploy_files(REPO):
+    for name in deploy_files(CHECKOUT):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
+        shutil.copy2(CHECKOUT / name, root / name)
     return root
 
 
@@ -73,7 +74,9 @@ def typed(python: str, args: list[str], cwd: Path, config: Path) -> subprocess.C
 
 
 def test_readme_shows_no_command_this_test_does_not_run() -> None:
-    found = re.findall(r"\bpython3? (?:((?:scripts/)?\w+\.py)|-m scripts\.(\w+))\b", (REPO / "README.md").read_text())
+    found = re.findall(
+        r"\bpython3? (?:((?:scripts/)?\w+\.py)|-m scripts\.(\w+))\b", (CHECKOUT / "README.md").read_text()
+    )
     shown = {path or f"scripts/{module}.py" for path, module in found}
     assert shown and shown <= set(COMMANDS), f"README commands not covered: {sorted(shown - set(COMMANDS))}"
 
@@ -116,7 +119,7 @@ def test_a_script_runs_as_a_module_from_the_checkout_and_by_path_from_anywhere(t
     of this checkout, even where the cwd holds another `scripts` package."""
     config = write_config(tmp_path)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HELLO_CONFIG": str(config)}  # cron's bare environment
-    python = str(REPO / ".venv" / "bin" / "python")
+    python = str(CHECKOUT / ".venv" / "bin" / "python")
     decoy = tmp_path / "elsewhere" / "scripts"
     decoy.mkdir(parents=True)
     (decoy / "__init__.py").write_text("")
@@ -125,9 +128,11 @@ def test_a_script_runs_as_a_module_from_the_checkout_and_by_path_from_anywhere(t
     def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
 
-    as_module = run([python, "-m", "scripts.cron"], REPO)
-    by_path = run([python, str(REPO / "scripts" / "cron.py")], decoy.parent)
-    by_relative_path = run([python, "scripts/cron.py"], REPO)  # the units' and cron's `cd <repo> && ... scripts/x.py`
+    as_module = run([python, "-m", "scripts.cron"], CHECKOUT)
+    by_path = run([python, str(CHECKOUT / "scripts" / "cron.py")], decoy.parent)
+    by_relative_path = run(
+        [python, "scripts/cron.py"], CHECKOUT
+    )  # the units' and cron's `cd <repo> && ... scripts/x.py`
     for done in (as_module, by_path, by_relative_path):
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "-m scripts.service start --quiet" in as_module.stdout
@@ -137,16 +142,18 @@ def test_a_script_runs_as_a_module_from_the_checkout_and_by_path_from_anywhere(t
 def test_a_script_imported_by_name_is_not_started_again() -> None:
     """pytest's pythonpath has scripts/ on it: a test importing a script by name must not be replaced by it."""
     code = "import cron, sys; print(cron.__name__, sys.argv[0])"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "scripts")])}
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHECKOUT), str(CHECKOUT / "scripts")])}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and done.stdout.split() == ["cron", "-c"], done.stdout + done.stderr
 
 
 def test_no_module_under_scripts_or_hello_edits_sys_path() -> None:
     wrong = [
-        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        f"{path.relative_to(CHECKOUT)}:{number}: {line.strip()}"
         for folder in ("scripts", "hello")
-        for path in sorted((REPO / folder).rglob("*.py"))
+        for path in sorted((CHECKOUT / folder).rglob("*.py"))
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
         if SYS_PATH_EDIT.search(line)
     ]

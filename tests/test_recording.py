@@ -12,13 +12,14 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
-import backup_script
-from conftest import PYTHON, REPO, free_port, http_get, start_pushgateway, write_config
 from hello.backup.naming import sidecar_path
-from hello.base.config import load_config
+from hello.base.checkout import CHECKOUT
+from hello.base.http_client import http_request
+from hello.base.proc import free_port
 from tests.support.backups import archives
+from tests.support.configs import write_config
+from tests.support.monitoring import start_pushgateway
+from tests.support.tools import PYTHON
 
 PAGE = 4096
 
@@ -42,7 +43,7 @@ def fill(mount: Path, leave_pages: int = 0) -> None:
 
 def pushed(url: str, job: str) -> dict[str, float]:
     """The job's gauges on the Pushgateway: name -> value."""
-    body = http_get(url + "/metrics")[2].decode()
+    body = http_request(url + "/metrics")[2].decode()
     found = re.findall(rf'^({job}_\w+)\{{[^}}]*job="{job}"[^}}]*\}} (\S+)$', body, re.M)
     return {name: float(value) for name, value in found}
 
@@ -50,7 +51,7 @@ def pushed(url: str, job: str) -> dict[str, float]:
 def run(script: str, config: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HELLO_CONFIG": str(config)}
     return subprocess.run(
-        [PYTHON, str(REPO / script), *args], env=env, capture_output=True, text=True, timeout=120, cwd=REPO
+        [PYTHON, str(CHECKOUT / script), *args], env=env, capture_output=True, text=True, timeout=120, cwd=CHECKOUT
     )
 
 
@@ -131,16 +132,28 @@ def test_a_backup_failing_at_its_sidecar_on_a_full_disk_is_pushed(tmp_path: Path
     assert new_archives(destination) == [], "no partial archive or sidecar left"
 
 
-def test_a_failing_prune_fails_the_run_and_is_pushed(tmp_path: Path, processes, monkeypatch) -> None:
+# backup_script.py with every prune failing: the child runs in the checkout (cwd), whose root is then on sys.path.
+FAILING_PRUNE = """
+import sys
+from hello.backup import retention
+def prune(*_args, **_kwargs):
+    raise OSError(5, "Input/output error (simulated)")
+retention.prune = prune  # before the command imports it
+import backup_script
+sys.exit(backup_script.main(sys.argv[1:]))
+"""
+
+
+def test_a_failing_prune_fails_the_run_and_is_pushed(tmp_path: Path, processes) -> None:
     url = start_pushgateway(processes, tmp_path)
     config = config_for(tmp_path, source_tree(tmp_path / "src"), tmp_path / "backups", pushgateway=url)
 
-    def prune(*_args, **_kwargs):
-        raise OSError(5, "Input/output error (simulated)")
-
-    monkeypatch.setattr(backup_script, "prune", prune)
-    with pytest.raises(backup_script.BackupError, match="was written, but pruning old archives failed"):
-        backup_script.run_create(load_config(config))
+    env = {**os.environ, "HELLO_CONFIG": str(config)}
+    result = subprocess.run(
+        [PYTHON, "-c", FAILING_PRUNE, "create"], env=env, capture_output=True, text=True, timeout=120, cwd=CHECKOUT
+    )
+    assert result.returncode == 1, result.stderr
+    assert "was written, but pruning old archives failed" in result.stderr, result.stderr
     (archive,) = archives(tmp_path / "backups")
     gauges = pushed(url, "hello_world_backup")
     assert gauges["hello_world_backup_success"] == 0

@@ -2,6 +2,7 @@
 its start history says it crashed, and validation reports that restart once.
 
 The restart time is measured by `make bench-restart` (scripts/bench_restart.py); here only a generous deadline.
+The round both run is tests/support/restart.py.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import os
 import subprocess
 from pathlib import Path
 
-import bench_restart
-from conftest import PYTHON, REPO, ProcessRegistry, free_port, wait_until
+from hello.base.checkout import CHECKOUT
 from hello.base.config import RunFiles
+from hello.base.proc import free_port, wait_until
 from hello.server import restarts
+from tests.support import restart
+from tests.support.processes import ProcessRegistry
+from tests.support.tools import PYTHON
 
-VALIDATION = str(REPO / "validation_test.py")
+VALIDATION = str(CHECKOUT / "validation_test.py")
 CHECK = "no restart after a crash since the last run"
 
 
@@ -31,11 +35,11 @@ def restart_check(config: Path) -> dict:
 
 def test_sigkilled_supervisor_comes_back_through_crons_line(tmp_path: Path, processes: ProcessRegistry) -> None:
     port = free_port()
-    config = bench_restart.scratch_config(tmp_path, port, workers=2)
+    config = restart.scratch_config(tmp_path, port, workers=2)
     files = RunFiles(tmp_path / "run")
-    command = bench_restart.every_minute_start(config)
+    command = restart.every_minute_start(config)
 
-    first = bench_restart.run_cron_line(command, config)
+    first = restart.run_cron_line(command, config)
     assert first.returncode == 0, first.stderr
     first_pid = files.running_pid()
     assert first_pid
@@ -43,16 +47,16 @@ def test_sigkilled_supervisor_comes_back_through_crons_line(tmp_path: Path, proc
     assert [entry["after"] for entry in files.read_state()[restarts.STARTS]] == [restarts.FIRST]
     assert restart_check(config)["status"] == "PASS"
 
-    load = bench_restart.Load(port, clients=4)
+    load = restart.Load(port, clients=4)
     try:
         wait_until(lambda: load.ok > 200, 60, "load answered before the kill")
-        result = bench_restart.kill_and_restart(tmp_path, port, command, config, load)
+        result = restart.kill_and_restart(tmp_path, port, command, config, load)
     finally:
         load.stop()
     new_pid = files.running_pid()
     assert new_pid and new_pid != first_pid
     processes.adopt(new_pid)
-    assert result.kill_to_ready < bench_restart.READY_TIMEOUT and result.ok_after > 100
+    assert result.kill_to_ready < restart.READY_TIMEOUT and result.ok_after > 100
 
     state = files.read_state()
     assert [entry["after"] for entry in state[restarts.STARTS]] == [restarts.FIRST, restarts.AFTER_CRASH]
@@ -64,9 +68,9 @@ def test_sigkilled_supervisor_comes_back_through_crons_line(tmp_path: Path, proc
     assert again["status"] == "PASS" and "not restarted since" in again["detail"], again
 
     # A clean stop and start is a restart, not a crash.
-    stop = subprocess.run([PYTHON, str(REPO / "scripts" / "service.py"), "stop"], env=bench_restart.cron_env(config))
+    stop = subprocess.run([PYTHON, str(CHECKOUT / "scripts" / "service.py"), "stop"], env=restart.cron_env(config))
     assert stop.returncode == 0 and restarts.STOPPED in files.read_state()
-    assert bench_restart.run_cron_line(command, config).returncode == 0
+    assert restart.run_cron_line(command, config).returncode == 0
     processes.adopt(files.running_pid())
     assert files.read_state()[restarts.STARTS][-1]["after"] == restarts.AFTER_STOP
     clean = restart_check(config)
@@ -86,12 +90,12 @@ def test_history_is_bounded_and_survives_a_bad_state_file() -> None:
 
 def test_two_starts_at_once_take_turns(tmp_path: Path, processes: ProcessRegistry) -> None:
     """Cron's @reboot and every-minute lines fire in the same second at boot: one server, both exit 0."""
-    config = bench_restart.scratch_config(tmp_path, free_port(), workers=1)
+    config = restart.scratch_config(tmp_path, free_port(), workers=1)
     files = RunFiles(tmp_path / "run")
-    command = bench_restart.every_minute_start(config)
-    env = bench_restart.cron_env(config)
+    command = restart.every_minute_start(config)
+    env = restart.cron_env(config)
     starts = [processes.start(["/bin/sh", "-c", command], env=env) for _ in range(2)]
-    codes = [proc.wait(timeout=bench_restart.READY_TIMEOUT) for proc in starts]
+    codes = [proc.wait(timeout=restart.READY_TIMEOUT) for proc in starts]
     pid = files.running_pid()
     assert pid
     processes.adopt(pid)

@@ -28,12 +28,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import backup_script
-from conftest import PYTHON, REPO, require_tool, write_config
 from hello.backup import manifest as manifest_module
 from hello.backup import restore
 from hello.backup.naming import check_checksum
-from hello.base.config import load_config
+from hello.base.checkout import CHECKOUT
+from tests.support.backups import backup
+from tests.support.configs import write_config
+from tests.support.tools import PYTHON, require_tool
 
 CASES = int(os.environ.get("HELLO_RESTORE_CASES", "2000"))
 NOBODY = (65534, 65534, "nobody", "nogroup")
@@ -293,7 +294,7 @@ def test_the_issue_case_is_refused_and_the_victim_untouched(tmp_path: Path) -> N
     archive = write_archive(tmp_path, ISSUE_CASE)
     config = write_config(tmp_path / "cfg", {"monitoring": {"pushgateway": {"url": None}}})
     env = {**os.environ, "HELLO_CONFIG": str(config)}
-    script = str(REPO / "backup_script.py")
+    script = str(CHECKOUT / "backup_script.py")
     result = subprocess.run(
         [PYTHON, script, "restore", str(archive), "--target", str(target)], env=env, capture_output=True, text=True
     )
@@ -309,9 +310,15 @@ def test_the_issue_case_is_refused_and_the_victim_untouched(tmp_path: Path) -> N
 # --- setuid and setgid ---
 
 
-def config(tmp_path: Path) -> dict:
-    """A loaded config whose run_dir is tmp_path/cfg/run (where restores keep their journals and locks)."""
-    return load_config(write_config(tmp_path / "cfg", {"monitoring": {"pushgateway": {"url": None}}}))
+def config(tmp_path: Path) -> Path:
+    """A config whose run_dir is tmp_path/cfg/run (where restores keep their journals and locks)."""
+    return write_config(tmp_path / "cfg", {"monitoring": {"pushgateway": {"url": None}}})
+
+
+def restore_command(config: Path, archive: Path, target: Path, *flags: str) -> None:
+    """`backup_script.py restore archive --target target [flags]` succeeds."""
+    result = backup(config, "restore", str(archive), "--target", str(target), *flags)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.fast
@@ -326,13 +333,11 @@ def test_setuid_and_setgid_are_dropped_unless_asked_for(tmp_path: Path) -> None:
         ],
     )
     plain = tmp_path / "plain"
-    assert backup_script.run_restore(config(tmp_path), str(archive), str(plain), force=False) == 0
+    restore_command(config(tmp_path), archive, plain)
     modes = {name: stat.S_IMODE((plain / name).stat().st_mode) for name in ("d", "d/suid", "sgid", "plain")}
     assert modes == {"d": 0o775, "d/suid": 0o755, "sgid": 0o711, "plain": 0o1640}
     kept = tmp_path / "kept"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HELLO_CONFIG", str(tmp_path / "cfg" / "config.yaml"))
-        assert backup_script.main(["restore", str(archive), "--target", str(kept), "--keep-setuid"]) == 0
+    restore_command(config(tmp_path), archive, kept, "--keep-setuid")
     modes = {name: stat.S_IMODE((kept / name).stat().st_mode) for name in ("d", "d/suid", "sgid", "plain")}
     assert modes == {"d": 0o2775, "d/suid": 0o4755, "sgid": 0o2711, "plain": 0o1640}
 
@@ -353,7 +358,7 @@ def test_later_members_replace_earlier_ones_but_never_through_a_link(tmp_path: P
         ],
     )
     target = tmp_path / "target"
-    assert backup_script.run_restore(config(tmp_path), str(archive), str(target), force=False) == 0
+    restore_command(config(tmp_path), archive, target)
     assert (target / "f").read_text() == "file f\n" and not (target / "f").is_symlink()
     assert os.readlink(target / "g") == "f" and os.readlink(target / "h") == "f", "a hard link to a link is a link"
     assert outside.read_text() == "outside\n" and outside.stat().st_nlink == 1
@@ -363,10 +368,9 @@ def test_later_members_replace_earlier_ones_but_never_through_a_link(tmp_path: P
 
 KILLED_AT = """
 import os, signal, sys
-sys.path.insert(0, sys.argv[1])
-import backup_script
+import backup_script  # the child runs in the checkout: its root is on sys.path
 from hello.backup import restore
-moment = sys.argv[2]
+moment = sys.argv[1]
 real_rename, real_add, real_remove = os.rename, restore.Extractor.add, restore._remove_at
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -387,7 +391,7 @@ def remove_at(parent, name, expect=None):
 os.rename = rename
 restore.Extractor.add = add
 restore._remove_at = remove_at
-sys.exit(backup_script.main(sys.argv[3:]))
+sys.exit(backup_script.main(sys.argv[2:]))
 """
 NEXT_SAYS = {
     "extracting": "killed before its renames: it was never touched",
@@ -410,14 +414,16 @@ def test_a_restore_killed_at_any_moment_is_finished_by_the_next(tmp_path: Path, 
     state_folder = tmp_path / "cfg" / "run" / restore.STATE_FOLDER
     env = {**os.environ, "HELLO_CONFIG": str(cfg)}
     args = ["restore", str(archive), "--target", str(target), "--force"]
-    killed = subprocess.run([PYTHON, "-c", KILLED_AT, str(REPO), moment, *args], env=env, capture_output=True)
+    killed = subprocess.run([PYTHON, "-c", KILLED_AT, moment, *args], env=env, capture_output=True, cwd=CHECKOUT)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert (not target.exists()) == (moment == "between-renames")
     assert [p.suffix for p in state_folder.glob("*.json")] == [".json"], "the journal is in the private run_dir"
     assert not list(place.glob(".target.restore*")), "no journal or lock beside the target"
     assert stat.S_IMODE(state_folder.stat().st_mode) == 0o700
 
-    result = subprocess.run([PYTHON, str(REPO / "backup_script.py"), *args], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [PYTHON, str(CHECKOUT / "backup_script.py"), *args], env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert NEXT_SAYS[moment] in result.stdout, result.stdout
     assert sorted(p.name for p in target.iterdir()) == ["new.txt", "two.txt"]
@@ -486,7 +492,7 @@ def test_an_attack_beside_the_target_changes_nothing_and_the_restore_works(
     archive = write_archive(tmp_path, [("dir", "d", "", 0o755, ROOT, 0), ("file", "d/new.txt", "", 0o644, ROOT, 0)])
     cfg = write_config(tmp_path / "cfg", {"monitoring": {"pushgateway": {"url": None}}})
     env = {**os.environ, "HELLO_CONFIG": str(cfg)}
-    script = str(REPO / "backup_script.py")
+    script = str(CHECKOUT / "backup_script.py")
     for force in ([], ["--force"]):  # into a missing target, then over the restored one
         result = subprocess.run(
             [PYTHON, script, "restore", str(archive), "--target", str(target), *force],
@@ -510,7 +516,7 @@ def test_a_run_dir_of_another_user_holds_no_restore_state(tmp_path: Path, shared
     cfg = write_config(tmp_path / "cfg", {"monitoring": {"pushgateway": {"url": None}}, "run_dir": str(run_dir)})
     target = tmp_path / "target"
     result = subprocess.run(
-        [PYTHON, str(REPO / "backup_script.py"), "restore", str(archive), "--target", str(target)],
+        [PYTHON, str(CHECKOUT / "backup_script.py"), "restore", str(archive), "--target", str(target)],
         env={**os.environ, "HELLO_CONFIG": str(cfg)},
         capture_output=True,
         text=True,
@@ -665,7 +671,7 @@ def test_a_malformed_manifest_is_a_failed_drill_recorded_in_one_line(tmp_path: P
     )
     env = {**os.environ, "HELLO_CONFIG": str(cfg)}
     result = subprocess.run(
-        [PYTHON, str(REPO / "backup_script.py"), "drill"], env=env, capture_output=True, text=True, timeout=60
+        [PYTHON, str(CHECKOUT / "backup_script.py"), "drill"], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "drill failed" in result.stderr and "entry 3" in result.stderr and said in result.stderr, result.stderr
@@ -688,7 +694,7 @@ def test_a_good_manifest_drills_and_says_why_members_and_entries_differ(tmp_path
         },
     )
     result = subprocess.run(
-        [PYTHON, str(REPO / "backup_script.py"), "drill"],
+        [PYTHON, str(CHECKOUT / "backup_script.py"), "drill"],
         env={**os.environ, "HELLO_CONFIG": str(cfg)},
         capture_output=True,
         text=True,
@@ -779,7 +785,7 @@ def test_a_target_holding_the_run_dir_is_refused(tmp_path: Path) -> None:
     cfg = write_config(target, {"monitoring": {"pushgateway": {"url": None}}})
     before = sorted(p.name for p in target.iterdir())
     result = subprocess.run(
-        [PYTHON, str(REPO / "backup_script.py"), "restore", str(archive), "--target", str(target), "--force"],
+        [PYTHON, str(CHECKOUT / "backup_script.py"), "restore", str(archive), "--target", str(target), "--force"],
         env={**os.environ, "HELLO_CONFIG": str(cfg)},
         capture_output=True,
         text=True,

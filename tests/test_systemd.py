@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, ProcessRegistry, free_port, http_get, require_tool, wait_until, write_config
+from hello.base.checkout import CHECKOUT
 from hello.base.config import RunFiles, load_config
+from hello.base.http_client import http_request
+from hello.base.proc import free_port, wait_until
 from hello.monitoring import stack
 from hello.platform.units import (
     EXPOSURE_LIMIT,
@@ -31,9 +33,12 @@ from hello.platform.units import (
     render_units,
 )
 from hello.server import restarts, sdnotify
+from tests.support.configs import write_config
+from tests.support.processes import ProcessRegistry
+from tests.support.tools import PYTHON, require_tool
 
-SCRIPT = ["-m", "scripts.systemd"]  # run in the checkout (cwd=REPO)
-PYTHON_OF_UNITS = REPO / ".venv" / "bin" / "python"
+SCRIPT = ["-m", "scripts.systemd"]  # run in the checkout (cwd=CHECKOUT)
+PYTHON_OF_UNITS = CHECKOUT / ".venv" / "bin" / "python"
 
 
 @pytest.fixture
@@ -48,7 +53,7 @@ def units_for(tmp_path: Path, overrides: dict | None = None, environ: dict | Non
 
 def systemd_py(config: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HELLO_CONFIG": str(config)}
-    return subprocess.run([PYTHON, *SCRIPT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([PYTHON, *SCRIPT, *args], cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def setting(text: str, key: str) -> list[str]:
@@ -106,9 +111,9 @@ def test_server_unit_follows_config(tmp_path: Path, analyze: str) -> None:
     assert setting(service, "KillSignal") == ["SIGTERM"] and setting(service, "KillMode") == ["mixed"]
     assert int(setting(service, "TimeoutStopSec")[0].removesuffix("s")) > 40 + 5  # above the supervisor's own drain
     assert setting(service, "Restart") == ["on-failure"]
-    assert setting(service, "ExecReload") == [f"{REPO}/.venv/bin/python -m scripts.service reload"]
-    assert setting(service, "WorkingDirectory") == [str(REPO)]  # where the module form runs
-    assert setting(service, "ExecStart") == [f"{REPO}/.venv/bin/python {REPO}/hello_world.py"]
+    assert setting(service, "ExecReload") == [f"{CHECKOUT}/.venv/bin/python -m scripts.service reload"]
+    assert setting(service, "WorkingDirectory") == [str(CHECKOUT)]  # where the module form runs
+    assert setting(service, "ExecStart") == [f"{CHECKOUT}/.venv/bin/python {CHECKOUT}/hello_world.py"]
     assert setting(service, "ProtectSystem") == ["strict"] and setting(service, "NoNewPrivileges") == ["yes"]
     assert setting(service, "ReadWritePaths") == [f"-{tmp_path / 'run'}"]  # '-': missing, no 226/NAMESPACE
     assert setting(service, "ExecStartPre") == [f"+/usr/bin/install -d -m 0700 -o hello {tmp_path / 'run'}"]
@@ -117,7 +122,7 @@ def test_server_unit_follows_config(tmp_path: Path, analyze: str) -> None:
     backup = units["hello-world-backup.service"]
     assert setting(backup, "ReadWritePaths") == [f"-{tmp_path / 'run'}", f"-{tmp_path / 'b'}"]
     assert setting(backup, "User") == ["hello"]
-    assert setting(backup, "ExecStart") == [f"{REPO}/.venv/bin/python {REPO}/backup_script.py create"]
+    assert setting(backup, "ExecStart") == [f"{CHECKOUT}/.venv/bin/python {CHECKOUT}/backup_script.py create"]
     assert setting(backup, "CapabilityBoundingSet") == [""]  # as hello it reads what hello may read
     assert check_units(units) == []
 
@@ -137,9 +142,11 @@ def test_timers_follow_config(tmp_path: Path, analyze: str) -> None:
     assert setting(units["hello-world-backup.timer"], "Persistent") == ["true"]
     assert setting(units["hello-world-drill.timer"], "Persistent") == ["true"]
     assert setting(units["hello-world-update.timer"], "Persistent") == []
-    assert setting(units["hello-world-update.service"], "ExecStart") == [f"{PYTHON_OF_UNITS} {REPO}/update_protocol.py"]
+    assert setting(units["hello-world-update.service"], "ExecStart") == [
+        f"{PYTHON_OF_UNITS} {CHECKOUT}/update_protocol.py"
+    ]
     assert setting(units["hello-world-drill.service"], "ExecStart") == [
-        f"{PYTHON_OF_UNITS} {REPO}/backup_script.py drill"
+        f"{PYTHON_OF_UNITS} {CHECKOUT}/backup_script.py drill"
     ]
     assert not any("validate" in name for name in units)
     assert check_units(units) == []
@@ -193,8 +200,8 @@ def test_install_and_uninstall_under_a_root(tmp_path: Path, analyze: str) -> Non
     ]
     assert oct((unit_dir / SERVICE).stat().st_mode & 0o777) == "0o644"
     # What validation's "a scheduler exists" finds: the enabled backup timer of this checkout.
-    assert enabled_timer(REPO, "backup", root) == unit_dir / "hello-world-backup.timer"
-    assert enabled_timer(REPO / "elsewhere", "backup", root) is None
+    assert enabled_timer(CHECKOUT, "backup", root) == unit_dir / "hello-world-backup.timer"
+    assert enabled_timer(CHECKOUT / "elsewhere", "backup", root) is None
 
     # Installing a config without the update interval removes the update units it no longer asks for.
     without = write_config(tmp_path / "b")
@@ -206,7 +213,7 @@ def test_install_and_uninstall_under_a_root(tmp_path: Path, analyze: str) -> Non
     removed = systemd_py(without, "uninstall", "--root", str(root))
     assert removed.returncode == 0, removed.stderr
     assert sorted(path.name for path in unit_dir.rglob("*") if not path.is_dir()) == [foreign.name]
-    assert enabled_timer(REPO, "backup", root) is None
+    assert enabled_timer(CHECKOUT, "backup", root) is None
 
 
 @pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="systemd runs here: install would really install")
@@ -241,12 +248,12 @@ def test_supervisor_tells_systemd_ready_reloading_stopping(
     port = free_port()
     config = write_config(tmp_path, {"server": {"port": port, "workers": 2}})
     env = {**os.environ, "HELLO_CONFIG": str(config), sdnotify.ENV: str(path)}
-    proc = processes.start([PYTHON, str(REPO / "hello_world.py")], cwd=REPO, env=env)
+    proc = processes.start([PYTHON, str(CHECKOUT / "hello_world.py")], cwd=CHECKOUT, env=env)
     url = f"http://127.0.0.1:{port}"
 
     ready = receive(sock)
     assert ready["READY"] == "1" and url in ready["STATUS"]
-    assert http_get(url + "/readyz")[0] == 200  # READY=1 comes once every worker serves
+    assert http_request(url + "/readyz")[0] == 200  # READY=1 comes once every worker serves
 
     proc.send_signal(signal.SIGHUP)
     reloading = receive(sock)
@@ -315,7 +322,7 @@ def test_lint_fails_a_server_unit_above_the_limit(tmp_path: Path, analyze: str, 
     problems = check_units(units)
     assert any(f"{SERVICE}: systemd-analyze security rates it" in problem for problem in problems), problems
     result = subprocess.run(
-        [PYTHON, *SCRIPT, "check", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120, env=os.environ
+        [PYTHON, *SCRIPT, "check", "--json"], cwd=CHECKOUT, capture_output=True, text=True, timeout=120, env=os.environ
     )
     assert result.returncode == 0, result.stdout + result.stderr  # the real units of this checkout pass
     assert json.loads(result.stdout)["exposure"][SERVICE] <= EXPOSURE_LIMIT

@@ -19,13 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, free_port, http_get, kill_group, wait_until
+from hello.base.http_client import http_request
+from hello.base.proc import free_port, wait_until
 from hello.update import hooks
 from hello.update.deploy_records import recorded_deploy
 from tests.support.deployment import assert_step, log_lines, metric, shown
 from tests.support.fake_docker import PS, UP, compose_env, docker_calls
 from tests.support.hooks import all_gone, hook_pids, kill_leftovers, spawning_hook
+from tests.support.processes import kill_group
 from tests.support.scratch import Load, ScratchDeployment, git
+from tests.support.tools import PYTHON
 
 
 def snapshot(site: ScratchDeployment) -> dict:
@@ -186,7 +189,7 @@ def test_commit_that_fails_verification_is_rolled_back(site: ScratchDeployment) 
     assert_step(result, "rollback")
     assert "redeployed" in result.stdout
     assert site.served() == before["served"] == site.head()
-    assert http_get(site.url + "/")[2] == b"Hello, World!\n"
+    assert http_request(site.url + "/")[2] == b"Hello, World!\n"
     assert reloads(site) == before["reloads"] + 2  # the bad code in, the old code back
     assert_quiet_load(load, wrong_body_allowed=True)  # the bad version answered until rolled back
     assert log_lines(site)[-1]["outcome"] == "rolled-back"
@@ -545,23 +548,23 @@ def test_worker_killed_while_a_failing_update_tests_respawns_the_serving_code(
 
     def respawned() -> bool:
         fresh = workers(site) - old_workers
-        return bool(fresh) and http_get(site.url + "/", timeout=2)[0] == 200
+        return bool(fresh) and http_request(site.url + "/", timeout=2)[0] == 200
 
     wait_until(respawned, 60, "the supervisor to respawn the killed worker")
-    assert http_get(site.url + "/")[2] == b"Hello, World!\n"
+    assert http_request(site.url + "/")[2] == b"Hello, World!\n"
     assert site.served() == good
     Path(f"{hold}.release").touch()
     output, _ = update.communicate(timeout=120)
     assert update.returncode == 1, output
     assert f"tests failed: nothing deployed, still serving {good[:10]}" in output
-    assert http_get(site.url + "/")[2] == b"Hello, World!\n" and site.served() == good == site.head()
+    assert http_request(site.url + "/")[2] == b"Hello, World!\n" and site.served() == good == site.head()
     assert not release.exists()
     # The next run tests the rejected commit again and again does not deploy it.
     again = site.update()
     assert again.returncode == 1, shown(again)
     assert_step(again, "test", "FAILED")
     assert "nothing new" not in again.stdout
-    assert http_get(site.url + "/")[2] == b"Hello, World!\n" and site.served() == good == site.head()
+    assert http_request(site.url + "/")[2] == b"Hello, World!\n" and site.served() == good == site.head()
     code, checks = validate_update(site)
     assert checks[GOOD_RELEASE]["status"] == "PASS", checks
     assert checks["the last update succeeded"]["status"] == "FAIL" and code == 1, checks

@@ -26,10 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, ProcessRegistry, free_port, http_get, require_tool
+from hello.base.checkout import CHECKOUT
 from hello.base.git import git as hello_git
+from hello.base.http_client import http_request
+from hello.base.proc import free_port
 from hello.update.release import MAKE_STAMPS
+from tests.support.processes import ProcessRegistry
 from tests.support.scratch import GIT_IDENTITY
+from tests.support.tools import require_tool
 
 NESTED_ENV = "HELLO_UPDATE_E2E_NESTED"  # the recursion guard: set inside the nested suite of this test's update
 UPDATE_TIMEOUT = 900.0  # the fast tier and the deploy on a busy 2-core machine, with room
@@ -49,7 +53,7 @@ def git(cwd: Path, *args: str) -> str:
 
 def shipped_config(port: int) -> str:
     """config.yaml as shipped, with the port, the Pushgateway and the watch changed; every other line as it is."""
-    text = (REPO / "config.yaml").read_text()
+    text = (CHECKOUT / "config.yaml").read_text()
     assert "    test_command: make test-fast " in text, "the shipped test_command is no longer `make test-fast`"
     # watch: 2s, not 30s: no traffic flows here, the watch says "too little traffic to judge" sooner
     edits = (
@@ -69,11 +73,11 @@ def shipped_config(port: int) -> str:
 def seed_remote(root: Path) -> Path:
     """A bare remote holding this working tree (tracked and untracked, not ignored files) as one commit."""
     seed = root / "seed"
-    listed = git(REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    listed = git(CHECKOUT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
     for name in filter(None, listed):
-        if (REPO / name).is_file():
+        if (CHECKOUT / name).is_file():
             (seed / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, seed / name)
+            shutil.copy2(CHECKOUT / name, seed / name)
     git(seed, "init", "-q", "-b", "main")
     git(seed, "add", "-A")
     git(seed, "commit", "-q", "-m", "the project as shipped")
@@ -115,7 +119,7 @@ def test_make_update_with_the_shipped_config_deploys_a_good_commit(tmp_path: Pat
     run_dir = config.parent / "run"
     processes.adopt(int((run_dir / "hello_world.pid").read_text()))
     try:
-        first = json.loads(http_get(url + "/version")[2])["commit"]
+        first = json.loads(http_request(url + "/version")[2])["commit"]
         assert first == git(deploy, "rev-parse", "HEAD")
         (dev / "CHANGES").write_text("a good change\n")
         git(dev, "add", "CHANGES")
@@ -127,8 +131,8 @@ def test_make_update_with_the_shipped_config_deploys_a_good_commit(tmp_path: Pat
         assert result.returncode == 0, output[-6000:]
         assert "test: make test-fast" in output and " passed" in output, output[-6000:]
         assert f"updated {first[:10]} -> {good[:10]}" in output, output[-3000:]
-        assert json.loads(http_get(url + "/version")[2])["commit"] == good == git(deploy, "rev-parse", "HEAD")
-        assert http_get(url + "/")[2] == b"Hello, World!\n"
+        assert json.loads(http_request(url + "/version")[2])["commit"] == good == git(deploy, "rev-parse", "HEAD")
+        assert http_request(url + "/")[2] == b"Hello, World!\n"
         assert not (run_dir / "release").exists()
         assert git(deploy, "status", "--porcelain") == ""
     finally:

@@ -16,10 +16,13 @@ from typing import Any
 
 import pytest
 
-from conftest import PYTHON, ProcessRegistry, free_port, http_get
+from hello.base.http_client import http_request
+from hello.base.proc import free_port
 from tests.support.deployment import assert_step, consistent, shown
 from tests.support.fake_docker import STAND_INS
+from tests.support.processes import ProcessRegistry
 from tests.support.scratch import ScratchDeployment
+from tests.support.tools import PYTHON
 
 REGISTRY = "registry.test/team"
 KUBE = {"registry": REGISTRY, "context": "kind-test", "namespace": "hello-ns", "rollout_timeout": "2m"}
@@ -148,7 +151,7 @@ def test_failed_verify_is_undone_and_the_old_commit_verified(site: ScratchDeploy
         FORWARD,
     ]
     assert site.served() == served == site.head()
-    assert http_get(site.url + "/")[2] == b"Hello, World!\n"
+    assert http_request(site.url + "/")[2] == b"Hello, World!\n"
 
 
 def test_dry_run_changes_nothing_in_the_cluster(site: ScratchDeployment, tmp_path: Path) -> None:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ProcessRegistry, require_tool
 from hello.base.git import GitError, switch_branch
 from tests.support.deployment import assert_step, log_lines, serving_deployment, shown
+from tests.support.processes import ProcessRegistry
 from tests.support.scratch import SMOKE_TEST, ScratchDeployment, git
+from tests.support.tools import require_tool
 
 PROTECTED = ("run", "backups", ".venv", ".env")  # the shipped layout's local state inside the checkout
 # What is compared byte for byte: all but run/, where the server and the record step write (its PID is compared,

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, http_get
+from hello.base.checkout import CHECKOUT
 from hello.base.config import ConfigError, load_config
+from hello.base.http_client import http_request
 from hello.update.watch import DURATION, Limits, Reading, judge, parse, quantile, read
 from tests.support.deployment import assert_step, log_lines, metric, shown
 from tests.support.fake_docker import compose_env
@@ -149,7 +150,7 @@ def test_bad_watch_settings_are_one_line_errors(tmp_path: Path, key: str, value:
 
 
 def test_watch_defaults_match_spec() -> None:
-    update = load_config(REPO / "config.yaml")["update"]
+    update = load_config(CHECKOUT / "config.yaml")["update"]
     assert (update["watch"], update["max_error_ratio"], update["min_requests"], update["max_latency_ratio"]) == (
         30.0,
         0.01,
@@ -191,20 +192,20 @@ def watch_config(site: ScratchDeployment, directory: Path, **update: object) -> 
 def test_reading_a_live_server_counts_what_it_answered(site: ScratchDeployment) -> None:
     start = read(site.url, timeout=5)
     for path in ["/"] * 7 + ["/no-such-page"] * 3:
-        http_get(site.url + path)
+        http_request(site.url + path)
     window = read(site.url, timeout=5).since(start)  # our own /metrics reads are left out
     assert (window.requests, window.errors, window.buckets[-1][1]) == (10, 0, 10)
     assert window.commits == {site.served()}
 
 
 HEALTHZ_TEST = "tests_smoke/check_healthz.py"
+# Run as a module in the release under test (the test command's cwd), whose root is then on sys.path.
+HEALTHZ_COMMAND = "-m tests_smoke.check_healthz"
 HEALTHZ_ONLY = '''"""The bad commit's whole test suite: the new code's site answers /healthz."""
 import os
-import sys
 import tempfile
 
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()  # the site's metrics live in multiprocess files
-sys.path.insert(0, ".")
 
 from hello.server.routes import make_site, read_build_info  # noqa: E402
 
@@ -255,7 +256,7 @@ def test_a_commit_answering_500_to_one_in_ten_is_rolled_back_by_the_watch(
     before = site.served()
     flaky = flaky_protocol((site.deploy / BUGGY).read_text())
     bad = site.commit(f"/ answers 500 to one request in ten ({deploy})", {BUGGY: flaky, HEALTHZ_TEST: HEALTHZ_ONLY})
-    settings = {**WATCH, "test_command": f"{site.python} {HEALTHZ_TEST}"}
+    settings = {**WATCH, "test_command": f"{site.python} {HEALTHZ_COMMAND}"}
     # compose: the docker stand-in's `compose up` reloads the real server, whose /metrics the watch reads
     env = (
         compose_env(site, tmp_path, update=settings)
@@ -292,7 +293,7 @@ def test_a_commit_whose_p99_grew_is_rolled_back_by_the_watch(site: ScratchDeploy
     # 500 ms against the old code's p99 of a few ms (its whole life's histogram, with this load's requests):
     # far past 3x however busy the machine; at about 4 answers a second, 6 s bring the 10 requests to judge from.
     limits = {"watch": "6s", "min_requests": 10, "max_latency_ratio": 3.0}
-    env = watch_config(site, tmp_path, test_command=f"{site.python} {HEALTHZ_TEST}", **limits)
+    env = watch_config(site, tmp_path, test_command=f"{site.python} {HEALTHZ_COMMAND}", **limits)
     with CountingLoad(site.port, limit=20000) as load:
         result = site.update(env=env)
     assert result.returncode == 1, shown(result)

@@ -30,31 +30,29 @@ from typing import Any
 
 import pytest
 
-from conftest import (
-    PYTHON,
-    REPO,
-    RULES_DIR,
-    ProcessRegistry,
-    Prometheus,
-    WebhookSink,
-    free_port,
-    http_get,
-    prometheus_query,
-    require_tool,
-    start_alertmanager,
-    start_node_exporter,
-    start_prometheus,
-    start_pushgateway,
-    wait_until,
-    write_config,
-)
 from hello.base import monitor_login
+from hello.base.checkout import CHECKOUT
 from hello.base.config import load_config
+from hello.base.http_client import http_request
+from hello.base.proc import free_port, wait_until
+from hello.monitoring.webhook_sink import WebhookSink
 from hello.validation import monitoring, scheduler
 from hello.validation.components import Context
 from hello.validation.core import GROUPS, CheckFailed, Result
 from hello.validation.registry import CHECKS, FIXES
 from hello.validation.report import render_table
+from tests.support.configs import write_config
+from tests.support.monitoring import (
+    RULES_DIR,
+    Prometheus,
+    prometheus_query,
+    start_alertmanager,
+    start_node_exporter,
+    start_prometheus,
+    start_pushgateway,
+)
+from tests.support.processes import ProcessRegistry
+from tests.support.tools import PYTHON, require_tool
 
 CHECK = {func.__name__: (group, name) for group, name, func in CHECKS}
 GROUP = {group: {key for key, (g, _) in CHECK.items() if g == group} for group in GROUPS}
@@ -78,7 +76,7 @@ def checked(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 60
 
 
 def hello_targets(url: str) -> list[dict[str, Any]]:
-    body = http_get(f"{url}/api/v1/targets?state=active", timeout=2)[2]
+    body = http_request(f"{url}/api/v1/targets?state=active", timeout=2)[2]
     return [t for t in json.loads(body)["data"]["activeTargets"] if t["labels"]["job"] == "hello-world"]
 
 
@@ -98,7 +96,7 @@ def monitoring_settles(prometheus: str) -> bool:
 
 def watchdog_in(alertmanager: str, headers: dict[str, str] | None = None) -> bool:
     url = alertmanager + '/api/v2/alerts?filter=alertname="Watchdog"'
-    return bool(json.loads(http_get(url, timeout=2, headers=headers)[2]))
+    return bool(json.loads(http_request(url, timeout=2, headers=headers)[2]))
 
 
 @dataclass
@@ -138,9 +136,11 @@ class Deployment:
 
 def copy_project(target: Path) -> None:
     """The repo's files as a deployment has them: tracked and new files, not what .gitignore names."""
-    listed = checked(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO, dict(os.environ))
+    listed = checked(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], CHECKOUT, dict(os.environ)
+    )
     for name in listed.split("\0"):
-        path = REPO / name
+        path = CHECKOUT / name
         if name and path.is_file() and not name.startswith("tests/"):
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target / name)
@@ -239,7 +239,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         checked(["git", "commit", "-qm", "a change"], work, env)
         checked(["git", "push", "-q", "origin", "main"], work, env)
         checked([PYTHON, str(checkout / "update_protocol.py")], checkout, env, timeout=120)
-        version = json.loads(http_get(deployment.server_url + "/version")[2])
+        version = json.loads(http_request(deployment.server_url + "/version")[2])
         assert version["commit"] == deployment.git("rev-parse", "HEAD")
 
         wait_until(lambda: monitoring_settles(prometheus), 30, "Prometheus to hold the service's and jobs' metrics")
@@ -416,7 +416,7 @@ def test_down_components_fail_fast_with_their_names_and_no_traceback(tmp_path: P
         )
         env = {**os.environ, "HELLO_CONFIG": str(config)}
         started = time.monotonic()
-        done = run([PYTHON, str(REPO / "validation_test.py"), "--json"], REPO, env)
+        done = run([PYTHON, str(CHECKOUT / "validation_test.py"), "--json"], CHECKOUT, env)
         took = time.monotonic() - started
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     results = {r["check"]: r for r in json.loads(done.stdout)}
@@ -438,13 +438,13 @@ def test_a_fresh_system_fails_in_lines_that_fit_and_say_what_to_do(hello_server)
     dead = free_port()
     urls = {key: {"url": f"http://127.0.0.1:{dead}"} for key in ("prometheus", "pushgateway", "alertmanager")}
     server = hello_server(overrides={"monitoring": urls | {"node_exporter": {"url": f"http://127.0.0.1:{dead}"}}})
-    env, script = server.env, str(REPO / "validation_test.py")
-    done = run([PYTHON, script], REPO, env)
+    env, script = server.env, str(CHECKOUT / "validation_test.py")
+    done = run([PYTHON, script], CHECKOUT, env)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     lines = done.stdout.splitlines()  # stderr: only the Pushgateway's warning (the push failed; the textfile has it)
     assert max(map(len, lines)) <= 120, "\n".join(line for line in lines if len(line) > 120)
     failed = [line for line in lines if line.startswith("FAIL")]
-    as_json = {(r["group"], r["check"]): r for r in json.loads(run([PYTHON, script, "--json"], REPO, env).stdout)}
+    as_json = {(r["group"], r["check"]): r for r in json.loads(run([PYTHON, script, "--json"], CHECKOUT, env).stdout)}
     assert len(failed) == sum(r["status"] == "FAIL" for r in as_json.values()) >= 8, done.stdout
     assert all(FIX_HINT.search(line) for line in failed), "\n".join(failed)
     assert f"{CHECK['check_archive_age'][1]}; fix: run `make backup`" in done.stdout
@@ -453,7 +453,7 @@ def test_a_fresh_system_fails_in_lines_that_fit_and_say_what_to_do(hello_server)
     assert as_json[CHECK["check_archive_age"]]["fix"] == "run `make backup`"
     assert all(r["fix"] == "" for r in as_json.values() if r["status"] != "FAIL")
     # -v: every detail whole (the scheduler's names the checkout it looked for), with durations.
-    verbose = run([PYTHON, script, "-v", "--only", "backup"], REPO, env).stdout
+    verbose = run([PYTHON, script, "-v", "--only", "backup"], CHECKOUT, env).stdout
     assert as_json[CHECK["check_scheduler"]]["detail"] in verbose and " ms)" in verbose
 
 
@@ -468,7 +468,7 @@ def test_every_checks_fail_line_fits_120_columns_with_its_fix() -> None:
 
 
 def test_bad_usage_and_bad_config_exit_2_with_one_line(tmp_path: Path) -> None:
-    done = run([PYTHON, str(REPO / "validation_test.py"), "--only", "service,nonsense"], REPO, dict(os.environ))
+    done = run([PYTHON, str(CHECKOUT / "validation_test.py"), "--only", "service,nonsense"], CHECKOUT, dict(os.environ))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "validation_test.py: --only: unknown group 'nonsense' "
@@ -476,13 +476,13 @@ def test_bad_usage_and_bad_config_exit_2_with_one_line(tmp_path: Path) -> None:
     ]
     bad = tmp_path / "config.yaml"
     bad.write_text("system:\n  validation:\n    timeout: soon\n")
-    done = run([PYTHON, str(REPO / "validation_test.py")], REPO, {**os.environ, "HELLO_CONFIG": str(bad)})
+    done = run([PYTHON, str(CHECKOUT / "validation_test.py")], CHECKOUT, {**os.environ, "HELLO_CONFIG": str(bad)})
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "system.validation.timeout" in done.stderr
 
 
 def test_the_backup_line_of_make_cron_counts_as_a_scheduler() -> None:
-    done = run([PYTHON, str(REPO / "scripts" / "cron.py")], REPO, dict(os.environ))
+    done = run([PYTHON, str(CHECKOUT / "scripts" / "cron.py")], CHECKOUT, dict(os.environ))
     assert done.returncode == 0, done.stderr
     found = scheduler.backup_cron_lines(done.stdout)
     assert len(found) == 1 and "backup" in found[0], done.stdout
@@ -493,7 +493,7 @@ def test_the_backup_line_of_make_cron_counts_as_a_scheduler() -> None:
 def test_pytest_collects_nothing_from_validation_test_py() -> None:
     done = run(
         [PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0", "validation_test.py"],
-        REPO,
+        CHECKOUT,
         dict(os.environ),
     )
     assert done.returncode == 5, done.stdout  # 5: no tests collected
@@ -503,7 +503,7 @@ def test_pytest_collects_nothing_from_validation_test_py() -> None:
 def test_the_checks_run_in_the_order_of_validation_steps_md() -> None:
     """Each check has its step in the operator's guide (a row starting its table), and they come in the same order:
     the order hello/validation/__init__.py imports the group modules in."""
-    steps = re.findall(r"^\| ([^|]+?) \|", (REPO / "validation_steps.md").read_text(encoding="utf-8"), re.MULTILINE)
+    steps = re.findall(r"^\| ([^|]+?) \|", (CHECKOUT / "validation_steps.md").read_text(encoding="utf-8"), re.MULTILINE)
     documented = [next((step for step in steps if name.startswith(step)), None) for _, name, _ in CHECKS]
     assert None not in documented, [name for (_, name, _), step in zip(CHECKS, documented, strict=True) if not step]
     assert documented == [step for step in steps if step in documented]
@@ -515,16 +515,16 @@ def test_only_the_command_imports_hello_validation_and_its_groups_not_each_other
     a group's module imports no other group's, so importing one never registers another group's checks early."""
     importers, crossings = [], []
     groups = {"service", "monitoring", "alert_delivery", "backup", "scheduler", "update", "restarts"}
-    for path in sorted({*REPO.glob("*.py"), *REPO.glob("scripts/*.py"), *REPO.glob("hello/**/*.py")}):
+    for path in sorted({*CHECKOUT.glob("*.py"), *CHECKOUT.glob("scripts/*.py"), *CHECKOUT.glob("hello/**/*.py")}):
         names = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module:
                 names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
             elif isinstance(node, ast.Import):
                 names |= {alias.name for alias in node.names}
-        inside = path.relative_to(REPO).parts[:2] == ("hello", "validation")
+        inside = path.relative_to(CHECKOUT).parts[:2] == ("hello", "validation")
         if not inside and path.name != "validation_test.py" and any(n.startswith("hello.validation") for n in names):
-            importers.append(str(path.relative_to(REPO)))
+            importers.append(str(path.relative_to(CHECKOUT)))
         if inside and path.stem in groups:
             crossings += [f"{path.stem} -> {n}" for n in names if n.removeprefix("hello.validation.") in groups]
     assert importers == [], "only validation_test.py and the tests may import hello.validation"
@@ -564,7 +564,7 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
     run_dir = tmp_path / "run"
 
     def make(target: str) -> subprocess.CompletedProcess[str]:
-        return run(["make", "-s", "-C", str(REPO), target], REPO, env, timeout=120)
+        return run(["make", "-s", "-C", str(CHECKOUT), target], CHECKOUT, env, timeout=120)
 
     try:
         done = make("monitor")
@@ -579,12 +579,12 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
         done = make("backup")
         assert done.returncode == 0, done.stdout + done.stderr
         processes.start(
-            ["make", "-s", "-C", str(REPO), "backup-schedule"],
+            ["make", "-s", "-C", str(CHECKOUT), "backup-schedule"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: scheduler.schedule_loops({REPO}), 30, "the `make backup-schedule` loop")
+        wait_until(lambda: scheduler.schedule_loops({CHECKOUT}), 30, "the `make backup-schedule` loop")
         wait_until(
             lambda: (
                 prometheus_query(prometheus, 'count_over_time(up{job="hello-world"}[1m]) >= 3')
@@ -623,7 +623,7 @@ def test_the_kits_webhook_sink_prints_each_alert_it_receives(tmp_path: Path, pro
     """README "First run": `python -m hello.monitoring.webhook_sink PORT` is a receiver to try alert delivery with."""
     port, out = free_port(), tmp_path / "sink.out"
     with out.open("w") as stdout:
-        processes.start([PYTHON, "-m", "hello.monitoring.webhook_sink", str(port)], cwd=REPO, stdout=stdout)
+        processes.start([PYTHON, "-m", "hello.monitoring.webhook_sink", str(port)], cwd=CHECKOUT, stdout=stdout)
     wait_until(lambda: f"http://127.0.0.1:{port}/alerts" in out.read_text(), 10, "the sink's webhook_url line")
     alert = {"status": "firing", "labels": {"alertname": "HelloWorldDown"}}
     body = json.dumps({"version": "4", "status": "firing", "alerts": [alert]}).encode()
@@ -652,7 +652,7 @@ def test_the_slo_check_fails_without_the_rules_and_reports_the_budget_with_them(
             continue
 
         def reported(context: Context = context) -> str:
-            http_get(server.url + "/")  # user traffic: the budget has something to be over
+            http_request(server.url + "/")  # user traffic: the budget has something to be over
             detail = monitoring.check_slo_budget(context)
             return detail if "no user traffic" not in detail else ""
 

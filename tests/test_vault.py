@@ -24,15 +24,20 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import IN_CI, PYTHON, REPO, ProcessRegistry, deep_merge, require_tool, wait_until, write_config
 from hello.backup import vault_pull
+from hello.base.checkout import CHECKOUT
 from hello.base.config import load_config
 from hello.base.locks import job_lock
+from hello.base.proc import wait_until
+from hello.platform.kubernetes import deep_merge
 from hello.platform.units import Checkout, check_units, render_units
 from tests.support.backups import archives, backup, make_tree
+from tests.support.configs import write_config
+from tests.support.processes import ProcessRegistry
+from tests.support.tools import IN_CI, PYTHON, require_tool
 from tests.test_offsite import PASSWORD_FLAGS, CommandLineWatch
 
-SCRIPT = str(REPO / "backup_script.py")
+SCRIPT = str(CHECKOUT / "backup_script.py")
 PROD_IP, VAULT_IP = "10.200.0.1", "10.200.0.2"
 PORT = 2222  # in the test's own namespace: no other listener can be there
 
@@ -111,7 +116,7 @@ class Pair:
     def in_vault(self, argv: list[str], config: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
         env = {**os.environ, "HELLO_CONFIG": str(config or self.vault_config)}
         return subprocess.run(
-            self.netns.run(self.netns.vault, argv), env=env, capture_output=True, text=True, timeout=120, cwd=REPO
+            self.netns.run(self.netns.vault, argv), env=env, capture_output=True, text=True, timeout=120, cwd=CHECKOUT
         )
 
     def in_prod(self, argv: list[str]) -> subprocess.CompletedProcess:
@@ -359,7 +364,7 @@ def test_no_secret_on_any_command_line_while_serving_and_pulling(pair: Pair) -> 
         run = subprocess.Popen(
             pair.netns.run(pair.netns.vault, [PYTHON, SCRIPT, "pull"]),
             env={**os.environ, "HELLO_CONFIG": str(pair.vault_config)},
-            cwd=REPO,
+            cwd=CHECKOUT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -516,7 +521,7 @@ def test_a_vault_host_gets_a_cron_line_and_a_sandboxed_timer_for_the_pull(tmp_pa
     vault = {"pull_from": "10.0.0.5:2222", "identity": "/etc/hello/vault_key", "known_hosts": "/etc/hello/kh"}
     config = write_config(tmp_path, {"backup": {"vault": {**vault, "interval": "2h"}}})
     env = {**os.environ, "HELLO_CONFIG": str(config)}
-    cron = subprocess.run([PYTHON, str(REPO / "scripts" / "cron.py")], env=env, capture_output=True, text=True)
+    cron = subprocess.run([PYTHON, str(CHECKOUT / "scripts" / "cron.py")], env=env, capture_output=True, text=True)
     assert cron.returncode == 0, cron.stderr
     (line,) = [line for line in cron.stdout.splitlines() if "backup_script.py pull" in line]
     assert line.startswith("0 */2 * * * ")

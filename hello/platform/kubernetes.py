@@ -66,11 +66,12 @@ class ManifestError(Exception):
 # --- the generated files ------------------------------------------------------------------------
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """base with overrides on top, nested mappings merged key by key (neither is changed)."""
     merged = dict(base)
     for key, value in overrides.items():
         nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _deep_merge(merged[key], value) if nested else value
+        merged[key] = deep_merge(merged[key], value) if nested else value
     return merged
 
 
@@ -118,8 +119,8 @@ def prometheus_rule(groups: list[dict[str, Any]]) -> dict[str, Any]:
 def generate(config_path: Path = CONFIG, rules_dir: Path = RULES_DIR, dashboard: Path = DASHBOARD) -> dict[Path, str]:
     """Every generated file of deploy/kubernetes and its content."""
     system = _raw_system(config_path)
-    pod = _deep_merge(system, in_pod_overrides(system))
-    validation = _deep_merge(pod, {"server": {"host": VALIDATION_SERVICE, "port": SERVICE_PORT}})
+    pod = deep_merge(system, in_pod_overrides(system))
+    validation = deep_merge(pod, {"server": {"host": VALIDATION_SERVICE, "port": SERVICE_PORT}})
     rules_header = GENERATED_HEADER.format(source="monitoring/rules/*.rules.yml")
     return {
         BASE / "generated" / "config.yaml": _config_text(pod, "config.yaml"),

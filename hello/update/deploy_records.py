@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from hello.base.deploy_metric import DEPLOY_LABELS, DEPLOY_METRIC
 from hello.update.history import DEPLOYS
 
 if TYPE_CHECKING:
@@ -31,9 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEPLOY_METRIC = "hello_world_update_last_deploy_timestamp_seconds"
 DEPLOY_HELP = "End of the last update run that deployed or rolled back (Unix time), by outcome and commits."
-DEPLOY_LABELS = ("outcome", "commit", "from_commit", "to_commit")
 
 
 def deploy_labels(entry: dict[str, Any]) -> dict[str, str]:

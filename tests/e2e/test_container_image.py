@@ -14,19 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, http_get, wait_until
+from hello.base.checkout import CHECKOUT
 from hello.base.git import head_commit
+from hello.base.http_client import http_request
+from hello.base.proc import TimedOut, free_port, wait_until
 from tests.support import containers
 from tests.support.load import LoadClient, count_progress
 
-REPO = containers.REPO
 NON_ROOT_UID = "10001"  # the Dockerfile's `hello` user
 
 
 @pytest.fixture(scope="session")  # one build per xdist worker (cached layers after the first)
 def image(podman_host: None) -> str:
     with containers.cache_lock():
-        return containers.app_image(head_commit(REPO) or "unknown")
+        return containers.app_image(head_commit(CHECKOUT) or "unknown")
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def container(image: str) -> Iterator[tuple[str, int]]:
     try:
         try:
             wait_until(lambda: answers(port, "/readyz"), 30, "the container's /readyz answering 200")
-        except AssertionError as exc:
+        except (AssertionError, TimedOut) as exc:
             raise AssertionError(f"{exc}; its log: {containers.logs(container_id)}") from None
         yield container_id, port
     finally:
@@ -57,7 +58,7 @@ def container(image: str) -> Iterator[tuple[str, int]]:
 
 def answers(port: int, path: str) -> bool:
     try:
-        return http_get(f"http://127.0.0.1:{port}{path}", timeout=2)[0] == 200
+        return http_request(f"http://127.0.0.1:{port}{path}", timeout=2)[0] == 200
     except OSError:
         return False
 
@@ -73,10 +74,10 @@ def inspect(container_id: str) -> dict:
 
 def test_the_image_serves_its_commit_as_a_non_root_user_read_only(image: str, container: tuple[str, int]) -> None:
     container_id, port = container
-    status, _, body = http_get(f"http://127.0.0.1:{port}/")
+    status, _, body = http_request(f"http://127.0.0.1:{port}/")
     assert (status, body) == (200, b"Hello, World!\n")
-    status, _, body = http_get(f"http://127.0.0.1:{port}/version")
-    assert status == 200 and (head_commit(REPO) or "unknown") in body.decode(), body
+    status, _, body = http_request(f"http://127.0.0.1:{port}/version")
+    assert status == 200 and (head_commit(CHECKOUT) or "unknown") in body.decode(), body
     # Every process of the container (supervisor and workers), read on the host: real, effective, saved, fs uid.
     pids = [line.split()[0] for line in containers.podman("top", container_id, "hpid").splitlines()[1:]]
     uids = {pid: process_uids(pid) for pid in pids}

@@ -26,10 +26,13 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import IN_CI, REPO, free_port, http_get
+from hello.base.checkout import CHECKOUT
+from hello.base.http_client import http_request
 from hello.base.job_metrics import job_gauges
+from hello.base.proc import free_port
 from hello.monitoring.webhook_sink import WebhookSink
 from tests.support.systemd_host import HostError, SystemdHost, missing_tools, rootfs_tarball
+from tests.support.tools import IN_CI
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +60,7 @@ def host(tmp_path: Path) -> Iterator[SystemdHost]:
     booted = SystemdHost(tmp_path / "root", f"hello-e2e-{os.getpid()}-{time.monotonic_ns() % 10**6}")  # a hostname
     try:
         booted.unpack(tarball)
-        booted.copy_checkout(REPO, INSIDE)
+        booted.copy_checkout(CHECKOUT, INSIDE)
         yield booted
     finally:
         booted.stop()  # by PID, also after a failure
@@ -117,7 +120,7 @@ def start_unit(host: SystemdHost, unit: str) -> None:
 
 def answers(url: str) -> bool:
     try:
-        return http_get(url, timeout=2)[0] == 200
+        return http_request(url, timeout=2)[0] == 200
     except OSError:
         return False
 
@@ -175,7 +178,7 @@ def test_systemd_host_as_root(host: SystemdHost, sink: WebhookSink) -> None:
     # The server: Type=notify reached (active), answering.
     assert host.prop("hello-world.service", "Type") == "notify"
     assert host.prop("hello-world.service", "ActiveState") == "active"
-    assert http_get(url + "/")[2].startswith(b"Hello, World!")
+    assert http_request(url + "/")[2].startswith(b"Hello, World!")
     for name in MONITORING:
         assert host.prop(f"hello-world-{name}.service", "ActiveState") == "active", name
 
@@ -256,7 +259,7 @@ def test_systemd_host_as_service_user(host: SystemdHost, sink: WebhookSink) -> N
     assert host.prop("hello-world.service", "User") == "hello"
     pid = host.prop("hello-world.service", "MainPID")
     assert host.run("ps", "-o", "user=", "-p", pid).strip() == "hello"
-    assert http_get(url + "/")[0] == 200
+    assert http_request(url + "/")[0] == 200
     for job in ("backup", "drill"):
         start_unit(host, f"hello-world-{job}.service")
         assert host.prop(f"hello-world-{job}.service", "Result") == "success", job

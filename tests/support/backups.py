@@ -12,9 +12,10 @@ import stat
 import subprocess
 from pathlib import Path
 
-from conftest import PYTHON, REPO
+from hello.base.checkout import CHECKOUT
+from tests.support.tools import PYTHON
 
-SCRIPT = str(REPO / "backup_script.py")
+SCRIPT = str(CHECKOUT / "backup_script.py")
 ARCHIVE_RE = re.compile(r"^hello-world-\d{8}T\d{6}Z\.tar\.gz$")
 
 
@@ -68,7 +69,7 @@ def snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple]:
 def backup(config: Path, *args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "HELLO_CONFIG": str(config)}
     return subprocess.run(
-        [PYTHON, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs
+        [PYTHON, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=CHECKOUT, **kwargs
     )
 
 

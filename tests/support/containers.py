@@ -24,13 +24,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from hello.base.checkout import CHECKOUT
 from hello.base.proc import TimedOut, terminate, wait_until
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 CONF = Path(__file__).with_name("containers.conf")
-IMAGES = REPO / "tests" / "e2e" / "images"
+IMAGES = CHECKOUT / "tests" / "e2e" / "images"
 CACHE = Path(os.environ.get("HELLO_E2E_CACHE", "/var/cache/hello-e2e"))
 # What the tier needs on the host (Debian package names); .ci/run installs them.
 PACKAGES = ("podman", "runc", "fuse-overlayfs", "slirp4netns", "uidmap", "debootstrap")
@@ -240,7 +240,7 @@ def standin(name: str, tag: str, **build_args: str) -> str:
 
 def python_standin() -> str:
     """The Dockerfile's FROM (python:3.11.13-slim-bookworm), stood in for by Debian's Python 3.11.2."""
-    return standin("python", from_image(REPO / "Dockerfile"))
+    return standin("python", from_image(CHECKOUT / "Dockerfile"))
 
 
 def monitoring_standins(images: dict[str, str]) -> list[str]:
@@ -251,7 +251,7 @@ def monitoring_standins(images: dict[str, str]) -> list[str]:
     return built
 
 
-def app_image(commit: str, context: Path = REPO) -> str:
+def app_image(commit: str, context: Path = CHECKOUT) -> str:
     """The project's Dockerfile built for real, COMMIT=commit, as localhost/hello-world:<commit>."""
     python_standin()
     tag = f"localhost/hello-world:{commit}"

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ProcessRegistry, require_tool
+from tests.support.processes import ProcessRegistry
 from tests.support.scratch import ScratchDeployment, git
+from tests.support.tools import PYTHON, require_tool
 
 
 @contextlib.contextmanager

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI
 from tests.support import containers
+from tests.support.tools import IN_CI
 
 HERE = Path(__file__).resolve().parents[1] / "e2e"  # tests/e2e
 

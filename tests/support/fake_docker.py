@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from conftest import PYTHON
 from tests.support.scratch import ScratchDeployment
+from tests.support.tools import PYTHON
 
 STAND_INS = Path(__file__).resolve().parent.parent / "bin"  # docker and kubectl stand-ins
 UP = ("compose", "up", "-d", "--no-deps", "hello-world")

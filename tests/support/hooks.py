@@ -7,8 +7,8 @@ import os
 import signal
 from pathlib import Path
 
-from conftest import wait_until
 from hello.base.locks import pid_alive
+from hello.base.proc import wait_until
 
 
 def spawning_hook(pids: Path, only_if: Path | None = None) -> str:

@@ -7,12 +7,13 @@ import re
 import threading
 import time
 
-from conftest import http_get, wait_until
+from hello.base.http_client import http_request
+from hello.base.proc import wait_until
 
 
 def metric_value(url: str, name: str, labels: dict[str, str]) -> float:
     """The value of one sample in the server's /metrics, 0 when absent."""
-    body = http_get(url + "/metrics")[2].decode()
+    body = http_request(url + "/metrics")[2].decode()
     for line in body.splitlines():
         match = re.match(r"^(\w+)\{(.*)\} (\S+)$", line)
         if match and match.group(1) == name:

@@ -22,12 +22,12 @@ from typing import Any
 
 import yaml
 
+from hello.base.checkout import CHECKOUT
 from hello.base.config import RunFiles
 from hello.base.git import git_out
 from hello.base.http_client import http_get
 from hello.base.proc import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 # What a deployment needs; tests and their helpers stay out (the deployment's tests are tests_smoke/).
 SKIP_TOP = {"tests", "test_hello_world.py", "conftest.py"}
 SMOKE_TEST = '''"""The deployment's own small test suite: passes while SMOKE says ok."""
@@ -87,7 +87,7 @@ class ScratchDeployment:
 
     def write_config(self, path: Path, overrides: dict[str, Any]) -> Path:
         """A config for this deployment: this checkout's config.yaml, a free port, run/ here, no Pushgateway."""
-        system = yaml.safe_load((REPO / "config.yaml").read_text())["system"]
+        system = yaml.safe_load((CHECKOUT / "config.yaml").read_text())["system"]
         system["run_dir"] = str(self.run_dir)
         system["server"].update({"host": "127.0.0.1", "port": self.port, "workers": 1})
         system["monitoring"]["pushgateway"]["url"] = None
@@ -107,9 +107,9 @@ class ScratchDeployment:
 
     def seed(self) -> None:
         work = self.root / "seed"
-        for name in deploy_files(REPO):
+        for name in deploy_files(CHECKOUT):
             (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, work / name)
+            shutil.copy2(CHECKOUT / name, work / name)
         (work / "tests_smoke").mkdir()
         (work / "tests_smoke" / "test_smoke.py").write_text(SMOKE_TEST)
         (work / "SMOKE").write_text("ok\n")

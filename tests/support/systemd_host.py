@@ -2,7 +2,7 @@
 
     tarball = rootfs_tarball()                       # cached by content under /var/cache/hello-e2e
     host = SystemdHost(tmp_path / "root", "hello-e2e-1")
-    host.unpack(tarball); host.copy_checkout(REPO, Path("/srv/hello"))
+    host.unpack(tarball); host.copy_checkout(CHECKOUT, Path("/srv/hello"))
     host.boot(); host.wait_running()
     host.run("make", "-C", "/srv/hello", "systemd-install")
     host.reboot(); host.stop()                         # stop() kills by PID also after a failure
