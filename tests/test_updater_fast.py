@@ -3,8 +3,9 @@
 Updater's run, deliver, roll_back, rollback, reset_checkout, the pending marker, the lock and the Report are the
 real ones; what touches git, the release's tests, the backup script and the server is replaced: preflight and
 fetch return scripted commits, test and backup pass or fail as scripted, checkout and switch_branch only record,
-and the Deployment is a FakeDeployment that records each call and fails where a case says. update_protocol.py's
-execute() turns the outcome into the exit code. tests/test_update.py runs the same protocol against real
+and the Deployment is a FakeDeployment that records each call and fails where a case says. execute() below maps
+the run's exceptions to exit codes as update_protocol.py's execute() does (tests import no command:
+tests/test_layout.py). tests/test_update.py runs the same protocol against real
 deployments (git remotes, servers).
 """
 
@@ -14,21 +15,31 @@ import argparse
 import copy
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import update_protocol
 from hello.base.config import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, load_config
-from hello.base.git import short
 from hello.base.locks import job_lock
 from hello.update import updater as updater_module
 from hello.update import watch as watch_module
 from hello.update.deploy import DeployError
 from hello.update.hooks import HookFailed
-from hello.update.updater import Found, Note, Refused, Report, RollbackFailed, UpdateError, Updater, record
+from hello.update.updater import (
+    FAILURES,
+    Found,
+    Locked,
+    Note,
+    Refused,
+    Report,
+    RollbackFailed,
+    UpdateError,
+    Updater,
+    record,
+)
 from hello.update.watch import Reading
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
@@ -171,7 +182,21 @@ def args(**given: Any) -> argparse.Namespace:
 
 def run(config: dict[str, Any], script: Script, **given: Any) -> tuple[FakeUpdater, int]:
     updater = FakeUpdater(config, args(**given), script)
-    return updater, update_protocol.execute(updater, updater.args)
+    return updater, execute(updater)
+
+
+def execute(updater: Updater) -> int:
+    """The run's exit code, its outcome and reason in updater.report, as update_protocol.py's execute()."""
+    report = updater.report
+    try:
+        return updater.run()
+    except Locked as exc:
+        report.outcome, report.reason = "locked", str(exc)
+        return EXIT_LOCKED
+    except FAILURES as exc:
+        report.outcome = report.outcome or ("refused" if isinstance(exc, Refused) else "failed")
+        report.reason = report.reason or str(exc)
+        return EXIT_FAILED
 
 
 def pending(config: dict[str, Any]) -> Path:
@@ -199,7 +224,6 @@ def test_a_good_update_runs_every_step_in_order_and_leaves_no_marker(config, swi
     ]
     assert (updater.serving, updater.target, updater.deployment.serving) == (OLD, NEW, NEW)
     assert not pending(config).exists() and switches == []
-    assert update_protocol.verdict(updater) == f"updated {short(OLD)} -> {short(NEW)}"
     lines = updater.report.out.getvalue().splitlines()
     assert [line.split()[0] for line in lines] == DELIVERED
     assert all(line.split()[1] == "ok" for line in lines)
@@ -242,7 +266,6 @@ def test_a_failing_test_step_deploys_nothing(config, switches) -> None:
     assert switches == [] and updater.deployment.serving == OLD
     assert "nothing to undo" in updater.report.out.getvalue()
     assert not pending(config).exists()
-    assert update_protocol.verdict(updater).startswith(f"tests failed: nothing deployed, still serving {short(OLD)}")
 
 
 def test_a_failing_backup_deploys_nothing(config, switches) -> None:
@@ -275,7 +298,7 @@ def test_a_held_lock_is_locked_with_its_exit_code_and_runs_nothing(config, switc
     assert code == EXIT_LOCKED == 75
     assert updater.report.outcome == "locked" and "another update holds" in updater.report.reason
     assert updater.calls == [] and list(updater.report.steps) == ["lock"]
-    assert update_protocol.verdict(updater) == updater.report.reason
+    assert f"PID {os.getpid()}" in updater.report.reason
 
 
 def test_the_lock_is_released_after_a_run(config, switches) -> None:
@@ -308,7 +331,6 @@ def test_a_failing_rollback_is_rollback_failed_and_keeps_the_marker(config, swit
     assert updater.report.reason == "the fake verify failed; then the rollback failed: the fake rollback failed"
     marker = json.loads(pending(config).read_text())
     assert (marker["from"], marker["to"]) == (OLD, NEW), "the next run recovers from here"
-    assert update_protocol.verdict(updater).startswith("ROLLBACK FAILED, needs a human")
 
 
 def test_rollback_failed_leaves_run_as_an_exception(config, switches) -> None:
@@ -343,7 +365,7 @@ def test_a_watch_that_sees_a_regression_rolls_back(config, switches, monkeypatch
     monkeypatch.setattr(watch_module, "read", lambda url, timeout: next(readings))
     updater = FakeUpdater(config, args(), Script())
     updater.deployment.watched = True
-    code = update_protocol.execute(updater, updater.args)
+    code = execute(updater)
     assert code == EXIT_FAILED and updater.report.outcome == "rolled-back"
     assert "20.0% 5xx of 100 requests" in updater.report.reason
     assert updater.report.extra["watch"]["regression"] and ("rollback", OLD) in updater.calls
