@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from hello.base.checkout import CHECKOUT
 from hello.base.config import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, load_config
 from hello.base.locks import job_lock
 from hello.update import updater as updater_module
@@ -44,7 +45,6 @@ from hello.update.watch import Reading
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
 
-REPO = Path(__file__).resolve().parents[1]
 OLD, NEW = "a" * 40, "b" * 40
 DELIVERED = ["lock", "preflight", "fetch", "test", "backup", "checkout", "build", "deploy", "verify"]
 
@@ -159,7 +159,7 @@ class FakeUpdater(Updater):
 @pytest.fixture
 def config(tmp_path: Path) -> dict[str, Any]:
     """The shipped config.yaml's settings, with a scratch run_dir, no Pushgateway and no watch."""
-    loaded = copy.deepcopy(load_config(REPO / "config.yaml"))
+    loaded = copy.deepcopy(load_config(CHECKOUT / "config.yaml"))
     loaded["run_dir"] = str(tmp_path / "run")
     (tmp_path / "run").mkdir()
     loaded["monitoring"]["pushgateway"]["url"] = None
