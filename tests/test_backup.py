@@ -21,11 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import backup_script
 from conftest import PYTHON, free_port, http_get, require_tool, start_pushgateway, wait_until, write_config
 from hello.backup import hooks
 from hello.backup.archive import verify_archive
-from hello.backup.naming import Archive
+from hello.backup.naming import Archive, BackupError
+from hello.backup.restore import restore_archive
 from hello.backup.retention import plan_retention
 from hello.base.config import load_config
 from hello.base.locks import job_lock
@@ -340,11 +340,11 @@ def test_a_failing_final_rename_puts_the_old_target_back(tmp_path: Path, monkeyp
 
     config = load_config(write_config(tmp_path / "cfg"))
     monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(backup_script.BackupError, match="was left as it was"):
-        backup_script.run_restore(config, str(archive), str(target), force=True)
+    with pytest.raises(BackupError, match="was left as it was"):
+        restore_archive(config, archive, str(target), force=True, keep_setid=False)
     monkeypatch.undo()
     assert snapshot(place) == state, "the old contents are back, and nothing else is left beside them"
-    assert backup_script.run_restore(config, str(archive), str(target), force=True) == 0
+    assert restore_archive(config, archive, str(target), force=True, keep_setid=False).members
     assert sorted(p.name for p in place.iterdir()) == ["target"]
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
 

@@ -138,7 +138,7 @@ def test_a_failing_prune_fails_the_run_and_is_pushed(tmp_path: Path, processes, 
     def prune(*_args, **_kwargs):
         raise OSError(5, "Input/output error (simulated)")
 
-    monkeypatch.setattr(backup_script, "prune", prune)
+    monkeypatch.setattr("hello.backup.create.prune", prune)
     with pytest.raises(backup_script.BackupError, match="was written, but pruning old archives failed"):
         backup_script.run_create(load_config(config))
     (archive,) = archives(tmp_path / "backups")
