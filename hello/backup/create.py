@@ -8,10 +8,11 @@ metrics, copies what the remote lacks (offsite.py) and prunes (retention.py). Ev
 failed, is recorded as failed; a run is recorded as soon as its archive is written.
 
 Archives are <destination>/hello-world-<UTC YYYYmmddTHHMMSSZ>.tar.gz (mode 0600, the destination 0700), each with
-a sidecar <archive>.sha256 that `sha256sum -c` accepts. The archive is streamed to a dot-named `.hello-world-....partial` file, fsynced, then its sidecar is written
-(temporary name, fsync, rename), and only then the archive is renamed to its final name and the directory
-fsynced: a final name always means a complete archive whose sidecar already exists. Leftovers of a killed
-run are removed first. Two creates within one second: the second waits for the next second.
+a sidecar <archive>.sha256 that `sha256sum -c` accepts. The archive is streamed to a dot-named
+`.hello-world-....partial` file, fsynced, then its sidecar is written (temporary name, fsync, rename), and only then
+the archive is renamed to its final name and the directory fsynced: a final name always means a complete archive
+whose sidecar already exists. Leftovers of a killed run are removed first. Two creates within one second: the second
+waits for the next second.
 """
 
 from __future__ import annotations
