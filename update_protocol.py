@@ -71,7 +71,8 @@ rolled back from, an update is "held" (exit 0, nothing done) until --force.
 history: every deploy and rollback of <run_dir>/update.log (hello/update/history.py), newest first: time, user, from
 and to commit with their subject lines, outcome, each step's duration; --all: every run, up-to-date ones too.
 
-Code: this module is the command (arguments, the last line, --json); the steps are hello/update/updater.py, the deploy
+Code: this module is the command (arguments, the last line, --json); the step machine is hello/update/updater.py, its
+checks before anything changes checks.py, the rollbacks rollback.py, the step lines and the record report.py, the deploy
 modes hello/update/deploy.py (local, compose) and hello/update/deploy_kubernetes.py, git hello/base/git.py, the release
 hello/update/release.py.
 
@@ -96,8 +97,10 @@ from typing import Any
 from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
 from hello.base.git import short
 from hello.update.deploy_kubernetes import check_config
+from hello.update.errors import FAILURES, Locked, Refused
 from hello.update.history import history, render
-from hello.update.updater import FAILURES, Locked, Refused, Report, Updater, record
+from hello.update.report import Report, record
+from hello.update.updater import Updater
 
 REPO_DIR = Path(__file__).resolve().parent
 
