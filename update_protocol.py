@@ -71,7 +71,8 @@ rolled back from, an update is "held" (exit 0, nothing done) until --force.
 history: every deploy and rollback of <run_dir>/update.log (hello/update/history.py), newest first: time, user, from
 and to commit with their subject lines, outcome, each step's duration; --all: every run, up-to-date ones too.
 
-Code: this module is the command (arguments, the last line, --json); the steps are hello/update/updater.py, the deploy
+Code: this module is the command (arguments, the last line, --json); the step machine is hello/update/updater.py, its
+checks before anything changes checks.py, the rollbacks rollback.py, the step lines and the record report.py, the deploy
 modes hello/update/deploy.py (local, compose) and hello/update/deploy_kubernetes.py, git hello/base/git.py, the release
 hello/update/release.py.
 
@@ -85,6 +86,7 @@ import hello.base.venv  # noqa: F401 - first: outside the checkout's .venv this 
 
 # isort: split
 import argparse
+import functools
 import json
 import logging
 import os
@@ -93,11 +95,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hello.base.config import EXIT_CONFIG, EXIT_FAILED, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
+from hello.base.config import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, ConfigError, load_config
 from hello.base.git import short
 from hello.update.deploy_kubernetes import check_config
+from hello.update.errors import FAILURES
 from hello.update.history import history, render
-from hello.update.updater import FAILURES, Locked, Refused, Report, Updater, record
+from hello.update.report import Report, record
+from hello.update.updater import Updater
 
 REPO_DIR = Path(__file__).resolve().parent
 
@@ -145,18 +149,11 @@ def history_main(argv: list[str]) -> int:
 
 def execute(updater: Updater, args: argparse.Namespace) -> int:
     """The run args ask for; its exit code, its outcome and reason in updater.report."""
-    report = updater.report
-    try:
-        if args.rollback:
-            return updater.run(updater.rollback_by_hand) if not args.dry_run else updater.dry_rollback()
-        return updater.dry_run() if args.dry_run else updater.run()
-    except Locked as exc:
-        report.outcome, report.reason = "locked", str(exc)
-        return EXIT_LOCKED
-    except FAILURES as exc:
-        report.outcome = report.outcome or ("refused" if isinstance(exc, Refused) else "failed")
-        report.reason = report.reason or str(exc)
-        return EXIT_FAILED
+    if args.rollback:
+        return updater.report.exit_code(
+            updater.dry_rollback if args.dry_run else functools.partial(updater.run, updater.rollback_by_hand)
+        )
+    return updater.report.exit_code(updater.dry_run if args.dry_run else updater.run)
 
 
 def verdict(updater: Updater) -> str:

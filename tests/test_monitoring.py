@@ -37,8 +37,8 @@ from hello.monitoring import dashboard as grafana
 from hello.monitoring import lint, promconfig, slo, stack
 from hello.monitoring.alerting import format_duration
 from hello.update.deploy_records import DEPLOY_METRIC, recorded_deploy
+from hello.update.report import Report, record
 from hello.update.updater import JOB as UPDATE_JOB
-from hello.update.updater import Report, record
 from tests.support.configs import write_config
 from tests.support.monitoring import (
     RULES_DIR,

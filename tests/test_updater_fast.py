@@ -1,12 +1,11 @@
 """The update step machine (hello/update/updater.py) in-process: a fake deployment and fake git-facing steps.
 
-Updater's run, deliver, roll_back, rollback, reset_checkout, the pending marker, the lock and the Report are the
-real ones; what touches git, the release's tests, the backup script and the server is replaced: preflight and
+Updater's run, deliver, the rollback step, undo_deploy, reset_checkout, the pending marker, the lock and the Report
+are the real ones; what touches git, the release's tests, the backup script and the server is replaced: preflight and
 fetch return scripted commits, test and backup pass or fail as scripted, checkout and switch_branch only record,
-and the Deployment is a FakeDeployment that records each call and fails where a case says. execute() below maps
-the run's exceptions to exit codes as update_protocol.py's execute() does (tests import no command:
-tests/test_layout.py). tests/test_update.py runs the same protocol against real
-deployments (git remotes, servers).
+and the Deployment is a FakeDeployment that records each call and fails where a case says. Report.exit_code maps
+the run's exceptions to exit codes, as update_protocol.py's execute() uses it. tests/test_update.py runs the same
+protocol against real deployments (git remotes, servers).
 """
 
 from __future__ import annotations
@@ -25,22 +24,15 @@ import pytest
 from hello.base.checkout import CHECKOUT
 from hello.base.config import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, load_config
 from hello.base.locks import job_lock
+from hello.update import rollback as rollback_module
 from hello.update import updater as updater_module
 from hello.update import watch as watch_module
+from hello.update.checks import Found
 from hello.update.deploy import DeployError
+from hello.update.errors import Refused, RollbackFailed, UpdateError
 from hello.update.hooks import HookFailed
-from hello.update.updater import (
-    FAILURES,
-    Found,
-    Locked,
-    Note,
-    Refused,
-    Report,
-    RollbackFailed,
-    UpdateError,
-    Updater,
-    record,
-)
+from hello.update.report import Note, Report, record
+from hello.update.updater import Updater
 from hello.update.watch import Reading
 
 pytestmark = pytest.mark.fast  # the in-process tier (make test-fast)
@@ -171,7 +163,8 @@ def config(tmp_path: Path) -> dict[str, Any]:
 def switches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The commits the live checkout was switched to (switch_branch, git's part of reset_checkout)."""
     moved: list[str] = []
-    monkeypatch.setattr(updater_module, "switch_branch", lambda repo, branch, commit: moved.append(commit))
+    for module in (updater_module, rollback_module):  # the checkout step; reset_checkout
+        monkeypatch.setattr(module, "switch_branch", lambda repo, branch, commit: moved.append(commit))
     return moved
 
 
@@ -182,21 +175,7 @@ def args(**given: Any) -> argparse.Namespace:
 
 def run(config: dict[str, Any], script: Script, **given: Any) -> tuple[FakeUpdater, int]:
     updater = FakeUpdater(config, args(**given), script)
-    return updater, execute(updater)
-
-
-def execute(updater: Updater) -> int:
-    """The run's exit code, its outcome and reason in updater.report, as update_protocol.py's execute()."""
-    report = updater.report
-    try:
-        return updater.run()
-    except Locked as exc:
-        report.outcome, report.reason = "locked", str(exc)
-        return EXIT_LOCKED
-    except FAILURES as exc:
-        report.outcome = report.outcome or ("refused" if isinstance(exc, Refused) else "failed")
-        report.reason = report.reason or str(exc)
-        return EXIT_FAILED
+    return updater, updater.report.exit_code(updater.run)
 
 
 def pending(config: dict[str, Any]) -> Path:
@@ -365,7 +344,7 @@ def test_a_watch_that_sees_a_regression_rolls_back(config, switches, monkeypatch
     monkeypatch.setattr(watch_module, "read", lambda url, timeout: next(readings))
     updater = FakeUpdater(config, args(), Script())
     updater.deployment.watched = True
-    code = execute(updater)
+    code = updater.report.exit_code(updater.run)
     assert code == EXIT_FAILED and updater.report.outcome == "rolled-back"
     assert "20.0% 5xx of 100 requests" in updater.report.reason
     assert updater.report.extra["watch"]["regression"] and ("rollback", OLD) in updater.calls
@@ -392,4 +371,4 @@ def test_record_writes_the_outcome_and_the_good_release(config, switches, fails,
     assert (entry["outcome"], entry["exit"], entry["from"], entry["to"]) == (outcome, code, OLD, NEW)
     assert entry.get("good") == good
     assert [*entry["steps"], "record"] == list(updater.report.steps)
-    assert updater_module.good_releases([entry]) == ([good] if good else []) + ([OLD] if outcome == "updated" else [])
+    assert rollback_module.good_releases([entry]) == ([good] if good else []) + ([OLD] if outcome == "updated" else [])

@@ -47,8 +47,8 @@ class Termination:
 
     An exception raised between the steps of its queue bookkeeping leaves its close() waiting forever in
     Queue.join (seen: a SIGTERMed backup that never ended). While the archive is written the signal is only
-    noted, and raised at the next read of the source or between members (check): in the main thread, outside
-    isal, so the compressor is closed cleanly and the partial file removed.
+    noted, and raised at the next read of the source or between members (raise_if_terminated): in the main
+    thread, outside isal, so the compressor is closed cleanly and the partial file removed.
     """
 
     def __init__(self) -> None:
@@ -61,7 +61,7 @@ class Termination:
             return
         raise Terminated("terminated by SIGTERM")
 
-    def check(self) -> None:
+    def raise_if_terminated(self) -> None:
         if self.pending:
             self.pending = False
             raise Terminated("terminated by SIGTERM")
@@ -73,7 +73,7 @@ class Termination:
             yield
         finally:
             self.deferring = False
-        self.check()
+        self.raise_if_terminated()
 
 
 TERMINATION = Termination()
@@ -221,7 +221,7 @@ def _add(
     tar: tarfile.TarFile, path: str, arcname: str, seen: dict[tuple[int, int], str], manifest: ManifestWriter
 ) -> int:
     """Add one entry (and its manifest entry); return the bytes of file data read."""
-    TERMINATION.check()
+    TERMINATION.raise_if_terminated()
     try:
         info = tar_info(path, arcname, os.lstat(path), seen)
     except FileNotFoundError:
@@ -239,7 +239,7 @@ def _add(
     try:
         # O_NOFOLLOW: a file swapped for a symlink since the lstat above is refused, never followed.
         with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as handle:
-            reader = HashingReader(handle, before_read=TERMINATION.check)
+            reader = HashingReader(handle, before_read=TERMINATION.raise_if_terminated)
             tar.addfile(info, reader)
             manifest.add(info, reader.hexdigest())
     except FileNotFoundError:

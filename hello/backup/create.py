@@ -1,11 +1,18 @@
 """Creating one archive in the destination, crash-safe: room check, hooks, partial file, sidecar, rename.
 
+    copied = backup_run(config, show_progress=False, written=say)   # `backup_script.py create`: the whole run
     archive, size = create(config, progress=Progress(show))     # the caller holds <run_dir>/backup.lock
 
-The archive is streamed to a dot-named `.hello-world-....partial` file, fsynced, then its sidecar is written
-(temporary name, fsync, rename), and only then the archive is renamed to its final name and the directory
-fsynced: a final name always means a complete archive whose sidecar already exists. Leftovers of a killed
-run are removed first. Two creates within one second: the second waits for the next second.
+backup_run is one run of `create`: under the backup lock (naming.backup_lock) it writes the archive, records its
+metrics, copies what the remote lacks (offsite.py) and prunes (retention.py). Every run that fails, whatever step
+failed, is recorded as failed; a run is recorded as soon as its archive is written.
+
+Archives are <destination>/hello-world-<UTC YYYYmmddTHHMMSSZ>.tar.gz (mode 0600, the destination 0700), each with
+a sidecar <archive>.sha256 that `sha256sum -c` accepts. The archive is streamed to a dot-named
+`.hello-world-....partial` file, fsynced, then its sidecar is written (temporary name, fsync, rename), and only then
+the archive is renamed to its final name and the directory fsynced: a final name always means a complete archive
+whose sidecar already exists. Leftovers of a killed run are removed first. Two creates within one second: the second
+waits for the next second.
 """
 
 from __future__ import annotations
@@ -14,27 +21,88 @@ import contextlib
 import os
 import stat
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hello.backup.archive_writer import Progress, walk_source, write_archive
+from hello.backup.archive_writer import Progress, Terminated, walk_source, write_archive
 from hello.backup.disk_guard import NoRoom, check_room
 from hello.backup.hooks import HookFailed, staged, sweep_stale
 from hello.backup.manifest import header
 from hello.backup.naming import (
+    JOB,
+    METRIC_HELPS,
     PARTIAL,
     Archive,
     BackupError,
     UsageError,
     archive_name,
+    backup_lock,
     find_archives,
     parse_archive,
     remove_leftovers,
     sidecar_path,
     unlink_quietly,
 )
+from hello.backup.offsite import copy_offsite, session
+from hello.backup.retention import prune
 from hello.base.files import fsync_dir
+from hello.base.job_metrics import record_job
+from hello.base.locks import LockHeld, job_lock
+
+
+def backup_run(config: dict[str, Any], *, show_progress: bool, written: Callable[[Archive, int, float], None]) -> bool:
+    """One backup under the lock, then its metrics, the off-host copy and prune; False: the off-host copy failed.
+
+    written(archive, size, seconds) is called once the archive has its final name, before the copy. LockHeld
+    when another run holds the lock (nothing recorded). Every other failure, whatever step failed (taking the
+    lock, say on a full disk; the archive; its sidecar; the prune), is recorded as failed and raised: the textfile
+    attempted, the Pushgateway pushed when configured. A prune failing after the archive was written fails the
+    run and is recorded again: success 0, but the last success is that archive's (it exists and is good).
+    """
+    started = time.time()
+    lock = backup_lock(config)
+    extra: dict[str, float] = {}
+    finished: float | None = None  # when the archive got its final name
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(job_lock(lock))
+            except OSError as exc:
+                raise BackupError(f"cannot take the lock {lock}: {exc.strerror or exc}") from None
+            # rclone (when a remote is configured) starts beside the archive's writing, ready when the copy begins.
+            remote = stack.enter_context(session(config, show_progress))
+            archive, size = create(config, progress=Progress(show_progress))
+            finished = time.time()
+            extra = {f"{JOB}_size_bytes": float(size), f"{JOB}_duration_seconds": finished - started}
+            written(archive, size, finished - started)
+            record_job(config, JOB, success=True, started=started, finished=finished, extra=extra, helps=METRIC_HELPS)
+            copied = copy_offsite(config, remote, fresh=archive.path)
+            try:
+                prune(config, dry_run=False, known_good=archive.path)
+            except Terminated:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever stopped the prune, the archive stands
+                failed = f"backup {archive.path} was written, but pruning old archives failed"
+                raise BackupError(f"{failed}: {exc}") from None
+    except LockHeld:
+        raise
+    except BaseException:
+        now = time.time()
+        extra[f"{JOB}_duration_seconds"] = now - started
+        record_job(
+            config,
+            JOB,
+            success=False,
+            started=started,
+            finished=now,
+            extra=extra,
+            last_success=finished,
+            helps=METRIC_HELPS,
+        )
+        raise
+    return copied
 
 
 def prepare_destination(destination: Path) -> None:

@@ -1,8 +1,11 @@
 """The restore drill: proof that an archive restores to exactly what it recorded.
 
+    result = drill_newest(config)    # `backup_script.py drill`: the newest archive, under the backup lock, recorded
     result = drill(archive, scratch_parent, steps)    # DrillResult(archive, entries, commit, seconds)
 
-Steps, each the project's own (handed in by backup_script.py, so the drill runs the code a real restore runs):
+drill_newest drills the newest archive (off-host when system.backup.offsite.remote is set) in <run_dir>/drill and
+records hello_world_backup_drill_*. Steps, each the project's own (restore_steps: the drill runs the code a real
+restore runs; vault_pull.py drills with them too):
 verify the archive (its checksum; the restore then reads every byte, gzip CRC included), restore it into a
 fresh private folder under scratch_parent (the archive's own .hello-backup/ folder goes apart, as in any
 restore), check the manifest's entries like archive members (no absolute name, no '..', a known type, the
@@ -15,13 +18,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from hello.backup import offsite_versions, rclone
 from hello.backup.manifest import MANIFEST_DIR, ManifestError, compare_tree, normal_name, read_manifest
+from hello.backup.naming import DRILL_JOB, NAMING, BackupError, backup_lock, check_checksum, find_archives
+from hello.backup.offsite import configured_remote, fetched, immutable
+from hello.backup.restore import remove_tree, restore_archive
+from hello.base.job_metrics import record_job
+from hello.base.locks import job_lock
 
 log = logging.getLogger("backup")
 
@@ -71,3 +82,45 @@ def drill(archive: Path, scratch_parent: Path, steps: Steps) -> DrillResult:
     entries = manifest["entries"]
     apart = sum(1 for record in entries if normal_name(record["name"]).split("/")[0] == MANIFEST_DIR)
     return DrillResult(archive, len(entries), apart, manifest.get("commit", "unknown"), time.monotonic() - started)
+
+
+def restore_steps(config: dict[str, Any]) -> Steps:
+    """The drill's steps: the checksum (the restore then reads every byte: a full `verify` would read them twice),
+    the usual checked restore, and its tree removal."""
+
+    def restored(archive: Path, target: Path) -> Path | None:
+        return restore_archive(config, archive, str(target), force=False, keep_setid=False).kept
+
+    return Steps(verify=check_checksum, restore=restored, remove_tree=remove_tree)
+
+
+def drill_newest(config: dict[str, Any]) -> DrillResult:
+    """Drill the newest archive under the backup lock (no prune deletes it meanwhile) and record the outcome.
+
+    hello.base.locks.LockHeld when another backup run holds the lock; BackupError("drill failed: ...")."""
+    with job_lock(backup_lock(config)):
+        started = time.time()
+        try:
+            result = _drill_newest(config, Path(config["run_dir"]) / "drill")
+        except (BackupError, rclone.OffsiteError, DrillFailed, OSError, tarfile.TarError) as exc:
+            record_job(config, DRILL_JOB, success=False, started=started, finished=time.time())
+            raise BackupError(f"drill failed: {exc}") from None
+        record_job(config, DRILL_JOB, success=True, started=started, finished=time.time())
+    return result
+
+
+def _drill_newest(config: dict[str, Any], scratch: Path) -> DrillResult:
+    connection = configured_remote(config)
+    steps = restore_steps(config)
+    if connection is None:
+        found = find_archives(Path(config["backup"]["destination"]))
+        if not found:
+            raise BackupError(f"no archives in {config['backup']['destination']} to drill")
+        return drill(found[-1].path, scratch, steps)
+    with connection as remote:
+        files = offsite_versions.every_file(remote) if immutable(config) else remote.files()
+        names = list(rclone.archives_on(files, NAMING))
+        if not names:
+            raise BackupError(f"no archives on {remote.spec} to drill")
+        with fetched(config, remote, names[-1]) as path:
+            return drill(path, scratch, steps)

@@ -1,9 +1,11 @@
-"""The archive naming: what a backup is called on disk and off-host, its sidecar, the checksum check, and the
-metric jobs of the backup runs.
+"""The archive naming: what a backup is called on disk and off-host, its sidecar, the checksum check, the
+metric jobs of the backup runs, the lock they share, and which archive a command's argument names.
 
     hello-world-<UTC YYYYmmddTHHMMSSZ>.tar.gz            an archive (ARCHIVE_RE, parse_archive, archive_name)
     hello-world-<...>.tar.gz.sha256                      its sidecar, a line `sha256sum -c` accepts (sidecar_path)
     .hello-world-<...>.tar.gz[.sha256].partial           a file still being written (PARTIAL_RE)
+    <run_dir>/backup.lock                                one create, prune or drill at a time (backup_lock)
+    archive_argument(config, "hello-world-....tar.gz")   a path, or the bare name `list` prints
 
 backup_script.py, hello/validation/ and hello/backup/rclone.py (through NAMING) all read these facts from here.
 """
@@ -19,12 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("backup")
 
 JOB = "hello_world_backup"  # the metric prefix and Pushgateway job of a create
 OFFSITE_JOB = "hello_world_backup_offsite"  # its own Pushgateway group: a push replaces the whole group
 DRILL_JOB = "hello_world_backup_drill"
+METRIC_HELPS = {  # the help text of a create's own gauges (record_job(..., helps=METRIC_HELPS))
+    f"{JOB}_size_bytes": "Size of the archive written by the last backup run, in bytes.",
+    f"{JOB}_duration_seconds": "Duration of the last backup run, in seconds.",
+}
 PREFIX, SUFFIX, SIDECAR, PARTIAL = "hello-world-", ".tar.gz", ".sha256", ".partial"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 ARCHIVE_RE = re.compile(r"^hello-world-(\d{8}T\d{6}Z)\.tar\.gz$")
@@ -75,6 +82,25 @@ def find_archives(destination: Path) -> list[Archive]:
         return []
     found = [parse_archive(destination / name) for name in os.listdir(destination)]
     return sorted((a for a in found if a is not None and a.path.is_file()), key=lambda a: a.created)
+
+
+def backup_lock(config: dict[str, Any]) -> Path:
+    """<run_dir>/backup.lock: held by a create, a prune and a drill (no prune deletes what another run reads)."""
+    return Path(config["run_dir"]) / "backup.lock"
+
+
+def archive_argument(config: dict[str, Any], value: str) -> Path:
+    """The archive a command was given: a path, or a bare name as `list` prints it (looked for in the destination)."""
+    destination = Path(config["backup"]["destination"])
+    path = Path(value)
+    if not path.is_file() and "/" not in value and (destination / value).is_file():
+        path = destination / value
+    if path.name.endswith(SIDECAR):
+        archive = path.name.removesuffix(SIDECAR)
+        raise UsageError(f"{value}: that is the checksum sidecar of {archive}; give the archive itself")
+    if not path.is_file():
+        raise UsageError(f"{value}: no such archive (neither a file nor an archive name in {destination})")
+    return path
 
 
 def unlink_quietly(*paths: Path) -> None:

@@ -3,6 +3,7 @@
     with configured_remote(config) as remote: ...      # None when system.backup.offsite.remote is null
     copy_offsite(config, remote, fresh=archive.path)    # copy what the remote lacks, prune it; False: failed
     with fetched(config, remote, name) as path: ...     # downloaded with its sidecar, checksum checked
+    doomed, said = prune_everywhere(config, dry_run)    # `prune`: the destination, then the remote, under the lock
 
 hello/backup/rclone.py does the rclone part; the naming and the retention plan are hello/backup/naming.py's and
 hello/backup/retention.py's.
@@ -25,12 +26,14 @@ from hello.backup.naming import (
     OFFSITE_JOB,
     BackupError,
     UsageError,
+    backup_lock,
     check_checksum,
     find_archives,
     parse_archive,
 )
-from hello.backup.retention import keep_plan
+from hello.backup.retention import keep_plan, prune
 from hello.base.job_metrics import record_job
+from hello.base.locks import job_lock
 
 
 def configured_remote(
@@ -93,6 +96,31 @@ def copy_offsite(config: dict[str, Any], remote: rclone.Remote | None, *, fresh:
         f"newest there {newest} ({size} bytes)"
     )
     return True
+
+
+def prune_everywhere(config: dict[str, Any], dry_run: bool) -> tuple[list[Path], str | None]:
+    """`backup_script.py prune` under the backup lock (LockHeld when another run holds it): the archives it deleted
+    (or would) in the destination, and the line saying what it did on the remote (None when there is none)."""
+    with job_lock(backup_lock(config)):
+        return prune(config, dry_run=dry_run), prune_remote(config, dry_run)
+
+
+def prune_remote(config: dict[str, Any], dry_run: bool) -> str | None:
+    """Apply system.backup.keep on the remote; the line saying what it deleted (None when there is no remote).
+
+    An immutable remote (Object Lock) is never pruned from the host: the line says who expires its copies."""
+    if immutable(config):  # (a remote is set: the config check makes sure)
+        days = config["backup"]["offsite"]["immutable"]["retention_days"]
+        return (
+            f"prune: {config['backup']['offsite']['remote']} is immutable (Object Lock, {days} days): nothing deleted "
+            "there; its lifecycle rule or an admin-side job expires old copies"
+        )
+    connection = configured_remote(config)
+    if connection is None:
+        return None
+    with connection as remote:
+        doomed = rclone.prune(remote, NAMING, keep_plan(config), dry_run=dry_run)
+    return f"prune: {'would delete' if dry_run else 'deleted'} {len(doomed)} archive(s) on {remote.spec}"
 
 
 @contextlib.contextmanager

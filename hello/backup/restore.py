@@ -3,6 +3,8 @@
     from hello.backup.restore import restore
     done = restore(lambda: open_tar_stream(path), Path("restored"), run_dir=run, label=str(path), force=False)
     done.members, done.kept       # member count; where the archive's own .hello-backup/ folder went (or None)
+    done = restore_archive(config, path, "restored", force=False, keep_setid=False)   # checksum first, errors
+                                  # as the backup's (UsageError, BackupError): what `backup_script.py restore` runs
 
 How the promise is kept: members are written one by one into a new folder (0700) beside the target, through
 folder file descriptors, with checks against what is on disk rather than a model of it:
@@ -65,8 +67,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hello.backup.archive import open_tar_stream
 from hello.backup.manifest import MANIFEST_DIR
-from hello.base.files import fsync_dir, private_dir, write_atomically
+from hello.backup.naming import BackupError, UsageError, check_checksum
+from hello.base.files import NotPrivate, fsync_dir, private_dir, write_atomically
 from hello.base.locks import job_lock
 
 log = logging.getLogger("restore")
@@ -838,3 +842,24 @@ def restore(
                 with contextlib.suppress(OSError):
                     folder.rmdir()
     return result
+
+
+def restore_archive(config: dict[str, Any], path: Path, target: str, *, force: bool, keep_setid: bool) -> Restored:
+    """The checked restore of the project's archive at path (its checksum first); errors as the backup's own:
+    UsageError (exit 2) for the target or run_dir, BackupError (exit 1) for a failed restore; LockHeld as is."""
+    check_checksum(path)
+    try:
+        return restore(
+            functools.partial(open_tar_stream, path),
+            Path(target),
+            run_dir=Path(config["run_dir"]),
+            label=str(path),
+            force=force,
+            keep_setid=keep_setid,
+        )
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+    except RestoreError as exc:
+        raise BackupError(str(exc)) from None
+    except NotPrivate as exc:
+        raise UsageError(f"system.run_dir: {exc}") from None

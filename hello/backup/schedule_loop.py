@@ -1,6 +1,7 @@
 """The schedule loop: run a job once a day at a time of day (or every N seconds) until SIGTERM or SIGINT.
 
     run_schedule(job, at="02:30", every=None, zone_name="Europe/Berlin")   # returns when signalled
+    schedule_backups(config, create, at=None, every=None)   # `backup_script.py schedule`: create() daily, logged
 
 The job runs in the loop's thread; a signal stops the loop after the current run. Times are those of the
 `schedule` package (zone_name None: the host's local time; a zone needs pytz).
@@ -8,11 +9,16 @@ The job runs in the loop's thread; a signal stops the loop after the current run
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import signal
 import threading
 from collections.abc import Callable
+from typing import Any
+
+from hello.backup.naming import BackupError, UsageError
+from hello.base.config import EXIT_FAILED, EXIT_LOCKED
 
 log = logging.getLogger("backup")
 
@@ -61,3 +67,29 @@ def run_schedule(job: Callable[[], None], *, at: str, every: float | None, zone_
         idle = scheduler.idle_seconds or 1.0
         stop.wait(min(max(idle, 0.05), 1.0))
     log.info("backup schedule stopped")
+
+
+def schedule_backups(config: dict[str, Any], create: Callable[[], int], *, at: str | None, every: float | None) -> None:
+    """`backup_script.py schedule`: create() (one backup, its exit code) daily at `at` (default system.backup.time,
+    in system.backup.timezone) or every `every` seconds, until signalled; ScheduleError for a bad time or zone."""
+    backup = config["backup"]
+    job = functools.partial(_scheduled_backup, create)
+    run_schedule(job, at=at or backup["time"], every=every, zone_name=backup["timezone"])
+
+
+def _scheduled_backup(create: Callable[[], int]) -> None:
+    """One scheduled backup: failures are logged (and recorded as metrics), never raised into the loop."""
+    log.info("scheduled backup starting")
+    try:
+        code = create()
+    except (BackupError, UsageError) as exc:
+        log.error("scheduled backup failed: %s", exc)
+    except Exception:
+        log.exception("scheduled backup failed unexpectedly")
+    else:
+        if code == EXIT_LOCKED:
+            log.warning("scheduled backup skipped: another run holds the lock")
+        elif code == EXIT_FAILED:
+            log.warning("scheduled backup done, but its off-host copy failed (the next run retries it)")
+        else:
+            log.info("scheduled backup done")

@@ -1,5 +1,6 @@
 """The vault's side: pull production's new archives over its read-only SFTP, check them, keep them, drill them.
 
+    result = pull_under_lock(config)  # `backup_script.py pull`: pull() under the lock, drilled by drill.restore_steps
     result = pull(config, steps)      # PullResult; BackupError (exit 1) naming the archive it refused
 
 A second host runs the same kit with system.backup.vault.pull_from set. Each run, under <run_dir>/vault-pull.lock:
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from hello.backup import rclone
-from hello.backup.drill import DrillFailed, DrillResult, Steps, drill
+from hello.backup.drill import DrillFailed, DrillResult, Steps, drill, restore_steps
 from hello.backup.naming import (
     NAMING,
     Archive,
@@ -48,6 +49,7 @@ from hello.backup.retention import config_zone, plan_retention, prune
 from hello.backup.vault_serve import vault_dir
 from hello.base.files import fsync_dir, private_dir, write_atomically
 from hello.base.job_metrics import record_job
+from hello.base.locks import job_lock
 
 log = logging.getLogger("vault")
 
@@ -57,6 +59,7 @@ VAULT_JOB = "hello_world_backup_vault"
 NEWEST_METRIC = f"{VAULT_JOB}_newest_archive_timestamp_seconds"
 PULLED_METRIC = f"{VAULT_JOB}_pulled_archives"
 INCOMING = ".incoming"
+PULL_LOCK = "vault-pull.lock"  # in run_dir: one pull at a time
 
 
 @dataclass
@@ -103,6 +106,12 @@ def write_rclone_config(config: dict[str, Any], address: str, identity: Path, kn
     )
     write_atomically(path, text.encode(), mode=0o600)
     return path
+
+
+def pull_under_lock(config: dict[str, Any]) -> PullResult:
+    """One pull under <run_dir>/vault-pull.lock, drilled with the restore's own steps; LockHeld: another pull runs."""
+    with job_lock(Path(config["run_dir"]) / PULL_LOCK):
+        return pull(config, restore_steps(config))
 
 
 def pull(config: dict[str, Any], steps: Steps | None) -> PullResult:

@@ -1,7 +1,7 @@
 """Job outcomes as metrics: each scheduled job records whether it worked, for alerts and the dashboard.
 
     record_job(config, "hello_world_backup", success=True, started=started, finished=time.time(),
-               extra={"hello_world_backup_size_bytes": 1234})
+               extra={"hello_world_backup_size_bytes": 1234}, helps={"hello_world_backup_size_bytes": "Size ..."})
 
 record_job writes <run_dir>/metrics/<job>.prom atomically (for node_exporter's textfile collector or a human) and
 pushes the same gauges to the Pushgateway when system.monitoring.pushgateway.url is set (with the login of
@@ -27,10 +27,6 @@ from hello.base.monitor_login import read_credentials
 log = logging.getLogger(__name__)
 
 PUSH_TIMEOUT = 5.0  # seconds: a slow Pushgateway must not hold up a backup
-EXTRA_HELP = {
-    "hello_world_backup_size_bytes": "Size of the archive written by the last backup run, in bytes.",
-    "hello_world_backup_duration_seconds": "Duration of the last backup run, in seconds.",
-}
 # A labelled gauge of a job: metric name -> (label names, {label values: value}).
 LabelledSeries = dict[str, tuple[tuple[str, ...], dict[tuple[str, ...], float]]]
 
@@ -137,9 +133,7 @@ def record_job(
         last_success = finished
     elif last_success is None:
         last_success = _previous_value(path, job_gauges(job).last_success)
-    registry = _registry(
-        job, success, finished, last_success, dict(extra or {}), dict(series or {}), {**EXTRA_HELP, **(helps or {})}
-    )
+    registry = _registry(job, success, finished, last_success, dict(extra or {}), dict(series or {}), dict(helps or {}))
     unwritten = unpushed = ""
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -257,7 +257,7 @@ class Watch:
 
     def judge(self, commit: str, drain_timeout: float) -> Verdict:
         """Judge what commit answers for limits.seconds; the first regression ends it. Raises WatchError."""
-        start = self.only(commit, drain_timeout + DRAIN_MARGIN)
+        start = self.wait_for_only_commit(commit, drain_timeout + DRAIN_MARGIN)
         end = self.clock() + self.limits.seconds
         while True:
             self.sleep(max(0.0, min(POLL_SECONDS, end - self.clock())))
@@ -268,8 +268,8 @@ class Watch:
             if verdict.regression or self.clock() >= end:
                 return verdict
 
-    def only(self, commit: str, limit: float) -> Reading:
-        """The first reading in which commit is the only one live workers run: the old ones are gone."""
+    def wait_for_only_commit(self, commit: str, limit: float) -> Reading:
+        """Wait for the first reading in which commit is the only one live workers run: the old ones are gone."""
         deadline = self.clock() + limit
         while True:
             reading = read(self.url, self.timeout)
