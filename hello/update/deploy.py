@@ -263,7 +263,13 @@ class ComposeDeploy(ServedHere):
         return f"{image} still there"
 
     def deploy(self, commit: str) -> str:
-        self.docker("compose", "up", "-d", "--no-deps", SERVICE, commit=commit)
+        try:
+            self.docker("compose", "up", "-d", "--no-deps", SERVICE, commit=commit)
+        except DeployError:
+            # A release that cannot start leaves its container in a restart loop, "running" for an instant at a
+            # time, and the engine then refuses to remove it for the recreate: stop it, and recreate once more.
+            self.docker("compose", "stop", SERVICE, commit=commit, timeout=60)
+            self.docker("compose", "up", "-d", "--no-deps", SERVICE, commit=commit)
         # The image's HEALTHCHECK runs its first check one interval (30 s) after the start.
         started = time.monotonic()
         deadline = started + self.start_limit
