@@ -326,15 +326,7 @@ def test_a_stopped_server_reaches_the_webhook_and_the_mailbox_and_so_does_its_re
         )
         assert mail
 
-        with open(server.log_path, "ab") as log:  # the same port and config: Prometheus's target comes back
-            server.proc = processes.start(
-                [PYTHON, str(CHECKOUT / "hello_world.py")],
-                cwd=CHECKOUT,
-                env=server.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        server.wait_ready()
+        server.start(processes)  # the same port and config: Prometheus's target comes back
         wait_until(
             lambda: webhook_sink.alerts("/alerts", "HelloWorldDown", "resolved"), 60, "the resolved notification"
         )

@@ -26,6 +26,10 @@ class HelloServer:
         self.config_path = write_config(directory, deep_merge({"server": server}, overrides or {}))
         self.env = {**os.environ, "HELLO_CONFIG": str(self.config_path)}
         self.log_path = directory / "server.log"
+        self.start(registry)
+
+    def start(self, registry: ProcessRegistry) -> None:
+        """Start the server on its port and config (again, after a stop), its output appended to its log."""
         with open(self.log_path, "ab") as log:
             self.proc = registry.start(
                 [PYTHON, str(CHECKOUT / "hello_world.py")],
