@@ -95,8 +95,8 @@ def run_verify(config: dict[str, Any], args: argparse.Namespace) -> int:
             found: list[Any] = inventory.local_to_verify(config, args.archive)
             verdicts, where = inventory.verify_local(found), f"in {config['backup']['destination']}"
         else:
-            found = inventory.offsite_to_verify(remote, args.archive)
-            verdicts, where = inventory.verify_offsite(remote, found), f"on {remote.spec}"
+            found = inventory.offsite_to_verify(config, remote, args.archive)
+            verdicts, where = inventory.verify_offsite(config, remote, found), f"on {remote.spec}"
         if not found:
             log.error("no archives %s to verify", where)
             return EXIT_FAILED

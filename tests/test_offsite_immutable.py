@@ -32,6 +32,7 @@ MANIFEST_DIR = MANIFEST_NAME.split("/")[0]
 
 BUCKET = "hello-locked"
 UNLOCKED = "hello-unlocked"  # versioned, no Object Lock: what the canary check must catch
+EXPIRING = "hello-expiring"  # Object Lock, no default: the owner locks each version for seconds, standing in for days
 LOCK_DAYS = 1  # the bucket's default COMPLIANCE retention here; a real one is system.backup.offsite.immutable's
 # rclone 1.60's s3 backend fails every call while AWS_CA_BUNDLE is set ("unsupported transport"): README says so.
 RCLONE_ENV = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
@@ -88,6 +89,7 @@ class LockedS3:
     admin: tuple[str, str]  # access key, secret key: the bucket owner's, never on the host
     host: tuple[str, str]  # the host's: read, list, write on the bucket only
     rclone_config: Path  # the host's rclone config: remote `locked:` with the host key
+    owner_config: Path  # the owner's, on another machine: remote `owner:` with the admin key
 
     def client(self, key: tuple[str, str]):
         import boto3  # noqa: PLC0415 - a dev-only dependency of this tier
@@ -135,7 +137,9 @@ def locked_s3(tmp_path_factory: pytest.TempPathFactory):
         {
             "name": "host",
             "credentials": [dict(zip(("accessKey", "secretKey"), host, strict=True))],
-            "actions": [f"{verb}:{bucket}" for bucket in (BUCKET, UNLOCKED) for verb in ("Read", "List", "Write")],
+            "actions": [
+                f"{verb}:{bucket}" for bucket in (BUCKET, UNLOCKED, EXPIRING) for verb in ("Read", "List", "Write")
+            ],
         },
     ]
     s3_json = base / "s3.json"
@@ -164,7 +168,7 @@ def locked_s3(tmp_path_factory: pytest.TempPathFactory):
     try:
         with open(base / "weed.log", "wb") as log:
             proc = registry.start(command, stdout=log, stderr=subprocess.STDOUT, cwd=base)
-        store = LockedS3(f"http://127.0.0.1:{ports['s3']}", admin, host, base / "rclone.conf")
+        store = LockedS3(f"http://127.0.0.1:{ports['s3']}", admin, host, base / "rclone.conf", base / "owner.conf")
         owner = store.client(admin)
 
         def bucket_made() -> bool:
@@ -184,22 +188,24 @@ def locked_s3(tmp_path_factory: pytest.TempPathFactory):
                 "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": LOCK_DAYS}},
             },
         )
+        owner.create_bucket(Bucket=EXPIRING, ObjectLockEnabledForBucket=True)
         owner.create_bucket(Bucket=UNLOCKED)
         owner.put_bucket_versioning(Bucket=UNLOCKED, VersioningConfiguration={"Status": "Enabled"})
-        store.rclone_config.write_text(
-            "[locked]\ntype = s3\nprovider = Other\nregion = us-east-1\nforce_path_style = true\n"
-            f"endpoint = {store.endpoint}\naccess_key_id = {host[0]}\nsecret_access_key = {host[1]}\n"
-            "no_check_bucket = true\n"
-        )
-        store.rclone_config.chmod(0o600)
+        for name, key, path in (("locked", host, store.rclone_config), ("owner", admin, store.owner_config)):
+            path.write_text(
+                f"[{name}]\ntype = s3\nprovider = Other\nregion = us-east-1\nforce_path_style = true\n"
+                f"endpoint = {store.endpoint}\naccess_key_id = {key[0]}\nsecret_access_key = {key[1]}\n"
+                "no_check_bucket = true\n"
+            )
+            path.chmod(0o600)
         yield store
     finally:
         registry.cleanup()
 
 
-def versions(store: LockedS3) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+def versions(store: LockedS3, bucket: str = BUCKET) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
     """key -> its versions (newest first), key -> its delete markers, as the bucket owner sees them."""
-    listing = store.client(store.admin).list_object_versions(Bucket=BUCKET)
+    listing = store.client(store.admin).list_object_versions(Bucket=bucket)
     found: dict[str, list[dict]] = {}
     markers: dict[str, list[dict]] = {}
     for version in listing.get("Versions", []):
@@ -347,6 +353,58 @@ def test_backups_reach_the_locked_bucket_and_survive_an_attacker_with_the_hosts_
     assert [(row["name"], row["has_checksum"]) for row in json.loads(listing.stdout)] == [(n, True) for n in names]
     drilled = backup(config, "drill", timeout=120)
     assert drilled.returncode == 0 and f"drill passed: {names[-1]}" in drilled.stdout, drilled.stdout + drilled.stderr
+    # verify reads every archive's newest good version, past the garbage put over it, and says which
+    verified = backup(config, "verify", "--offsite", timeout=180)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    lines = verified.stdout.strip().splitlines()
+    assert len(lines) == len(names) and all(line.startswith("OK ") for line in lines), lines
+    for name, line in zip(names, lines, strict=True):
+        assert f"{name.removesuffix('.gz')}-v" in line and "past 1 newer bad one(s)" in line, line
+
+
+def rclone_as(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = ["rclone", "--config", str(config), *args]
+    return subprocess.run(command, env=RCLONE_ENV, capture_output=True, text=True, timeout=120)
+
+
+def test_after_the_retention_date_the_owners_expiry_deletes_what_the_host_could_not(
+    tmp_path: Path, locked_s3: LockedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    source = tmp_path / "src"
+    source.mkdir()
+    make_tree(source)
+    offsite = {"remote": f"locked:{EXPIRING}", "rclone_config": str(locked_s3.rclone_config)}
+    overrides = {
+        "monitoring": {"pushgateway": {"url": None}},
+        "backup": {"source": str(source), "destination": str(tmp_path / "b"), "timezone": "UTC"},
+    }
+    overrides["backup"]["offsite"] = {**offsite, "immutable": {"retention_days": 200}}
+    result = backup(write_config(tmp_path / "cfg", overrides), "create", timeout=120)
+    assert result.returncode == 0 and "off-host: copied 1 archive(s)" in result.stdout, result.stdout + result.stderr
+
+    # The owner locks every version for a few seconds: what the bucket's default does for N days.
+    owner = locked_s3.client(locked_s3.admin)
+    found, _ = versions(locked_s3, EXPIRING)
+    until = time.time() + 6
+    for key, each in found.items():
+        for version in each:
+            retention = {"Mode": "COMPLIANCE", "RetainUntilDate": until}
+            owner.put_object_retention(Bucket=EXPIRING, Key=key, VersionId=version["VersionId"], Retention=retention)
+    kept = sum(len(each) for each in found.values())
+    assert kept >= 4, found  # the archive and its sidecar, each also under its temporary name
+
+    # README's expiry, run with the owner's key on another machine (there with `--min-age <N>d`: every version older
+    # than the retention; here every version). Before the date the store refuses it, even to the owner; after it,
+    # nothing of the copies is left.
+    expiry = ("--s3-versions", "delete", f"owner:{EXPIRING}")
+    early = rclone_as(locked_s3.owner_config, *expiry)
+    assert early.returncode != 0, early.stdout + early.stderr
+    assert sum(len(each) for each in versions(locked_s3, EXPIRING)[0].values()) == kept, "refused before the date"
+    wait_until(lambda: time.time() > until + 1, 10, "the retention date to pass")
+    late = rclone_as(locked_s3.owner_config, *expiry)
+    assert late.returncode == 0, late.stdout + late.stderr
+    assert versions(locked_s3, EXPIRING)[0] == {}, "every version is gone after the date"
 
 
 def test_versions_of_an_archive_are_its_own_newest_first_and_nothing_else() -> None:

@@ -3,7 +3,7 @@
     rows = local_rows(config)                    # [{"name", "path", "time", "size", "checksum_ok", "problem"}]
     rows = offsite_rows(config, remote)          # [{"name", "path", "time", "size", "has_checksum"}]
     for ok, text in verify_local(paths): ...     # checksum, then a full read of every member
-    for ok, text in verify_offsite(remote, names): ...   # every byte downloaded, checked against its sidecar
+    for ok, text in verify_offsite(config, remote, names): ...   # every byte downloaded, checked against its sidecar
 
 The rows are what `list --json` prints; a verify yields (passed, what) per archive as it goes (a full read of a
 big archive takes a while), and the command prints each line.
@@ -79,19 +79,30 @@ def verify_local(paths: list[Path]) -> Iterator[tuple[bool, str]]:
             yield True, f"{path} ({members} members, {time.monotonic() - started:.2f} s)"
 
 
-def offsite_to_verify(remote: rclone.Remote, name: str | None) -> list[str]:
-    """The archive name asked for, else every archive on the remote."""
-    return [name] if name else list(rclone.archives_on(remote.files(), NAMING))
+def offsite_to_verify(config: dict[str, Any], remote: rclone.Remote, name: str | None) -> list[str]:
+    """The archive name asked for, else every archive on the remote (in any version when it is immutable)."""
+    if name:
+        return [name]
+    files = offsite_versions.every_file(remote) if immutable(config) else remote.files()
+    return list(rclone.archives_on(files, NAMING))
 
 
-def verify_offsite(remote: rclone.Remote, names: list[str]) -> Iterator[tuple[bool, str]]:
-    """Each archive downloaded and checked against the remote sidecar: (passed, what) as verify_local."""
+def verify_offsite(config: dict[str, Any], remote: rclone.Remote, names: list[str]) -> Iterator[tuple[bool, str]]:
+    """Each archive downloaded and checked against the remote sidecar: (passed, what) as verify_local.
+
+    On an immutable remote the newest version matching a version of its sidecar passes: a delete marker or a garbage
+    version an attacker put over it is passed over, and said."""
     for name in names:
         started = time.monotonic()
         try:
-            rclone.verify(remote, name, NAMING)
+            if immutable(config):
+                version, newer = offsite_versions.verify_newest_good(remote, name, NAMING)
+                found = f"version {version}, past {newer} newer bad one(s); " if version != name or newer else ""
+            else:
+                rclone.verify(remote, name, NAMING)
+                found = ""
         except rclone.OffsiteError as exc:
             yield False, str(exc)
         else:
             seconds = time.monotonic() - started
-            yield True, f"{remote.path(name)} (every byte matches its sidecar, {seconds:.2f} s)"
+            yield True, f"{remote.path(name)} ({found}every byte matches its sidecar, {seconds:.2f} s)"

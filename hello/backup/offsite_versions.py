@@ -1,6 +1,7 @@
 """The versions of an archive on an object-locked S3 remote, and the newest good one behind what an attacker added.
 
     path = fetch_newest_good(remote, "hello-world-20261204T020000Z.tar.gz", folder, naming)
+    version, passed = verify_newest_good(remote, "hello-world-20261204T020000Z.tar.gz", naming)
 
 A compromised host cannot delete a locked version, but it can hide one behind a delete marker or put a garbage
 version over it. rclone (1.60 too) lists every version with `--s3-versions`, here the connection string
@@ -55,22 +56,35 @@ def every_file(remote: Remote) -> dict[str, int]:
     return {name: size for name, (_, size) in folded.items()}
 
 
-def fetch_newest_good(remote: Remote, name: str, folder: Path, naming: Naming) -> Path:
-    """Download the newest version of an archive that matches a version of its sidecar into folder; its path.
-
-    The sidecar that matched is written beside it, so the caller's own checksum check passes on the same bytes."""
+def _candidates(remote: Remote, name: str, naming: Naming) -> tuple[Remote, list[str], dict[str, str]]:
+    """The versions remote, an archive's versions newest first, and sha256 -> text of each readable sidecar version."""
     versions = Remote(versions_spec(remote.spec), remote.daemon)
     listed = list(versions.files())
-    archives, sidecars = versions_of(listed, name), versions_of(listed, naming.sidecar(name))
+    archives = versions_of(listed, name)
     if not archives:
         raise OffsiteError(f"{remote.path(name)}: no such archive on the remote, in any version")
     digests: dict[str, str] = {}
-    for sidecar in sidecars:
+    for sidecar in versions_of(listed, naming.sidecar(name)):
         try:
             text = versions.read_text(sidecar)
             digests[naming.sidecar_digest(text, name)] = text
         except (OffsiteError, ValueError):
             continue  # a garbage sidecar version: not a witness
+    return versions, archives, digests
+
+
+def _no_good_version(remote: Remote, name: str, archives: list[str], digests: dict[str, str]) -> OffsiteError:
+    return OffsiteError(
+        f"{remote.path(name)}: none of its {len(archives)} version(s) matches "
+        f"any of its {len(digests)} readable sidecar version(s)"
+    )
+
+
+def fetch_newest_good(remote: Remote, name: str, folder: Path, naming: Naming) -> Path:
+    """Download the newest version of an archive that matches a version of its sidecar into folder; its path.
+
+    The sidecar that matched is written beside it, so the caller's own checksum check passes on the same bytes."""
+    versions, archives, digests = _candidates(remote, name, naming)
     for candidate in archives:
         path = folder / name
         versions.download(candidate, path)
@@ -79,10 +93,17 @@ def fetch_newest_good(remote: Remote, name: str, folder: Path, naming: Naming) -
             path.with_name(naming.sidecar(name)).write_text(digests[digest], encoding="utf-8")
             return path
         path.unlink()
-    raise OffsiteError(
-        f"{remote.path(name)}: none of its {len(archives)} version(s) matches "
-        f"any of its {len(sidecars)} sidecar version(s)"
-    )
+    raise _no_good_version(remote, name, archives, digests)
+
+
+def verify_newest_good(remote: Remote, name: str, naming: Naming) -> tuple[str, int]:
+    """Read the versions of an archive, newest first, until one matches a version of its sidecar: that version's
+    name and how many newer versions (garbage an attacker put over it) were passed on the way."""
+    versions, archives, digests = _candidates(remote, name, naming)
+    for passed, candidate in enumerate(archives):
+        if versions.sha256(candidate) in digests:
+            return candidate, passed
+    raise _no_good_version(remote, name, archives, digests)
 
 
 def check_canary_locked(remote: Remote, scratch: Path | None) -> None:
