@@ -443,6 +443,126 @@ def test_any_split_of_a_pipeline_gets_the_same_answers(
     assert not transport.closed
 
 
+# --- repeats: a read that equals the last one -------------------------------------------------------
+
+
+class Unrepeating(HttpConnection):
+    """The protocol with repeats turned off: every read is parsed. What a repeating connection must equal."""
+
+    def data_received(self, data: bytes) -> None:
+        self.repeatable = None
+        super().data_received(data)
+
+
+def parses(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The reads the connection hands to llhttp from now on."""
+    fed: list[bytes] = []
+    parse = client.connection.parse
+    monkeypatch.setattr(client.connection, "parse", lambda data: (fed.append(data), parse(data))[1])
+    return fed
+
+
+def test_a_repeated_read_is_answered_and_counted_without_a_parse(
+    connect: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = connect()
+    fed = parses(client, monkeypatch)
+    before = counts(client.metrics)
+    for _ in range(5):
+        client.send(request("/"))
+    assert fed == [request("/")], "only the first read is parsed"
+    answers = client.answers()
+    assert [(a.status, a.body) for a in answers] == [(200, b"Hello, World!\n")] * 5
+    assert counted_since(client.metrics, before) == {("GET", "/", 200): 5.0}
+    assert client.connection.idle_since == client.loop.now and not client.transport.closed
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        request("/metrics"),  # answered per request: never repeated
+        request("/") * 2,  # two requests in one read
+        request("/", extra="Connection: close\r\n"),  # closes
+        request("/", method="POST", extra="Content-Length: 2\r\n") + b"hi",  # a body
+        request("/")[:10],  # part of a request
+        request("/", extra="Upgrade: websocket\r\nConnection: Upgrade\r\n"),
+    ],
+    ids=["metrics", "pipeline", "close", "body", "partial", "upgrade"],
+)
+def test_only_one_whole_fixed_request_answered_and_kept_alive_is_repeated(
+    connect: Callable[..., Client], monkeypatch: pytest.MonkeyPatch, read: bytes
+) -> None:
+    client = connect()
+    fed = parses(client, monkeypatch)
+    client.send(read)
+    client.send(read)
+    assert fed == [read, read] or client.transport.closed, fed
+
+
+def test_a_repeat_follows_draining_and_the_date(
+    connect: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1_700_000_000.25]
+    monkeypatch.setattr(protocol.time, "time", lambda: now[0])
+    client = connect()
+    client.send(request("/readyz"))
+    now[0] += 1
+    client.service.refresh_date()
+    client.send(request("/readyz"))  # repeated: the new Date
+    client.service.draining = True
+    client.send(request("/readyz"))  # parsed again: 503 and close
+    first, second, third = client.answers()
+    assert (first.header("date"), second.header("date")) == (
+        ["Tue, 14 Nov 2023 22:13:20 GMT"],
+        ["Tue, 14 Nov 2023 22:13:21 GMT"],
+    )
+    assert (third.status, third.header("connection")) == (503, ["close"]) and client.transport.closed
+
+
+READS = [request("/"), request("/"), request("/healthz", method="HEAD"), request("/x"), request("/", "PUT")]
+READS += [request("/") * 2, request("/")[:9], request("/")[9:], b"\r\n"]
+STEPS = st.one_of(st.sampled_from(READS), st.sampled_from(["tick", "drain", "read", "turns"]))
+
+
+@settings(max_examples=300, deadline=5000, database=None)  # ms: a loaded machine
+@given(steps=st.lists(STEPS, min_size=1, max_size=20))
+def test_repeats_change_nothing_a_client_or_the_counts_see(
+    site_metrics: tuple[Any, Any], steps: list[bytes | str]
+) -> None:
+    """Any run of reads, ticks of the clock, draining and unread answers: the same bytes written, the same counts,
+    the same closes, with repeats as with every read parsed."""
+    site, metrics = site_metrics
+    seen = []
+    for kind in (Unrepeating, HttpConnection):
+        now = [1_700_000_000.5]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(protocol.time, "time", lambda now=now: now[0])
+            loop = FakeLoop()
+            service = Service(site, metrics, LIMITS, loop)  # type: ignore[arg-type]
+            connection = kind(service)
+            transport = FakeTransport(connection)
+            connection.connection_made(transport)  # type: ignore[arg-type]
+            transport.high = 300  # a few answers left unread pause the writing
+            before = counts(metrics)
+            for step in steps:
+                if step == "tick":
+                    now[0] += 1
+                    service.refresh_date()
+                elif step == "drain":
+                    service.draining = True
+                elif step == "read":
+                    transport.read()
+                elif step == "turns":
+                    loop.run_soon()
+                elif not (transport.closed or transport.aborted):
+                    connection.data_received(step)
+            loop.run_soon()
+            transport.read()
+            loop.run_soon()
+        seen.append((transport.written, counted_since(metrics, before), transport.closed, transport.aborted))
+    assert seen[0] == seen[1]
+
+
 # --- malformed requests and the RFC's rules ----------------------------------------------------------
 
 

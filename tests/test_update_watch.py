@@ -230,16 +230,15 @@ def buggy_protocol(text: str, bug: str, prelude: str = "") -> str:
         "        name = name.lower()\n": (
             "        name = name.lower()\n        if name == b'user-agent':\n            self.agent = True\n"
         ),
-        "        label = METHOD_LABELS.get(method, OTHER)\n": (
-            "        label = METHOD_LABELS.get(method, OTHER)\n"
-            "        if route == '/' and not getattr(self, 'agent', True):\n"
-            + "".join(f"            {line}\n" for line in bug.splitlines())
-        ),
     }
     for old, new in edits.items():
         assert text.count(old) == 1, f"hello/server/protocol.py changed: the test cannot insert its bug at {old!r}"
         text = text.replace(old, new)
-    return text
+    # before the answer is written, where respond writes it and where a repeated read is answered without a parse
+    write = "        self.write_answer(label, route, status, data, keep_alive, started)\n"
+    assert text.count(write) == 2, "hello/server/protocol.py changed: the test cannot insert its bug where / is written"
+    guarded = "        if route == '/' and not getattr(self, 'agent', True):\n"
+    return text.replace(write, guarded + "".join(f"            {line}\n" for line in bug.splitlines()) + write)
 
 
 def flaky_protocol(text: str) -> str:

@@ -23,6 +23,10 @@ Per connection:
   one turn of the loop (the rest is parsed on the next turn, after the other connections had theirs).
   A client that leaves its answers unread for write_timeout is dropped.
 - Upgrade requests are answered as plain HTTP and what is pipelined behind them is parsed on.
+- Repeats: a read whose bytes equal the last read, when that read was one whole request of a fixed route (a
+  prebuilt answer) answered and kept alive, is answered without parsing it again: llhttp would call back the
+  same and respond choose the same. The answer is still taken from the prebuilt answers (the Date, draining)
+  and counted as it is written; what a repeat skips is the parse, never the answer.
 - Warnings a client can cause (malformed requests, the file limit) are rate-limited.
 """
 
@@ -272,6 +276,8 @@ class HttpConnection(asyncio.Protocol):
         self.held = b""  # read but not parsed yet: the client is not reading its answers, or the turn is over
         self.turn_answers = 0
         self.idle_since: float | None = None
+        self.fixed_answer: tuple[str, str, int, bool] | None = None  # the last request's, when it had one (respond)
+        self.repeatable: bytes | None = None  # the last read, when a read of the same bytes may be repeated
 
     # the connection
 
@@ -349,16 +355,34 @@ class HttpConnection(asyncio.Protocol):
     # bytes in
 
     def data_received(self, data: bytes) -> None:
+        if data == self.repeatable:
+            return self.repeat(data)
         if self.closing:
             return
         if self.held:  # read before the pause took effect: parsed after what is held
             self.held += data
             return
         self.turn_answers = 0
+        self.fixed_answer = self.repeatable = None
         if len(data) <= READ_SLICE and not self.write_paused:
             self.parse(data)  # the usual read: one request or a few, parsed at once
+            if self.fixed_answer is not None and self.turn_answers == 1 and self.phase == IDLE and self.keep_alive:
+                self.repeatable = data  # one whole request, answered from prebuilt bytes and kept alive
         else:
             self.feed(data)
+
+    def repeat(self, read: bytes) -> None:
+        """Answer a read that repeats the last one (module docstring) as respond did, or parse it when it must be."""
+        started = time.perf_counter()
+        service = self.service
+        if service.draining or self.closing or self.write_paused or self.held or service.access_log:
+            self.repeatable = None
+            return self.data_received(read)
+        label, route, asked, head = self.fixed_answer
+        keep_alive = True
+        status, data = service.prebuilt(route, asked, keep_alive, head)
+        self.turn_answers = 0
+        self.write_answer(label, route, status, data, keep_alive, started)
 
     def feed(self, data: bytes) -> None:
         """Parse data, in slices if it is big; hold the rest while answers wait or the turn's answers are made."""
@@ -433,7 +457,7 @@ class HttpConnection(asyncio.Protocol):
     def refuse_upgrade(self, rest: bytes) -> None:
         """No protocol switch here: the request was answered as plain HTTP; parse what follows it likewise."""
         self.parser = httptools.HttpRequestParser(self)
-        self.phase = IDLE
+        self.phase, self.fixed_answer = IDLE, None  # a new parser: the read is not repeated without one
         if self.has_body:
             # llhttp took its body for the new protocol: what follows cannot be told apart from it. Close.
             self.close()
@@ -509,16 +533,19 @@ class HttpConnection(asyncio.Protocol):
         # A request with a body is answered at once and closed once its body is read: nothing here uses one.
         keep_alive = version == "1.1" and not (service.draining or self.has_body) and parser.should_keep_alive()
         head = method == b"HEAD"
+        label = METHOD_LABELS.get(method, OTHER)
         if route == OTHER:
-            status, data = service.prebuilt(route, 404, keep_alive, head)
+            asked: int | None = 404
         elif method != b"GET" and not head:
-            status, data = service.prebuilt(route, 405, keep_alive, head)
-        elif route in site.fixed:
-            status, data = service.prebuilt(route, 200, keep_alive, head)
+            asked = 405
         else:
+            asked = 200 if route in site.fixed else None
+        if asked is None:
             answer = site.answer(route, self.accept, service.draining)
             status, data = answer[0], frame(answer, service.date, keep_alive, head)
-        label = METHOD_LABELS.get(method, OTHER)
+        else:
+            self.fixed_answer = (label, route, asked, head)
+            status, data = service.prebuilt(route, asked, keep_alive, head)
         self.write_answer(label, route, status, data, keep_alive, started)
 
     def write_answer(self, method: str, route: str, status: int, data: bytes, keep_alive: bool, started: float) -> None:
