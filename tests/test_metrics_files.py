@@ -151,6 +151,21 @@ def test_the_shared_page_is_rendered_at_most_once_a_second_after_a_burst_and_sha
     assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".db") or ".tmp" in path.name]
 
 
+def test_a_scraper_of_one_format_leaves_the_other_its_renders(tmp_path, monkeypatch):
+    """Prometheus scraping OpenMetrics once a second took the one render a second the text page had too, so a
+    text scraper got the same stale page for as long as Prometheus scraped (validation's counter check failed)."""
+    now = [100.0]
+    monkeypatch.setattr(metrics_files.time, "monotonic", lambda: now[0])
+    pages = metrics_files.SharedPage(tmp_path, burst=1, per_second=1.0)
+    assert pages.render_or_newest("text", lambda: b"text 1") == b"text 1"
+    for second in range(1, 4):
+        now[0] += 1.0
+        pages.render_or_newest("openmetrics", lambda second=second: b"openmetrics %d" % second)
+        assert pages.render_or_newest("text", lambda second=second: b"text %d" % (second + 1)) == b"text %d" % (
+            second + 1
+        ), "a fresh text page each second"
+
+
 def test_prometheus_client_files_are_named_and_read_as_the_merge_expects(tmp_path):
     """The parts of prometheus_client's internals the merge depends on (hello/server/metrics_files.py's docstring)."""
     pid = run_worker(tmp_path, seed=1)

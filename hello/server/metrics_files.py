@@ -134,7 +134,7 @@ class LockedCollector(MultiProcessCollector):
 class SharedPage:
     """The rendered /metrics page, kept in the multiprocess directory and shared by the workers.
 
-    A worker renders a new page while it has renders left in its bucket (`burst`, refilled at one a
+    A worker renders a new page while it has renders left in that page's bucket (`burst`, refilled at one a
     second); past that it answers the newest page any worker rendered. Scrapes now and then always get a
     fresh page; a flood of them costs about one render a second per worker.
 
@@ -145,23 +145,23 @@ class SharedPage:
 
     def __init__(self, directory: Path, burst: int = 5, per_second: float = 1.0) -> None:
         self.directory, self.burst, self.per_second = directory, burst, per_second
-        self.tokens, self.filled_at = float(burst), time.monotonic()
+        # A bucket per page: Prometheus scraping OpenMetrics every second must not starve the text page of renders.
+        self.buckets: dict[str, tuple[float, float]] = {}  # name -> (renders left, when counted)
         self.memory: dict[str, tuple[tuple[int, int], bytes]] = {}  # name -> ((inode, mtime), page)
 
-    def take_token(self) -> bool:
+    def take_token(self, name: str) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.filled_at) * self.per_second)
-        self.filled_at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+        tokens, filled_at = self.buckets.get(name, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - filled_at) * self.per_second)
+        taken = tokens >= 1
+        self.buckets[name] = (tokens - taken, now)
+        return taken
 
     def render_or_newest(self, name: str, render: Callable[[], bytes]) -> bytes:
         """The page called name (one per format): a new render, written for every worker to read, while this worker
         has renders left; else the newest page any worker wrote."""
         path = self.directory / f".page-{name}"
-        if not self.take_token():
+        if not self.take_token(name):
             page = self.newest(path, name)
             if page is not None:
                 return page

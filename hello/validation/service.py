@@ -58,8 +58,8 @@ def check_counter(ctx: Context) -> str:
     for _attempt in range(3):  # another client's request in between can move it by more: try again
         before = count()
         ctx.server.ok("/version")
-        # A worker writes its counts every 0.1 s, and under repeated scrapes renders /metrics about once a second
-        # (hello/server/metrics_files.py SharedPage): poll gently, for longer than that.
+        # Under repeated scrapes a worker renders /metrics about once a second (hello/server/metrics_files.py
+        # SharedPage): poll gently, for longer than that.
         deadline = time.monotonic() + min(ctx.timeout, 3.0)
         after = count()
         while after == before and time.monotonic() < deadline:
