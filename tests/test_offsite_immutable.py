@@ -126,15 +126,12 @@ mkdir -p empty && rclone sync empty "$remote" && echo "sync from empty: done" ||
 """
 
 
-def test_backups_reach_the_locked_bucket_and_survive_an_attacker_with_the_hosts_rclone_config(
-    tmp_path: Path, locked_s3: LockedS3, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
-    source = tmp_path / "src"
+def backing_up_to(tmp_path: Path, store: LockedS3, bucket: str) -> tuple[Path, Path, Path]:
+    """A config backing a fresh tree up into bucket with the host's key, immutable: (config, source, destination)."""
+    source, destination = tmp_path / "src", tmp_path / "backups"
     source.mkdir()
     make_tree(source)
-    destination = tmp_path / "backups"
-    offsite = {"remote": f"locked:{BUCKET}", "rclone_config": str(locked_s3.rclone_config)}
+    offsite = {"remote": f"locked:{bucket}", "rclone_config": str(store.rclone_config)}
     overrides = {
         "monitoring": {"pushgateway": {"url": None}},
         "backup": {
@@ -145,7 +142,14 @@ def test_backups_reach_the_locked_bucket_and_survive_an_attacker_with_the_hosts_
             "offsite": {**offsite, "immutable": {"retention_days": 200}},
         },
     }
-    config = write_config(tmp_path / "cfg", overrides)
+    return write_config(tmp_path / "cfg", overrides), source, destination
+
+
+def test_backups_reach_the_locked_bucket_and_survive_an_attacker_with_the_hosts_rclone_config(
+    tmp_path: Path, locked_s3: LockedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    config, source, destination = backing_up_to(tmp_path, locked_s3, BUCKET)
     for _ in range(2):
         before = {path.name for path in archives(destination)}
         result = backup(config, "create", timeout=120)
@@ -268,16 +272,8 @@ def test_after_the_retention_date_the_owners_expiry_deletes_what_the_host_could_
     tmp_path: Path, locked_s3: LockedS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
-    source = tmp_path / "src"
-    source.mkdir()
-    make_tree(source)
-    offsite = {"remote": f"locked:{EXPIRING}", "rclone_config": str(locked_s3.rclone_config)}
-    overrides = {
-        "monitoring": {"pushgateway": {"url": None}},
-        "backup": {"source": str(source), "destination": str(tmp_path / "b"), "timezone": "UTC"},
-    }
-    overrides["backup"]["offsite"] = {**offsite, "immutable": {"retention_days": 200}}
-    result = backup(write_config(tmp_path / "cfg", overrides), "create", timeout=120)
+    config, _, _ = backing_up_to(tmp_path, locked_s3, EXPIRING)
+    result = backup(config, "create", timeout=120)
     assert result.returncode == 0 and "off-host: copied 1 archive(s)" in result.stdout, result.stdout + result.stderr
 
     # The owner locks every version for a few seconds: what the bucket's default does for N days.

@@ -445,7 +445,8 @@ def test_a_fresh_system_fails_in_lines_that_fit_and_say_what_to_do(hello_server)
     assert max(map(len, lines)) <= 120, "\n".join(line for line in lines if len(line) > 120)
     failed = [line for line in lines if line.startswith("FAIL")]
     as_json = {(r["group"], r["check"]): r for r in json.loads(run([PYTHON, script, "--json"], CHECKOUT, env).stdout)}
-    assert len(failed) == sum(r["status"] == "FAIL" for r in as_json.values()) >= 8, done.stdout
+    failed_json = sorted(f"{r['check']}: {r['detail']}" for r in as_json.values() if r["status"] == "FAIL")
+    assert len(failed) == len(failed_json) >= 8, "\n".join([*failed, "--- and with --json:", *failed_json])
     assert all(FIX_HINT.search(line) for line in failed), "\n".join(failed)
     assert f"{CHECK['check_archive_age'][1]}; fix: run `make backup`" in done.stdout
     assert f"{CHECK['check_scheduler'][1]}; fix: run `make cron | crontab -` or `make systemd-install`" in done.stdout
@@ -584,7 +585,7 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: scheduler.schedule_loops({CHECKOUT}), 30, "the `make backup-schedule` loop")
+        wait_until(lambda: scheduler.schedule_loops({CHECKOUT}, config), 30, "the `make backup-schedule` loop")
         wait_until(
             lambda: (
                 prometheus_query(prometheus, 'count_over_time(up{job="hello-world"}[1m]) >= 3')
@@ -617,6 +618,19 @@ def test_make_monitor_start_backup_validate_exits_0(tmp_path: Path, processes: P
         for proc in processes.popens:  # the backup-schedule loop: its own session, stopped by its PID group
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
+
+
+def test_a_schedule_loop_counts_as_the_scheduler_only_of_the_config_it_reads(
+    tmp_path: Path, processes: ProcessRegistry
+) -> None:
+    """Another deployment's loop from this checkout (another config) is not this one's scheduler: the check looked
+    only at the checkout, and a test's loop running beside made the fresh-system test see a scheduler."""
+    ours, other = write_config(tmp_path / "ours", {}), write_config(tmp_path / "other", {})
+    env = {**os.environ, "HELLO_CONFIG": str(ours)}
+    loop = processes.start([PYTHON, str(CHECKOUT / "backup_script.py"), "schedule"], env=env, cwd=tmp_path)
+    wait_until(lambda: scheduler.schedule_loops({CHECKOUT}, ours), 30, "the loop found by the config it reads")
+    assert loop.poll() is None
+    assert scheduler.schedule_loops({CHECKOUT}, other) == [], "a loop reading another config"
 
 
 def test_the_kits_webhook_sink_prints_each_alert_it_receives(tmp_path: Path, processes: ProcessRegistry) -> None:

@@ -1,5 +1,5 @@
 """Group `backup`, its last check: a scheduler exists (a crontab line, an enabled systemd timer, or a running
-`backup_script.py schedule` loop of this checkout)."""
+`backup_script.py schedule` loop of this checkout reading this config)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,22 @@ def _cron_lines() -> tuple[list[str], str]:
     return backup_cron_lines(done.stdout), "no crontab line runs backup_script.py or make backup"
 
 
-def schedule_loops(directories: set[Path]) -> list[tuple[int, str]]:
-    """(PID, command) of running `backup_script.py schedule` loops of code in directories (reads /proc only)."""
+def _loop_config(entry: Path, script: Path) -> Path | None:
+    """The config file a running loop reads (HELLO_CONFIG, from its cwd; else config.yaml beside its script, as
+    hello/base/config.py has it); None when its environment is not ours to read."""
+    try:
+        environ = (entry / "environ").read_bytes().split(b"\0")
+        cwd = Path(os.readlink(entry / "cwd"))
+    except OSError:
+        return None
+    chosen = next((item[len(b"HELLO_CONFIG=") :] for item in environ if item.startswith(b"HELLO_CONFIG=")), b"")
+    return (cwd / os.fsdecode(chosen)).resolve() if chosen else script.parent / "config.yaml"
+
+
+def schedule_loops(directories: set[Path], config_file: Path | None = None) -> list[tuple[int, str]]:
+    """(PID, command) of running `backup_script.py schedule` loops of code in directories (reads /proc only); with
+    config_file, only the loops that read it: a loop of this checkout with another config schedules another
+    deployment's backups."""
     loops = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -55,7 +69,10 @@ def schedule_loops(directories: set[Path]) -> list[tuple[int, str]]:
                 path = Path(os.readlink(entry / "cwd")) / path
             except OSError:
                 continue
-        if path.resolve().parent in directories:
+        path = path.resolve()
+        if path.parent not in directories:
+            continue
+        if config_file is None or _loop_config(entry, path) == config_file.resolve():
             loops.append((int(entry.name), " ".join(args)))
     return loops
 
@@ -68,11 +85,12 @@ def check_scheduler(ctx: Context) -> str:
     timer = units.enabled_timer(CHECKOUT, "backup")
     if timer:
         return f"systemd timer: {timer} (enabled)"
-    loops = schedule_loops({CHECKOUT, Path(ctx.config["config_file"]).parent})
+    config_file = Path(ctx.config["config_file"])
+    loops = schedule_loops({CHECKOUT, config_file.parent}, config_file)
     if loops:
         pid, command = loops[0]
         return f"schedule loop: PID {pid} ({command})"
     raise CheckFailed(
-        f"no scheduler: {why_not}, and no `backup_script.py schedule` process of {CHECKOUT} runs "
-        "(install the `make cron` lines or `make systemd-install`, or run `make backup-schedule`)"
+        f"no scheduler: {why_not}, and no `backup_script.py schedule` process of {CHECKOUT} runs with "
+        f"{config_file} (install the `make cron` lines or `make systemd-install`, or run `make backup-schedule`)"
     )

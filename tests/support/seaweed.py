@@ -113,8 +113,9 @@ def start_locked_s3(base: Path, registry: ProcessRegistry, weed: str) -> LockedS
             raise RuntimeError(f"weed exited {proc.returncode}: {(base / 'weed.log').read_text()[-2000:]}")
         try:
             owner.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
-        except Exception:  # noqa: BLE001 - not serving yet
-            return False
+        except Exception as exc:  # noqa: BLE001 - not serving yet, or made by an attempt that timed out
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            return code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
         return True
 
     wait_until(bucket_made, 90, "SeaweedFS serving S3 and the bucket made")
