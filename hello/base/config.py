@@ -36,7 +36,8 @@ import yaml
 from hello.base.checkout import CHECKOUT
 from hello.base.config_schema import SCHEMA, InvalidKey, InvalidValue, check_across_keys, check_tree, join_key
 
-DEFAULT_PATH = CHECKOUT / "config.yaml"  # the checkout's own
+DEFAULT_NAME = "config.yaml"  # a checkout's own config file, beside its commands
+DEFAULT_PATH = CHECKOUT / DEFAULT_NAME
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 75
 # Hostile or broken files are refused before they can cost time or memory (a YAML alias bomb of 496 bytes
 # expands to billions of values): the shipped file is about 2 KiB and 90 values.

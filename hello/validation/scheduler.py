@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from hello.base.config import DEFAULT_NAME
 from hello.platform import units
 from hello.validation.components import Context
 from hello.validation.core import CHECKOUT, FIX_SCHEDULER, CheckFailed
@@ -36,16 +37,15 @@ def _cron_lines() -> tuple[list[str], str]:
     return backup_cron_lines(done.stdout), "no crontab line runs backup_script.py or make backup"
 
 
-def _loop_config(entry: Path, script: Path) -> Path | None:
-    """The config file a running loop reads (HELLO_CONFIG, from its cwd; else config.yaml beside its script, as
+def _loop_config(entry: Path, cwd: Path, script: Path) -> Path | None:
+    """The config file a running loop reads (HELLO_CONFIG, from its cwd; else the one beside its script, as
     hello/base/config.py has it); None when its environment is not ours to read."""
     try:
         environ = (entry / "environ").read_bytes().split(b"\0")
-        cwd = Path(os.readlink(entry / "cwd"))
     except OSError:
         return None
     chosen = next((item[len(b"HELLO_CONFIG=") :] for item in environ if item.startswith(b"HELLO_CONFIG=")), b"")
-    return (cwd / os.fsdecode(chosen)).resolve() if chosen else script.parent / "config.yaml"
+    return (cwd / os.fsdecode(chosen)).resolve() if chosen else script.parent / DEFAULT_NAME
 
 
 def schedule_loops(directories: set[Path], config_file: Path | None = None) -> list[tuple[int, str]]:
@@ -58,21 +58,16 @@ def schedule_loops(directories: set[Path], config_file: Path | None = None) -> l
             continue
         try:
             args = [a.decode("utf-8", "replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+            script = next((i for i, a in enumerate(args) if a.endswith("backup_script.py")), None)
+            if script is None or "schedule" not in args[script + 1 :]:
+                continue
+            cwd = Path(os.readlink(entry / "cwd"))
         except OSError:
             continue  # gone, or not ours to read
-        script = next((i for i, a in enumerate(args) if a.endswith("backup_script.py")), None)
-        if script is None or "schedule" not in args[script + 1 :]:
-            continue
-        path = Path(args[script])
-        if not path.is_absolute():
-            try:
-                path = Path(os.readlink(entry / "cwd")) / path
-            except OSError:
-                continue
-        path = path.resolve()
+        path = (cwd / args[script]).resolve()  # an absolute script path stays as it is
         if path.parent not in directories:
             continue
-        if config_file is None or _loop_config(entry, path) == config_file.resolve():
+        if config_file is None or _loop_config(entry, cwd, path) == config_file.resolve():
             loops.append((int(entry.name), " ".join(args)))
     return loops
 
